@@ -1,0 +1,221 @@
+r"""The functional core: TF-exact RMSprop state initialisation and update.
+
+Every other entry point (the :func:`~optax_tfrmsprop.rmsprop` transformation,
+the Keras-style class, checkpoint interchange) calls :func:`rmsprop_init` and
+:func:`rmsprop_update`; this module is the only place the update math lives.
+"""
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optax_tfrmsprop._src import base
+from optax_tfrmsprop._src import clipping
+from optax_tfrmsprop._src import numerics
+
+
+def rmsprop_init(
+    params: optax.Params, *, centered: bool = False, use_momentum: bool = False
+) -> base.RMSpropState:
+  """Creates zero slots shaped and typed like ``params``, as TF does.
+
+  Args:
+    params: the parameter tree. ``None`` and ``optax.MaskedNode`` leaves get no
+      slot.
+    centered: create the ``mg`` slot (TF's ``centered=True``).
+    use_momentum: create the ``mom`` slot (TF's momentum path).
+
+  Returns:
+    An :class:`RMSpropState` with ``count == 0``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> state = rmsprop_init({"w": jnp.ones(3)}, use_momentum=True)
+    >>> state.mom["w"], state.mg
+    (Array([0., 0., 0.], dtype=float32), None)
+  """
+  zeros = lambda: jax.tree.map(jnp.zeros_like, params)
+  return base.RMSpropState(
+      count=jnp.zeros([], jnp.int32),
+      ms=zeros(),
+      mg=zeros() if centered else None,
+      mom=zeros() if use_momentum else None,
+  )
+
+
+class _Hyperparams:
+  """Hyperparameters materialised per dtype, as TF's ``_prepare_local`` does.
+
+  TF evaluates them once per variable dtype; a mixed-precision tree therefore
+  sees e.g. ``lr`` rounded to bfloat16 for bfloat16 leaves and to float32 for
+  float32 leaves, and ``1 - rho`` computed in each leaf's dtype.
+  """
+
+  def __init__(self, count, learning_rate, rho, momentum, epsilon, decay,
+               round_):
+    self._args = (count, learning_rate, rho, momentum, epsilon, decay, round_)
+    self._by_dtype = {}
+
+  def __call__(self, dtype):
+    dtype = jnp.dtype(dtype)
+    if dtype not in self._by_dtype:
+      self._by_dtype[dtype] = self._materialise(dtype, *self._args)
+    return self._by_dtype[dtype]
+
+  @staticmethod
+  def _materialise(dtype, count, learning_rate, rho, momentum, epsilon, decay,
+                   round_):
+    step = count.astype(dtype)
+    if callable(learning_rate):
+      lr = jnp.asarray(learning_rate(step)).astype(dtype)
+    else:
+      lr = numerics.as_dtype(learning_rate, dtype, through_float32=True)
+    if numerics.is_tensor(decay) or decay > 0:
+      decay_t = numerics.as_dtype(decay, dtype, through_float32=True)
+      lr = lr / (1 + round_(decay_t * step))
+    rho_t = numerics.as_dtype(rho, dtype, through_float32=True)
+    return dict(
+        lr=lr,
+        rho=rho_t,
+        one_minus_rho=1 - rho_t,
+        momentum=numerics.as_dtype(momentum, dtype, through_float32=True),
+        epsilon=numerics.keras_epsilon(epsilon, dtype),
+    )
+
+
+def _dense_leaf(g, ms, mg, mom, h, rounding: base.Rounding):
+  """One leaf of TF's dense update; returns ``(update, ms, mg, mom)``.
+
+  ``update`` is what is added to the variable (``-step``).
+  """
+  r = numerics.rounder(rounding)
+  lr, rho, c, mu, eps = (
+      h["lr"], h["rho"], h["one_minus_rho"], h["momentum"], h["epsilon"])
+  if mom is None:
+    # P1/P2: tf_keras' graph ops, epsilon outside the square root.
+    ms = r(rho * ms) + r(c * (g * g))
+    denom = ms
+    if mg is not None:
+      mg = r(rho * mg) + r(c * g)
+      denom = ms - r(mg * mg)
+    return -((lr * g) / (jnp.sqrt(denom) + eps)), ms, mg, mom
+  if rounding == "tf_cpu":
+    # P3/P4: the Eigen functors of ResourceApply[Centered]RMSProp, with their
+    # incremental EMA form and epsilon inside the square root.
+    ms = ms + r((r(g * g) - ms) * c)
+    denom = ms + eps
+    if mg is not None:
+      mg = mg + r((g - mg) * c)
+      denom = (ms - r(mg * mg)) + eps
+    mom = r(mom * mu) + (g * lr) / r(jnp.sqrt(denom))
+  else:
+    # P3/P4 as tf2xla lowers them (plain EMA form, rsqrt), for XLA to fuse.
+    ms = (g * g) * c + ms * rho
+    denom = ms + eps
+    if mg is not None:
+      mg = g * c + mg * rho
+      denom = (ms - mg * mg) + eps
+    mom = mom * mu + (g * lr) * jax.lax.rsqrt(denom)
+  return -mom, ms, mg, mom
+
+
+def _check_matches(grads, state: base.RMSpropState):
+  """Raises a ValueError naming the first gradient that does not fit a slot."""
+  grads_def = jax.tree.structure(grads)
+  slots_def = jax.tree.structure(state.ms)
+  if grads_def != slots_def:
+    raise ValueError(
+        "The gradient tree does not match the optimizer state (built by init "
+        f"from the params).\n  gradients: {grads_def}\n  state:     {slots_def}"
+    )
+  for (path, g), ms in zip(
+      jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(state.ms)
+  ):
+    if jnp.shape(g) != ms.shape or jnp.result_type(g) != ms.dtype:
+      raise ValueError(
+          f"Gradient at {jax.tree_util.keystr(path) or 'the root'} has shape "
+          f"{jnp.shape(g)} and dtype {jnp.result_type(g)}, but its parameter "
+          f"(and slot) has shape {ms.shape} and dtype {ms.dtype}."
+      )
+
+
+def rmsprop_update(
+    grads: optax.Updates,
+    state: base.RMSpropState,
+    *,
+    learning_rate: optax.ScalarOrSchedule = 0.001,
+    rho: jax.typing.ArrayLike = 0.9,
+    momentum: jax.typing.ArrayLike = 0.0,
+    epsilon: jax.typing.ArrayLike = 1e-7,
+    decay: jax.typing.ArrayLike = 0.0,
+    clipvalue: Optional[jax.typing.ArrayLike] = None,
+    clipnorm: Optional[jax.typing.ArrayLike] = None,
+    global_clipnorm: Optional[jax.typing.ArrayLike] = None,
+    rounding: base.Rounding = "tf_cpu",
+) -> tuple[optax.Updates, base.RMSpropState]:
+  r"""One step of ``tf_keras.optimizers.legacy.RMSprop.apply_gradients``.
+
+  The path is fixed by the state: ``state.mom`` present selects TF's kernels
+  (``ResourceApply[Centered]RMSProp``), absent the Python graph ops;
+  ``state.mg`` present means centered. With :math:`c = 1 - \rho` computed in
+  the leaf dtype, :math:`\eta_t` the learning rate at the step count before the
+  increment (after ``decay``: :math:`\eta / (1 + d \cdot t)`), and every
+  operation rounded to the leaf dtype in the order written:
+
+  .. math::
+
+    \text{no momentum:}\quad & s \leftarrow (\rho s) + (c (g g)),\;
+      [\bar g \leftarrow (\rho \bar g) + (c g)],\;
+      u = -\frac{\eta_t g}{\sqrt{s\,[-\,\bar g \bar g]} + \epsilon} \\
+    \text{momentum:}\quad & s \leftarrow s + ((g g) - s) c,\;
+      [\bar g \leftarrow \bar g + (g - \bar g) c],\;
+      m \leftarrow (m \mu) + \frac{g \eta_t}{\sqrt{(s\,[-\,\bar g \bar g]) +
+      \epsilon}},\; u = -m
+
+  Gradients are first clipped by value, then per-tensor norm, then global norm.
+
+  Args:
+    grads: gradients, a tree matching the params given to :func:`rmsprop_init`.
+    state: the current state.
+    learning_rate: a scalar, or a schedule called with the step count cast to
+      each leaf's dtype (TF's ``iterations``, before the increment).
+    rho: discounting factor of the moving averages.
+    momentum: the momentum coefficient (used only when ``state.mom`` exists).
+    epsilon: added to the denominator; ``0`` means Keras' ``1e-7``.
+    decay: Keras' inverse-time learning-rate decay.
+    clipvalue: clip each element to ``[-clipvalue, clipvalue]``.
+    clipnorm: clip each gradient to this L2 norm.
+    global_clipnorm: clip all gradients together to this global L2 norm.
+    rounding: the TF evaluation to reproduce: ``"tf_cpu"`` or ``"tf_xla"``.
+
+  Returns:
+    ``(updates, new_state)``; ``optax.apply_updates(params, updates)`` gives
+    TF's new variables.
+  """
+  _check_matches(grads, state)
+  round_ = numerics.rounder(rounding)
+  leaves, treedef = jax.tree.flatten(grads)
+  leaves = clipping.clip_gradients(
+      leaves, clipvalue=clipvalue, clipnorm=clipnorm,
+      global_clipnorm=global_clipnorm, round_=round_)
+  hyper = _Hyperparams(state.count, learning_rate, rho, momentum, epsilon,
+                       decay, round_)
+  absent = [None] * len(leaves)
+  ms_leaves = jax.tree.leaves(state.ms)
+  mg_leaves = absent if state.mg is None else jax.tree.leaves(state.mg)
+  mom_leaves = absent if state.mom is None else jax.tree.leaves(state.mom)
+  results = [
+      _dense_leaf(g, ms, mg, mom, hyper(g.dtype), rounding)
+      for g, ms, mg, mom in zip(leaves, ms_leaves, mg_leaves, mom_leaves)
+  ]
+  updates, ms, mg, mom = map(list, zip(*results)) if results else ([],) * 4
+  unflatten = treedef.unflatten
+  new_state = base.RMSpropState(
+      count=optax.safe_increment(state.count),
+      ms=unflatten(ms),
+      mg=None if state.mg is None else unflatten(mg),
+      mom=None if state.mom is None else unflatten(mom),
+  )
+  return unflatten(updates), new_state
