@@ -36,7 +36,9 @@ def rmsprop_init(
     >>> state.mom["w"], state.mg
     (Array([0., 0., 0.], dtype=float32), None)
   """
-  zeros = lambda: jax.tree.map(jnp.zeros_like, params)
+  # Strongly typed zeros, so a weakly typed param (a Python scalar) cannot make
+  # the state's type change after the first update and force a retrace.
+  zeros = lambda: jax.tree.map(lambda p: jnp.zeros(p.shape, p.dtype), params)
   return base.RMSpropState(
       count=jnp.zeros([], jnp.int32),
       ms=zeros(),

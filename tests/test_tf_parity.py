@@ -1,0 +1,215 @@
+"""Differential tests of the dense paths against real tf_keras legacy RMSprop."""
+
+import hypothesis
+from hypothesis import strategies as st
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+import optax
+import pytest
+
+import optax_tfrmsprop
+from tf_reference import run_tf
+
+PATHS = {
+    "plain": {},
+    "centered": {"centered": True},
+    "momentum": {"momentum": 0.9},
+    "momentum_centered": {"momentum": 0.9, "centered": True},
+}
+DTYPES = {
+    "float32": np.float32,
+    "float64": np.float64,
+    "float16": np.float16,
+    "bfloat16": ml_dtypes.bfloat16,
+}
+SHAPES = [(), (0,), (37,), (8, 16)]
+
+
+def random_problem(seed, dtype, steps, shapes=SHAPES):
+  """Initial variables and per-step gradients at mixed scales, zeros included."""
+  rng = np.random.default_rng(seed)
+  variables = [rng.standard_normal(s).astype(dtype) for s in shapes]
+  grads = []
+  for _ in range(steps):
+    scale = rng.choice([1e-3, 1.0, 30.0])
+    step = [(scale * rng.standard_normal(s)).astype(dtype) for s in shapes]
+    if rng.random() < 0.1:
+      step[-1] = np.zeros_like(step[-1])
+    grads.append(step)
+  return variables, grads
+
+
+def run_jax(variables, grads, **config):
+  """Runs ``rmsprop(**config)`` jitted over the gradient steps."""
+  opt = optax_tfrmsprop.rmsprop(**config)
+
+  @jax.jit
+  def step(params, state, g):
+    updates, state = opt.update(g, state, params)
+    return optax.apply_updates(params, updates), state
+
+  params = [jnp.asarray(v) for v in variables]
+  state = opt.init(params)
+  for g in grads:
+    params, state = step(params, state, [jnp.asarray(x) for x in g])
+  return params, state
+
+
+def max_ulp(jax_values, tf_values):
+  return max(
+      (int(optax_tfrmsprop.ulp_distance(np.asarray(a), b).max(initial=0))
+       for a, b in zip(jax_values, tf_values)),
+      default=0,
+  )
+
+
+def assert_same_as_tf(config, dtype, steps, *, seed=0, jit_compile=False,
+                      shapes=SHAPES):
+  variables, grads = random_problem(seed, dtype, steps, shapes)
+  tf_vars, tf_slots, tf_iterations = run_tf(
+      variables, grads, jit_compile=jit_compile, **config)
+  rounding = "tf_xla" if jit_compile else "tf_cpu"
+  params, state = run_jax(variables, grads, rounding=rounding, **config)
+  assert int(state.count) == tf_iterations == steps
+  distances = {"var": max_ulp(params, tf_vars)}
+  for slot, tf_name in (("ms", "rms"), ("mg", "mg"), ("mom", "momentum")):
+    if getattr(state, slot) is not None:
+      distances[slot] = max_ulp(getattr(state, slot), tf_slots[tf_name])
+  assert len(tf_slots) == len(distances) - 1  # The same slots exist.
+  assert max(distances.values()) == 0, distances
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_bit_identical_to_tf_cpu(path, dtype):
+  """200 jitted steps, 0 ULP on var and every slot (TF in tf.function)."""
+  assert_same_as_tf(PATHS[path], DTYPES[dtype], steps=200)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_bit_identical_to_tf_cpu_float64(path, x64):
+  del x64
+  assert_same_as_tf(PATHS[path], np.float64, steps=200)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_xla_rounding_matches_tf_jit_compile(path):
+  """``rounding="tf_xla"`` against TF's ``jit_compile=True``, float32."""
+  assert_same_as_tf(PATHS[path], np.float32, steps=200, jit_compile=True)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"learning_rate": 0.01, "decay": 0.01},
+        {"learning_rate": 0.05, "rho": 0.5, "epsilon": 0.0},
+        {"learning_rate": 0.02, "rho": 0.99, "epsilon": 1e-3},
+        {"clipvalue": 0.5},
+    ],
+    ids=["decay", "epsilon_zero", "rho_eps", "clipvalue"],
+)
+@pytest.mark.parametrize("path", PATHS)
+def test_hyperparameters_bit_identical(path, extra):
+  assert_same_as_tf({**PATHS[path], **extra}, np.float32, steps=100)
+
+
+@pytest.mark.parametrize("path", ["plain", "momentum_centered"])
+def test_decay_float64_hypers_through_float32(path, x64):
+  del x64
+  assert_same_as_tf(
+      {**PATHS[path], "learning_rate": 0.1, "decay": 0.3, "rho": 0.8},
+      np.float64, steps=50)
+
+
+def test_schedule_sees_iterations_before_increment():
+  """A schedule gets TF's ``iterations`` (0 on the first step) in var dtype."""
+  tf_keras = pytest.importorskip("tf_keras")
+  keras_schedule = tf_keras.optimizers.schedules.PiecewiseConstantDecay(
+      [3, 7], [0.1, 0.01, 0.001])
+
+  def schedule(step):  # The same rule as Keras': values[j] for b[j-1] < step.
+    return jnp.where(step <= 3, 0.1, jnp.where(step <= 7, 0.01, 0.001))
+
+  variables, grads = random_problem(3, np.float32, 12)
+  tf_vars, _, _ = run_tf(variables, grads, learning_rate=keras_schedule,
+                         momentum=0.5)
+  params, _ = run_jax(variables, grads, learning_rate=schedule, momentum=0.5)
+  assert max_ulp(params, tf_vars) == 0
+
+
+@pytest.mark.parametrize(
+    "clip", [{"clipnorm": 1.0}, {"global_clipnorm": 1.0},
+             {"clipnorm": 1e6}, {"global_clipnorm": 1e6},
+             {"clipvalue": 0.1, "clipnorm": 2.0}],
+    ids=["clipnorm", "global_clipnorm", "clipnorm_inactive",
+         "global_inactive", "clipvalue_then_clipnorm"])
+def test_norm_clipping_close_to_tf(clip):
+  """Norm clipping differs only by the summation order of the norm.
+
+  TF sums with Eigen's packet tree; XLA sums in its own order, so the norm and
+  hence the clipped gradient can differ by an ULP, which compounds over steps.
+  """
+  variables, grads = random_problem(5, np.float32, 50)
+  tf_vars, _, _ = run_tf(variables, grads, **clip)
+  params, _ = run_jax(variables, grads, **clip)
+  for a, b in zip(params, tf_vars):
+    np.testing.assert_allclose(np.asarray(a), b, rtol=2e-5, atol=1e-6)
+
+
+@hypothesis.settings(max_examples=12, deadline=None, derandomize=True)
+@hypothesis.given(
+    path=st.sampled_from(sorted(PATHS)),
+    learning_rate=st.sampled_from([1e-4, 1e-3, 0.01, 0.3]),
+    rho=st.sampled_from([0.0, 0.5, 0.9, 0.999, 1.0]),
+    momentum=st.sampled_from([0.1, 0.5, 0.99, 1.0]),
+    epsilon=st.sampled_from([0.0, 1e-10, 1e-7, 1e-3, 1.0]),
+    decay=st.sampled_from([0.0, 1e-3, 0.5]),
+    shape=st.sampled_from([(5,), (3, 4), (2, 3, 17), (129,)]),
+    seed=st.integers(0, 2**16),
+)
+def test_random_configurations_bit_identical(path, learning_rate, rho,
+                                             momentum, epsilon, decay, shape,
+                                             seed):
+  config = dict(PATHS[path], learning_rate=learning_rate, rho=rho,
+                epsilon=epsilon, decay=decay)
+  if "momentum" in config:
+    config["momentum"] = momentum
+  assert_same_as_tf(config, np.float32, steps=20, seed=seed, shapes=[shape])
+
+
+def test_mixed_dtype_tree_casts_hyperparameters_per_leaf():
+  """One optimizer over float32 and bfloat16 variables, as in TF."""
+  rng = np.random.default_rng(9)
+  shapes = [(16,), (4, 4)]
+  dtypes = [np.float32, ml_dtypes.bfloat16]
+  variables = [rng.standard_normal(s).astype(d) for s, d in zip(shapes, dtypes)]
+  grads = [[rng.standard_normal(s).astype(d) for s, d in zip(shapes, dtypes)]
+           for _ in range(30)]
+  for config in PATHS.values():
+    config = dict(config, learning_rate=0.01, decay=0.1)
+    tf_vars, _, _ = run_tf(variables, grads, **config)
+    params, _ = run_jax(variables, grads, **config)
+    assert max_ulp(params, tf_vars) == 0, config
+
+
+def test_seed_docstring_example():
+  """lr 0.1 on x**2/2 from 10.0 gives 9.683772 after one step, count 1."""
+  opt = optax_tfrmsprop.rmsprop(learning_rate=0.1)
+  params = jnp.array(10.0)
+  state = opt.init(params)
+  updates, state = opt.update(jax.grad(lambda x: x**2 / 2)(params), state)
+  assert np.float32(optax.apply_updates(params, updates)) == np.float32(
+      9.683772)
+  assert int(state.count) == 1
+
+
+def test_array_momentum_zero_takes_kernel_path_like_tf():
+  """momentum=tensor(0.) takes TF's kernel path: epsilon inside the sqrt."""
+  tf = pytest.importorskip("tensorflow")
+  variables, grads = random_problem(11, np.float32, 20)
+  tf_vars, tf_slots, _ = run_tf(variables, grads, momentum=tf.constant(0.0))
+  params, state = run_jax(variables, grads, momentum=jnp.asarray(0.0))
+  assert state.mom is not None and "momentum" in tf_slots
+  assert max_ulp(params, tf_vars) == 0
