@@ -188,3 +188,26 @@ def test_ulp_distance():
                np.float32)
   np.testing.assert_array_equal(optax_tfrmsprop.ulp_distance(a, b),
                                 [1, 0, 0, 2 * 0x3F800000])
+
+
+def test_inject_hyperparams_float32_reproduces_keras_hyper_variables(x64):
+  """Keras keeps lr/rho/momentum in float32 variables, even for f64 params.
+
+  ``hyperparam_dtype=jnp.float32`` reproduces that; epsilon, which Keras casts
+  from the Python float directly, stays exact as a static argument.
+  """
+  del x64
+  params = {"w": jnp.linspace(-1.0, 1.0, 7, dtype=jnp.float64)}
+  grads = {"w": jnp.linspace(0.3, -2.0, 7, dtype=jnp.float64)}
+  expected, _ = optax_tfrmsprop.rmsprop(0.1, rho=0.8, momentum=0.3).update(
+      grads, optax_tfrmsprop.rmsprop_init(params, use_momentum=True))
+
+  def injected_update(**inject_kwargs):
+    opt = optax.inject_hyperparams(optax_tfrmsprop.rmsprop,
+                                   static_args=("epsilon",), **inject_kwargs)(
+                                       0.1, rho=0.8, momentum=0.3)
+    return opt.update(grads, opt.init(params), params)[0]["w"]
+
+  np.testing.assert_array_equal(
+      injected_update(hyperparam_dtype=jnp.float32), expected["w"])
+  assert not np.array_equal(injected_update(), expected["w"])
