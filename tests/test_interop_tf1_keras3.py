@@ -1,7 +1,6 @@
 """TF1 Saver checkpoints and Keras 3 optimizers load and continue exactly."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
