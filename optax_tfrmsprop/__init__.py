@@ -1,19 +1,31 @@
 """TensorFlow/Keras RMSprop, reproduced exactly, as an optax transformation."""
 
 from optax_tfrmsprop._src.alias import rmsprop
+from optax_tfrmsprop._src.base import Flavor
 from optax_tfrmsprop._src.base import Rounding
 from optax_tfrmsprop._src.base import RMSpropState
+from optax_tfrmsprop._src.interop_tf1_keras3 import keras3_state_from_optimizer
+from optax_tfrmsprop._src.interop_tf1_keras3 import tf1_slot_names
+from optax_tfrmsprop._src.interop_tf1_keras3 import tf1_state_from_checkpoint
 from optax_tfrmsprop._src.numerics import ulp_distance
+from optax_tfrmsprop._src.presets import keras3_rmsprop
+from optax_tfrmsprop._src.presets import tf1_rmsprop
 from optax_tfrmsprop._src.transform import rmsprop_init
 from optax_tfrmsprop._src.transform import rmsprop_update
 
 __version__ = "0.1.0"
 
 __all__ = (
+    "Flavor",
     "RMSpropState",
     "Rounding",
+    "keras3_rmsprop",
+    "keras3_state_from_optimizer",
     "rmsprop",
     "rmsprop_init",
     "rmsprop_update",
+    "tf1_rmsprop",
+    "tf1_slot_names",
+    "tf1_state_from_checkpoint",
     "ulp_distance",
 )

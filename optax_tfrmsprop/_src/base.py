@@ -18,6 +18,21 @@ Rounding = Literal["tf_cpu", "tf_xla"]
 
 ROUNDINGS: tuple[str, ...] = ("tf_cpu", "tf_xla")
 
+Flavor = Literal["keras_legacy", "tf1", "keras3"]
+"""Which generation of TF/Keras RMSprop the update reproduces.
+
+* ``"keras_legacy"``: ``tf_keras.optimizers.legacy.RMSprop`` (TF 2.0-2.10's
+  ``tf.keras.optimizers.RMSprop``): graph ops without momentum, the kernels
+  with it; hyperparameters through float32 except epsilon.
+* ``"tf1"``: ``tf.compat.v1.train.RMSPropOptimizer``: always the kernels; every
+  hyperparameter, epsilon included, through float32.
+* ``"keras3"``: ``keras.optimizers.RMSprop`` (Keras 3): one formula with
+  epsilon inside the square root; Python hyperparameters converted straight
+  from double, ``1 - rho`` computed in double.
+"""
+
+FLAVORS: tuple[str, ...] = ("keras_legacy", "tf1", "keras3")
+
 
 @chex.dataclass(frozen=True, mappable_dataclass=False)
 class RMSpropState:

@@ -17,15 +17,20 @@ from optax_tfrmsprop._src import numerics
 
 
 def rmsprop_init(
-    params: optax.Params, *, centered: bool = False, use_momentum: bool = False
+    params: optax.Params,
+    *,
+    centered: bool = False,
+    use_momentum: bool = False,
+    initial_ms: float = 0.0,
 ) -> base.RMSpropState:
-  """Creates zero slots shaped and typed like ``params``, as TF does.
+  """Creates slots shaped and typed like ``params``, as TF does.
 
   Args:
     params: the parameter tree. ``None`` and ``optax.MaskedNode`` leaves get no
       slot.
     centered: create the ``mg`` slot (TF's ``centered=True``).
     use_momentum: create the ``mom`` slot (TF's momentum path).
+    initial_ms: the initial value of ``ms``: 0 in Keras, 1 in TF1.
 
   Returns:
     An :class:`RMSpropState` with ``count == 0``.
@@ -41,7 +46,7 @@ def rmsprop_init(
   zeros = lambda: jax.tree.map(lambda p: jnp.zeros(p.shape, p.dtype), params)
   return base.RMSpropState(
       count=jnp.zeros([], jnp.int32),
-      ms=zeros(),
+      ms=jax.tree.map(lambda p: jnp.full_like(p, initial_ms), params),
       mg=zeros() if centered else None,
       mom=zeros() if use_momentum else None,
   )
@@ -52,12 +57,15 @@ class _Hyperparams:
 
   TF evaluates them once per variable dtype; a mixed-precision tree therefore
   sees e.g. ``lr`` rounded to bfloat16 for bfloat16 leaves and to float32 for
-  float32 leaves, and ``1 - rho`` computed in each leaf's dtype.
+  float32 leaves, and ``1 - rho`` computed in each leaf's dtype. How each
+  hyperparameter reaches the leaf dtype depends on the flavor (see
+  :data:`base.Flavor`).
   """
 
   def __init__(self, count, learning_rate, rho, momentum, epsilon, decay,
-               round_):
-    self._args = (count, learning_rate, rho, momentum, epsilon, decay, round_)
+               round_, flavor):
+    self._args = (count, learning_rate, rho, momentum, epsilon, decay, round_,
+                  flavor)
     self._by_dtype = {}
 
   def __call__(self, dtype):
@@ -68,31 +76,76 @@ class _Hyperparams:
 
   @staticmethod
   def _materialise(dtype, count, learning_rate, rho, momentum, epsilon, decay,
-                   round_):
+                   round_, flavor):
     step = count.astype(dtype)
     if callable(learning_rate):
-      lr = jnp.asarray(learning_rate(step)).astype(dtype)
+      # tf_keras' legacy optimizer hands its schedule the step cast to the
+      # variable dtype; Keras 3 hands it the integer iteration.
+      lr_step = step if flavor == "keras_legacy" else count
+      lr = jnp.asarray(learning_rate(lr_step)).astype(dtype)
     else:
+      # All three keep a plain learning rate in a float32 variable or tensor.
       lr = numerics.as_dtype(learning_rate, dtype, through_float32=True)
     if numerics.is_tensor(decay) or decay > 0:
       decay_t = numerics.as_dtype(decay, dtype, through_float32=True)
       lr = lr / (1 + round_(decay_t * step))
+    if flavor == "keras3":
+      # Keras 3 multiplies by the Python floats themselves: each is converted
+      # straight from double to the leaf dtype, and ``1 - rho`` is computed in
+      # double first (an array ``rho`` computes it in its own dtype).
+      as_t = lambda x: numerics.as_dtype(x, dtype, through_float32=False)
+      return dict(
+          lr=lr,
+          rho=as_t(rho),
+          one_minus_rho=as_t(1 - rho),
+          momentum=as_t(momentum),
+          epsilon=as_t(epsilon),
+      )
     rho_t = numerics.as_dtype(rho, dtype, through_float32=True)
+    if flavor == "tf1":
+      # TF1 converts epsilon to a float32 tensor like the rest, and keeps 0.
+      eps = numerics.as_dtype(epsilon, dtype, through_float32=True)
+    else:
+      eps = numerics.keras_epsilon(epsilon, dtype)
     return dict(
         lr=lr,
         rho=rho_t,
         one_minus_rho=1 - rho_t,
         momentum=numerics.as_dtype(momentum, dtype, through_float32=True),
-        epsilon=numerics.keras_epsilon(epsilon, dtype),
+        epsilon=eps,
     )
 
 
-def _dense_leaf(g, ms, mg, mom, h, rounding: base.Rounding):
+def _keras3_leaf(g, ms, mg, mom, h, r):
+  """One leaf of Keras 3's ``RMSprop.update_step``; as :func:`_dense_leaf`.
+
+  A single formula for every path: epsilon inside the square root, the plain
+  EMA form, and momentum (when its slot exists) applied after the division.
+  """
+  lr, rho, c, mu, eps = (
+      h["lr"], h["rho"], h["one_minus_rho"], h["momentum"], h["epsilon"])
+  ms = r(rho * ms) + r(c * (g * g))
+  denom = ms + eps
+  if mg is not None:
+    mg = r(rho * mg) + r(c * g)
+    denom = (ms - r(mg * mg)) + eps
+  increment = (lr * g) / r(jnp.sqrt(denom))
+  if mom is None:
+    return -increment, ms, mg, mom
+  mom = r(mu * mom) + increment
+  return -mom, ms, mg, mom
+
+
+def _dense_leaf(g, ms, mg, mom, h, rounding: base.Rounding,
+                flavor: base.Flavor):
   """One leaf of TF's dense update; returns ``(update, ms, mg, mom)``.
 
-  ``update`` is what is added to the variable (``-step``).
+  ``update`` is what is added to the variable (``-step``). TF1 always has the
+  ``mom`` slot, so it always takes the kernel branch below.
   """
   r = numerics.rounder(rounding)
+  if flavor == "keras3":
+    return _keras3_leaf(g, ms, mg, mom, h, r)
   lr, rho, c, mu, eps = (
       h["lr"], h["rho"], h["one_minus_rho"], h["momentum"], h["epsilon"])
   if mom is None:
@@ -156,6 +209,7 @@ def rmsprop_update(
     clipnorm: Optional[jax.typing.ArrayLike] = None,
     global_clipnorm: Optional[jax.typing.ArrayLike] = None,
     rounding: base.Rounding = "tf_cpu",
+    flavor: base.Flavor = "keras_legacy",
 ) -> tuple[optax.Updates, base.RMSpropState]:
   r"""One step of ``tf_keras.optimizers.legacy.RMSprop.apply_gradients``.
 
@@ -178,6 +232,19 @@ def rmsprop_update(
 
   Gradients are first clipped by value, then per-tensor norm, then global norm.
 
+  ``flavor="tf1"`` is TF1's ``RMSPropOptimizer``: the momentum equations
+  above (its state always has ``mom``), with every hyperparameter, epsilon
+  included, rounded through float32 and a zero epsilon kept.
+  ``flavor="keras3"`` is Keras 3's ``RMSprop``, one formula on every path,
+  with :math:`c = 1 - \rho` computed in double for a Python ``rho``:
+
+  .. math::
+
+    s \leftarrow (\rho s) + (c (g g)),\;
+    [\bar g \leftarrow (\rho \bar g) + (c g)],\;
+    i = \frac{\eta_t g}{\sqrt{(s\,[-\,\bar g \bar g]) + \epsilon}},\;
+    [m \leftarrow (\mu m) + i],\; u = -i \text{ or } -m
+
   Args:
     grads: gradients, a tree matching the params given to :func:`rmsprop_init`.
     state: the current state.
@@ -191,6 +258,8 @@ def rmsprop_update(
     clipnorm: clip each gradient to this L2 norm.
     global_clipnorm: clip all gradients together to this global L2 norm.
     rounding: the TF evaluation to reproduce: ``"tf_cpu"`` or ``"tf_xla"``.
+    flavor: the RMSprop generation: ``"keras_legacy"``, ``"tf1"`` or
+      ``"keras3"`` (see :data:`Flavor`).
 
   Returns:
     ``(updates, new_state)``; ``optax.apply_updates(params, updates)`` gives
@@ -198,18 +267,21 @@ def rmsprop_update(
   """
   _check_matches(grads, state)
   round_ = numerics.rounder(rounding)
+  if flavor not in base.FLAVORS:
+    raise ValueError(
+        f"flavor must be one of {base.FLAVORS}, got flavor={flavor!r}.")
   leaves, treedef = jax.tree.flatten(grads)
   leaves = clipping.clip_gradients(
       leaves, clipvalue=clipvalue, clipnorm=clipnorm,
       global_clipnorm=global_clipnorm, round_=round_)
   hyper = _Hyperparams(state.count, learning_rate, rho, momentum, epsilon,
-                       decay, round_)
+                       decay, round_, flavor)
   absent = [None] * len(leaves)
   ms_leaves = jax.tree.leaves(state.ms)
   mg_leaves = absent if state.mg is None else jax.tree.leaves(state.mg)
   mom_leaves = absent if state.mom is None else jax.tree.leaves(state.mom)
   results = [
-      _dense_leaf(g, ms, mg, mom, hyper(g.dtype), rounding)
+      _dense_leaf(g, ms, mg, mom, hyper(g.dtype), rounding, flavor)
       for g, ms, mg, mom in zip(leaves, ms_leaves, mg_leaves, mom_leaves)
   ]
   updates, ms, mg, mom = map(list, zip(*results)) if results else ([],) * 4

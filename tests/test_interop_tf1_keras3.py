@@ -1,0 +1,136 @@
+"""TF1 Saver checkpoints and Keras 3 optimizers load and continue exactly."""
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+import optax_tfrmsprop
+import tf_reference
+from tf_reference import tf
+
+PATHS = [(0.0, False), (0.0, True), (0.9, False), (0.9, True)]
+PATH_IDS = ["mom0", "mom0-centered", "mom", "mom-centered"]
+SHAPES = {"dense/kernel": (6, 10), "dense/bias": (10,)}
+
+
+def _grads(steps, seed):
+  rng = np.random.default_rng(seed)
+  return [
+      {name: rng.standard_normal(s).astype(np.float32) * 3
+       for name, s in SHAPES.items()}
+      for _ in range(steps)
+  ]
+
+
+def _continue_in_jax(opt, params, state, grad_steps):
+  step = jax.jit(opt.update)
+  for grads in grad_steps:
+    updates, state = step(grads, state)
+    params = optax.apply_updates(params, updates)
+  return params, state
+
+
+def _assert_exact(actual, expected):
+  for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
+    assert optax_tfrmsprop.ulp_distance(np.asarray(a), np.asarray(e)).max() == 0
+
+
+def test_tf1_slot_names_follow_creation_order():
+  assert optax_tfrmsprop.tf1_slot_names("w", centered=False) == {
+      "ms": "w/RMSProp", "mom": "w/RMSProp_1"}
+  assert optax_tfrmsprop.tf1_slot_names(
+      "w", centered=True, optimizer_name="Opt") == {
+          "ms": "w/Opt", "mg": "w/Opt_1", "mom": "w/Opt_2"}
+
+
+@pytest.mark.parametrize(("momentum", "centered"), PATHS, ids=PATH_IDS)
+def test_tf1_saver_checkpoint_continues_exactly(tmp_path, momentum, centered):
+  config = dict(learning_rate=0.01, decay=0.9, momentum=momentum,
+                epsilon=1e-3, centered=centered)
+  before, after = _grads(30, seed=1), _grads(30, seed=2)
+  rng = np.random.default_rng(0)
+  init = {n: rng.standard_normal(s).astype(np.float32)
+          for n, s in SHAPES.items()}
+  graph = tf.Graph()
+  with graph.as_default():
+    variables = {n: tf.compat.v1.get_variable(n, initializer=v)
+                 for n, v in init.items()}
+    feeds = {n: tf.compat.v1.placeholder(tf.float32, s)
+             for n, s in SHAPES.items()}
+    global_step = tf.compat.v1.train.get_or_create_global_step()
+    train = tf.compat.v1.train.RMSPropOptimizer(**config).apply_gradients(
+        [(feeds[n], variables[n]) for n in SHAPES], global_step=global_step)
+    saver = tf.compat.v1.train.Saver()
+    with tf.compat.v1.Session(graph=graph) as sess:
+      sess.run(tf.compat.v1.global_variables_initializer())
+      for grads in before:
+        sess.run(train, {feeds[n]: g for n, g in grads.items()})
+      saver.save(sess, str(tmp_path / "model.ckpt"), global_step=global_step)
+      for grads in after:
+        sess.run(train, {feeds[n]: g for n, g in grads.items()})
+      tf_final = sess.run(variables)
+
+  names = {n: n for n in SHAPES}
+  params, state = optax_tfrmsprop.tf1_state_from_checkpoint(
+      str(tmp_path), names, centered=centered, global_step_name="global_step")
+  assert int(state.count) == len(before)
+  assert (state.mg is not None) == centered and state.mom is not None
+  opt = optax_tfrmsprop.tf1_rmsprop(**config)
+  params, _ = _continue_in_jax(opt, params, state, after)
+  _assert_exact(params, tf_final)
+
+
+def test_tf1_checkpoint_names_missing_slot(tmp_path):
+  graph = tf.Graph()
+  with graph.as_default():
+    w = tf.compat.v1.get_variable("w", initializer=np.ones(3, np.float32))
+    train = tf.compat.v1.train.RMSPropOptimizer(0.1).minimize(
+        tf.reduce_sum(w * w))
+    with tf.compat.v1.Session(graph=graph) as sess:
+      sess.run(tf.compat.v1.global_variables_initializer())
+      sess.run(train)
+      tf.compat.v1.train.Saver().save(sess, str(tmp_path / "ckpt"))
+  with pytest.raises(ValueError, match="'w/RMSProp_2' is not in the checkpoint"):
+    optax_tfrmsprop.tf1_state_from_checkpoint(
+        str(tmp_path), {"w": "w"}, centered=True)
+
+
+@pytest.mark.parametrize(("momentum", "centered"), PATHS, ids=PATH_IDS)
+def test_keras3_optimizer_continues_exactly(momentum, centered):
+  keras = tf_reference.keras3()
+  config = dict(learning_rate=0.01, rho=0.9, momentum=momentum,
+                centered=centered)
+  before, after = _grads(30, seed=1), _grads(30, seed=2)
+  rng = np.random.default_rng(0)
+  variables = {
+      n: keras.Variable(rng.standard_normal(s).astype(np.float32),
+                        name=n.replace("/", "_"))
+      for n, s in SHAPES.items()
+  }
+  opt = keras.optimizers.RMSprop(**config)
+  opt.build(list(variables.values()))
+  for grads in before:  # Eagerly: Keras 3's ops as written.
+    opt.apply_gradients([(tf.constant(grads[n]), variables[n]) for n in SHAPES])
+
+  params, state = optax_tfrmsprop.keras3_state_from_optimizer(opt, variables)
+  assert int(state.count) == len(before)
+  assert (state.mg is not None) == centered
+  assert (state.mom is not None) == (momentum > 0)
+  for grads in after:
+    opt.apply_gradients([(tf.constant(grads[n]), variables[n]) for n in SHAPES])
+  jax_opt = optax_tfrmsprop.keras3_rmsprop(**config)
+  params, state = _continue_in_jax(jax_opt, params, state, after)
+  _assert_exact(params, {n: v.numpy() for n, v in variables.items()})
+  _assert_exact(state.ms, {n: v.numpy() for n, v in zip(
+      SHAPES, opt._velocities)})
+  assert int(state.count) == int(opt.iterations.numpy())
+
+
+def test_keras3_unknown_variable_is_named():
+  keras = tf_reference.keras3()
+  opt = keras.optimizers.RMSprop()
+  opt.build([keras.Variable(np.ones(2, np.float32), name="a")])
+  stranger = keras.Variable(np.ones(2, np.float32), name="stranger")
+  with pytest.raises(ValueError, match="stranger_velocity"):
+    optax_tfrmsprop.keras3_state_from_optimizer(opt, [stranger])
