@@ -41,14 +41,15 @@ def rmsprop_init(
     >>> state.mom["w"], state.mg
     (Array([0., 0., 0.], dtype=float32), None)
   """
-  # Strongly typed zeros, so a weakly typed param (a Python scalar) cannot make
+  # Strongly typed slots, so a weakly typed param (a Python scalar) cannot make
   # the state's type change after the first update and force a retrace.
-  zeros = lambda: jax.tree.map(lambda p: jnp.zeros(p.shape, p.dtype), params)
+  filled = lambda value: jax.tree.map(
+      lambda p: jnp.full(p.shape, value, p.dtype), params)
   return base.RMSpropState(
       count=jnp.zeros([], jnp.int32),
-      ms=jax.tree.map(lambda p: jnp.full_like(p, initial_ms), params),
-      mg=zeros() if centered else None,
-      mom=zeros() if use_momentum else None,
+      ms=filled(initial_ms),
+      mg=filled(0) if centered else None,
+      mom=filled(0) if use_momentum else None,
   )
 
 
