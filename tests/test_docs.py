@@ -22,3 +22,7 @@ def test_mkdocs_build_strict(tmp_path):
   api = (tmp_path / "site" / "api" / "index.html").read_text()
   for name in optax_tfrmsprop.__all__:
     assert f'id="optax_tfrmsprop.{name}"' in api, f"{name} is not documented."
+  # docs/hooks/rst_docstrings.py turned the docstrings' reST into Markdown.
+  for rst in (":func:", ":class:", ":math:", ".. math::", ".. warning::",
+              "`_"):
+    assert rst not in api, f"reST markup {rst!r} left in the API reference."
