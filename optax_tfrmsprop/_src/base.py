@@ -50,6 +50,14 @@ class RMSpropState:
       ``centered``, else ``None``.
     mom: TF's ``momentum`` slot; like ``ms`` when the momentum path is taken,
       else ``None``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import optax_tfrmsprop
+    >>> opt = optax_tfrmsprop.rmsprop(learning_rate=0.1, centered=True)
+    >>> state = opt.init({"w": jnp.ones(2)})
+    >>> state.count, state.mg["w"], state.mom
+    (Array(0, dtype=int32), Array([0., 0.], dtype=float32), None)
   """
 
   count: chex.Array

@@ -106,6 +106,13 @@ def ulp_distance(a, b) -> np.ndarray:
 
   Returns:
     An int64 numpy array of the number of representable values between the two.
+
+  Example:
+    >>> import numpy as np
+    >>> from optax_tfrmsprop import ulp_distance
+    >>> ulp_distance(np.float32([1.0, 1.0, np.nan]),
+    ...              np.float32([1.0, 1.0000002, np.nan]))
+    array([0, 2, 0])
   """
   a, b = np.asarray(a), np.asarray(b)
   if a.dtype != b.dtype:

@@ -265,6 +265,14 @@ def rmsprop_update(
   Returns:
     ``(updates, new_state)``; ``optax.apply_updates(params, updates)`` gives
     TF's new variables.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> state = rmsprop_init({"w": jnp.array([1.0, -2.0])})
+    >>> grads = {"w": jnp.array([0.5, 0.5])}
+    >>> updates, state = rmsprop_update(grads, state, learning_rate=0.1)
+    >>> updates["w"], state.count
+    (Array([-0.31622753, -0.31622753], dtype=float32), Array(1, dtype=int32))
   """
   _check_matches(grads, state)
   round_ = numerics.rounder(rounding)

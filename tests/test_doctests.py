@@ -1,0 +1,64 @@
+"""Runs the ``>>>`` examples of every public name as doctests.
+
+Every function and class exported by ``optax_tfrmsprop`` must document its
+arguments and results and carry an example; the examples must run and print
+what they claim. The module-level ``__all__`` is the list of public names, so a
+new export is checked without touching this file.
+"""
+
+import doctest
+import inspect
+
+import pytest
+
+import optax_tfrmsprop
+
+_PUBLIC_CALLABLES = [
+    name
+    for name in optax_tfrmsprop.__all__
+    if inspect.isfunction(getattr(optax_tfrmsprop, name))
+    or inspect.isclass(getattr(optax_tfrmsprop, name))
+]
+
+
+def _doctests(obj) -> list[doctest.DocTest]:
+  module = inspect.getmodule(obj)
+  finder = doctest.DocTestFinder(exclude_empty=True)
+  # The examples see the defining module's globals, as under
+  # ``pytest --doctest-modules``.
+  return [
+      test
+      for test in finder.find(obj, globs=vars(module).copy())
+      if test.examples
+  ]
+
+
+def test_public_callables_are_found():
+  assert "rmsprop" in _PUBLIC_CALLABLES
+  assert "RMSpropState" in _PUBLIC_CALLABLES
+
+
+@pytest.mark.parametrize("name", _PUBLIC_CALLABLES)
+def test_docstring_documents_arguments_results_and_example(name):
+  obj = getattr(optax_tfrmsprop, name)
+  doc = inspect.getdoc(obj) or ""
+  assert ">>>" in doc, f"{name} has no >>> example."
+  if inspect.isfunction(obj):
+    if inspect.signature(obj).parameters:
+      assert "Args:" in doc, f"{name} does not document its arguments."
+    assert "Returns:" in doc, f"{name} does not document its result."
+  else:
+    assert "Attributes:" in doc or "Args:" in doc, (
+        f"{name} documents neither its attributes nor its arguments.")
+
+
+@pytest.mark.parametrize("name", _PUBLIC_CALLABLES)
+def test_examples_run(name):
+  tests = _doctests(getattr(optax_tfrmsprop, name))
+  assert tests, f"{name} has no doctest."
+  runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+  for test in tests:
+    runner.run(test)
+  result = runner.summarize(verbose=False)
+  assert result.attempted > 0
+  assert result.failed == 0, f"{result.failed} example(s) of {name} failed."
