@@ -74,6 +74,22 @@ def tf1_state_from_checkpoint(
 
   Raises:
     ValueError: when a variable or one of its slots is not in the checkpoint.
+
+  Example:
+    >>> import tempfile
+    >>> import tensorflow as tf
+    >>> with tf.Graph().as_default():
+    ...   v = tf.compat.v1.get_variable("v", initializer=[1.0, 2.0])
+    ...   opt = tf.compat.v1.train.RMSPropOptimizer(0.1, momentum=0.9)
+    ...   train = opt.minimize(tf.reduce_sum(v * v))
+    ...   with tf.compat.v1.Session() as sess:
+    ...     sess.run(tf.compat.v1.global_variables_initializer())
+    ...     _ = sess.run(train)
+    ...     prefix = tf.compat.v1.train.Saver().save(
+    ...         sess, tempfile.mkdtemp() + "/model.ckpt")
+    >>> params, state = tf1_state_from_checkpoint(prefix, {"v": "v"})
+    >>> params["v"].shape, state.mom["v"].shape, state.mg
+    ((2,), (2,), None)
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
@@ -126,6 +142,16 @@ def keras3_state_from_optimizer(
 
   Raises:
     ValueError: when the optimizer has no slot for one of the variables.
+
+  Example:
+    >>> import keras
+    >>> import numpy as np
+    >>> w = keras.Variable(np.ones(3, np.float32), name="w")
+    >>> opt = keras.optimizers.RMSprop(momentum=0.9)
+    >>> _ = opt.apply_gradients([(np.full(3, 0.5, np.float32), w)])
+    >>> params, state = keras3_state_from_optimizer(opt, {"w": w})
+    >>> int(state.count), state.mom["w"].shape
+    (1, (3,))
   """
   by_name = {v.name: v for v in optimizer.variables}
 
