@@ -142,20 +142,33 @@ def test_schedule_sees_iterations_before_increment():
 @pytest.mark.parametrize(
     "clip", [{"clipnorm": 1.0}, {"global_clipnorm": 1.0},
              {"clipnorm": 1e6}, {"global_clipnorm": 1e6},
-             {"clipvalue": 0.1, "clipnorm": 2.0}],
+             {"global_clipnorm": 41.0},
+             {"clipvalue": 0.1, "clipnorm": 2.0},
+             {"clipnorm": 3.0, "momentum": 0.9, "centered": True}],
     ids=["clipnorm", "global_clipnorm", "clipnorm_inactive",
-         "global_inactive", "clipvalue_then_clipnorm"])
-def test_norm_clipping_close_to_tf(clip):
-  """Norm clipping differs only by the summation order of the norm.
+         "global_inactive", "global_41", "clipvalue_then_clipnorm",
+         "clipnorm_momentum_centered"])
+def test_norm_clipping_bit_identical(clip):
+  """Norms are summed in Eigen's order, so clipping is bitwise TF's.
 
-  TF sums with Eigen's packet tree; XLA sums in its own order, so the norm and
-  hence the clipped gradient can differ by an ULP, which compounds over steps.
+  The (300, 70) leaf spans three Eigen leaves of the summation tree.
   """
-  variables, grads = random_problem(5, np.float32, 50)
-  tf_vars, _, _ = run_tf(variables, grads, **clip)
-  params, _ = run_jax(variables, grads, **clip)
-  for a, b in zip(params, tf_vars):
-    np.testing.assert_allclose(np.asarray(a), b, rtol=2e-5, atol=1e-6)
+  assert_same_as_tf(clip, np.float32, steps=60,
+                    shapes=[(), (0,), (37,), (8, 16), (300, 70)])
+
+
+@pytest.mark.parametrize("clip", [{"clipnorm": 0.5}, {"global_clipnorm": 2.0}])
+def test_norm_clipping_float64_bit_identical(clip, x64):
+  del x64
+  assert_same_as_tf(clip, np.float64, steps=30,
+                    shapes=[(7,), (129, 65)])
+
+
+@pytest.mark.slow
+def test_clipnorm_large_tensor_bit_identical():
+  """A 1M-element gradient: a deep Eigen summation tree."""
+  assert_same_as_tf({"clipnorm": 100.0, "momentum": 0.5}, np.float32, steps=5,
+                    shapes=[(1000, 1000)])
 
 
 @hypothesis.settings(max_examples=12, deadline=None, derandomize=True)
@@ -213,3 +226,17 @@ def test_array_momentum_zero_takes_kernel_path_like_tf():
   params, state = run_jax(variables, grads, momentum=jnp.asarray(0.0))
   assert state.mom is not None and "momentum" in tf_slots
   assert max_ulp(params, tf_vars) == 0
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_eigen_sum_matches_tf_reduce_sum(dtype, x64):
+  """The summation order behind the norms, against ``tf.reduce_sum``."""
+  del x64
+  tf = pytest.importorskip("tensorflow")
+  from optax_tfrmsprop._src import numerics  # pylint: disable=g-import-not-at-top
+  reduce_sum = tf.function(tf.reduce_sum)
+  eigen_sum = jax.jit(numerics.eigen_sum)
+  rng = np.random.default_rng(4)
+  for n in [0, 1, 7, 8, 31, 33, 100, 4097, 8193, 50_000, 300_000]:
+    x = (3 * rng.standard_normal(n)).astype(dtype) ** 2
+    assert np.asarray(eigen_sum(x)) == reduce_sum(x).numpy(), n

@@ -2,9 +2,9 @@
 
 tf_keras' legacy optimizer clips in ``apply_gradients``, before the update, in
 the order clipvalue, clipnorm, global_clipnorm (``tensorflow/python/ops/
-clip_ops.py`` gives the formulas). Elementwise steps round as TF rounds; the
-sums inside the norms are XLA reductions, whose summation order is not Eigen's,
-so a clipped gradient can differ from TF's by an ULP or so of the norm.
+clip_ops.py`` gives the formulas). Elementwise steps round as TF rounds, and
+with ``rounding="tf_cpu"`` the norms of float32/float64 gradients are summed in
+Eigen's order (:func:`numerics.eigen_sum`), so clipping is bitwise TF's too.
 """
 
 from typing import Any, Optional
@@ -12,13 +12,15 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 
+from optax_tfrmsprop._src import base
 from optax_tfrmsprop._src import numerics
 
 
-def _divide_by_scalar(x: jax.Array, divisor: jax.Array, round_) -> jax.Array:
-  # Broadcasting the divisor behind the rounding hook keeps XLA from turning
-  # the quotient into a multiply by a rounded reciprocal.
-  return x / round_(jnp.broadcast_to(divisor, x.shape))
+def _sum(x: jax.Array, rounding) -> jax.Array:
+  """``reduce_sum`` as the rounding target computes it."""
+  if rounding == "tf_cpu" and x.dtype in (jnp.float32, jnp.float64):
+    return numerics.eigen_sum(x)
+  return jnp.sum(x)
 
 
 def clip_by_value(g: jax.Array, clipvalue: Any) -> jax.Array:
@@ -27,7 +29,7 @@ def clip_by_value(g: jax.Array, clipvalue: Any) -> jax.Array:
   return jnp.maximum(jnp.minimum(g, v), -v)
 
 
-def clip_by_norm(g: jax.Array, clipnorm: Any, round_) -> jax.Array:
+def clip_by_norm(g: jax.Array, clipnorm: Any, rounding) -> jax.Array:
   """``tf.clip_by_norm``: ``(g * C) / max(norm(g), C)``, per tensor.
 
   Not the identity when the norm is below ``C``: ``(g * C) / C`` rounds twice.
@@ -35,19 +37,20 @@ def clip_by_norm(g: jax.Array, clipnorm: Any, round_) -> jax.Array:
   Args:
     g: a gradient.
     clipnorm: the norm bound ``C``, cast directly to ``g``'s dtype.
-    round_: the rounding hook of the rounding target.
+    rounding: the rounding target.
 
   Returns:
     The clipped gradient.
   """
+  round_ = numerics.rounder(rounding)
   c = jnp.asarray(clipnorm).astype(g.dtype)
-  squares = jnp.sum(round_(g * g))
+  squares = _sum(round_(g * g), rounding)
   positive = squares > 0
   norm = jnp.where(positive, jnp.sqrt(jnp.where(positive, squares, 1)), squares)
-  return _divide_by_scalar(g * c, jnp.maximum(norm, c), round_)
+  return numerics.divide_by_scalar(g * c, jnp.maximum(norm, c))
 
 
-def global_norm_scale(leaves: list[jax.Array], global_clipnorm: Any, round_):
+def global_norm_scale(leaves: list[jax.Array], global_clipnorm: Any, rounding):
   """The factor ``tf.clip_by_global_norm`` multiplies every gradient by.
 
   ``norm = sqrt(2 * sum(l2_loss(g)))`` with ``l2_loss(g) = sum(g * g * 0.5)``,
@@ -57,19 +60,20 @@ def global_norm_scale(leaves: list[jax.Array], global_clipnorm: Any, round_):
   Args:
     leaves: the gradients.
     global_clipnorm: the bound ``C``.
-    round_: the rounding hook of the rounding target.
+    rounding: the rounding target.
 
   Returns:
     A scalar in the widest gradient dtype.
   """
+  round_ = numerics.rounder(rounding)
   dtype = jnp.result_type(*leaves)
   half_squares = jnp.stack(
-      [jnp.sum(round_(g * g) * 0.5).astype(dtype) for g in leaves]
+      [_sum(round_(g * g) * 0.5, rounding).astype(dtype) for g in leaves]
   )
-  norm = jnp.sqrt(jnp.sum(half_squares) * 2)
+  norm = jnp.sqrt(_sum(half_squares, rounding) * 2)
   c = jnp.asarray(global_clipnorm).astype(dtype)
   one = jnp.ones((), dtype)
-  return c * jnp.minimum(one / norm, one / c) + (norm - norm)
+  return round_(c * jnp.minimum(one / norm, one / c)) + (norm - norm)
 
 
 def clip_gradients(
@@ -78,7 +82,7 @@ def clip_gradients(
     clipvalue: Optional[Any],
     clipnorm: Optional[Any],
     global_clipnorm: Optional[Any],
-    round_=numerics.rounded,
+    rounding: base.Rounding = "tf_cpu",
 ) -> list[jax.Array]:
   """Applies tf_keras' clipping pipeline to a flat list of gradients.
 
@@ -87,7 +91,7 @@ def clip_gradients(
     clipvalue: elementwise bound, or ``None``.
     clipnorm: per-tensor norm bound, or ``None``.
     global_clipnorm: bound on the norm of all gradients together, or ``None``.
-    round_: the rounding hook of the rounding target.
+    rounding: the rounding target.
 
   Returns:
     The clipped gradients, in the same order.
@@ -95,8 +99,8 @@ def clip_gradients(
   if clipvalue is not None:
     leaves = [clip_by_value(g, clipvalue) for g in leaves]
   if clipnorm is not None:
-    leaves = [clip_by_norm(g, clipnorm, round_) for g in leaves]
+    leaves = [clip_by_norm(g, clipnorm, rounding) for g in leaves]
   if global_clipnorm is not None and leaves:
-    scale = global_norm_scale(leaves, global_clipnorm, round_)
+    scale = global_norm_scale(leaves, global_clipnorm, rounding)
     leaves = [g * scale.astype(g.dtype) for g in leaves]
   return leaves

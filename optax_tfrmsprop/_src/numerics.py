@@ -44,11 +44,35 @@ def rounded(x: jax.Array) -> jax.Array:
   Returns:
     An array equal to ``x``.
   """
+  return jnp.where(is_nan(x), jnp.asarray(jnp.nan, x.dtype), x)
+
+
+def is_nan(x: jax.Array) -> jax.Array:
+  """``isnan`` computed on the bits, which LLVM cannot fold away."""
   uint = jnp.dtype(f"uint{8 * x.dtype.itemsize}")
   bits = jax.lax.bitcast_convert_type(x, uint)
   magnitude = bits & np.array(np.iinfo(uint).max >> 1, uint)
   inf_bits = jax.lax.bitcast_convert_type(jnp.asarray(np.inf, x.dtype), uint)
-  return jnp.where(magnitude > inf_bits, jnp.asarray(jnp.nan, x.dtype), x)
+  return magnitude > inf_bits
+
+
+def divide_by_scalar(x: jax.Array, divisor: jax.Array) -> jax.Array:
+  """``x / divisor`` rounded as a true division, under ``jit`` too.
+
+  XLA turns a division by a broadcast scalar into a multiply by its rounded
+  reciprocal, and sinks any elementwise op on the broadcast scalar below the
+  broadcast. Selecting the divisor per element on ``x``'s NaN-ness keeps it an
+  array; the select changes nothing, as ``nan / d`` is NaN anyway.
+
+  Args:
+    x: the dividend.
+    divisor: a scalar.
+
+  Returns:
+    ``x / divisor``, elementwise.
+  """
+  nan = jnp.asarray(jnp.nan, x.dtype)
+  return x / jnp.where(is_nan(x), nan, divisor.astype(x.dtype))
 
 
 def rounder(rounding: base.Rounding):
@@ -128,3 +152,107 @@ def ulp_distance(a, b) -> np.ndarray:
 
   both_nan = np.isnan(a.astype(np.float64)) & np.isnan(b.astype(np.float64))
   return np.where(both_nan, 0, np.abs(ordered(a) - ordered(b)))
+
+
+# Eigen's full-reduction layout on x86-64 TF wheels (AVX): 32-byte packets,
+# tree-split above ``packet * 1024`` elements.
+_EIGEN_PACKET_BYTES = 32
+_EIGEN_LEAF_PACKETS = 1024
+
+
+def _eigen_leaves(first: int, n: int, packet: int) -> Any:
+  """The static tree of Eigen's ``InnerMostDimReducer`` splits.
+
+  Returns a leaf ``(first, n)`` or a pair ``[left, right]`` (right may be
+  ``None``), splitting at a packet-aligned midpoint as Eigen does.
+  """
+  if n <= packet * _EIGEN_LEAF_PACKETS:
+    return (first, n)
+  half = -(-n // 2)
+  split = packet * (-(-(first + half) // packet))
+  n_left = min(split - first, n)
+  right = _eigen_leaves(split, n - n_left, packet) if n_left < n else None
+  return [_eigen_leaves(first, n_left, packet), right]
+
+
+def _flatten_leaves(tree) -> list[tuple[int, int]]:
+  if isinstance(tree, tuple):
+    return [tree]
+  return [leaf for side in tree if side is not None
+          for leaf in _flatten_leaves(side)]
+
+
+def eigen_sum(x: jax.Array) -> jax.Array:
+  """Sums ``x`` in the order TF's CPU ``reduce_sum`` does (single-threaded).
+
+  Eigen splits the flattened input into a tree of leaves of at most 8192
+  float32 (4096 float64) elements; each leaf sums four packet accumulators
+  (then the remaining packets, then the scalar tail) and reduces the packet
+  horizontally. Every addition here rounds in that order, so the result is
+  bitwise TF's whenever TF reduces on one thread (measured up to 3M float32
+  elements), or on two threads splitting at the same midpoint.
+
+  Args:
+    x: a float32 or float64 array, of any shape.
+
+  Returns:
+    A scalar of ``x``'s dtype.
+  """
+  x = x.reshape(-1)
+  n = x.shape[0]
+  packet = _EIGEN_PACKET_BYTES // x.dtype.itemsize
+  if n == 0:
+    return jnp.zeros((), x.dtype)
+  tree = _eigen_leaves(0, n, packet)
+  leaves = _flatten_leaves(tree)
+  chunk = 4 * packet
+  rows = max(size // chunk for _, size in leaves)
+  padded = jnp.concatenate([x, jnp.zeros((1,), x.dtype)])
+  pad = n  # Index of the appended zero: adding +0 leaves a sum unchanged.
+
+  def gather(index_fn, width):
+    index = np.full((len(leaves), width), pad, np.int64)
+    for i, (first, size) in enumerate(leaves):
+      idx = index_fn(first, size)
+      index[i, : len(idx)] = idx
+    return padded[index]
+
+  def chunk_index(first, size):
+    return np.arange(first, first + (size // chunk) * chunk)
+
+  def packet_index(first, size):
+    start = (size // chunk) * chunk
+    return np.arange(first + start, first + (size // packet) * packet)
+
+  def tail_index(first, size):
+    return np.arange(first + (size // packet) * packet, first + size)
+
+  chunks = gather(chunk_index, rows * chunk).reshape(len(leaves), rows, 4,
+                                                     packet)
+
+  def add_row(acc, row):
+    return acc + row, None
+
+  acc, _ = jax.lax.scan(add_row, jnp.zeros((len(leaves), 4, packet), x.dtype),
+                        jnp.moveaxis(chunks, 1, 0))
+  vector = ((acc[:, 0] + acc[:, 1]) + acc[:, 2]) + acc[:, 3]
+  extra = gather(packet_index, 3 * packet).reshape(len(leaves), 3, packet)
+  for k in range(3):
+    vector = vector + extra[:, k]
+  while vector.shape[1] > 4:  # Horizontal packet sum: fold halves, then 2+2.
+    half = vector.shape[1] // 2
+    vector = vector[:, :half] + vector[:, half:]
+  horizontal = (vector[:, 0] + vector[:, 2]) + (vector[:, 1] + vector[:, 3])
+  scalar = jnp.zeros((len(leaves),), x.dtype)
+  tail = gather(tail_index, packet - 1)
+  for k in range(packet - 1):
+    scalar = scalar + tail[:, k]
+  leaf_sums = iter(list(scalar + horizontal))
+
+  def combine(node):
+    if isinstance(node, tuple):
+      return next(leaf_sums)
+    left = combine(node[0])
+    return left if node[1] is None else left + combine(node[1])
+
+  return combine(tree)

@@ -282,7 +282,7 @@ def rmsprop_update(
   leaves, treedef = jax.tree.flatten(grads)
   leaves = clipping.clip_gradients(
       leaves, clipvalue=clipvalue, clipnorm=clipnorm,
-      global_clipnorm=global_clipnorm, round_=round_)
+      global_clipnorm=global_clipnorm, rounding=rounding)
   hyper = _Hyperparams(state.count, learning_rate, rho, momentum, epsilon,
                        decay, round_, flavor)
   absent = [None] * len(leaves)
