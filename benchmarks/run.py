@@ -1,4 +1,4 @@
-"""The benchmark entry point: ``python -m benchmarks.run [--small] [--out DIR]``.
+"""Entry point of the benchmarks: ``python -m benchmarks.run [--small]``.
 
 Runs every suite of :data:`SUITES` in turn, each as ``python -m
 benchmarks.<suite> [--small] --out DIR --command ...``; a suite writes its

@@ -12,7 +12,7 @@ import optax
 import pytest
 
 import optax_tfrmsprop
-from tests.tf_reference import run_tf
+from tf_reference import run_tf  # tests/ is on sys.path under pytest
 
 _STEPS = 200
 _SHAPES = {
