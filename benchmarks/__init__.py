@@ -1,0 +1,1 @@
+"""Benchmarks of optax_tfrmsprop against its peers; see docs/benchmarks.md."""

@@ -1,0 +1,211 @@
+"""Everything the dense benchmark times: one :class:`Contender` per entry.
+
+A contender turns ``(params, grads, path)`` (numpy arrays and a
+:class:`~benchmarks.workloads.Path`) into a ``step()`` callable that applies
+one RMSprop update to its own copy of the params and returns when the update
+is done. Contenders of the same ``group`` run in one worker process, their
+steps interleaved so that load on the machine hits them alike; a group's
+imports never meet another group's. Adding a backend is adding an entry to
+:data:`CONTENDERS`.
+"""
+
+import dataclasses
+from typing import Callable
+
+import numpy as np
+
+from benchmarks.workloads import HYPERPARAMS
+
+Step = Callable[[], None]
+
+
+class Unavailable(Exception):
+  """The contender cannot run here; the message says why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Contender:
+  """One implementation of the RMSprop step.
+
+  Attributes:
+    name: the label in tables.
+    group: the worker process it runs in (``jax``, ``tf``, ``torch``).
+    make: ``make(params, grads, path) -> step``; raises :class:`Unavailable`.
+    compiled: whether its first call traces and compiles (then timed on the
+      workloads that ask for it).
+    description: how it is configured, for the report.
+  """
+
+  name: str
+  group: str
+  make: Callable[..., Step]
+  compiled: bool = False
+  description: str = ""
+
+
+def _jax_step(update_and_apply, params, state, grads) -> Step:
+  """Jits ``update_and_apply`` with donated params and state; returns a step."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  step_fn = jax.jit(update_and_apply, donate_argnums=(0, 1))
+  carry = [jax.device_put(params), jax.device_put(state)]
+  grads = jax.device_put(grads)
+
+  def step():
+    carry[:] = step_fn(carry[0], carry[1], grads)
+    jax.block_until_ready(carry)
+
+  return step
+
+
+def _optax_step(opt, params, grads) -> Step:
+  import jax  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+
+  def update_and_apply(params, state, grads):
+    updates, state = opt.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  params = jax.device_put(params)
+  return _jax_step(update_and_apply, params, opt.init(params), grads)
+
+
+def _ours(rounding: str):
+  def make(params, grads, path):
+    import optax_tfrmsprop  # pylint: disable=g-import-not-at-top
+
+    opt = optax_tfrmsprop.rmsprop(
+        momentum=path.momentum, centered=path.centered, rounding=rounding,
+        **HYPERPARAMS)
+    return _optax_step(opt, params, grads)
+
+  return make
+
+
+def _optax(params, grads, path):
+  import optax  # pylint: disable=g-import-not-at-top
+
+  # TF's epsilon sits outside the square root on the momentum-free paths and
+  # inside on the kernel (momentum) paths; optax's initial_scale=0 is TF's.
+  opt = optax.rmsprop(
+      HYPERPARAMS["learning_rate"], decay=HYPERPARAMS["rho"],
+      eps=HYPERPARAMS["epsilon"], eps_in_sqrt=path.momentum > 0,
+      centered=path.centered, momentum=path.momentum or None)
+  return _optax_step(opt, params, grads)
+
+
+def _keras3(params, grads, path):
+  import os  # pylint: disable=g-import-not-at-top
+
+  if os.environ.get("KERAS_BACKEND") != "jax":
+    raise Unavailable("needs KERAS_BACKEND=jax set before keras is imported")
+  try:
+    import keras  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise Unavailable(f"keras is not installed ({e})") from e
+  opt = keras.optimizers.RMSprop(
+      momentum=path.momentum, centered=path.centered, **HYPERPARAMS)
+  names = list(params)
+  variables = [keras.Variable(params[k]) for k in names]
+  opt.build(variables)
+
+  def update_and_apply(trainable, opt_vars, grads):
+    return opt.stateless_apply(opt_vars, grads, trainable)
+
+  return _jax_step(
+      update_and_apply, [v.value for v in variables],
+      [v.value for v in opt.variables], [grads[k] for k in names])
+
+
+def _tf_keras(params, grads, path):
+  try:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    import tf_keras  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise Unavailable(f"tensorflow/tf_keras is not installed ({e})") from e
+  opt = tf_keras.optimizers.legacy.RMSprop(
+      momentum=path.momentum, centered=path.centered, **HYPERPARAMS)
+  variables = [tf.Variable(v) for v in params.values()]
+  grads = [tf.constant(g) for g in grads.values()]
+
+  @tf.function
+  def apply():
+    opt.apply_gradients(zip(grads, variables))
+
+  return apply
+
+
+def _torch(params, grads, path):
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise Unavailable(
+        "torch is not installed (the CPU build is optional: the default "
+        f"package index may only offer the far larger CUDA build) ({e})"
+    ) from e
+  tensors = []
+  for name, value in params.items():
+    tensor = torch.nn.Parameter(torch.from_numpy(value.copy()))
+    tensor.grad = torch.from_numpy(grads[name])
+    tensors.append(tensor)
+  opt = torch.optim.RMSprop(
+      tensors, lr=HYPERPARAMS["learning_rate"], alpha=HYPERPARAMS["rho"],
+      eps=HYPERPARAMS["epsilon"], momentum=path.momentum,
+      centered=path.centered, foreach=True)
+  return opt.step
+
+
+# Lanes of the roofline kernel's interleaved layout: long enough to vectorise,
+# short enough that one row of all the arrays stays in L1.
+_ROOFLINE_LANES = 1024
+
+
+def _roofline(params, grads, path):
+  """The hardware bound: one in-place pass with exactly the path's traffic.
+
+  The path's ``writes`` arrays are interleaved as ``[n / lanes, writes,
+  lanes]``, so XLA:CPU makes one loop that reads each of them and the
+  gradient once and writes each of them once (separate arrays would give one
+  loop per written array, each reading the gradient again).
+  """
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  del params
+  g = np.concatenate([x.ravel() for x in grads.values()])
+  rows = g.size // _ROOFLINE_LANES
+  g = g[: rows * _ROOFLINE_LANES].reshape(rows, 1, _ROOFLINE_LANES)
+  slots = jnp.zeros((rows, path.writes, _ROOFLINE_LANES), jnp.float32)
+
+  def update(slots, unused_state, g):
+    return slots * 0.5 + g, unused_state
+
+  return _jax_step(update, slots, (), g)
+
+
+OURS = "optax_tfrmsprop"
+ROOFLINE = "roofline"
+
+CONTENDERS = (
+    Contender(OURS, "jax", _ours("tf_cpu"), compiled=True,
+              description='rmsprop(rounding="tf_cpu"), jit, donated'),
+    Contender(f"{OURS} tf_xla", "jax", _ours("tf_xla"), compiled=True,
+              description='rmsprop(rounding="tf_xla"), jit, donated'),
+    Contender("optax", "jax", _optax, compiled=True,
+              description="optax.rmsprop(decay=rho, eps, eps_in_sqrt=momentum"
+              " path, momentum or None), jit, donated"),
+    Contender("keras3", "jax", _keras3, compiled=True,
+              description="keras.optimizers.RMSprop.stateless_apply (JAX "
+              "backend), jit, donated"),
+    Contender("tf_keras", "tf", _tf_keras, compiled=True,
+              description="tf_keras.optimizers.legacy.RMSprop.apply_gradients"
+              " in tf.function"),
+    Contender("torch", "torch", _torch,
+              description="torch.optim.RMSprop(foreach=True), CPU"),
+    Contender(ROOFLINE, "jax", _roofline,
+              description="in-place jitted x*0.5+g over the path's arrays "
+              "interleaved: reads and writes each once"),
+)
+
+# Timed in every group, interleaved with its contenders, so that a contender
+# in another process is compared with numbers taken under the same load.
+REFERENCES = (OURS, ROOFLINE)
