@@ -14,6 +14,7 @@ import optax
 from optax_tfrmsprop._src import base
 from optax_tfrmsprop._src import clipping
 from optax_tfrmsprop._src import numerics
+from optax_tfrmsprop._src import sparse
 
 
 def rmsprop_init(
@@ -122,8 +123,12 @@ def _dense_leaf(g, ms, mg, mom, h, rounding: base.Rounding):
 
 
 def _check_matches(grads, state: base.RMSpropState):
-  """Raises a ValueError naming the first gradient that does not fit a slot."""
-  grads_def = jax.tree.structure(grads)
+  """Raises a ValueError naming the first gradient that does not fit a slot.
+
+  An :class:`~optax_tfrmsprop.IndexedSlices` stands where the params have an
+  array.
+  """
+  grads_def = jax.tree.structure(grads, is_leaf=sparse.is_indexed_slices)
   slots_def = jax.tree.structure(state.ms)
   if grads_def != slots_def:
     raise ValueError(
@@ -131,11 +136,16 @@ def _check_matches(grads, state: base.RMSpropState):
         f"from the params).\n  gradients: {grads_def}\n  state:     {slots_def}"
     )
   for (path, g), ms in zip(
-      jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(state.ms)
+      jax.tree_util.tree_leaves_with_path(
+          grads, is_leaf=sparse.is_indexed_slices),
+      jax.tree.leaves(state.ms),
   ):
-    if jnp.shape(g) != ms.shape or jnp.result_type(g) != ms.dtype:
+    where = jax.tree_util.keystr(path) or "the root"
+    if isinstance(g, sparse.IndexedSlices):
+      sparse.check_sparse_grad(where, g, ms)
+    elif jnp.shape(g) != ms.shape or jnp.result_type(g) != ms.dtype:
       raise ValueError(
-          f"Gradient at {jax.tree_util.keystr(path) or 'the root'} has shape "
+          f"Gradient at {where} has shape "
           f"{jnp.shape(g)} and dtype {jnp.result_type(g)}, but its parameter "
           f"(and slot) has shape {ms.shape} and dtype {ms.dtype}."
       )
@@ -196,10 +206,17 @@ def rmsprop_update(
   """
   _check_matches(grads, state)
   round_ = numerics.rounder(rounding)
-  leaves, treedef = jax.tree.flatten(grads)
-  leaves = clipping.clip_gradients(
-      leaves, clipvalue=clipvalue, clipnorm=clipnorm,
+  leaves, treedef = jax.tree.flatten(grads, is_leaf=sparse.is_indexed_slices)
+  # TF clips the rows of a sparse gradient before de-duplicating them.
+  is_sparse = [isinstance(g, sparse.IndexedSlices) for g in leaves]
+  clipped = clipping.clip_gradients(
+      [g.values if s else g for g, s in zip(leaves, is_sparse)],
+      clipvalue=clipvalue, clipnorm=clipnorm,
       global_clipnorm=global_clipnorm, round_=round_)
+  leaves = [
+      sparse.IndexedSlices(v, g.indices, g.dense_shape) if s else v
+      for g, v, s in zip(leaves, clipped, is_sparse)
+  ]
   hyper = _Hyperparams(state.count, learning_rate, rho, momentum, epsilon,
                        decay, round_)
   absent = [None] * len(leaves)
@@ -207,7 +224,9 @@ def rmsprop_update(
   mg_leaves = absent if state.mg is None else jax.tree.leaves(state.mg)
   mom_leaves = absent if state.mom is None else jax.tree.leaves(state.mom)
   results = [
-      _dense_leaf(g, ms, mg, mom, hyper(g.dtype), rounding)
+      sparse.sparse_leaf(g, ms, mg, mom, hyper(ms.dtype), round_)
+      if isinstance(g, sparse.IndexedSlices)
+      else _dense_leaf(g, ms, mg, mom, hyper(g.dtype), rounding)
       for g, ms, mg, mom in zip(leaves, ms_leaves, mg_leaves, mom_leaves)
   ]
   updates, ms, mg, mom = map(list, zip(*results)) if results else ([],) * 4
