@@ -12,7 +12,7 @@ For each of TF's sparse paths (P5-P8) it times one optimizer step on a
 * ``tf sparse``: ``tf_keras.optimizers.legacy.RMSprop.apply_gradients`` with a
   ``tf.IndexedSlices`` inside ``tf.function``.
 
-It prints the median step times, the ratios, and the temporary memory of the
+It prints the median (and minimum) step times, the ratios, and the temporary memory of the
 compiled JAX steps (``compiled.memory_analysis().temp_size_in_bytes``).
 """
 
@@ -96,12 +96,15 @@ def tf_runner(config, shape, grads):
   return run
 
 
-def median_seconds(runs, repeats):
-  """Median seconds per call of each run, interleaved so load hits all."""
+def seconds(runs, repeats):
+  """Median and minimum seconds per call of each run, interleaved.
+
+  Interleaving makes a varying machine load hit every contender alike.
+  """
   for run in runs:
     run()  # Warm-up: compilation, slot creation, first touch of memory.
   times = [[_timed(run) for run in runs] for _ in range(repeats)]
-  return [statistics.median(column) for column in zip(*times)]
+  return [(statistics.median(c), min(c)) for c in zip(*times)]
 
 
 def main():
@@ -109,6 +112,8 @@ def main():
   parser.add_argument("--small", action="store_true",
                       help="a 10,000 x 64 table and 256 ids (CI smoke run)")
   parser.add_argument("--repeats", type=int, default=None)
+  parser.add_argument("--paths", nargs="+", default=list(PATHS),
+                      choices=list(PATHS))
   args = parser.parse_args()
   rows, width, num_ids = (10_000, 64, 256) if args.small else (
       1_000_000, 64, 4096)
@@ -124,23 +129,25 @@ def main():
                  for v, i in sparse_grads[:2]]
   print(f"table {rows:,} x {width} float32, {num_ids:,} ids/step, "
         f"median of {repeats} steps, {jax.devices()[0].device_kind}")
-  header = (f"{'path':4}  {'jax sparse':>11}  {'jax dense':>10}  "
+  header = (f"{'path':4}  {'stat':6}  {'jax sparse':>11}  {'jax dense':>10}  "
             f"{'tf sparse':>10}  {'dense/sparse':>12}  {'tf/jax':>7}  "
             f"{'temp (sparse)':>14}  {'temp (dense)':>13}")
   print(header)
   print("-" * len(header))
   table_bytes = rows * width * 4
-  for name, config in PATHS.items():
+  for name in args.paths:
+    config = PATHS[name]
     sparse_run, sparse_temp = jax_runner(config, shape, sparse_grads, True)
     dense_run, dense_temp = jax_runner(config, shape, dense_grads, False)
     tf_run = tf_runner(config, shape, sparse_grads)
-    sparse_s, dense_s, tf_s = median_seconds(
-        [sparse_run, dense_run, tf_run], repeats)
+    timings = seconds([sparse_run, dense_run, tf_run], repeats)
     del sparse_run, dense_run, tf_run
-    print(f"{name:4}  {sparse_s * 1e3:9.3f}ms  {dense_s * 1e3:8.3f}ms  "
-          f"{tf_s * 1e3:8.3f}ms  {dense_s / sparse_s:11.1f}x  "
-          f"{tf_s / sparse_s:6.1f}x  "
-          f"{sparse_temp / 2**20:10.2f} MiB  {dense_temp / 2**20:9.2f} MiB")
+    for stat, (sparse_s, dense_s, tf_s) in zip(
+        ("median", "min"), zip(*timings)):
+      print(f"{name:4}  {stat:6}  {sparse_s * 1e3:9.3f}ms  "
+            f"{dense_s * 1e3:8.3f}ms  {tf_s * 1e3:8.3f}ms  "
+            f"{dense_s / sparse_s:11.1f}x  {tf_s / sparse_s:6.1f}x  "
+            f"{sparse_temp / 2**20:10.2f} MiB  {dense_temp / 2**20:9.2f} MiB")
   print(f"(table: {table_bytes / 2**20:.0f} MiB; the dense step's gradient "
         "is an input, not counted as temp)")
 

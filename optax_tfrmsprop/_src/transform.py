@@ -186,8 +186,14 @@ def rmsprop_update(
 
   Gradients are first clipped by value, then per-tensor norm, then global norm.
 
+  A gradient leaf may be an :class:`~optax_tfrmsprop.IndexedSlices`; it takes
+  TF's sparse paths (de-duplication after clipping, then P5-P8, see
+  ``_src/sparse.py``) and its update is an ``IndexedSlices`` of row increments
+  for :func:`~optax_tfrmsprop.apply_updates`.
+
   Args:
-    grads: gradients, a tree matching the params given to :func:`rmsprop_init`.
+    grads: gradients, a tree matching the params given to :func:`rmsprop_init`
+      (an ``IndexedSlices`` may stand where the params have an array).
     state: the current state.
     learning_rate: a scalar, or a schedule called with the step count cast to
       each leaf's dtype (TF's ``iterations``, before the increment).
@@ -201,8 +207,9 @@ def rmsprop_update(
     rounding: the TF evaluation to reproduce: ``"tf_cpu"`` or ``"tf_xla"``.
 
   Returns:
-    ``(updates, new_state)``; ``optax.apply_updates(params, updates)`` gives
-    TF's new variables.
+    ``(updates, new_state)``; ``optax_tfrmsprop.apply_updates(params,
+    updates)`` gives TF's new variables (``optax.apply_updates`` too when no
+    leaf is sparse).
   """
   _check_matches(grads, state)
   round_ = numerics.rounder(rounding)
