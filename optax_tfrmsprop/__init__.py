@@ -10,6 +10,9 @@ from optax_tfrmsprop._src.interop_tf1_keras3 import tf1_state_from_checkpoint
 from optax_tfrmsprop._src.numerics import ulp_distance
 from optax_tfrmsprop._src.presets import keras3_rmsprop
 from optax_tfrmsprop._src.presets import tf1_rmsprop
+from optax_tfrmsprop._src.sparse import apply_updates
+from optax_tfrmsprop._src.sparse import IndexedSlices
+from optax_tfrmsprop._src.sparse import sparse_embedding_value_and_grad
 from optax_tfrmsprop._src.transform import rmsprop_init
 from optax_tfrmsprop._src.transform import rmsprop_update
 
@@ -17,13 +20,16 @@ __version__ = "0.1.0"
 
 __all__ = (
     "Flavor",
+    "IndexedSlices",
     "RMSpropState",
     "Rounding",
+    "apply_updates",
     "keras3_rmsprop",
     "keras3_state_from_optimizer",
     "rmsprop",
     "rmsprop_init",
     "rmsprop_update",
+    "sparse_embedding_value_and_grad",
     "tf1_rmsprop",
     "tf1_slot_names",
     "tf1_state_from_checkpoint",

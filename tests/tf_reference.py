@@ -16,7 +16,9 @@ def run_tf(var_values, grad_steps, *, jit_compile=False, **config):
 
   Args:
     var_values: initial variable values (numpy arrays).
-    grad_steps: one list of gradients (numpy arrays) per step.
+    grad_steps: one list of gradients per step: numpy arrays, or
+      ``(values, indices, dense_shape)`` tuples fed as ``tf.IndexedSlices``
+      (TF's sparse paths).
     jit_compile: run the step with ``tf.function(jit_compile=True)`` (XLA).
     **config: constructor arguments of the optimizer.
 
@@ -32,8 +34,16 @@ def run_tf(var_values, grad_steps, *, jit_compile=False, **config):
   def step(grads):
     opt.apply_gradients(zip(grads, variables))
 
+  def to_tf(g):
+    if isinstance(g, tuple):
+      values, indices, dense_shape = g
+      return tf.IndexedSlices(
+          tf.constant(values), tf.constant(indices),
+          tf.constant(dense_shape, tf.int64))
+    return tf.constant(g)
+
   for grads in grad_steps:
-    step([tf.constant(g) for g in grads])
+    step([to_tf(g) for g in grads])
   slots = {
       name: [opt.get_slot(v, name).numpy() for v in variables]
       for name in opt.get_slot_names()

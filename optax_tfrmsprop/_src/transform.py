@@ -14,6 +14,7 @@ import optax
 from optax_tfrmsprop._src import base
 from optax_tfrmsprop._src import clipping
 from optax_tfrmsprop._src import numerics
+from optax_tfrmsprop._src import sparse
 
 
 def rmsprop_init(
@@ -177,9 +178,24 @@ def _dense_leaf(g, ms, mg, mom, h, rounding: base.Rounding,
   return -mom, ms, mg, mom
 
 
+def _leaf_update(g, ms, mg, mom, hyper, rounding: base.Rounding,
+                 flavor: base.Flavor):
+  """Routes one gradient leaf to TF's sparse or dense update."""
+  if isinstance(g, sparse.IndexedSlices):
+    if flavor != "keras3":
+      return sparse.sparse_leaf(g, ms, mg, mom, hyper(ms.dtype),
+                                numerics.rounder(rounding))
+    g = g.to_dense()  # Keras 3 has no row-sparse update.
+  return _dense_leaf(g, ms, mg, mom, hyper(g.dtype), rounding, flavor)
+
+
 def _check_matches(grads, state: base.RMSpropState):
-  """Raises a ValueError naming the first gradient that does not fit a slot."""
-  grads_def = jax.tree.structure(grads)
+  """Raises a ValueError naming the first gradient that does not fit a slot.
+
+  An :class:`~optax_tfrmsprop.IndexedSlices` stands where the params have an
+  array.
+  """
+  grads_def = jax.tree.structure(grads, is_leaf=sparse.is_indexed_slices)
   slots_def = jax.tree.structure(state.ms)
   if grads_def != slots_def:
     raise ValueError(
@@ -187,11 +203,16 @@ def _check_matches(grads, state: base.RMSpropState):
         f"from the params).\n  gradients: {grads_def}\n  state:     {slots_def}"
     )
   for (path, g), ms in zip(
-      jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(state.ms)
+      jax.tree_util.tree_leaves_with_path(
+          grads, is_leaf=sparse.is_indexed_slices),
+      jax.tree.leaves(state.ms),
   ):
-    if jnp.shape(g) != ms.shape or jnp.result_type(g) != ms.dtype:
+    where = jax.tree_util.keystr(path) or "the root"
+    if isinstance(g, sparse.IndexedSlices):
+      sparse.check_sparse_grad(where, g, ms)
+    elif jnp.shape(g) != ms.shape or jnp.result_type(g) != ms.dtype:
       raise ValueError(
-          f"Gradient at {jax.tree_util.keystr(path) or 'the root'} has shape "
+          f"Gradient at {where} has shape "
           f"{jnp.shape(g)} and dtype {jnp.result_type(g)}, but its parameter "
           f"(and slot) has shape {ms.shape} and dtype {ms.dtype}."
       )
@@ -246,8 +267,14 @@ def rmsprop_update(
     i = \frac{\eta_t g}{\sqrt{(s\,[-\,\bar g \bar g]) + \epsilon}},\;
     [m \leftarrow (\mu m) + i],\; u = -i \text{ or } -m
 
+  A gradient leaf may be an :class:`~optax_tfrmsprop.IndexedSlices`; it takes
+  TF's sparse paths (de-duplication after clipping, then P5-P8, see
+  ``_src/sparse.py``) and its update is an ``IndexedSlices`` of row increments
+  for :func:`~optax_tfrmsprop.apply_updates` (Keras 3 densifies it instead).
+
   Args:
-    grads: gradients, a tree matching the params given to :func:`rmsprop_init`.
+    grads: gradients, a tree matching the params given to :func:`rmsprop_init`
+      (an ``IndexedSlices`` may stand where the params have an array).
     state: the current state.
     learning_rate: a scalar, or a schedule called with the step count cast to
       each leaf's dtype (TF's ``iterations``, before the increment).
@@ -263,8 +290,9 @@ def rmsprop_update(
       ``"keras3"`` (see :data:`Flavor`).
 
   Returns:
-    ``(updates, new_state)``; ``optax.apply_updates(params, updates)`` gives
-    TF's new variables.
+    ``(updates, new_state)``; ``optax_tfrmsprop.apply_updates(params,
+    updates)`` gives TF's new variables (``optax.apply_updates`` too when no
+    leaf is sparse).
 
   Example:
     >>> import jax.numpy as jnp
@@ -279,10 +307,17 @@ def rmsprop_update(
   if flavor not in base.FLAVORS:
     raise ValueError(
         f"flavor must be one of {base.FLAVORS}, got flavor={flavor!r}.")
-  leaves, treedef = jax.tree.flatten(grads)
-  leaves = clipping.clip_gradients(
-      leaves, clipvalue=clipvalue, clipnorm=clipnorm,
+  leaves, treedef = jax.tree.flatten(grads, is_leaf=sparse.is_indexed_slices)
+  # TF clips the rows of a sparse gradient before de-duplicating them.
+  is_sparse = [isinstance(g, sparse.IndexedSlices) for g in leaves]
+  clipped = clipping.clip_gradients(
+      [g.values if s else g for g, s in zip(leaves, is_sparse)],
+      clipvalue=clipvalue, clipnorm=clipnorm,
       global_clipnorm=global_clipnorm, rounding=rounding)
+  leaves = [
+      sparse.IndexedSlices(v, g.indices, g.dense_shape) if s else v
+      for g, v, s in zip(leaves, clipped, is_sparse)
+  ]
   hyper = _Hyperparams(state.count, learning_rate, rho, momentum, epsilon,
                        decay, round_, flavor)
   absent = [None] * len(leaves)
@@ -290,7 +325,7 @@ def rmsprop_update(
   mg_leaves = absent if state.mg is None else jax.tree.leaves(state.mg)
   mom_leaves = absent if state.mom is None else jax.tree.leaves(state.mom)
   results = [
-      _dense_leaf(g, ms, mg, mom, hyper(g.dtype), rounding, flavor)
+      _leaf_update(g, ms, mg, mom, hyper, rounding, flavor)
       for g, ms, mg, mom in zip(leaves, ms_leaves, mg_leaves, mom_leaves)
   ]
   updates, ms, mg, mom = map(list, zip(*results)) if results else ([],) * 4

@@ -1,0 +1,353 @@
+r"""Row-sparse gradients (TF's ``IndexedSlices``) and their RMSprop paths.
+
+TF applies RMSprop to an ``IndexedSlices`` gradient through four sparse paths
+(P5-P8 of the spec) whose semantics differ from the dense ones. This module
+holds the gradient type, the jit-safe de-duplication that tf_keras performs
+first, the per-leaf sparse update (called by
+:func:`optax_tfrmsprop.rmsprop_update`, the one home of the update math) and
+:func:`apply_updates`, which scatters the row updates into the params.
+
+Invalid indices (negative, or ``>= dense_shape[0]``) are rejected with a
+``ValueError`` when the indices are concrete. Under ``jax.jit`` they cannot be
+checked; they are then mapped to the out-of-range row ``dense_shape[0]`` and
+every scatter drops them, so they change no row of the params or of any slot
+(their values still count in ``clipnorm`` / ``global_clipnorm``).
+"""
+
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+# Eigen's float packets on the AVX build TF ships: the first
+# ``_PACKET * (row_width // _PACKET)`` elements of each row of
+# ResourceSparseApply[Centered]RMSProp take the vectorised rsqrt.
+_PACKET = 8
+
+
+@jax.tree_util.register_pytree_node_class
+class IndexedSlices:
+  """A row-sparse gradient: ``values[k]`` belongs to row ``indices[k]``.
+
+  The equivalent of ``tf.IndexedSlices``: it stands for the dense array of
+  shape ``dense_shape`` that is zero except for the listed rows, duplicates
+  summed. It can be the gradient leaf of a param of shape ``dense_shape`` in
+  :func:`optax_tfrmsprop.rmsprop`; the updates then hold an
+  ``IndexedSlices`` of row updates at the same place, which
+  :func:`optax_tfrmsprop.apply_updates` scatters into the param.
+
+  ``values`` and ``indices`` are the pytree children; ``dense_shape`` is
+  static (auxiliary data), so it must be a tuple of Python ints.
+
+  Attributes:
+    values: ``shape=(n, *dense_shape[1:])``, the rows.
+    indices: ``shape=(n,)``, integer row numbers, duplicates allowed.
+    dense_shape: the shape of the dense array (of the param).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> g = IndexedSlices(jnp.ones((2, 3)), jnp.array([4, 1]), (5, 3))
+    >>> g.dense_shape
+    (5, 3)
+  """
+
+  def __init__(self, values, indices, dense_shape: Sequence[int]):
+    self.values = values
+    self.indices = indices
+    self.dense_shape = tuple(int(d) for d in dense_shape)
+
+  def tree_flatten(self):
+    return (self.values, self.indices), self.dense_shape
+
+  @classmethod
+  def tree_unflatten(cls, dense_shape, children):
+    return cls(*children, dense_shape)
+
+  def __repr__(self):
+    return (f"IndexedSlices(values={self.values!r}, indices={self.indices!r}, "
+            f"dense_shape={self.dense_shape})")
+
+  def to_dense(self) -> jax.Array:
+    """The dense array, duplicates summed, invalid indices dropped."""
+    rows = _valid_rows(jnp.asarray(self.indices), self.dense_shape[0])
+    zeros = jnp.zeros(self.dense_shape, jnp.result_type(self.values))
+    return zeros.at[rows].add(self.values, mode="drop")
+
+
+def is_indexed_slices(x: Any) -> bool:
+  """``is_leaf`` predicate that keeps :class:`IndexedSlices` whole."""
+  return isinstance(x, IndexedSlices)
+
+
+def _valid_rows(indices: jax.Array, num_rows: int) -> jax.Array:
+  # Negative indices would wrap in jnp's scatter even with mode="drop", so
+  # every invalid index becomes the one out-of-range row ``num_rows``.
+  invalid = (indices < 0) | (indices >= num_rows)
+  return jnp.where(invalid, num_rows, indices).astype(jnp.int32)
+
+
+def check_sparse_grad(path: str, g: IndexedSlices, slot: jax.Array) -> None:
+  """Raises a ValueError when ``g`` cannot be a gradient of ``slot``'s param.
+
+  Shapes and dtypes are always checked; index values only when concrete.
+
+  Args:
+    path: where ``g`` sits in the gradient tree, for the message.
+    g: the sparse gradient.
+    slot: a slot (or the param) of the matching param.
+  """
+  where = f"Sparse gradient at {path}"
+  values, indices = g.values, g.indices
+  if g.dense_shape != slot.shape:
+    raise ValueError(
+        f"{where} has dense_shape {g.dense_shape}, but its parameter has "
+        f"shape {slot.shape}.")
+  if jnp.ndim(indices) != 1 or not jnp.issubdtype(
+      jnp.result_type(indices), jnp.integer):
+    raise ValueError(
+        f"{where}: indices must be a 1-D integer array, got shape "
+        f"{jnp.shape(indices)} and dtype {jnp.result_type(indices)}.")
+  want = (jnp.shape(indices)[0],) + slot.shape[1:]
+  if jnp.shape(values) != want or jnp.result_type(values) != slot.dtype:
+    raise ValueError(
+        f"{where}: values must have shape {want} (one row per index) and "
+        f"dtype {slot.dtype}, got shape {jnp.shape(values)} and dtype "
+        f"{jnp.result_type(values)}.")
+  if not isinstance(indices, jax.core.Tracer):
+    concrete = np.asarray(indices)
+    bad = (concrete < 0) | (concrete >= slot.shape[0])
+    if bad.any():
+      k = int(np.argmax(bad))
+      raise ValueError(
+          f"{where}: indices[{k}] = {concrete[k]} is not in "
+          f"[0, {slot.shape[0]}).")
+
+
+def deduplicate(values: jax.Array, indices: jax.Array, num_rows: int):
+  """tf_keras' ``_deduplicate_indexed_slices``, with static shapes.
+
+  ``tf.unique`` lists the distinct indices in order of first occurrence and
+  ``tf.math.unsorted_segment_sum`` adds the rows of each index, starting from
+  zero, in input order. Here the output keeps the input length ``n``: the
+  ``u`` distinct indices come first, in first-occurrence order, followed by
+  ``n - u`` padding entries of index ``num_rows`` (out of range, so every
+  scatter drops them) and zero rows. Invalid indices are mapped to
+  ``num_rows`` as well.
+
+  Args:
+    values: ``(n, ...)`` rows.
+    indices: ``(n,)`` row numbers.
+    num_rows: the number of rows of the dense array.
+
+  Returns:
+    ``(summed_values, unique_indices)``, shaped like the inputs.
+  """
+  rows = _valid_rows(indices, num_rows)
+  n = rows.shape[0]
+  if n == 0:
+    return values, rows
+  position = jnp.arange(n, dtype=jnp.int32)
+  order = jnp.argsort(rows, stable=True).astype(jnp.int32)
+  sorted_rows = rows[order]
+  starts = jnp.concatenate(
+      [jnp.ones(1, bool), sorted_rows[1:] != sorted_rows[:-1]])
+  # A stable sort puts each group's first occurrence at the group's start.
+  group_start = jax.lax.cummax(jnp.where(starts, position, 0))
+  first = jnp.zeros(n, jnp.int32).at[order].set(order[group_start])
+  rank = jnp.cumsum(first == position, dtype=jnp.int32) - 1
+  segment = rank[first]
+  # XLA:CPU's scatter-add visits updates in order: sequential summation in
+  # input order, as unsorted_segment_sum does.
+  summed = jax.ops.segment_sum(values, segment, num_segments=n)
+  unique = jnp.full(n, num_rows, jnp.int32).at[segment].set(rows)
+  return summed, unique
+
+
+def _packet_rsqrt(x: jax.Array, round_) -> jax.Array:
+  """Eigen's ``rsqrt`` over rows of ``x`` as TF's sparse kernels evaluate it.
+
+  Per row of width ``W``, the first ``8 * (W // 8)`` elements use Eigen's
+  packet rsqrt and the remaining ``W % 8`` ``1 / sqrt``. float32 packets are
+  the hardware estimate refined by one Newton step; ``jax.lax.rsqrt`` is the
+  same estimate and step on XLA:CPU, but with fused multiply-adds, so a lane
+  can differ by an ULP. float16 packets are the float32 rsqrt of the widened
+  value rounded to half; float64 uses ``1 / sqrt`` throughout.
+
+  Args:
+    x: ``(n, ...)`` positive rows.
+    round_: the rounding hook.
+
+  Returns:
+    ``rsqrt(x)``, rounded to ``x``'s dtype.
+  """
+  exact = 1 / round_(jnp.sqrt(x))
+  if x.dtype == jnp.float64 or x.ndim < 1:
+    return exact
+  width = int(np.prod(x.shape[1:]))
+  packet_width = _PACKET * (width // _PACKET)
+  if packet_width == 0:
+    return exact
+  if x.dtype == jnp.float32:
+    packet = jax.lax.rsqrt(x)
+  else:
+    packet = jax.lax.rsqrt(x.astype(jnp.float32)).astype(x.dtype)
+  lane = jnp.arange(width).reshape(x.shape[1:])
+  return jnp.where(lane < packet_width, packet, exact)
+
+
+def sparse_leaf(g: IndexedSlices, ms, mg, mom, h, round_):
+  r"""One sparse leaf of TF's update; returns ``(update, ms, mg, mom)``.
+
+  ``G`` and ``I`` are the de-duplicated rows and indices, every operation
+  rounds to the leaf dtype in the order written, and ``update`` is an
+  :class:`IndexedSlices` of row increments on the unique indices ``I``
+  (padded with out-of-range rows).
+
+  Without momentum (P5/P6: tf_keras' graph ops, with grappler's rewrite of
+  ``(G G) c`` into ``(G c) G`` that every ``tf.function`` gets):
+
+  .. math::
+
+    s \leftarrow s \rho \text{ (every row)},\;
+    s_I \leftarrow s_I + (G c) G,\;
+    [\bar g \leftarrow \bar g \rho,\; \bar g_I \leftarrow \bar g_I + G c],\;
+    u_I = \frac{(-\eta) G}{\sqrt{s_I [- \bar g_I \bar g_I]} + \epsilon}
+
+  With momentum (P7/P8: ``ResourceSparseApply[Centered]RMSProp``, only rows
+  ``I`` of any slot change):
+
+  .. math::
+
+    s_I \leftarrow s_I \rho + (G G) c,\;
+    [\bar g_I \leftarrow \bar g_I \rho + G c],\;
+    m_I \leftarrow m_I \mu + (\mathrm{rsqrt}((s_I + \epsilon)
+      [- \bar g_I \bar g_I]) \eta) G,\;
+    u_I = -m_I
+
+  Args:
+    g: the (clipped) gradient.
+    ms: the ``ms`` slot.
+    mg: the ``mg`` slot or ``None``.
+    mom: the ``mom`` slot or ``None``.
+    h: the hyperparameters materialised in the leaf dtype.
+    round_: the rounding hook.
+
+  Returns:
+    ``(update, ms, mg, mom)``.
+  """
+  lr, rho, c, mu, eps = (
+      h["lr"], h["rho"], h["one_minus_rho"], h["momentum"], h["epsilon"])
+  num_rows = ms.shape[0]
+  grad, rows = deduplicate(g.values, g.indices, num_rows)
+  take = lambda slot: slot.at[rows].get(mode="fill", fill_value=0)
+  put = lambda slot, new: slot.at[rows].set(new, mode="drop")
+  if mom is None:
+    ms = round_(ms * rho)
+    ms_rows = take(ms) + round_((grad * c) * grad)
+    ms = put(ms, ms_rows)
+    denom = ms_rows
+    if mg is not None:
+      mg = round_(mg * rho)
+      mg_rows = take(mg) + round_(grad * c)
+      mg = put(mg, mg_rows)
+      denom = ms_rows - round_(mg_rows * mg_rows)
+    step = ((-lr) * grad) / (jnp.sqrt(denom) + eps)
+    return IndexedSlices(step, rows, g.dense_shape), ms, mg, mom
+  ms_rows = round_(take(ms) * rho) + round_((grad * grad) * c)
+  denom = ms_rows + eps
+  if mg is not None:
+    mg_rows = round_(take(mg) * rho) + round_(grad * c)
+    mg = put(mg, mg_rows)
+    denom = denom - round_(mg_rows * mg_rows)
+  scale = _packet_rsqrt(denom, round_) * lr
+  mom_rows = round_(take(mom) * mu) + round_(scale * grad)
+  ms, mom = put(ms, ms_rows), put(mom, mom_rows)
+  return IndexedSlices(-mom_rows, rows, g.dense_shape), ms, mg, mom
+
+
+def apply_updates(params: optax.Params, updates: optax.Updates) -> optax.Params:
+  """``optax.apply_updates`` that also scatters :class:`IndexedSlices`.
+
+  Dense leaves become ``param + update``; a sparse update adds its rows to
+  the listed rows of the param (rows with an out-of-range index are dropped).
+  Results keep the param dtype. With the params donated to a jitted step,
+  the sparse scatter happens in place.
+
+  Args:
+    params: the parameter tree.
+    updates: the updates of :func:`optax_tfrmsprop.rmsprop`, a tree matching
+      ``params`` whose leaves may be :class:`IndexedSlices`.
+
+  Returns:
+    The updated params.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> u = IndexedSlices(jnp.array([[1.0, 2.0]]), jnp.array([1]), (2, 2))
+    >>> apply_updates(jnp.zeros((2, 2)), u)
+    Array([[0., 0.],
+           [1., 2.]], dtype=float32)
+  """
+
+  def apply_leaf(p, u):
+    if p is None:
+      return None
+    if isinstance(u, IndexedSlices):
+      rows = _valid_rows(jnp.asarray(u.indices), p.shape[0])
+      return p.at[rows].add(u.values.astype(p.dtype), mode="drop")
+    return jnp.asarray(p + u).astype(jnp.asarray(p).dtype)
+
+  return jax.tree.map(apply_leaf, params, updates,
+                      is_leaf=lambda x: x is None)
+
+
+def sparse_embedding_value_and_grad(
+    loss_fn: Callable[..., Any],
+    table: jax.Array,
+    ids: jax.Array,
+    *args: Any,
+    has_aux: bool = False,
+) -> tuple[Any, tuple[Any, ...]]:
+  """Loss and gradients of an embedding model, the table's as IndexedSlices.
+
+  ``jax.grad`` of a loss through ``table[ids]`` builds a table-sized
+  cotangent. Here the loss is differentiated with respect to the gathered
+  rows ``table[ids]`` instead, and that row gradient is paired with ``ids``,
+  as TF's gradient of ``tf.gather`` / ``embedding_lookup`` is. Its
+  :meth:`IndexedSlices.to_dense` equals ``jax.grad`` with respect to the
+  table, and nothing of the table's size is allocated.
+
+  Args:
+    loss_fn: ``loss_fn(rows, *args)``, where ``rows = table[ids]`` has shape
+      ``ids.shape + table.shape[1:]``; returns a scalar loss (and an aux
+      value when ``has_aux``).
+    table: the embedding table, ``(num_rows, ...)``.
+    ids: integer row ids of any shape.
+    *args: further differentiable arguments of ``loss_fn`` (e.g. the dense
+      params of the rest of the model).
+    has_aux: ``loss_fn`` returns ``(loss, aux)``.
+
+  Returns:
+    ``(value, grads)``: ``value`` is the loss (or ``(loss, aux)``) and
+    ``grads`` is ``(table_grad, *arg_grads)`` with ``table_grad`` an
+    :class:`IndexedSlices` of ``ids.size`` rows.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> table = jnp.arange(8.0).reshape(4, 2)
+    >>> loss, (g,) = sparse_embedding_value_and_grad(
+    ...     lambda rows: jnp.sum(rows ** 2), table, jnp.array([3, 0, 3]))
+    >>> g.indices, g.values[0]
+    (Array([3, 0, 3], dtype=int32), Array([12., 14.], dtype=float32))
+  """
+  ids = jnp.asarray(ids)
+  rows = table.at[ids].get(mode="fill", fill_value=0)
+  argnums = tuple(range(1 + len(args)))
+  value, grads = jax.value_and_grad(loss_fn, argnums, has_aux=has_aux)(
+      rows, *args)
+  table_grad = IndexedSlices(
+      grads[0].reshape((ids.size,) + table.shape[1:]), ids.reshape(-1),
+      table.shape)
+  return value, (table_grad, *grads[1:])

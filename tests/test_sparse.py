@@ -1,0 +1,342 @@
+"""Sparse (IndexedSlices) gradients against TF's sparse RMSprop paths P5-P8."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import optax_tfrmsprop as ot
+from optax_tfrmsprop._src import sparse
+from tf_reference import run_tf, tf
+
+PATHS = {
+    "P5": dict(momentum=0.0, centered=False),
+    "P6": dict(momentum=0.0, centered=True),
+    "P7": dict(momentum=0.9, centered=False),
+    "P8": dict(momentum=0.9, centered=True),
+}
+SLOTS = {"rms": "ms", "mg": "mg", "momentum": "mom"}
+# Measured bound for P7/P8 in float32 (see docs/sparse.md): TF's packet rsqrt
+# is the hardware estimate plus a Newton step without FMA, jax.lax.rsqrt the
+# same estimate plus the step with FMA.
+F32_KERNEL_STEP_ULP = 4
+
+
+def _make_steps(seed, dtype, *, rows=10, width=12, n=7, steps=100,
+                dense=True):
+  """Random sparse steps with duplicates (and a dense second variable)."""
+  rng = np.random.default_rng(seed)
+  shape = (rows, width)
+  var_values = [rng.normal(size=shape).astype(dtype)]
+  if dense:
+    var_values.append(rng.normal(size=(3,)).astype(dtype))
+  grad_steps = []
+  for t in range(steps):
+    scale = (1e-3, 1.0, 30.0)[t % 3]
+    grads = [((rng.normal(size=(n, width)) * scale).astype(dtype),
+              rng.integers(0, rows, n).astype(np.int32), shape)]
+    if dense:
+      grads.append((rng.normal(size=(3,)) * scale).astype(dtype))
+    grad_steps.append(grads)
+  return var_values, grad_steps
+
+
+def _to_jax(g):
+  if isinstance(g, tuple):
+    return ot.IndexedSlices(jnp.asarray(g[0]), jnp.asarray(g[1]), g[2])
+  return jnp.asarray(g)
+
+
+def _run_jax(var_values, grad_steps, *, state=None, centered=False, **config):
+  """Runs the jitted ``rmsprop`` + ``apply_updates``; returns params, state."""
+  opt = ot.rmsprop(centered=centered, **config)
+  params = [jnp.asarray(v) for v in var_values]
+  state = opt.init(params) if state is None else state
+
+  @jax.jit
+  def step(params, state, grads):
+    updates, state = opt.update(grads, state)
+    return ot.apply_updates(params, updates), state
+
+  for grads in grad_steps:
+    params, state = step(params, state, [_to_jax(g) for g in grads])
+  return params, state
+
+
+def _max_ulp(tf_result, params, state):
+  """Largest ULP distance over the variables and every TF slot."""
+  tf_vars, tf_slots, _ = tf_result
+  worst = max(int(ot.ulp_distance(np.asarray(p), v).max())
+              for p, v in zip(params, tf_vars))
+  for tf_name, values in tf_slots.items():
+    ours = getattr(state, SLOTS[tf_name])
+    worst = max(worst, *(int(ot.ulp_distance(np.asarray(a), b).max())
+                         for a, b in zip(ours, values)))
+  return worst
+
+
+def _state_from_tf(tf_result, count):
+  _, tf_slots, _ = tf_result
+  slots = {SLOTS[k]: [jnp.asarray(v) for v in vs] for k, vs in tf_slots.items()}
+  return ot.RMSpropState(count=jnp.asarray(count, jnp.int32), **slots)
+
+
+@pytest.mark.parametrize("path", ["P5", "P6"])
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+def test_no_momentum_paths_bit_identical_over_100_steps(path, dtype, x64):
+  var_values, grad_steps = _make_steps(0, np.dtype(dtype))
+  config = dict(learning_rate=0.01, **PATHS[path])
+  tf_result = run_tf(var_values, grad_steps, **config)
+  params, state = _run_jax(var_values, grad_steps, **config)
+  assert _max_ulp(tf_result, params, state) == 0
+
+
+@pytest.mark.parametrize("path", ["P7", "P8"])
+@pytest.mark.parametrize("dtype", ["float64", "float16"])
+def test_momentum_paths_bit_identical_in_f64_and_f16(path, dtype, x64):
+  var_values, grad_steps = _make_steps(1, np.dtype(dtype))
+  config = dict(learning_rate=0.01, **PATHS[path])
+  tf_result = run_tf(var_values, grad_steps, **config)
+  params, state = _run_jax(var_values, grad_steps, **config)
+  assert _max_ulp(tf_result, params, state) == 0
+
+
+@pytest.mark.parametrize("path", ["P7", "P8"])
+@pytest.mark.slow
+def test_momentum_paths_f32_per_step_bound(path):
+  """One step from TF's own state, at two points of a 100-step run.
+
+  The rsqrt lanes differ by an ULP, the momentum slot by a few; the variable
+  inherits that absolute difference through ``var - mom``, which can be many
+  ULPs of a variable near zero, so it is bounded in ULPs of the momentum.
+  """
+  var_values, grad_steps = _make_steps(2, np.float32, rows=40, width=20,
+                                       n=30)
+  config = dict(learning_rate=0.01, **PATHS[path])
+  for k in (0, 60):
+    before = run_tf(var_values, grad_steps[:k], **config) if k else None
+    start = before[0] if k else var_values
+    state = _state_from_tf(before, k) if k else None
+    tf_vars, tf_slots, _ = run_tf(var_values, grad_steps[:k + 1], **config)
+    params, state = _run_jax(start, grad_steps[k:k + 1], state=state,
+                             **config)
+    mom = tf_slots["momentum"][0]
+    assert ot.ulp_distance(np.asarray(state.mom[0]), mom).max() <= (
+        F32_KERNEL_STEP_ULP)
+    np.testing.assert_array_equal(state.ms[0], tf_slots["rms"][0])
+    bound = (F32_KERNEL_STEP_ULP * np.spacing(np.abs(mom))
+             + np.spacing(np.abs(tf_vars[0])))
+    assert np.all(np.abs(np.asarray(params[0]) - tf_vars[0]) <= bound)
+
+
+@pytest.mark.parametrize("path", ["P7", "P8"])
+def test_momentum_paths_f32_close_after_100_steps(path):
+  var_values, grad_steps = _make_steps(3, np.float32)
+  config = dict(learning_rate=0.01, **PATHS[path])
+  tf_vars, tf_slots, _ = run_tf(var_values, grad_steps, **config)
+  params, state = _run_jax(var_values, grad_steps, **config)
+  # Only rsqrt lanes differ (by an ULP); the slots that do not depend on it
+  # stay bit-identical.
+  np.testing.assert_array_equal(state.ms[0], tf_slots["rms"][0])
+  np.testing.assert_array_equal(params[1], tf_vars[1])
+  scale = np.abs(tf_vars[0]).max()
+  np.testing.assert_allclose(params[0], tf_vars[0], rtol=0, atol=1e-5 * scale)
+
+
+def test_narrow_rows_have_no_packet_lanes_and_are_exact():
+  # Rows narrower than Eigen's 8-lane packet use 1/sqrt only.
+  var_values, grad_steps = _make_steps(4, np.float32, width=7, dense=False)
+  config = dict(learning_rate=0.01, **PATHS["P8"])
+  tf_result = run_tf(var_values, grad_steps, **config)
+  params, state = _run_jax(var_values, grad_steps, **config)
+  assert _max_ulp(tf_result, params, state) == 0
+
+
+@pytest.mark.parametrize("path", ["P5", "P6", "P7", "P8"])
+def test_clipvalue_matches_tf(path, x64):
+  # float64 keeps P7/P8 exact, so any clipping difference would show.
+  var_values, grad_steps = _make_steps(5, np.float64, steps=20)
+  config = dict(learning_rate=0.01, clipvalue=0.5, **PATHS[path])
+  tf_result = run_tf(var_values, grad_steps, **config)
+  params, state = _run_jax(var_values, grad_steps, **config)
+  assert _max_ulp(tf_result, params, state) == 0
+
+
+@pytest.mark.parametrize("path", ["P5", "P8"])
+@pytest.mark.parametrize(
+    "clip", [dict(clipnorm=2.0), dict(global_clipnorm=3.0, clipvalue=1.0)])
+def test_norm_clipping_covers_duplicated_rows_like_tf(path, clip, x64):
+  """Norms are taken over the raw rows, duplicates included, as in TF.
+
+  The first step is bit-identical. Later steps can differ by an ULP of the
+  norm (XLA's reduction order is not Eigen's, see ``_src/clipping.py``), which
+  the dense paths share.
+  """
+  var_values, grad_steps = _make_steps(5, np.float64, steps=20)
+  config = dict(learning_rate=0.01, **PATHS[path], **clip)
+  first = run_tf(var_values, grad_steps[:1], **config)
+  assert _max_ulp(first, *_run_jax(var_values, grad_steps[:1], **config)) == 0
+  tf_vars, _, _ = run_tf(var_values, grad_steps, **config)
+  params, _ = _run_jax(var_values, grad_steps, **config)
+  for ours, theirs in zip(params, tf_vars):
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-14)
+
+
+def test_bfloat16_no_momentum_paths_match_tf():
+  var_values, grad_steps = _make_steps(6, jnp.bfloat16, steps=30)
+  for path in ("P5", "P6"):
+    config = dict(learning_rate=0.01, **PATHS[path])
+    tf_result = run_tf(var_values, grad_steps, **config)
+    params, state = _run_jax(var_values, grad_steps, **config)
+    assert _max_ulp(tf_result, params, state) == 0
+
+
+def test_bfloat16_momentum_paths_have_no_tf_cpu_kernel():
+  var_values, grad_steps = _make_steps(6, jnp.bfloat16, steps=1, dense=False)
+  with pytest.raises(tf.errors.InvalidArgumentError, match="No OpKernel"):
+    run_tf(var_values, grad_steps, **PATHS["P7"])
+
+
+def test_deduplicate_matches_tf_unique_and_segment_sum():
+  indices = np.array([5, 2, 5, 0, 2, 5, 7, 0], np.int32)
+  # Sums that depend on the order of addition in float32.
+  values = np.array([1e8, 1.0, 1.0, 3.0, -1.0, -1e8, 2.0, 0.5], np.float32)
+  values = np.stack([values, values[::-1]], axis=1)
+  ids, segments = tf.unique(indices)
+  tf_sums = tf.math.unsorted_segment_sum(values, segments, tf.size(ids))
+  summed, unique = jax.jit(sparse.deduplicate, static_argnums=2)(
+      values, indices, 8)
+  u = len(ids)
+  np.testing.assert_array_equal(unique[:u], ids.numpy())
+  np.testing.assert_array_equal(summed[:u], tf_sums.numpy())
+  np.testing.assert_array_equal(unique[u:], 8)  # Padding: out of range.
+  np.testing.assert_array_equal(summed[u:], 0)
+
+
+@pytest.mark.parametrize("path", ["P5", "P6", "P7", "P8"])
+def test_empty_index_set_follows_tf(path, x64):
+  var_values, _ = _make_steps(7, np.float64, steps=0)
+  rng = np.random.default_rng(7)
+  nonempty = [(rng.normal(size=(4, 12)), np.array([1, 3, 1, 8], np.int32),
+               (10, 12)), np.ones(3)]
+  empty = [(np.zeros((0, 12)), np.zeros(0, np.int32), (10, 12)), np.ones(3)]
+  grad_steps = [nonempty, empty, empty]
+  config = dict(learning_rate=0.01, **PATHS[path])
+  tf_result = run_tf(var_values, grad_steps, **config)
+  params, state = _run_jax(var_values, grad_steps, **config)
+  assert _max_ulp(tf_result, params, state) == 0
+
+
+def test_invalid_indices_under_jit_touch_nothing():
+  opt = ot.rmsprop(learning_rate=0.1, momentum=0.9, centered=True)
+  params = jnp.arange(12.0).reshape(4, 3)
+  state = opt.init(params)
+  values = jnp.ones((4, 3))
+
+  @jax.jit
+  def step(params, state, indices):
+    updates, state = opt.update(ot.IndexedSlices(values, indices, (4, 3)),
+                                state)
+    return ot.apply_updates(params, updates), state
+
+  new_params, new_state = step(params, state, jnp.array([-1, 4, 99, 2]))
+  changed = np.any(np.asarray(new_params) != np.asarray(params), axis=1)
+  np.testing.assert_array_equal(changed, [False, False, True, False])
+  for slot in (new_state.ms, new_state.mg, new_state.mom):
+    np.testing.assert_array_equal(np.any(slot != 0, axis=1), changed)
+
+
+@pytest.mark.parametrize(
+    "grad, message",
+    [
+        (ot.IndexedSlices(jnp.ones((2, 3)), jnp.array([0, 4]), (4, 3)),
+         r"indices\[1\] = 4 is not in \[0, 4\)"),
+        (ot.IndexedSlices(jnp.ones((2, 3)), jnp.array([-1, 0]), (4, 3)),
+         r"indices\[0\] = -1"),
+        (ot.IndexedSlices(jnp.ones((2, 3)), jnp.array([0, 1]), (5, 3)),
+         r"dense_shape \(5, 3\).*shape \(4, 3\)"),
+        (ot.IndexedSlices(jnp.ones((2, 2)), jnp.array([0, 1]), (4, 3)),
+         r"values must have shape \(2, 3\)"),
+        (ot.IndexedSlices(jnp.ones((2, 3), jnp.float16), jnp.array([0, 1]),
+                          (4, 3)), r"dtype float32"),
+        (ot.IndexedSlices(jnp.ones((2, 3)), jnp.array([0.0, 1.0]), (4, 3)),
+         r"1-D integer array"),
+    ],
+)
+def test_bad_sparse_input_raises_naming_the_leaf(grad, message):
+  opt = ot.rmsprop(momentum=0.9)
+  state = opt.init({"table": jnp.zeros((4, 3))})
+  with pytest.raises(ValueError, match=r"\['table'\]"):
+    opt.update({"table": grad}, state)
+  with pytest.raises(ValueError, match=message):
+    opt.update({"table": grad}, state)
+
+
+def test_apply_updates_mixes_dense_sparse_and_none():
+  params = {"a": jnp.zeros((3, 2)), "b": jnp.ones(2), "c": None}
+  updates = {"a": ot.IndexedSlices(jnp.ones((3, 2)), jnp.array([2, 0, 3]),
+                                   (3, 2)),
+             "b": jnp.full(2, 0.5), "c": None}
+  new = jax.jit(ot.apply_updates)(params, updates)
+  np.testing.assert_array_equal(new["a"], [[1, 1], [0, 0], [1, 1]])
+  np.testing.assert_array_equal(new["b"], [1.5, 1.5])
+  assert new["c"] is None
+
+
+def _embedding_model(rows, w):
+  # A bag-of-embeddings classifier: mean of the rows, a dense layer, and a
+  # softmax cross-entropy against class 0.
+  logits = jnp.mean(rows, axis=1) @ w
+  return -jnp.mean(jax.nn.log_softmax(logits)[:, 0])
+
+
+def test_sparse_embedding_grad_equals_dense_gradient():
+  rng = np.random.default_rng(8)
+  table = jnp.asarray(rng.normal(size=(50, 6)).astype(np.float32))
+  w = jnp.asarray(rng.normal(size=(6, 4)).astype(np.float32))
+  ids = jnp.asarray(rng.integers(0, 50, (5, 3)))  # Duplicates likely.
+  grad_fn = jax.jit(lambda t, i, w: ot.sparse_embedding_value_and_grad(
+      _embedding_model, t, i, w))
+  loss, (table_grad, w_grad) = grad_fn(table, ids, w)
+  dense_loss, (dense_table, dense_w) = jax.value_and_grad(
+      lambda t, w: _embedding_model(t[ids], w), argnums=(0, 1))(table, w)
+  np.testing.assert_allclose(loss, dense_loss, rtol=1e-6)
+  np.testing.assert_allclose(table_grad.to_dense(), dense_table, rtol=1e-6,
+                             atol=1e-7)
+  np.testing.assert_allclose(w_grad, dense_w, rtol=1e-6)
+  # Nothing of the table's size is computed besides the table itself.
+  jaxpr = jax.make_jaxpr(grad_fn)(table, ids, w).jaxpr
+  table_sized = [v for eqn in jaxpr.eqns for v in eqn.outvars
+                 if getattr(v.aval, "shape", None) == table.shape]
+  assert not table_sized
+
+
+def test_embedding_model_trains_like_tf():
+  """The helper's IndexedSlices drive rmsprop as TF's gather gradient does."""
+  rng = np.random.default_rng(9)
+  table0 = rng.normal(size=(30, 6)).astype(np.float32)
+  w = jnp.asarray(rng.normal(size=(6, 4)).astype(np.float32))
+  batches = [rng.integers(0, 30, (4, 3)).astype(np.int32) for _ in range(10)]
+  grad_steps = []
+  opt = ot.rmsprop(learning_rate=0.05)
+  table, state = jnp.asarray(table0), opt.init(jnp.asarray(table0))
+  for ids in batches:
+    _, (g, _) = ot.sparse_embedding_value_and_grad(_embedding_model, table,
+                                                   ids, w)
+    # TF's own gradient of tf.gather for the same table and ids.
+    tf_table = tf.Variable(table)
+    with tf.GradientTape() as tape:
+      rows = tf.gather(tf_table, ids)
+      logits = tf.reduce_mean(rows, axis=1) @ np.asarray(w)
+      loss = -tf.reduce_mean(tf.nn.log_softmax(logits)[:, 0])
+    tf_grad = tape.gradient(loss, tf_table)
+    assert isinstance(tf_grad, tf.IndexedSlices)
+    np.testing.assert_array_equal(g.indices, tf_grad.indices.numpy())
+    np.testing.assert_allclose(g.values, tf_grad.values.numpy(), rtol=1e-5,
+                               atol=1e-7)
+    grad_steps.append([(np.asarray(g.values), np.asarray(g.indices),
+                        table0.shape)])
+    updates, state = opt.update(g, state)
+    table = ot.apply_updates(table, updates)
+  tf_vars, _, _ = run_tf([table0], grad_steps, learning_rate=0.05)
+  np.testing.assert_array_equal(table, tf_vars[0])
