@@ -9,6 +9,8 @@ from optax_tfrmsprop._src.keras_compat import state_to_keras_weights
 from optax_tfrmsprop._src.keras_compat import Variable
 from optax_tfrmsprop._src.numerics import ulp_distance
 from optax_tfrmsprop._src import schedules
+from optax_tfrmsprop._src.tf_checkpoint import restore_rmsprop_from_tf_checkpoint
+from optax_tfrmsprop._src.tf_checkpoint import RestoredRMSprop
 from optax_tfrmsprop._src.transform import rmsprop_init
 from optax_tfrmsprop._src.transform import rmsprop_update
 
@@ -17,10 +19,12 @@ __version__ = "0.1.0"
 __all__ = (
     "RMSprop",
     "RMSpropState",
+    "RestoredRMSprop",
     "Rounding",
     "Variable",
     "rmsprop",
     "rmsprop_init",
+    "restore_rmsprop_from_tf_checkpoint",
     "rmsprop_update",
     "schedules",
     "state_from_keras_weights",

@@ -358,7 +358,9 @@ def _grad_signature(g) -> tuple[tuple[int, ...], np.dtype]:
   if dense_shape is not None:
     return tuple(int(d) for d in np.asarray(dense_shape)), np.dtype(
         g.values.dtype)
-  return tuple(np.shape(g)), np.dtype(jnp.result_type(g))
+  # The array's own dtype: a float64 numpy gradient is an error for a float32
+  # variable (as in TF), not something to truncate.
+  return tuple(np.shape(g)), np.dtype(g.dtype)
 
 
 def _as_gradient(g, var: Variable):
@@ -458,6 +460,8 @@ class RMSprop:
     self.clipvalue = kwargs.get("clipvalue")
     self.global_clipnorm = kwargs.get("global_clipnorm")
     self._iterations: Optional[Variable] = None
+    # Whether TF would have made its float32 hyper variables by now.
+    self._hypers_created = False
     self._weights: list[Variable] = []
     self._slots: dict[int, dict[str, Variable]] = {}
     self._slot_names: list[str] = []
@@ -595,6 +599,7 @@ class RMSprop:
     for var in var_list:
       _check_variable(var)
     _ = self.iterations
+    self._hypers_created = True
     for slot_name, _ in _SLOT_FIELDS:
       if self._uses_slot(slot_name):
         for var in var_list:
@@ -669,6 +674,7 @@ class RMSprop:
     pairs = _filter_pairs(grads_and_vars)
     if not pairs:
       _ = self.iterations
+      self._hypers_created = True
       return None
     grads = [_as_gradient(g, v) for g, v in pairs]
     variables = [v for _, v in pairs]
@@ -806,7 +812,7 @@ class RMSprop:
         config[key] = getattr(self, key)
     config.update(
         learning_rate=self._serialize_hyperparameter("learning_rate"),
-        decay=self._serialize_hyperparameter("decay"),
+        decay=self._initial_decay,
         rho=self._serialize_hyperparameter("rho"),
         momentum=self._serialize_hyperparameter("momentum"),
         epsilon=self.epsilon() if callable(self.epsilon) else self.epsilon,
@@ -817,7 +823,12 @@ class RMSprop:
     value = self._hyper[name]
     if isinstance(value, schedules.LearningRateSchedule):
       return schedules.serialize(value)
-    return value() if callable(value) else value
+    if callable(value):
+      return value()
+    if self._hypers_created or numerics.is_tensor(value):
+      # TF then reads its float32 hyper variable (or tensor).
+      return float(np.float32(value))
+    return value
 
   @classmethod
   def from_config(cls, config, custom_objects=None) -> "RMSprop":
