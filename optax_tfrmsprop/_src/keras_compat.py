@@ -335,19 +335,22 @@ def _compiled_step(values, grads, state, hypers, *, static):
     grads: their gradients.
     state: an :class:`RMSpropState` over lists.
     hypers: traced scalars: ``lr`` (unless a schedule is static), ``rho``,
-      ``momentum``, ``decay`` (float32, as TF's hyper variables) and
-      ``epsilon`` (the widest float, cast per variable like TF's Python float).
-    static: ``(schedule, clipvalue, clipnorm, global_clipnorm, rounding)``.
+      ``momentum``, ``decay`` (unless static) (float32, as TF's hyper
+      variables) and ``epsilon`` (the widest float, cast per variable like
+      TF's Python float).
+    static: ``(schedule, decay, clipvalue, clipnorm, global_clipnorm,
+      rounding)``; ``decay`` is ``None`` when traced.
 
   Returns:
     ``(new values, new state)``.
   """
-  schedule, clipvalue, clipnorm, global_clipnorm, rounding = static
+  schedule, decay, clipvalue, clipnorm, global_clipnorm, rounding = static
   updates, state = transform.rmsprop_update(
       grads, state,
       learning_rate=hypers["lr"] if schedule is None else schedule,
       rho=hypers["rho"], momentum=hypers["momentum"],
-      epsilon=hypers["epsilon"], decay=hypers["decay"], clipvalue=clipvalue,
+      epsilon=hypers["epsilon"],
+      decay=hypers["decay"] if decay is None else decay, clipvalue=clipvalue,
       clipnorm=clipnorm, global_clipnorm=global_clipnorm, rounding=rounding)
   return optax.apply_updates(values, updates), state
 
@@ -686,7 +689,9 @@ class RMSprop:
             f"{dtype}, but the variable has shape {v.shape} and dtype "
             f"{v.dtype}.")
     hypers = self._step_hypers()  # Reads callables; may raise.
-    self.build(variables)
+    if self._iterations is None or any(
+        "rms" not in self._slots.get(id(v), {}) for v in variables):
+      self.build(variables)
     slot_vars = {name: [self._slots[id(v)][name] for v in variables]
                  for name, _ in _SLOT_FIELDS if self._uses_slot(name)}
     count = self._iterations.value
@@ -698,7 +703,8 @@ class RMSprop:
     schedule = (learning_rate
                 if isinstance(learning_rate, schedules.LearningRateSchedule)
                 else None)
-    static = (schedule, _static_float(self.clipvalue, "clipvalue"),
+    static = (schedule, self._static_decay(),
+              _static_float(self.clipvalue, "clipvalue"),
               _static_float(self.clipnorm, "clipnorm"),
               _static_float(self.global_clipnorm, "global_clipnorm"),
               "tf_cpu")
@@ -725,12 +731,10 @@ class RMSprop:
       value = self._hyper[name]
       if isinstance(value, schedules.LearningRateSchedule):
         value = 0.0  # The schedule itself goes into the compiled step.
+      elif name == "decay" and self._static_decay() is not None:
+        continue
       elif callable(value):
         value = value()
-      if name == "decay" and not (
-          callable(self._hyper["decay"]) or numerics.is_tensor(value)
-          or self._initial_decay > 0):
-        value = 0.0  # TF applies decay only if it was on at construction.
       values[name] = value
     epsilon = self.epsilon() if callable(self.epsilon) else self.epsilon
     values["epsilon"] = epsilon
@@ -740,6 +744,19 @@ class RMSprop:
       arrays["lr"] = arrays.pop("learning_rate")
       self._hyper_cache = (key, jax.device_put(arrays), values)
     return self._hyper_cache[1]
+
+  def _static_decay(self) -> Optional[float]:
+    """``decay`` as a compile-time constant, or ``None`` to trace it.
+
+    TF decides at construction: a Python ``decay`` is applied only if it
+    was > 0 then, and later assignments do not change that. Such a decay
+    is a constant (a traced one costs a few scalar ops per step); callables
+    and arrays are read at every step.
+    """
+    decay = self._hyper["decay"]
+    if callable(decay) or numerics.is_tensor(decay):
+      return None
+    return float(self._initial_decay) if self._initial_decay > 0 else 0.0
 
   def minimize(self, loss: Callable[[], Any], var_list, grad_loss=None,
                name=None):
