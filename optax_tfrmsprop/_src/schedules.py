@@ -238,7 +238,7 @@ class CosineDecay(LearningRateSchedule):
 
   Example:
     >>> print(CosineDecay(0.1, 10)(5.0))
-    0.05
+    0.049999997
   """
 
   def __init__(self, initial_learning_rate, decay_steps, alpha=0.0, name=None,
