@@ -1,5 +1,6 @@
 """TensorFlow/Keras RMSprop, reproduced exactly, as an optax transformation."""
 
+from optax_tfrmsprop._src import schedules
 from optax_tfrmsprop._src.alias import rmsprop
 from optax_tfrmsprop._src.base import Flavor
 from optax_tfrmsprop._src.base import Rounding
@@ -7,12 +8,18 @@ from optax_tfrmsprop._src.base import RMSpropState
 from optax_tfrmsprop._src.interop_tf1_keras3 import keras3_state_from_optimizer
 from optax_tfrmsprop._src.interop_tf1_keras3 import tf1_slot_names
 from optax_tfrmsprop._src.interop_tf1_keras3 import tf1_state_from_checkpoint
+from optax_tfrmsprop._src.keras_compat import RMSprop
+from optax_tfrmsprop._src.keras_compat import state_from_keras_weights
+from optax_tfrmsprop._src.keras_compat import state_to_keras_weights
+from optax_tfrmsprop._src.keras_compat import Variable
 from optax_tfrmsprop._src.numerics import ulp_distance
 from optax_tfrmsprop._src.presets import keras3_rmsprop
 from optax_tfrmsprop._src.presets import tf1_rmsprop
 from optax_tfrmsprop._src.sparse import apply_updates
 from optax_tfrmsprop._src.sparse import IndexedSlices
 from optax_tfrmsprop._src.sparse import sparse_embedding_value_and_grad
+from optax_tfrmsprop._src.tf_checkpoint import restore_rmsprop_from_tf_checkpoint
+from optax_tfrmsprop._src.tf_checkpoint import RestoredRMSprop
 from optax_tfrmsprop._src.transform import rmsprop_init
 from optax_tfrmsprop._src.transform import rmsprop_update
 
@@ -21,15 +28,22 @@ __version__ = "0.1.0"
 __all__ = (
     "Flavor",
     "IndexedSlices",
+    "RMSprop",
     "RMSpropState",
+    "RestoredRMSprop",
     "Rounding",
+    "Variable",
     "apply_updates",
     "keras3_rmsprop",
     "keras3_state_from_optimizer",
+    "restore_rmsprop_from_tf_checkpoint",
     "rmsprop",
     "rmsprop_init",
     "rmsprop_update",
+    "schedules",
     "sparse_embedding_value_and_grad",
+    "state_from_keras_weights",
+    "state_to_keras_weights",
     "tf1_rmsprop",
     "tf1_slot_names",
     "tf1_state_from_checkpoint",
