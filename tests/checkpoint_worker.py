@@ -67,6 +67,36 @@ def train(optimizer, params, opt_state, steps):
   return params, opt_state
 
 
+def make_keras_optimizer():
+  return optax_tfrmsprop.RMSprop(0.01, momentum=0.9, centered=True)
+
+
+def train_keras(optimizer, variables, steps):
+  """``steps`` of the Keras-style class's ``apply_gradients``."""
+  grad_fn = jax.jit(jax.grad(_loss))
+  for _ in range(steps):
+    grads = grad_fn([v.value for v in variables])
+    optimizer.apply_gradients(zip(grads, variables))
+
+
+def keras_arrays(optimizer, variables) -> dict[str, np.ndarray]:
+  return {**flat_arrays("keras/variables", [v.numpy() for v in variables]),
+          **flat_arrays("keras/weights", optimizer.get_weights())}
+
+
+def _as_ndarrays(weights):
+  # orbax saves arrays, not numpy scalars such as the int64 iteration count.
+  return [np.asarray(w) for w in weights]
+
+
+def keras_start():
+  variables = [optax_tfrmsprop.Variable(p)
+               for p in jax.tree.leaves(init_params())]
+  optimizer = make_keras_optimizer()
+  optimizer.build(variables)
+  return optimizer, variables
+
+
 def flat_arrays(name, tree) -> dict[str, np.ndarray]:
   """``tree``'s leaves as numpy arrays keyed by ``name`` and tree path."""
   return {
@@ -84,6 +114,13 @@ def _save(directory):
     with ocp.CheckpointManager(f"{directory}/{name}") as manager:
       manager.save(FIRST_STEPS, args=ocp.args.StandardSave(
           {"params": params, "opt_state": opt_state}))
+  # The Keras-style class: its state is its weight list (get_weights).
+  optimizer, variables = keras_start()
+  train_keras(optimizer, variables, FIRST_STEPS)
+  with ocp.CheckpointManager(f"{directory}/keras") as manager:
+    manager.save(FIRST_STEPS, args=ocp.args.StandardSave(
+        {"variables": [v.numpy() for v in variables],
+         "weights": _as_ndarrays(optimizer.get_weights())}))
 
 
 def _resume(directory, out):
@@ -110,6 +147,17 @@ def _resume(directory, out):
         optimizer, restored["params"], restored["opt_state"], SECOND_STEPS)
     results.update(flat_arrays(f"{name}/params", params))
     results.update(flat_arrays(f"{name}/opt_state", opt_state))
+  optimizer, variables = keras_start()
+  with ocp.CheckpointManager(f"{directory}/keras") as manager:
+    # numpy leaves in the target restore as numpy, keeping the int64 count.
+    restored = manager.restore(FIRST_STEPS, args=ocp.args.StandardRestore(
+        {"variables": [v.numpy() for v in variables],
+         "weights": _as_ndarrays(optimizer.get_weights())}))
+  for variable, value in zip(variables, restored["variables"]):
+    variable.assign(value)
+  optimizer.set_weights(restored["weights"])
+  train_keras(optimizer, variables, SECOND_STEPS)
+  results.update(keras_arrays(optimizer, variables))
   np.savez(out, **results)
 
 

@@ -47,6 +47,10 @@ def test_resume_in_fresh_process_is_bit_identical(tmp_path):
     params, opt_state = _uninterrupted(name)
     expected.update(worker.flat_arrays(f"{name}/params", params))
     expected.update(worker.flat_arrays(f"{name}/opt_state", opt_state))
+  optimizer, variables = worker.keras_start()
+  worker.train_keras(optimizer, variables,
+                     worker.FIRST_STEPS + worker.SECOND_STEPS)
+  expected.update(worker.keras_arrays(optimizer, variables))
   assert sorted(resumed.files) == sorted(expected)
   for key, value in expected.items():
     np.testing.assert_array_equal(resumed[key], value, err_msg=key)
