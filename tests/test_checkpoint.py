@@ -38,6 +38,7 @@ def _uninterrupted(name):
                       worker.FIRST_STEPS + worker.SECOND_STEPS)
 
 
+@pytest.mark.slow
 def test_resume_in_fresh_process_is_bit_identical(tmp_path):
   _run_worker("save", str(tmp_path / "ckpt"))
   _run_worker("resume", str(tmp_path / "ckpt"), str(tmp_path / "out.npz"))
