@@ -3,8 +3,10 @@
 from optax_tfrmsprop._src import schedules
 from optax_tfrmsprop._src.alias import rmsprop
 from optax_tfrmsprop._src.base import Flavor
-from optax_tfrmsprop._src.base import Rounding
 from optax_tfrmsprop._src.base import RMSpropState
+from optax_tfrmsprop._src.base import Rounding
+from optax_tfrmsprop._src.checkpoint import check_checkpoint
+from optax_tfrmsprop._src.checkpoint import checkpoint_target
 from optax_tfrmsprop._src.interop_tf1_keras3 import keras3_state_from_optimizer
 from optax_tfrmsprop._src.interop_tf1_keras3 import tf1_slot_names
 from optax_tfrmsprop._src.interop_tf1_keras3 import tf1_state_from_checkpoint
@@ -34,6 +36,8 @@ __all__ = (
     "Rounding",
     "Variable",
     "apply_updates",
+    "check_checkpoint",
+    "checkpoint_target",
     "keras3_rmsprop",
     "keras3_state_from_optimizer",
     "restore_rmsprop_from_tf_checkpoint",

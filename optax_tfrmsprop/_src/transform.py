@@ -45,7 +45,7 @@ def rmsprop_init(
   # Strongly typed slots, so a weakly typed param (a Python scalar) cannot make
   # the state's type change after the first update and force a retrace.
   filled = lambda value: jax.tree.map(
-      lambda p: jnp.full(p.shape, value, p.dtype), params)
+      lambda p: jnp.full_like(p, value, dtype=p.dtype), params)
   return base.RMSpropState(
       count=jnp.zeros([], jnp.int32),
       ms=filled(initial_ms),

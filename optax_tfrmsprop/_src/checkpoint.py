@@ -1,0 +1,168 @@
+"""Restore targets and checks for checkpointed optimizer states.
+
+The state is a plain pytree, so any pytree checkpointer (orbax) saves it. Two
+things are left to the caller on restore, and these helpers do them:
+
+* the target: orbax restores into the given tree's type (our
+  :class:`RMSpropState`, not a dict) and onto the given shardings, which may
+  differ from the saved layout; the step ``count`` must then sit on the params'
+  devices too, or the jitted update refuses the mix;
+* the check: orbax does not say which leaf of a mismatched tree is wrong,
+  and it silently casts a leaf saved in another dtype.
+
+Neither helper imports orbax: they work on shapes, dtypes and tree paths.
+"""
+
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec
+
+
+def _sharding_of(leaf: Any) -> jax.sharding.Sharding:
+  sharding = getattr(leaf, "sharding", None)
+  if sharding is None:
+    # Host arrays and unsharded abstract leaves restore onto the first
+    # local device, where jax would put them.
+    return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return sharding
+
+
+def _replicated_like(sharding: jax.sharding.Sharding) -> jax.sharding.Sharding:
+  """A sharding that replicates a value over ``sharding``'s devices."""
+  if isinstance(sharding, NamedSharding):
+    return NamedSharding(sharding.mesh, PartitionSpec())
+  devices = sharding._device_assignment  # pylint: disable=protected-access
+  if len(devices) == 1:
+    return jax.sharding.SingleDeviceSharding(devices[0])
+  mesh = jax.sharding.Mesh(np.asarray(devices), ("devices",))
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def checkpoint_target(
+    optimizer: optax.GradientTransformation, params: optax.Params
+) -> optax.OptState:
+  """The abstract optimizer state to restore a checkpoint into.
+
+  Slots get the shape, dtype and sharding of their parameter; every other leaf
+  (the step ``count``, injected hyperparameters) is replicated over the
+  devices of the params. No array is allocated, so the params may themselves be
+  :class:`jax.ShapeDtypeStruct` with shardings. Works for any optax
+  transformation that contains :func:`~optax_tfrmsprop.rmsprop` (chains,
+  ``inject_hyperparams``), since it follows ``optimizer.init``.
+
+  Args:
+    optimizer: the transformation whose state was saved.
+    params: the params (arrays or :class:`jax.ShapeDtypeStruct`), laid out as
+      the restored state should be.
+
+  Returns:
+    A tree of :class:`jax.ShapeDtypeStruct` with the structure and types of
+    ``optimizer.init(params)``: pass it to orbax's ``StandardRestore``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import optax_tfrmsprop
+    >>> opt = optax_tfrmsprop.rmsprop(momentum=0.9)
+    >>> target = optax_tfrmsprop.checkpoint_target(opt, {"w": jnp.ones(3)})
+    >>> type(target).__name__, target.mom["w"].shape, target.mg
+    ('RMSpropState', (3,), None)
+  """
+  shapes = jax.eval_shape(optimizer.init, params)
+  shardings = jax.tree.map(_sharding_of, params)
+  first = jax.tree.leaves(shardings)
+  replicated = _replicated_like(
+      first[0] if first else _sharding_of(None))
+
+  def with_sharding(leaf, sharding):
+    return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding)
+
+  return optax.tree_map_params(
+      optimizer, with_sharding, shapes, shardings,
+      transform_non_params=lambda leaf: with_sharding(leaf, replicated))
+
+
+def _path_name(path) -> str:
+  """``ms/w/0``: a tree path written the same for dicts and dataclasses.
+
+  Checkpointers store a dataclass as a dict of its fields, so attribute,
+  dict and sequence keys must compare equal by name.
+  """
+  names = []
+  for key in path:
+    for attr in ("name", "key", "idx"):
+      if hasattr(key, attr):
+        names.append(str(getattr(key, attr)))
+        break
+    else:
+      names.append(str(key))
+  return "/".join(names) or "<root>"
+
+
+def _leaves_by_name(tree) -> dict[str, Any]:
+  return {
+      _path_name(path): leaf
+      for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+  }
+
+
+def check_checkpoint(saved: Any, target: Any) -> None:
+  """Raises a ValueError naming the leaves where a checkpoint and target differ.
+
+  Compares the saved tree (orbax's ``CheckpointManager.item_metadata(step)``,
+  or any tree of leaves with ``shape`` and ``dtype``) with the restore target
+  leaf by leaf: missing or unexpected leaves (e.g. a slot of another
+  configuration, such as ``mg`` saved by a centered optimizer), then shapes and
+  dtypes. Call it before restoring: orbax reports a shape mismatch without
+  the leaf's name and restores a different dtype by casting.
+
+  Args:
+    saved: the saved tree's metadata.
+    target: the restore target, e.g. from :func:`checkpoint_target`.
+
+  Raises:
+    ValueError: naming every mismatched leaf by its path (``mom/w``).
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> import optax_tfrmsprop
+    >>> saved = jax.eval_shape(optax_tfrmsprop.rmsprop().init, jnp.ones(3))
+    >>> target = jax.eval_shape(optax_tfrmsprop.rmsprop().init, jnp.ones(4))
+    >>> optax_tfrmsprop.check_checkpoint(saved, target)
+    Traceback (most recent call last):
+    ...
+    ValueError: The checkpoint does not match the optimizer state:
+      ms: saved float32(3,), expected float32(4,)
+  """
+  # An orbax TreeMetadata keeps the tree in `.tree`.
+  saved_leaves = _leaves_by_name(getattr(saved, "tree", saved))
+  target_leaves = _leaves_by_name(target)
+  if target_leaves and not saved_leaves:
+    raise ValueError(
+        "The checkpoint metadata holds no arrays. With orbax, read it with "
+        "CheckpointManager(..., item_handlers=ocp.StandardCheckpointHandler()) "
+        "and pass item_metadata(step).")
+  problems = [
+      f"{name}: expected by the optimizer, not in the checkpoint"
+      for name in target_leaves if name not in saved_leaves
+  ] + [
+      f"{name}: in the checkpoint, not in the optimizer state"
+      for name in saved_leaves if name not in target_leaves
+  ]
+  for name, want in target_leaves.items():
+    have = saved_leaves.get(name)
+    if have is None:
+      continue
+    have_type = (np.dtype(have.dtype), tuple(have.shape))
+    want_type = (np.dtype(want.dtype), tuple(want.shape))
+    if have_type != want_type:
+      problems.append(
+          f"{name}: saved {have_type[0]}{have_type[1]}, expected "
+          f"{want_type[0]}{want_type[1]}")
+  if problems:
+    raise ValueError(
+        "The checkpoint does not match the optimizer state:\n  "
+        + "\n  ".join(problems))

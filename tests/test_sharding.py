@@ -1,0 +1,217 @@
+"""The optimizer on params sharded over the 8 CPU devices of conftest.py.
+
+The update is elementwise per leaf, so on any layout the slots must follow
+their params, the compiled update must hold no collective, and the results
+must equal the single-device run bit for bit. Clipping by norm is the
+exception: a norm of a sharded gradient is a reduction across shards.
+"""
+
+import functools
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import optax_tfrmsprop
+
+COLLECTIVES = re.compile(
+    r"\b(all-reduce|all-gather|reduce-scatter|all-to-all|collective-permute|"
+    r"collective-broadcast)(-start)?\(")
+
+STEPS = 3
+
+DENSE_PATHS = {
+    "plain": dict(),
+    "centered": dict(centered=True),
+    "momentum": dict(momentum=0.9),
+    "centered_momentum_xla": dict(
+        momentum=0.9, centered=True, rounding="tf_xla"),
+}
+
+
+def _params():
+  rng = np.random.default_rng(0)
+  return {
+      "embed": rng.standard_normal((64, 16)).astype(np.float32),
+      "dense": {"w": rng.standard_normal((16, 8)).astype(np.float32),
+                "b": rng.standard_normal(8).astype(np.float32)},
+      "scale": np.float32(1.5),
+  }
+
+
+def _grads(step):
+  rng = np.random.default_rng(100 + step)
+  return jax.tree.map(
+      lambda p: rng.standard_normal(np.shape(p)).astype(np.float32),
+      _params())
+
+
+def _layout(name):
+  """The shardings of ``_params()`` in a named layout."""
+  if name == "2d mixed":
+    mesh = jax.make_mesh((4, 2), ("data", "model"),
+                         axis_types=(jax.sharding.AxisType.Auto,) * 2)
+    specs = {"embed": P("data", "model"),
+             "dense": {"w": P("model"), "b": P("model")}, "scale": P()}
+  else:
+    mesh = jax.make_mesh((8,), ("x",),
+                         axis_types=(jax.sharding.AxisType.Auto,))
+    specs = {
+        "data parallel": {"embed": P(), "dense": {"w": P(), "b": P()},
+                          "scale": P()},
+        "fully sharded": {"embed": P("x"), "dense": {"w": P(None, "x"),
+                                                     "b": P("x")},
+                          "scale": P()},
+        "mixed": {"embed": P("x"), "dense": {"w": P(), "b": P("x")},
+                  "scale": P()},
+    }[name]
+  return jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs,
+                      is_leaf=lambda x: isinstance(x, P))
+
+
+LAYOUTS = ("data parallel", "fully sharded", "mixed", "2d mixed")
+
+
+def _run(optimizer, layout):
+  """``STEPS`` jitted updates; returns (params, state, compiled update)."""
+  params = _params()
+  if layout is not None:
+    params = jax.device_put(params, layout)
+  state = optimizer.init(params)
+  update = jax.jit(optimizer.update)
+  for t in range(STEPS):
+    grads = _grads(t)
+    if layout is not None:
+      grads = jax.device_put(grads, layout)
+    updates, state = update(grads, state)
+    params = optax.apply_updates(params, updates)
+  return params, state, update.lower(grads, state).compile()
+
+
+def _slot_trees(state):
+  return [slot for slot in (state.ms, state.mg, state.mom) if slot is not None]
+
+
+@pytest.mark.parametrize("path", DENSE_PATHS)
+@pytest.mark.parametrize("layout_name", LAYOUTS)
+def test_sharded_update_keeps_layout_without_collectives(layout_name, path):
+  layout = _layout(layout_name)
+  optimizer = optax_tfrmsprop.rmsprop(0.01, **DENSE_PATHS[path])
+
+  state = optimizer.init(jax.device_put(_params(), layout))
+  for slots in _slot_trees(state):
+    jax.tree.map(lambda s, want: _assert_same_sharding(s.sharding, want),
+                 slots, layout)
+
+  params, state, compiled = _run(optimizer, layout)
+  hlo = compiled.as_text()
+  assert not COLLECTIVES.search(hlo), COLLECTIVES.search(hlo).group(0)
+  # What the compiled update returns is laid out as it was given: no
+  # resharding of the updates or of any slot.
+  _, state_in = compiled.input_shardings[0]
+  updates_out, state_out = compiled.output_shardings
+  jax.tree.map(_assert_same_sharding, updates_out, layout)
+  for slots_in, slots_out in zip(_slot_trees(state_in),
+                                 _slot_trees(state_out)):
+    jax.tree.map(_assert_same_sharding, slots_out, slots_in)
+  for slots in _slot_trees(state):
+    jax.tree.map(lambda s, want: _assert_same_sharding(s.sharding, want),
+                 slots, layout)
+
+  jax.tree.map(np.testing.assert_array_equal, (params, state),
+               _single_device_run(path))
+
+
+@functools.cache
+def _single_device_run(path):
+  return _run(optax_tfrmsprop.rmsprop(0.01, **DENSE_PATHS[path]), None)[:2]
+
+
+def _assert_same_sharding(got, want):
+  ndim = len(want.spec) if isinstance(want, NamedSharding) else 0
+  assert got.is_equivalent_to(want, max(ndim, 2)), (got, want)
+
+
+@pytest.mark.parametrize("clipping", ["clipnorm", "global_clipnorm"])
+@pytest.mark.parametrize("layout_name", ["fully sharded", "2d mixed"])
+def test_sharded_norm_clipping_tf_cpu_is_exact(layout_name, clipping):
+  """``tf_cpu`` sums norms in Eigen's fixed order: sharding changes no bit.
+
+  That order is sequential within each 8192-element Eigen leaf, so the
+  squared gradient is gathered for the norm; the slots stay sharded.
+  """
+  layout = _layout(layout_name)
+  optimizer = optax_tfrmsprop.rmsprop(0.01, momentum=0.9, **{clipping: 1.0})
+  params, state, compiled = _run(optimizer, layout)
+  assert {m.group(1) for m in COLLECTIVES.finditer(compiled.as_text())} <= {
+      "all-gather", "all-reduce"}
+  for slots in _slot_trees(state):
+    jax.tree.map(lambda s, want: _assert_same_sharding(s.sharding, want),
+                 slots, layout)
+  expected_params, expected_state, _ = _run(optimizer, None)
+  jax.tree.map(np.testing.assert_array_equal, (params, state),
+               (expected_params, expected_state))
+
+
+@pytest.mark.parametrize("clipping", ["clipnorm", "global_clipnorm"])
+@pytest.mark.parametrize("layout_name", ["fully sharded", "2d mixed"])
+def test_sharded_norm_clipping_tf_xla_only_all_reduces(layout_name, clipping):
+  """``tf_xla`` sums norms as XLA does: per-shard sums and one all-reduce."""
+  layout = _layout(layout_name)
+  optimizer = optax_tfrmsprop.rmsprop(0.01, momentum=0.9, rounding="tf_xla",
+                                      **{clipping: 1.0})
+  params = jax.device_put(_params(), layout)
+  grads = jax.device_put(_grads(0), layout)
+  update = jax.jit(optimizer.update)
+  updates, _ = update(grads, optimizer.init(params))
+  # The norms are the only reductions across shards; nothing is gathered.
+  hlo = update.lower(grads, optimizer.init(params)).compile().as_text()
+  assert {m.group(1) for m in COLLECTIVES.finditer(hlo)} == {"all-reduce"}
+
+  # Per-shard partial sums change the summation order of the norms, so the
+  # clipped gradients can differ by an ULP or so; measured and bounded here.
+  expected_updates, _ = jax.jit(optimizer.update)(
+      _grads(0), optimizer.init(_params()))
+  params, state, _ = _run(optimizer, layout)
+  expected_params, expected_state, _ = _run(optimizer, None)
+  first_step = _max_ulp(updates, expected_updates)
+  ms = _max_ulp(state.ms, expected_state.ms)
+  print(f"\n{layout_name} {clipping}: first update {first_step} ULP, "
+        f"ms after {STEPS} steps {ms} ULP, params "
+        f"{_max_ulp(params, expected_params)} ULP")
+  assert first_step <= 2
+  assert ms <= 8
+
+
+def _max_ulp(tree, expected):
+  return max(int(np.max(optax_tfrmsprop.ulp_distance(a, b)))
+             for a, b in zip(jax.tree.leaves(tree), jax.tree.leaves(expected)))
+
+
+def test_state_types_stable_over_update_with_sharding_in_types():
+  """optax's check: init on abstract params, types unchanged by update."""
+  mesh = jax.make_mesh((8,), ("x",),
+                       axis_types=(jax.sharding.AxisType.Explicit,))
+  sharding = NamedSharding(mesh, P(None, "x"))
+  optimizer = optax_tfrmsprop.rmsprop(0.1, momentum=0.9, centered=True)
+  with jax.set_mesh(mesh):
+    params = jnp.zeros((2, 8, 4), jnp.float32, out_sharding=sharding)
+    abstract = jax.ShapeDtypeStruct(params.shape, params.dtype,
+                                    sharding=sharding)
+    abstract_state = jax.eval_shape(optimizer.init, abstract)
+    state0 = optimizer.init(params)
+    state1 = jax.jit(optimizer.init)(params)
+    _, state2 = jax.jit(optimizer.update)(params, state0)
+    types = [jax.tree.map(jax.typeof, s) for s in (state0, state1, state2)]
+  assert types[0] == types[1] == types[2]
+  for abstract_slot, slot in zip(_slot_trees(abstract_state),
+                                 _slot_trees(types[0])):
+    assert (abstract_slot.shape, abstract_slot.dtype) == (
+        slot.shape, slot.dtype)
+    assert abstract_slot.sharding.spec == slot.sharding.spec
+    assert slot.sharding.spec == P(None, "x", None)
