@@ -13,6 +13,7 @@ import optax
 
 from optax_tfrmsprop._src import base
 from optax_tfrmsprop._src import clipping
+from optax_tfrmsprop._src import cpu_kernel
 from optax_tfrmsprop._src import numerics
 
 
@@ -121,6 +122,65 @@ def _dense_leaf(g, ms, mg, mom, h, rounding: base.Rounding):
   return -mom, ms, mg, mom
 
 
+# --- Backend dispatch (issue 9): the same leaves through the CPU kernel. ---
+
+
+def _dense_leaves(leaves, hyper, rounding: base.Rounding,
+                  backend: cpu_kernel.Backend, *, apply: bool):
+  """Runs :func:`_dense_leaf` on every leaf, or the CPU kernel where it can.
+
+  Args:
+    leaves: ``(g, var, ms, mg, mom)`` per leaf; ``var`` is ``None`` unless
+      ``apply``.
+    hyper: the per-dtype hyperparameters (:class:`_Hyperparams`).
+    rounding: the TF evaluation to reproduce.
+    backend: see :mod:`cpu_kernel`; the kernel implements ``"tf_cpu"`` only.
+    apply: return new variables (``var + update``) instead of updates.
+
+  Returns:
+    ``(update or new var, ms, mg, mom)`` per leaf.
+  """
+
+  def xla_leaf(g, var, ms, mg, mom):
+    update, ms, mg, mom = _dense_leaf(g, ms, mg, mom, hyper(g.dtype), rounding)
+    return (var + update if apply else update), ms, mg, mom
+
+  def xla():
+    return [xla_leaf(*leaf) for leaf in leaves]
+
+  if rounding != "tf_cpu" or not cpu_kernel.use_kernel(backend):
+    return xla()
+  # Materialise the hyperparameters outside both branches: cached inside one,
+  # they would leak that branch's tracers into the other.
+  for leaf in leaves:
+    hyper(leaf[0].dtype)
+
+  def kernel():
+    results = [None] * len(leaves)
+    by_dtype = {}
+    for i, leaf in enumerate(leaves):
+      if cpu_kernel.handles(leaf[0].dtype):
+        by_dtype.setdefault(jnp.dtype(leaf[0].dtype), []).append(i)
+      else:  # float16 and bfloat16 stay on XLA.
+        results[i] = xla_leaf(*leaf)
+    for dtype, indices in by_dtype.items():
+      h = hyper(dtype)
+      hypers = jnp.stack([h["lr"], h["rho"], h["one_minus_rho"],
+                          h["momentum"], h["epsilon"]])
+      _, _, _, mg, mom = leaves[indices[0]]
+      out = cpu_kernel.dense_update(
+          [leaves[i] for i in indices], hypers, centered=mg is not None,
+          momentum=mom is not None, apply=apply)
+      for i, (first, ms, mg, mom) in zip(indices, out):
+        results[i] = (-mom if first is None else first), ms, mg, mom
+    return results
+
+  return jax.lax.platform_dependent(cpu=kernel, default=xla)
+
+
+# --- End of backend dispatch. ---
+
+
 def _check_matches(grads, state: base.RMSpropState):
   """Raises a ValueError naming the first gradient that does not fit a slot."""
   grads_def = jax.tree.structure(grads)
@@ -154,6 +214,7 @@ def rmsprop_update(
     clipnorm: Optional[jax.typing.ArrayLike] = None,
     global_clipnorm: Optional[jax.typing.ArrayLike] = None,
     rounding: base.Rounding = "tf_cpu",
+    backend: cpu_kernel.Backend = "auto",
 ) -> tuple[optax.Updates, base.RMSpropState]:
   r"""One step of ``tf_keras.optimizers.legacy.RMSprop.apply_gradients``.
 
@@ -189,11 +250,59 @@ def rmsprop_update(
     clipnorm: clip each gradient to this L2 norm.
     global_clipnorm: clip all gradients together to this global L2 norm.
     rounding: the TF evaluation to reproduce: ``"tf_cpu"`` or ``"tf_xla"``.
+    backend: ``"auto"``, ``"ffi"`` (the single-pass CPU kernel, ``"tf_cpu"``
+      rounding only) or ``"xla"``; see ``docs/cpu_kernel.md``. Both give the
+      same bits.
 
   Returns:
     ``(updates, new_state)``; ``optax.apply_updates(params, updates)`` gives
     TF's new variables.
   """
+  return _step(grads, state, None, learning_rate=learning_rate, rho=rho,
+               momentum=momentum, epsilon=epsilon, decay=decay,
+               clipvalue=clipvalue, clipnorm=clipnorm,
+               global_clipnorm=global_clipnorm, rounding=rounding,
+               backend=backend)
+
+
+def rmsprop_apply(
+    params: optax.Params,
+    grads: optax.Updates,
+    state: base.RMSpropState,
+    **hyperparams,
+) -> tuple[optax.Params, base.RMSpropState]:
+  """:func:`rmsprop_update` and ``optax.apply_updates`` as one fused step.
+
+  The result is bit-identical to the two-step form. With the CPU kernel, each
+  element of params, gradient and slots is read once and written once, in
+  place when ``params`` and ``state`` are donated to the jitted step, which is
+  the memory-bandwidth limit of the update (the two-step form makes another
+  pass over params and updates).
+
+  Args:
+    params: the parameters.
+    grads: their gradients.
+    state: the current state.
+    **hyperparams: the keyword arguments of :func:`rmsprop_update`.
+
+  Returns:
+    ``(new_params, new_state)``, TF's variables and slots after the step.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> params = jnp.array([10.0])
+    >>> state = rmsprop_init(params)
+    >>> params, state = rmsprop_apply(params, params, state, learning_rate=0.1)
+    >>> params
+    Array([9.683772], dtype=float32)
+  """
+  return _step(grads, state, params, **hyperparams)
+
+
+def _step(grads, state, params, *, learning_rate=0.001, rho=0.9, momentum=0.0,
+          epsilon=1e-7, decay=0.0, clipvalue=None, clipnorm=None,
+          global_clipnorm=None, rounding="tf_cpu", backend="auto"):
+  """:func:`rmsprop_update`, or :func:`rmsprop_apply` when params are given."""
   _check_matches(grads, state)
   round_ = numerics.rounder(rounding)
   leaves, treedef = jax.tree.flatten(grads)
@@ -206,10 +315,10 @@ def rmsprop_update(
   ms_leaves = jax.tree.leaves(state.ms)
   mg_leaves = absent if state.mg is None else jax.tree.leaves(state.mg)
   mom_leaves = absent if state.mom is None else jax.tree.leaves(state.mom)
-  results = [
-      _dense_leaf(g, ms, mg, mom, hyper(g.dtype), rounding)
-      for g, ms, mg, mom in zip(leaves, ms_leaves, mg_leaves, mom_leaves)
-  ]
+  var_leaves = absent if params is None else treedef.flatten_up_to(params)
+  results = _dense_leaves(
+      list(zip(leaves, var_leaves, ms_leaves, mg_leaves, mom_leaves)), hyper,
+      rounding, backend, apply=params is not None)
   updates, ms, mg, mom = map(list, zip(*results)) if results else ([],) * 4
   unflatten = treedef.unflatten
   new_state = base.RMSpropState(
