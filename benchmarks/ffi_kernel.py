@@ -6,8 +6,9 @@ Every contender runs a full step (update and apply) of float32 parameters in
 place (donated buffers in JAX, variables in TF). Times are the median over
 paired rounds: in each round every contender runs ``--steps`` steps in turn,
 so drift in machine load hits all of them alike. The roofline is a minimal C
-loop (``-O3 -march=native -fopenmp``) doing the same single pass over numpy
-arrays, called directly: the memory-bandwidth limit of the update.
+loop (``-O3 -march=native -fopenmp -ffp-contract=off``) doing the same single
+pass over numpy arrays, called directly: the memory-bandwidth limit of the
+update.
 
 Set TFRMSPROP_FORCE_BASELINE=1 to measure the kernel's portable (SSE2/NEON)
 loop instead of the AVX2/AVX-512 one the run-time dispatch picks.
@@ -82,6 +83,7 @@ def _roofline_library():
   with open(source, "w") as f:
     f.write(_ROOFLINE_C)
   subprocess.run(["cc", "-O3", "-march=native", "-fopenmp", "-fno-math-errno",
+                  "-ffp-contract=off",
                   "-shared", "-fPIC", source, "-o", library], check=True)
   lib = ctypes.CDLL(library)
   lib.step.argtypes = [ctypes.c_void_p] * 5 + [
@@ -91,10 +93,10 @@ def _roofline_library():
 
 def roofline_step(lib, path, size):
   """A closure running one C step on fresh numpy arrays of ``size``."""
-  rng = np.random.default_rng(0)
-  arrays = [rng.normal(size=size).astype(np.float32) for _ in range(2)]
-  arrays += [np.abs(rng.normal(size=size)).astype(np.float32) * 10]
-  arrays += [np.zeros(size, np.float32) for _ in range(2)]
+  # The same values as the JAX contenders: the centered paths' variance
+  # estimate decays toward zero and denormals, whose cost must match.
+  var, g = (np.array(x) for x in _tree([(size,)], 0) + _tree([(size,)], 1))
+  arrays = [g, var] + [np.zeros(size, np.float32) for _ in range(3)]
   cfg = PATHS[path]
   args = (size, cfg["centered"], cfg["momentum"] > 0, LR, RHO, 0.9, EPS)
   return lambda: lib.step(*(a.ctypes.data for a in arrays), *args)

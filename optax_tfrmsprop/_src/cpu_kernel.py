@@ -142,11 +142,10 @@ def _call_kernel(centered, momentum, apply, hypers, leaves):
     operands.append(x)
 
   for g, var, ms, mg, mom in leaves:
-    add(g, alias=False)
+    # Without apply, P1/P2's update -step overwrites the gradient in place.
+    add(g, alias=not apply and not momentum)
     if apply:
       add(var, alias=True)
-    elif not momentum:  # The P1/P2 update -step.
-      results.append(jax.ShapeDtypeStruct(g.shape, g.dtype))
     for slot in (ms, mg, mom):
       if slot is not None:
         add(slot, alias=True)

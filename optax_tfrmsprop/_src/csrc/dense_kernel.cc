@@ -139,7 +139,8 @@ void RunAll(const std::vector<Leaf<T>>& leaves, const T* hypers) {
 
 // Operands: hypers [lr, rho, 1 - rho, momentum, epsilon] in T, then per leaf
 // g, [var], ms, [mg], [mom]. Results per leaf: [var or update], ms, [mg],
-// [mom]; the update result exists only without apply and without momentum.
+// [mom]; the update result exists only without apply and without momentum,
+// and is then aliased to g.
 template <typename T, ffi::DataType kDtype>
 ffi::Error DenseImpl(ffi::RemainingArgs args, ffi::RemainingRets rets,
                      bool centered, bool momentum, bool apply) {

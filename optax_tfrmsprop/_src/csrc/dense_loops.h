@@ -24,9 +24,12 @@ TFRMSPROP_ISA_TARGET void DenseRange(
     const T* __restrict g, T* __restrict out,
     T* __restrict ms, T* __restrict mg, T* __restrict mom, std::size_t lo,
     std::size_t hi, T lr, T rho, T c, T mu, T eps) {
+  // Without apply, P1/P2 write their update over the gradient's buffer (an
+  // XLA alias), so a fresh output is never allocated and page-faulted in.
+  constexpr bool kGradInOut = !kApply && !kMomentum;
 #pragma GCC ivdep
   for (std::size_t i = lo; i < hi; ++i) {
-    const T gi = g[i];
+    const T gi = kGradInOut ? out[i] : g[i];
     if constexpr (!kMomentum) {
       // P1/P2: tf_keras' graph ops, epsilon outside the square root.
       const T ms_i = (rho * ms[i]) + (c * (gi * gi));
