@@ -19,8 +19,8 @@ PATHS = {
     "P3": dict(momentum=0.9, centered=False),
     "P4": dict(momentum=0.9, centered=True),
 }
-# 33000 + 708 elements are above the kernel's threshold for splitting work over threads,
-# so thread ranges also cut across leaves; (5,) has a scalar-loop tail.
+# 33708 elements in all: above the kernel's threshold for splitting work over
+# threads, so thread ranges cut across leaves; (5,) has a scalar-loop tail.
 SHAPES = ((3, 11000), (37, 19), (5,))
 
 needs_kernel = pytest.mark.skipif(

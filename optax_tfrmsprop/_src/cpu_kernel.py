@@ -164,7 +164,7 @@ def _partitioned_call(centered, momentum, apply, hypers, leaves):
 
 
 def _leaf_outputs(centered, momentum, apply):
-  """Which of ``(first, ms, mg, mom)`` a leaf returns; see :func:`dense_update`."""
+  """Which of ``(first, ms, mg, mom)`` each leaf returns."""
   return (apply or not momentum, True, centered, momentum)
 
 

@@ -90,6 +90,9 @@ def _dense_leaf(g, ms, mg, mom, h, rounding: base.Rounding):
   """One leaf of TF's dense update; returns ``(update, ms, mg, mom)``.
 
   ``update`` is what is added to the variable (``-step``).
+
+  The "tf_cpu" expressions are mirrored line by line by the CPU kernel,
+  ``csrc/dense_loops.h``: change one, change both (docs/cpu_kernel.md).
   """
   r = numerics.rounder(rounding)
   lr, rho, c, mu, eps = (
