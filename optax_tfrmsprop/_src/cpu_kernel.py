@@ -142,8 +142,7 @@ def _call_kernel(centered, momentum, apply, hypers, leaves):
     operands.append(x)
 
   for g, var, ms, mg, mom in leaves:
-    # Without apply, P1/P2's update -step overwrites the gradient in place.
-    add(g, alias=not apply and not momentum)
+    add(g, alias=False)
     if apply:
       add(var, alias=True)
     for slot in (ms, mg, mom):
@@ -165,7 +164,7 @@ def _partitioned_call(centered, momentum, apply, hypers, leaves):
 
 def _leaf_outputs(centered, momentum, apply):
   """Which of ``(first, ms, mg, mom)`` each leaf returns."""
-  return (apply or not momentum, True, centered, momentum)
+  return (apply, True, centered, momentum)
 
 
 def _partition(centered, momentum, apply, mesh, arg_shapes, result_shape):
@@ -224,10 +223,11 @@ def dense_update(leaves, hypers, *, centered: bool, momentum: bool,
     centered: the ``mg`` slot is present.
     momentum: the ``mom`` slot is present (TF's kernel paths P3/P4).
     apply: update ``var`` in place instead of returning optax updates.
+      Required without ``momentum``: P1/P2's update would need a buffer of its
+      own, which costs more than the XLA path (docs/cpu_kernel.md).
 
   Returns:
     Per leaf ``(first, ms, mg, mom)``: ``first`` is the new variable with
-    ``apply``, the update ``-step`` for P1/P2 without it, and ``None`` for
-    P3/P4 without it (their update is ``-mom``).
+    ``apply``, else ``None`` (the P3/P4 update is ``-mom``).
   """
   return _partitioned_call(centered, momentum, apply, hypers, leaves)

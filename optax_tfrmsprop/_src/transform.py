@@ -153,6 +153,10 @@ def _dense_leaves(leaves, hyper, rounding: base.Rounding,
 
   if rounding != "tf_cpu" or not cpu_kernel.use_kernel(backend):
     return xla()
+  if not apply and leaves and leaves[0][4] is None:
+    # P1/P2 through the optax API: a kernel update would need a buffer of its
+    # own, which XLA fills with a copy of the gradient; measured slower.
+    return xla()
   # Materialise the hyperparameters outside both branches: cached inside one,
   # they would leak that branch's tracers into the other.
   for leaf in leaves:

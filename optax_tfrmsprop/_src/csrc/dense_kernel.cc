@@ -138,15 +138,17 @@ void RunAll(const std::vector<Leaf<T>>& leaves, const T* hypers) {
 }
 
 // Operands: hypers [lr, rho, 1 - rho, momentum, epsilon] in T, then per leaf
-// g, [var], ms, [mg], [mom]. Results per leaf: [var or update], ms, [mg],
-// [mom]; the update result exists only without apply and without momentum,
-// and is then aliased to g.
+// g, [var], ms, [mg], [mom]. Results per leaf: [var], ms, [mg], [mom]. The
+// momentum-free paths (P1/P2) run only with apply.
 template <typename T, ffi::DataType kDtype>
 ffi::Error DenseImpl(ffi::RemainingArgs args, ffi::RemainingRets rets,
                      bool centered, bool momentum, bool apply) {
   const std::size_t ins = 2 + apply + centered + momentum;
-  const bool has_out = apply || !momentum;
-  const std::size_t outs = 1 + has_out + centered + momentum;
+  const std::size_t outs = 1 + apply + centered + momentum;
+  if (!apply && !momentum) {
+    return ffi::Error::InvalidArgument(
+        "tfrmsprop: the momentum-free paths run only with apply=true.");
+  }
   if (args.size() < 1 || (args.size() - 1) % ins != 0 ||
       rets.size() != (args.size() - 1) / ins * outs) {
     return ffi::Error::InvalidArgument(
@@ -178,7 +180,7 @@ ffi::Error DenseImpl(ffi::RemainingArgs args, ffi::RemainingRets rets,
     // The variable and slots are read through their results, which XLA
     // aliases to the operands (copying first if it cannot donate them).
     if (apply) a++;
-    leaf.out = has_out ? out(r++) : nullptr;
+    leaf.out = apply ? out(r++) : nullptr;
     a++;
     leaf.ms = out(r++);
     if (centered) a++, leaf.mg = out(r++);
@@ -188,9 +190,7 @@ ffi::Error DenseImpl(ffi::RemainingArgs args, ffi::RemainingRets rets,
 #define TFRMSPROP_RUN(C, M, A) \
   if (centered == C && momentum == M && apply == A) \
     return RunAll<T, C, M, A>(leaves, h), ffi::Error::Success();
-  TFRMSPROP_RUN(false, false, false)
   TFRMSPROP_RUN(false, false, true)
-  TFRMSPROP_RUN(true, false, false)
   TFRMSPROP_RUN(true, false, true)
   TFRMSPROP_RUN(false, true, false)
   TFRMSPROP_RUN(false, true, true)

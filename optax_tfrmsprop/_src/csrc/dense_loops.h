@@ -17,19 +17,17 @@ namespace tfrmsprop {
 namespace TFRMSPROP_ISA_NAMESPACE {
 
 // Updates elements [lo, hi) of one leaf. With kApply, `out` holds the
-// variable and is updated in place; otherwise it receives the optax update
-// -step (P1/P2 only: the momentum paths' update is -mom, negated in JAX).
+// variable and is updated in place; without it (P3/P4 only) `out` is unused:
+// the optax update is -mom, negated in JAX.
 template <typename T, bool kCentered, bool kMomentum, bool kApply>
 TFRMSPROP_ISA_TARGET void DenseRange(
     const T* __restrict g, T* __restrict out,
     T* __restrict ms, T* __restrict mg, T* __restrict mom, std::size_t lo,
     std::size_t hi, T lr, T rho, T c, T mu, T eps) {
-  // Without apply, P1/P2 write their update over the gradient's buffer (an
-  // XLA alias), so a fresh output is never allocated and page-faulted in.
-  constexpr bool kGradInOut = !kApply && !kMomentum;
+  static_assert(kApply || kMomentum, "P1/P2 run only in apply mode");
 #pragma GCC ivdep
   for (std::size_t i = lo; i < hi; ++i) {
-    const T gi = kGradInOut ? out[i] : g[i];
+    const T gi = g[i];
     if constexpr (!kMomentum) {
       // P1/P2: tf_keras' graph ops, epsilon outside the square root.
       const T ms_i = (rho * ms[i]) + (c * (gi * gi));
@@ -41,11 +39,7 @@ TFRMSPROP_ISA_TARGET void DenseRange(
         denom = ms_i - (mg_i * mg_i);
       }
       const T step = (lr * gi) / (std::sqrt(denom) + eps);
-      if constexpr (kApply) {
-        out[i] = out[i] - step;
-      } else {
-        out[i] = -step;
-      }
+      out[i] = out[i] - step;
     } else {
       // P3/P4: ResourceApply[Centered]RMSProp's Eigen functors, incremental
       // EMA form, epsilon inside the square root.
