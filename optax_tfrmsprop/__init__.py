@@ -7,6 +7,7 @@ from optax_tfrmsprop._src.base import RMSpropState
 from optax_tfrmsprop._src.base import Rounding
 from optax_tfrmsprop._src.checkpoint import check_checkpoint
 from optax_tfrmsprop._src.checkpoint import checkpoint_target
+from optax_tfrmsprop._src.cpu_kernel import is_built as cpu_kernel_is_built
 from optax_tfrmsprop._src.interop_tf1_keras3 import keras3_state_from_optimizer
 from optax_tfrmsprop._src.interop_tf1_keras3 import tf1_slot_names
 from optax_tfrmsprop._src.interop_tf1_keras3 import tf1_state_from_checkpoint
@@ -22,6 +23,7 @@ from optax_tfrmsprop._src.sparse import IndexedSlices
 from optax_tfrmsprop._src.sparse import sparse_embedding_value_and_grad
 from optax_tfrmsprop._src.tf_checkpoint import restore_rmsprop_from_tf_checkpoint
 from optax_tfrmsprop._src.tf_checkpoint import RestoredRMSprop
+from optax_tfrmsprop._src.transform import rmsprop_apply
 from optax_tfrmsprop._src.transform import rmsprop_init
 from optax_tfrmsprop._src.transform import rmsprop_update
 
@@ -38,10 +40,12 @@ __all__ = (
     "apply_updates",
     "check_checkpoint",
     "checkpoint_target",
+    "cpu_kernel_is_built",
     "keras3_rmsprop",
     "keras3_state_from_optimizer",
     "restore_rmsprop_from_tf_checkpoint",
     "rmsprop",
+    "rmsprop_apply",
     "rmsprop_init",
     "rmsprop_update",
     "schedules",

@@ -8,6 +8,7 @@ import numpy as np
 import optax
 
 from optax_tfrmsprop._src import base
+from optax_tfrmsprop._src import cpu_kernel
 from optax_tfrmsprop._src import numerics
 from optax_tfrmsprop._src import transform
 
@@ -84,6 +85,7 @@ def rmsprop(
     clipvalue: Optional[jax.typing.ArrayLike] = None,
     global_clipnorm: Optional[jax.typing.ArrayLike] = None,
     rounding: base.Rounding = "tf_cpu",
+    backend: cpu_kernel.Backend = "auto",
 ) -> optax.GradientTransformationExtraArgs:
   r"""TF2/Keras RMSprop (``tf_keras.optimizers.legacy.RMSprop``), bit-exact.
 
@@ -134,6 +136,11 @@ def rmsprop(
       with ``clipnorm``).
     rounding: ``"tf_cpu"`` (TF's CPU kernels) or ``"tf_xla"``
       (``jit_compile=True``, TPU).
+    backend: how CPU lowerings compute the ``"tf_cpu"`` update: ``"ffi"``
+      (the package's single-pass C++ kernel), ``"xla"`` (jnp), or ``"auto"``
+      (the ``OPTAX_TFRMSPROP_BACKEND`` environment variable if set, else the
+      kernel when built). Same bits either way; GPU and TPU always use jnp.
+      See ``docs/cpu_kernel.md``.
 
   Returns:
     The corresponding :class:`optax.GradientTransformationExtraArgs`, whose
@@ -160,6 +167,7 @@ def rmsprop(
       decay=decay, clipvalue=clipvalue, clipnorm=clipnorm,
       global_clipnorm=global_clipnorm)
   numerics.rounder(rounding)  # Validates the name.
+  cpu_kernel.check_backend(backend)
   use_momentum = uses_momentum(momentum)
 
   def init_fn(params):
@@ -171,6 +179,7 @@ def rmsprop(
     return transform.rmsprop_update(
         updates, state, learning_rate=learning_rate, rho=rho,
         momentum=momentum, epsilon=epsilon, decay=decay, clipvalue=clipvalue,
-        clipnorm=clipnorm, global_clipnorm=global_clipnorm, rounding=rounding)
+        clipnorm=clipnorm, global_clipnorm=global_clipnorm, rounding=rounding,
+        backend=backend)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

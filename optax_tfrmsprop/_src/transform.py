@@ -13,6 +13,7 @@ import optax
 
 from optax_tfrmsprop._src import base
 from optax_tfrmsprop._src import clipping
+from optax_tfrmsprop._src import cpu_kernel
 from optax_tfrmsprop._src import numerics
 from optax_tfrmsprop._src import sparse
 
@@ -144,6 +145,10 @@ def _dense_leaf(g, ms, mg, mom, h, rounding: base.Rounding,
 
   ``update`` is what is added to the variable (``-step``). TF1 always has the
   ``mom`` slot, so it always takes the kernel branch below.
+
+  The "tf_cpu" expressions of the Keras-legacy and TF1 paths are mirrored line
+  by line by the CPU kernel, ``csrc/dense_loops.h``: change one, change both
+  (docs/cpu_kernel.md).
   """
   r = numerics.rounder(rounding)
   if flavor == "keras3":
@@ -178,15 +183,79 @@ def _dense_leaf(g, ms, mg, mom, h, rounding: base.Rounding,
   return -mom, ms, mg, mom
 
 
-def _leaf_update(g, ms, mg, mom, hyper, rounding: base.Rounding,
-                 flavor: base.Flavor):
-  """Routes one gradient leaf to TF's sparse or dense update."""
-  if isinstance(g, sparse.IndexedSlices):
-    if flavor != "keras3":
-      return sparse.sparse_leaf(g, ms, mg, mom, hyper(ms.dtype),
-                                numerics.rounder(rounding))
-    g = g.to_dense()  # Keras 3 has no row-sparse update.
-  return _dense_leaf(g, ms, mg, mom, hyper(g.dtype), rounding, flavor)
+def _sparse_leaf(g, var, ms, mg, mom, hyper, rounding: base.Rounding, *,
+                 apply: bool):
+  """TF's sparse update of one leaf; as :func:`_dense_leaves` for one leaf."""
+  update, ms, mg, mom = sparse.sparse_leaf(g, ms, mg, mom, hyper(ms.dtype),
+                                           numerics.rounder(rounding))
+  return (sparse.apply_updates(var, update) if apply else update), ms, mg, mom
+
+
+# --- Backend dispatch (issue 9): the same leaves through the CPU kernel. ---
+
+
+def _dense_leaves(leaves, hyper, rounding: base.Rounding, flavor: base.Flavor,
+                  backend: cpu_kernel.Backend, *, apply: bool):
+  """Runs :func:`_dense_leaf` on every leaf, or the CPU kernel where it can.
+
+  Args:
+    leaves: ``(g, var, ms, mg, mom)`` per leaf; ``var`` is ``None`` unless
+      ``apply``.
+    hyper: the per-dtype hyperparameters (:class:`_Hyperparams`).
+    rounding: the TF evaluation to reproduce.
+    flavor: the RMSprop generation; the kernel implements the Keras-legacy and
+      TF1 expressions.
+    backend: see :mod:`cpu_kernel`; the kernel implements ``"tf_cpu"`` only.
+    apply: return new variables (``var + update``) instead of updates.
+
+  Returns:
+    ``(update or new var, ms, mg, mom)`` per leaf.
+  """
+
+  def xla_leaf(g, var, ms, mg, mom):
+    update, ms, mg, mom = _dense_leaf(g, ms, mg, mom, hyper(g.dtype), rounding,
+                                      flavor)
+    return (var + update if apply else update), ms, mg, mom
+
+  def xla():
+    return [xla_leaf(*leaf) for leaf in leaves]
+
+  if (rounding != "tf_cpu" or flavor == "keras3"
+      or not cpu_kernel.use_kernel(backend)):
+    return xla()
+  if not apply and leaves and leaves[0][4] is None:
+    # P1/P2 through the optax API: a kernel update would need a buffer of its
+    # own, which XLA fills with a copy of the gradient; measured slower.
+    return xla()
+  # Materialise the hyperparameters outside both branches: cached inside one,
+  # they would leak that branch's tracers into the other.
+  for leaf in leaves:
+    hyper(leaf[0].dtype)
+
+  def kernel():
+    results = [None] * len(leaves)
+    by_dtype = {}
+    for i, leaf in enumerate(leaves):
+      if cpu_kernel.handles(leaf[0].dtype):
+        by_dtype.setdefault(jnp.dtype(leaf[0].dtype), []).append(i)
+      else:  # float16 and bfloat16 stay on XLA.
+        results[i] = xla_leaf(*leaf)
+    for dtype, indices in by_dtype.items():
+      h = hyper(dtype)
+      hypers = jnp.stack([h["lr"], h["rho"], h["one_minus_rho"],
+                          h["momentum"], h["epsilon"]])
+      _, _, _, mg, mom = leaves[indices[0]]
+      out = cpu_kernel.dense_update(
+          [leaves[i] for i in indices], hypers, centered=mg is not None,
+          momentum=mom is not None, apply=apply)
+      for i, (first, ms, mg, mom) in zip(indices, out):
+        results[i] = (-mom if first is None else first), ms, mg, mom
+    return results
+
+  return jax.lax.platform_dependent(cpu=kernel, default=xla)
+
+
+# --- End of backend dispatch. ---
 
 
 def _check_matches(grads, state: base.RMSpropState):
@@ -232,6 +301,7 @@ def rmsprop_update(
     global_clipnorm: Optional[jax.typing.ArrayLike] = None,
     rounding: base.Rounding = "tf_cpu",
     flavor: base.Flavor = "keras_legacy",
+    backend: cpu_kernel.Backend = "auto",
 ) -> tuple[optax.Updates, base.RMSpropState]:
   r"""One step of ``tf_keras.optimizers.legacy.RMSprop.apply_gradients``.
 
@@ -288,6 +358,9 @@ def rmsprop_update(
     rounding: the TF evaluation to reproduce: ``"tf_cpu"`` or ``"tf_xla"``.
     flavor: the RMSprop generation: ``"keras_legacy"``, ``"tf1"`` or
       ``"keras3"`` (see :data:`Flavor`).
+    backend: ``"auto"``, ``"ffi"`` (the single-pass CPU kernel, ``"tf_cpu"``
+      rounding only) or ``"xla"``; see ``docs/cpu_kernel.md``. Both give the
+      same bits.
 
   Returns:
     ``(updates, new_state)``; ``optax_tfrmsprop.apply_updates(params,
@@ -302,6 +375,52 @@ def rmsprop_update(
     >>> updates["w"], state.count
     (Array([-0.31622753, -0.31622753], dtype=float32), Array(1, dtype=int32))
   """
+  return _step(grads, state, None, learning_rate=learning_rate, rho=rho,
+               momentum=momentum, epsilon=epsilon, decay=decay,
+               clipvalue=clipvalue, clipnorm=clipnorm,
+               global_clipnorm=global_clipnorm, rounding=rounding,
+               flavor=flavor, backend=backend)
+
+
+def rmsprop_apply(
+    params: optax.Params,
+    grads: optax.Updates,
+    state: base.RMSpropState,
+    **hyperparams,
+) -> tuple[optax.Params, base.RMSpropState]:
+  """:func:`rmsprop_update` and ``optax.apply_updates`` as one fused step.
+
+  The result is bit-identical to the two-step form. With the CPU kernel, each
+  element of params, gradient and slots is read once and written once, in
+  place when ``params`` and ``state`` are donated to the jitted step, which is
+  the memory-bandwidth limit of the update (the two-step form makes another
+  pass over params and updates).
+
+  Args:
+    params: the parameters.
+    grads: their gradients.
+    state: the current state.
+    **hyperparams: the keyword arguments of :func:`rmsprop_update`.
+
+  Returns:
+    ``(new_params, new_state)``, TF's variables and slots after the step.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> params = jnp.array([10.0])
+    >>> state = rmsprop_init(params)
+    >>> params, state = rmsprop_apply(params, params, state, learning_rate=0.1)
+    >>> params
+    Array([9.683772], dtype=float32)
+  """
+  return _step(grads, state, params, **hyperparams)
+
+
+def _step(grads, state, params, *, learning_rate=0.001, rho=0.9, momentum=0.0,
+          epsilon=1e-7, decay=0.0, clipvalue=None, clipnorm=None,
+          global_clipnorm=None, rounding="tf_cpu", flavor="keras_legacy",
+          backend="auto"):
+  """:func:`rmsprop_update`, or :func:`rmsprop_apply` when params are given."""
   _check_matches(grads, state)
   round_ = numerics.rounder(rounding)
   if flavor not in base.FLAVORS:
@@ -324,10 +443,20 @@ def rmsprop_update(
   ms_leaves = jax.tree.leaves(state.ms)
   mg_leaves = absent if state.mg is None else jax.tree.leaves(state.mg)
   mom_leaves = absent if state.mom is None else jax.tree.leaves(state.mom)
+  var_leaves = absent if params is None else treedef.flatten_up_to(params)
+  if flavor == "keras3":  # Keras 3 has no row-sparse update: it densifies.
+    leaves = [g.to_dense() if s else g for g, s in zip(leaves, is_sparse)]
+    is_sparse = [False] * len(leaves)
+  per_leaf = list(zip(leaves, var_leaves, ms_leaves, mg_leaves, mom_leaves))
+  dense = [i for i, s in enumerate(is_sparse) if not s]
   results = [
-      _leaf_update(g, ms, mg, mom, hyper, rounding, flavor)
-      for g, ms, mg, mom in zip(leaves, ms_leaves, mg_leaves, mom_leaves)
+      _sparse_leaf(*leaf, hyper, rounding, apply=params is not None)
+      if s else None for leaf, s in zip(per_leaf, is_sparse)
   ]
+  dense_results = _dense_leaves([per_leaf[i] for i in dense], hyper, rounding,
+                                flavor, backend, apply=params is not None)
+  for i, result in zip(dense, dense_results):
+    results[i] = result
   updates, ms, mg, mom = map(list, zip(*results)) if results else ([],) * 4
   unflatten = treedef.unflatten
   new_state = base.RMSpropState(
