@@ -191,7 +191,7 @@ def _sparse_leaf(g, var, ms, mg, mom, hyper, rounding: base.Rounding, *,
   return (sparse.apply_updates(var, update) if apply else update), ms, mg, mom
 
 
-# --- Backend dispatch (issue 9): the same leaves through the CPU kernel. ---
+# Backend dispatch: the same leaves through the CPU kernel where it applies.
 
 
 def _dense_leaves(leaves, hyper, rounding: base.Rounding, flavor: base.Flavor,
@@ -253,9 +253,6 @@ def _dense_leaves(leaves, hyper, rounding: base.Rounding, flavor: base.Flavor,
     return results
 
   return jax.lax.platform_dependent(cpu=kernel, default=xla)
-
-
-# --- End of backend dispatch. ---
 
 
 def _check_matches(grads, state: base.RMSpropState):
