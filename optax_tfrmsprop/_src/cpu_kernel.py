@@ -138,7 +138,10 @@ def _call_kernel(centered, momentum, apply, hypers, leaves):
   def add(x, *, alias):
     if alias:
       aliases[len(operands)] = len(results)
-      results.append(jax.ShapeDtypeStruct(x.shape, x.dtype))
+      # The result keeps its operand's type, sharding included (a mesh with
+      # Explicit axes puts it in the type).
+      results.append(jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                          sharding=jax.typeof(x).sharding))
     operands.append(x)
 
   for g, var, ms, mg, mom in leaves:
@@ -199,7 +202,7 @@ def _sharding_rule(centered, momentum, apply, mesh, operand_types,
   per_leaf_out = sum(_leaf_outputs(centered, momentum, apply))
   ranks = [len(t.shape) for t in operand_types[1::per_leaf_in]]
   factors = [
-      " ".join(f"k{k}d{d}" for d in range(rank)) or "()"
+      " ".join(f"k{k}d{d}" for d in range(rank))  # "" for a scalar
       for k, rank in enumerate(ranks)
   ]
   ins = ["h"] + [f for f in factors for _ in range(per_leaf_in)]
