@@ -6,6 +6,7 @@
 writes ``dense.json``, ``dense.md`` and ``dense.png`` into ``DIR``.
 """
 
+import functools
 import json
 import pathlib
 import statistics
@@ -23,7 +24,7 @@ from benchmarks.contenders import ROOFLINE
 
 def _settings(small: bool) -> dict:
   if small:
-    return dict(warmup=1, min_reps=3, max_reps=5, budget_s=0.5,
+    return dict(warmup=1, min_reps=3, max_reps=3, budget_s=0.0,
                 compile_reps=1)
   return dict(warmup=2, min_reps=5, max_reps=30, budget_s=3.0,
               compile_reps=3)
@@ -281,11 +282,7 @@ def markdown(records: list, info: dict, command: str, small: bool) -> str:
     lines += [f"## First call (trace + compile + one step), "
               f"{workload.name}, seconds", ""]
     lines += harness.table(["path"] + compiled, first) + [""]
-  skipped = {(r["contender"], r["skipped"]) for r in records
-             if "skipped" in r}
-  if skipped:
-    lines += ["## Skipped", ""]
-    lines += [f"- {name}: {why}" for name, why in sorted(skipped)] + [""]
+  lines += harness.skipped_lines(records)
   lines += harness.targets_table(targets(rows, workloads))
   lines += ["## Contenders", ""]
   lines += [f"- `{c.name}` ({c.group} process): {c.description}"
@@ -350,7 +347,9 @@ def main(argv=None) -> int:
       worker_args = ["--worker", group, "--json", str(result)]
       worker_args += ["--small"] if args.small else []
       print(f"== group {group}", flush=True)
-      status = harness.run_worker("benchmarks.dense", worker_args, sys.stdout)
+      status, took = harness.timed(functools.partial(
+          harness.run_worker, "benchmarks.dense", worker_args, sys.stdout))
+      print(f"== group {group}: {took:.0f} s", flush=True)
       if status or not result.exists():
         failures.append(f"group {group} exited with status {status}")
         continue

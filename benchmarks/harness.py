@@ -186,6 +186,16 @@ def report_head(title: str, command: str, info: dict) -> list:
   ]
 
 
+def skipped_lines(records: list) -> list:
+  """A ``Skipped`` section: each skipped contender once, with the reason."""
+  skipped = sorted({(r["contender"], r["skipped"]) for r in records
+                    if "skipped" in r})
+  if not skipped:
+    return []
+  return ["## Skipped", ""] + [f"- {name}: {why}" for name, why in
+                               skipped] + [""]
+
+
 def targets_table(targets: list) -> list:
   """Lines of the ``(issue, target, measured, met)`` tuples as a table."""
   return ["## Targets, as measured", ""] + table(
@@ -221,3 +231,25 @@ class Run:
     (folder / f"{name}.md").write_text(report)
     print(report, flush=True)
     return folder
+
+
+def run_suite(name: str, description: str, measure, markdown,
+              argv=None) -> int:
+  """``main()`` of a suite that measures in its own process.
+
+  Args:
+    name: the suite's module name in :mod:`benchmarks`.
+    description: its one-line description.
+    measure: ``measure(small) -> records``.
+    markdown: ``markdown(records, info, command) -> report``.
+    argv: the arguments (``sys.argv[1:]`` when ``None``).
+
+  Returns:
+    The exit status.
+  """
+  args = suite_arguments(name, description, argv)
+  run = Run()
+  records = measure(args.small)
+  report = markdown(records, run.finish(), args.command)
+  run.write(name, args.out, args.command, records, report)
+  return 0

@@ -21,6 +21,7 @@ import sys
 import numpy as np
 
 from benchmarks import harness
+from benchmarks.contenders import Unavailable
 
 MLPS = {
     "16-32-10": [(16, 32), (32,), (32, 10), (10,)],
@@ -33,8 +34,8 @@ RAW, CLASS = "raw", "class"
 
 def _settings(small: bool) -> dict:
   if small:
-    return dict(calls_per_rep=10, warmup=1, reps=3)
-  return dict(calls_per_rep=200, warmup=1, reps=21)
+    return dict(calls_per_rep=10, warmup=1, reps=3, mlps=list(MLPS)[:1])
+  return dict(calls_per_rep=200, warmup=1, reps=21, mlps=list(MLPS))
 
 
 def _jax_steps(values, grads_np) -> dict:
@@ -95,12 +96,12 @@ def _tf_keras_steps(values, grads_np) -> dict:
 
 
 def _keras3_steps(values, grads_np) -> dict:
-  """Keras 3's eager ``apply_gradients`` on the JAX backend, where it runs."""
+  """Keras 3's eager ``apply_gradients`` on the JAX backend."""
   import jax  # pylint: disable=g-import-not-at-top
   import keras  # pylint: disable=g-import-not-at-top
 
   if keras.backend.backend() != "jax":
-    return {}
+    raise Unavailable("needs KERAS_BACKEND=jax set before keras is imported")
   variables = [keras.Variable(v) for v in values]
   opt = keras.optimizers.RMSprop(**CONFIG)
   grads = [jax.numpy.asarray(g) for g in grads_np]
@@ -116,17 +117,19 @@ def measure(small: bool) -> list:
   """Times every contender on each MLP; one record each."""
   settings = _settings(small)
   records = []
-  for mlp, shapes in MLPS.items():
+  for mlp in settings["mlps"]:
+    shapes = MLPS[mlp]
     rng = np.random.RandomState(0)
     values = [rng.randn(*s).astype(np.float32) * 0.1 for s in shapes]
     grads = [rng.randn(*s).astype(np.float32) for s in shapes]
     steps = {}
-    for make in (_jax_steps, _tf_keras_steps, _keras3_steps):
+    for framework, make in (("optax_tfrmsprop", _jax_steps),
+                            ("tf_keras", _tf_keras_steps),
+                            ("keras3", _keras3_steps)):
       try:
         steps.update(make(values, grads))
-      except ImportError as e:
-        records.append(dict(mlp=mlp, contender=make.__name__,
-                            skipped=f"not installed ({e})"))
+      except (ImportError, Unavailable) as e:
+        records.append(dict(mlp=mlp, contender=framework, skipped=str(e)))
     times = harness.time_interleaved(
         steps, warmup=settings["warmup"], min_reps=settings["reps"],
         max_reps=settings["reps"], budget_s=0.0,
@@ -165,11 +168,7 @@ def markdown(records: list, info: dict, command: str) -> str:
            if r["contender"] != "class - raw" else "–"] for r in timed]
   lines += harness.table(["MLP", "contender", "µs per step", "rounds",
                           "x/class"], rows) + [""]
-  skipped = [r for r in records if "skipped" in r]
-  if skipped:
-    lines += ["## Skipped", ""]
-    lines += [f"- {r['mlp']}, {r['contender']}: {r['skipped']}"
-              for r in skipped] + [""]
+  lines += harness.skipped_lines(records)
   overhead = medians.get(("16-32-10", "class - raw"))
   if overhead is not None:
     lines += harness.targets_table([(
@@ -179,13 +178,8 @@ def markdown(records: list, info: dict, command: str) -> str:
 
 
 def main(argv=None) -> int:
-  args = harness.suite_arguments("keras_wrapper_overhead",
-                                 __doc__.splitlines()[0], argv)
-  run = harness.Run()
-  records = measure(args.small)
-  report = markdown(records, run.finish(), args.command)
-  run.write("keras_wrapper_overhead", args.out, args.command, records, report)
-  return 0
+  return harness.run_suite("keras_wrapper_overhead", __doc__.splitlines()[0], measure,
+                           markdown, argv)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ to ``benchmarks/results/`` by default.
 """
 
 import argparse
+import functools
 import sys
 
 from benchmarks import harness
@@ -35,7 +36,10 @@ def main(argv=None) -> int:
     suite_args = ["--out", args.out, "--command", command]
     suite_args += ["--small"] if args.small else []
     print(f"=== suite {suite}", flush=True)
-    if harness.run_worker(f"benchmarks.{suite}", suite_args, sys.stdout):
+    status, took = harness.timed(functools.partial(
+        harness.run_worker, f"benchmarks.{suite}", suite_args, sys.stdout))
+    print(f"=== suite {suite}: {took:.0f} s", flush=True)
+    if status:
       failed.append(suite)
   if failed:
     print(f"Failed suites: {', '.join(failed)}", file=sys.stderr)

@@ -219,23 +219,14 @@ def markdown(records: list, info: dict, command: str) -> str:
                  if r["temp_bytes"] is not None else "–"])
   lines += harness.table(["path", "contender", "ms", "reps", "x/sparse",
                           "temp"], rows) + [""]
-  skipped = {(r["contender"], r["skipped"]) for r in records
-             if "skipped" in r}
-  if skipped:
-    lines += ["## Skipped", ""]
-    lines += [f"- {name}: {why}" for name, why in sorted(skipped)] + [""]
+  lines += harness.skipped_lines(records)
   lines += harness.targets_table(targets(records))
   return "\n".join(lines)
 
 
 def main(argv=None) -> int:
-  args = harness.suite_arguments("sparse_embedding",
-                                 __doc__.splitlines()[0], argv)
-  run = harness.Run()
-  records = measure(args.small)
-  report = markdown(records, run.finish(), args.command)
-  run.write("sparse_embedding", args.out, args.command, records, report)
-  return 0
+  return harness.run_suite("sparse_embedding", __doc__.splitlines()[0], measure,
+                           markdown, argv)
 
 
 if __name__ == "__main__":
