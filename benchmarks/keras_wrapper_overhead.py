@@ -35,7 +35,7 @@ RAW, CLASS = "raw", "class"
 def _settings(small: bool) -> dict:
   if small:
     return dict(calls_per_rep=10, warmup=1, reps=3, mlps=list(MLPS)[:1])
-  return dict(calls_per_rep=200, warmup=1, reps=21, mlps=list(MLPS))
+  return dict(calls_per_rep=100, warmup=1, reps=21, mlps=list(MLPS))
 
 
 def _jax_steps(values, grads_np) -> dict:
