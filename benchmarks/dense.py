@@ -334,7 +334,8 @@ def _groups() -> list:
 
 
 def main(argv=None) -> int:
-  args = harness.suite_arguments("dense", __doc__.splitlines()[0], argv)
+  args = harness.suite_arguments("dense", __doc__.splitlines()[0], argv,
+                                 workers=True)
   if args.worker:
     records = run_group(args.worker, args.small)
     pathlib.Path(args.json).write_text(json.dumps(records))

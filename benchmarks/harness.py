@@ -117,7 +117,7 @@ def machine_info() -> dict:
 
 
 def run_worker(module: str, args: list, log) -> int:
-  """Runs ``python -m module *args`` with :data:`WORKER_ENV`; returns its status.
+  """Runs ``python -m module *args`` with :data:`WORKER_ENV`; returns status.
 
   Its output goes to ``log`` (a writable text file) as it comes.
   """
@@ -131,13 +131,16 @@ def run_worker(module: str, args: list, log) -> int:
 # --- Suites -----------------------------------------------------------------
 
 
-def suite_arguments(name: str, description: str, argv=None):
+def suite_arguments(name: str, description: str, argv=None, *,
+                    workers: bool = False):
   """Parses the options every suite takes: ``--small``, ``--out``, ...
 
   Args:
     name: the suite's module name in :mod:`benchmarks`.
     description: its one-line description.
     argv: the arguments (``sys.argv[1:]`` when ``None``).
+    workers: also parse the internal ``--worker GROUP --json FILE`` of a
+      suite that runs its groups in worker processes of its own module.
 
   Returns:
     The parsed arguments; ``command`` is the command line to print in the
@@ -149,8 +152,9 @@ def suite_arguments(name: str, description: str, argv=None):
   parser.add_argument("--out", default="benchmarks/results",
                       help=f"directory for {name}.{{md,json,png}}")
   parser.add_argument("--command", help=argparse.SUPPRESS)
-  parser.add_argument("--worker", help=argparse.SUPPRESS)
-  parser.add_argument("--json", help=argparse.SUPPRESS)
+  if workers:
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--json", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if not args.command:
     args.command = " ".join([f"python -m benchmarks.{name}"] + list(

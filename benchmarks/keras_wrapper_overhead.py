@@ -178,8 +178,8 @@ def markdown(records: list, info: dict, command: str) -> str:
 
 
 def main(argv=None) -> int:
-  return harness.run_suite("keras_wrapper_overhead", __doc__.splitlines()[0], measure,
-                           markdown, argv)
+  return harness.run_suite("keras_wrapper_overhead",
+                           __doc__.splitlines()[0], measure, markdown, argv)
 
 
 if __name__ == "__main__":
