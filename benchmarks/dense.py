@@ -1,4 +1,4 @@
-"""Dense RMSprop steps, side by side: this package, its peers, the roofline.
+"""Dense RMSprop steps, side by side: this package, its peers, the rooflines.
 
 ``python -m benchmarks.dense [--small] [--out DIR]`` runs every contender of
 :mod:`benchmarks.contenders` on every workload of
@@ -6,35 +6,37 @@
 writes ``dense.json``, ``dense.md`` and ``dense.png`` into ``DIR``.
 """
 
-import argparse
+import functools
 import json
-import os
 import pathlib
 import statistics
 import sys
 import tempfile
-import time
 
 from benchmarks import contenders as contenders_lib
 from benchmarks import harness
 from benchmarks import workloads as workloads_lib
+from benchmarks.contenders import C_ROOFLINE
 from benchmarks.contenders import OURS
+from benchmarks.contenders import OURS_XLA
 from benchmarks.contenders import ROOFLINE
-
-_GROUP_ENV = {"KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
 def _settings(small: bool) -> dict:
   if small:
-    return dict(warmup=1, min_reps=3, max_reps=5, budget_s=0.5,
+    return dict(warmup=1, min_reps=3, max_reps=3, budget_s=0.0,
                 compile_reps=1)
-  return dict(warmup=2, min_reps=5, max_reps=40, budget_s=4.0,
+  return dict(warmup=2, min_reps=5, max_reps=30, budget_s=3.0,
               compile_reps=3)
 
 
-def _group_contenders(group: str) -> list:
-  return [c for c in contenders_lib.CONTENDERS
-          if c.group == group or c.name in contenders_lib.REFERENCES]
+def _group_contenders(group: str, workload) -> list:
+  """The contenders a group times on ``workload``; none if it has no own."""
+  chosen = [c for c in contenders_lib.CONTENDERS
+            if c.group == group or c.name in contenders_lib.REFERENCES]
+  if workload.headline_only:
+    chosen = [c for c in chosen if c.name in contenders_lib.HEADLINE]
+  return chosen if any(c.group == group for c in chosen) else []
 
 
 def run_group(group: str, small: bool) -> list:
@@ -46,39 +48,39 @@ def run_group(group: str, small: bool) -> list:
   settings = _settings(small)
   records = []
   for workload in workloads_lib.dense_workloads(small):
+    chosen = _group_contenders(group, workload)
+    if not chosen:
+      continue
     params, grads = workload.arrays()
     for path in workloads_lib.dense_paths(small):
-      steps, first_calls = {}, {}
-      for contender in _group_contenders(group):
-        base = dict(group=group, workload=workload.name, path=path.name,
-                    contender=contender.name, size=workload.size,
-                    bytes=4 * workload.size * (path.reads + path.writes))
-        # Repeated (fresh functions each time) only for the two contenders
-        # of the compile-time target; one first call is timed for the rest.
+      steps, first_calls, timed = {}, {}, []
+      for contender in chosen:
+        record = dict(group=group, workload=workload.name, path=path.name,
+                      contender=contender.name, size=workload.size,
+                      bytes=4 * workload.size * (path.reads + path.writes))
+        records.append(record)
+        # Repeated (fresh functions each time) only for the contenders of
+        # the compile-time targets; one first call is timed for the rest.
         reps = (settings["compile_reps"] if workload.time_first_call
-                and contender.name in (OURS, "optax") else 1)
+                and contender.name in contenders_lib.COMPILE_TIMED else 1)
         try:
           for _ in range(reps):
             step = contender.make(params, grads, path)
             _, first = harness.timed(step)
             first_calls.setdefault(contender.name, []).append(first)
         except contenders_lib.Unavailable as e:
-          records.append(dict(base, skipped=str(e)))
+          record["skipped"] = str(e)
           print(f"[{group}] {contender.name}: skipped: {e}", flush=True)
           continue
         steps[contender.name] = step
-        records.append(base)
+        timed.append((record, contender))
       times = harness.time_interleaved(
           steps, warmup=settings["warmup"], min_reps=settings["min_reps"],
           max_reps=settings["max_reps"], budget_s=settings["budget_s"])
-      for record in records:
-        if (record["workload"], record["path"]) != (workload.name, path.name):
-          continue
-        name = record["contender"]
-        if name in times:
-          record["step"] = harness.summary(times[name])
-          if workload.time_first_call:
-            record["first_call"] = harness.summary(first_calls[name])
+      for record, contender in timed:
+        record["step"] = harness.summary(times[contender.name])
+        if workload.time_first_call and contender.compiled:
+          record["first_call"] = harness.summary(first_calls[contender.name])
       del steps
       print(f"[{group}] {workload.name} {path.name}: " + ", ".join(
           f"{k} {1e3 * harness.summary(v)['median']:.2f} ms"
@@ -89,51 +91,39 @@ def run_group(group: str, small: bool) -> list:
 # --- Report -----------------------------------------------------------------
 
 
-def _index(records: list) -> dict:
-  """``{(group, workload, path, contender): record}`` of timed records."""
-  return {(r["group"], r["workload"], r["path"], r["contender"]): r
-          for r in records if "step" in r}
-
-
 def _home_group(name: str) -> str:
   return next(c.group for c in contenders_lib.CONTENDERS if c.name == name)
 
 
-def _median(index, group, workload, path, name):
-  record = index.get((group, workload, path, name))
-  return record["step"]["median"] if record else None
-
-
 def ratios(records: list) -> list:
-  """Per workload, path and contender: median time and the ratios.
+  """Per workload, path and contender: its times and the ratios.
 
-  ``vs_ours`` is ours / theirs measured in the same process (< 1: ours is
-  faster); ``of_roofline`` is roofline / theirs in the same process.
+  Every ratio is between medians measured in the same process:
+  ``over_ours`` is its time over optax_tfrmsprop's (> 1: ours is faster);
+  ``of_roofline`` and ``of_c_roofline`` are a roofline's time over its own
+  (1 = at the roofline).
   """
-  index = _index(records)
+  index = {(r["group"], r["workload"], r["path"], r["contender"]):
+           r["step"]["median"] for r in records if "step" in r}
   rows = []
-  for (group, workload, path, name), record in index.items():
-    if group != _home_group(name):
+  for r in records:
+    if "step" not in r or r["group"] != _home_group(r["contender"]):
       continue
-    median = record["step"]["median"]
-    ours = _median(index, group, workload, path, OURS)
-    roof = _median(index, group, workload, path, ROOFLINE)
+    median = r["step"]["median"]
+    ours, roof, c_roof = (
+        index.get((r["group"], r["workload"], r["path"], name))
+        for name in (OURS, ROOFLINE, C_ROOFLINE))
     rows.append(dict(
-        workload=workload, path=path, contender=name, step=record["step"],
-        first_call=record.get("first_call"), bytes=record["bytes"],
-        vs_ours=ours / median if ours else None,
-        of_roofline=roof / median if roof else None))
+        workload=r["workload"], path=r["path"], contender=r["contender"],
+        step=r["step"], first_call=r.get("first_call"),
+        over_ours=ours and median / ours, of_roofline=roof and roof / median,
+        of_c_roofline=c_roof and c_roof / median))
   return rows
 
 
 def _row(rows, workload, path, name):
   return next((r for r in rows if (r["workload"], r["path"], r["contender"])
                == (workload, path, name)), None)
-
-
-def _ms(summary) -> str:
-  return (f"{1e3 * summary['median']:.2f} "
-          f"({1e3 * summary['min']:.2f}–{1e3 * summary['max']:.2f})")
 
 
 def _names(rows) -> list:
@@ -146,50 +136,86 @@ def _paths(rows) -> list:
   return [p.name for p in workloads_lib.PATHS if p.name in present]
 
 
+def _percent(fraction) -> str:
+  return f"{100 * fraction:.0f}%" if fraction else "–"
+
+
+def _times(ratio) -> str:
+  return f"{ratio:.2f}" if ratio else "–"
+
+
 def targets(rows: list, workloads: list) -> list:
-  """The issue's targets, as measured: ``(target, measured, met)``."""
+  """Issues 6 and 9's targets, as measured: ``(issue, target, measured,
+  met)``."""
   out = []
-  big = [w.name for w in workloads if len(w.shapes) == 1 and w.size >= 1 << 24]
   paths = _paths(rows)
+  big = [w.name for w in workloads if len(w.shapes) == 1 and w.size >= 1 << 24]
+  trees = [w.name for w in workloads if len(w.shapes) > 1]
+  hwio = next((w for w in trees if "HWIO" in w), None)
+  oihw = next((w for w in trees if "OIHW" in w), None)
+
+  def each(workload_names, path, key, peer=OURS):
+    """``[(workload, value)]`` of ``key`` of ``peer``'s rows, where measured."""
+    found = [(w, _row(rows, w, path, peer)) for w in workload_names]
+    return [(w, r[key]) for w, r in found if r and r[key]]
+
+  def listed(pairs, fmt):
+    return ", ".join(f"{w}: {fmt(v)}" for w, v in pairs)
+
   for path in paths:
-    fracs = [(w, _row(rows, w, path, OURS)["of_roofline"]) for w in big]
+    fracs = each(big, path, "of_roofline")
     if fracs:
-      worst = min(f for _, f in fracs)
-      out.append((f"{path}: >= 90% of roofline at >= 16M params",
-                  ", ".join(f"{w}: {100 * f:.0f}%" for w, f in fracs),
-                  worst >= 0.9))
-  optax_ratios = [r for r in rows if r["contender"] == "optax"]
-  if optax_ratios:
-    worst = max(optax_ratios, key=lambda r: r["vs_ours"])
-    overall = statistics.median(r["vs_ours"] for r in optax_ratios)
-    out.append(("never slower than optax (ours/optax <= 1.0)",
-                f"worst {worst['vs_ours']:.2f} ({worst['workload']}, "
-                f"{worst['path']}); median over all {overall:.2f}",
-                worst["vs_ours"] <= 1.0))
-  trees = [w for w in workloads if len(w.shapes) > 1]
-  hwio = next((w.name for w in trees if "HWIO" in w.name), None)
-  oihw = next((w.name for w in trees if "OIHW" in w.name), None)
-  if hwio and oihw:
-    for path in paths:
-      ours_h = _row(rows, hwio, path, OURS)
-      ours_o = _row(rows, oihw, path, OURS)
-      optax_o = _row(rows, oihw, path, "optax")
-      if not (ours_h and ours_o and optax_o):
-        continue
+      out.append((6, f"{path}: >= 90% of the XLA roofline at >= 16M params",
+                  listed(fracs, _percent), min(f for _, f in fracs) >= 0.9))
+  optax = [r for r in rows if r["contender"] == "optax" and r["over_ours"]]
+  if optax:
+    worst = min(optax, key=lambda r: r["over_ours"])
+    out.append((6, "never slower than optax (optax/ours >= 1.0 everywhere)",
+                f"worst {worst['over_ours']:.2f} ({worst['workload']}, "
+                f"{worst['path']}); median over all "
+                f"{statistics.median(r['over_ours'] for r in optax):.2f}",
+                worst["over_ours"] >= 1.0))
+  for path in paths:
+    ours_h, ours_o = (_row(rows, w, path, OURS) for w in (hwio, oihw))
+    optax_o = _row(rows, oihw, path, "optax")
+    if ours_h and ours_o:
       layout = ours_o["step"]["median"] / ours_h["step"]["median"]
-      out.append((f"{path}: OIHW tree as fast as HWIO (OIHW/HWIO <= 1.05)",
-                  f"{layout:.2f}", layout <= 1.05))
-      out.append((f"{path}: OIHW tree >= 30% faster than optax "
-                  "(ours/optax <= 0.70)", f"{optax_o['vs_ours']:.2f}",
-                  optax_o["vs_ours"] <= 0.70))
-  if hwio:
+      out.append((6, f"{path}: OIHW tree as fast as HWIO (OIHW/HWIO <= "
+                  "1.05)", f"{layout:.2f}", layout <= 1.05))
+    if optax_o and optax_o["over_ours"]:
+      out.append((6, f"{path}: OIHW tree >= 30% faster than optax "
+                  "(optax/ours >= 1.43)", f"{optax_o['over_ours']:.2f}",
+                  optax_o["over_ours"] >= 1 / 0.7))
+  for path in paths:
+    speedups = each(big, path, "over_ours", "optax")
+    if speedups:
+      out.append((9, f"{path}: >= 1.5x optax at >= 16M params (optax/ours)",
+                  listed(speedups, _times),
+                  min(v for _, v in speedups) >= 1.5))
+    fracs = each(big, path, "of_c_roofline")
+    if fracs:
+      out.append((9, f"{path}: within 10% of the C roofline at >= 16M params"
+                  " (ours <= 1.10x its time)",
+                  listed([(w, 1 / f) for w, f in fracs], _times),
+                  max(1 / f for _, f in fracs) <= 1.10))
+  for path in paths:
+    over_tf = each((hwio, oihw), path, "over_ours", "tf_keras")
+    if over_tf:
+      out.append((9, f"{path}: ResNet-50 trees faster than TF's kernels "
+                  "(tf_keras/ours > 1)", listed(over_tf, _times),
+                  min(v for _, v in over_tf) > 1.0))
+    over_optax = each((hwio, oihw), path, "over_ours", "optax")
+    if over_optax:
+      out.append((9, f"{path}: ResNet-50 trees >= 1.4x optax (optax/ours)",
+                  listed(over_optax, _times),
+                  min(v for _, v in over_optax) >= 1.4))
+  for issue, peer in ((6, "optax"), (9, OURS_XLA)):
     for path in paths:
-      ours = _row(rows, hwio, path, OURS)
-      peer = _row(rows, hwio, path, "optax")
-      if ours and peer and ours["first_call"] and peer["first_call"]:
-        a, b = ours["first_call"]["median"], peer["first_call"]["median"]
-        out.append((f"{path}: first call of the 161-leaf tree <= optax's",
-                    f"{a:.2f} s vs {b:.2f} s", a <= b))
+      ours, other = (_row(rows, hwio, path, n) for n in (OURS, peer))
+      if ours and other and ours["first_call"] and other["first_call"]:
+        a, b = ours["first_call"]["median"], other["first_call"]["median"]
+        out.append((issue, f"{path}: first call of the {hwio} tree <= "
+                    f"{peer}'s", f"{a:.2f} s vs {b:.2f} s", a <= b))
   return out
 
 
@@ -198,85 +224,74 @@ def markdown(records: list, info: dict, command: str, small: bool) -> str:
   rows = ratios(records)
   workloads = workloads_lib.dense_workloads(small)
   names = _names(rows)
-  peers = [n for n in names if n not in (OURS, ROOFLINE)]
-  lines = [
-      "# Dense RMSprop step: optax_tfrmsprop vs its peers",
-      "",
-      f"Command: `{command}`",
-      "",
-      f"Machine: {info['cpu']}, {info['cores']} cores, "
-      f"{info['memory_gib']} GiB; {info['platform']}; Python "
-      f"{info['python']}; load average at start "
-      f"{info['load_average']}, at end {info['load_average_end']}.",
-      "",
-      "Packages: " + ", ".join(f"{k} {v}" for k, v in
-                               info["packages"].items()) + ".",
-      "",
-      "Times are per step in ms: median (min–max) over interleaved "
-      "repetitions after warm-up. `ours/x` is the ratio of medians taken in "
-      "the same process (< 1: optax_tfrmsprop is faster); `roof%` is the "
-      "roofline's time over the contender's. Float32, learning rate 1e-3, "
-      "rho 0.9, epsilon 1e-7, momentum 0.9 on the momentum paths.",
-      "",
-  ]
+  peers = [n for n in names if n != OURS and
+           n not in contenders_lib.REFERENCES]
+  lines = harness.report_head(
+      "Dense RMSprop step: optax_tfrmsprop vs its peers and the rooflines",
+      command, info) + [
+          "Times are per step in ms: median (min–max) over interleaved "
+          "repetitions after warm-up. Every ratio is between medians taken "
+          "in the same process: `x/ours` is x's time over optax_tfrmsprop's "
+          "(> 1: optax_tfrmsprop is faster); `% XLA roof` and `% C roof` are "
+          "a roofline's time over the contender's (100% = at the roofline). "
+          "Float32, learning rate 1e-3, rho 0.9, epsilon 1e-7, momentum 0.9 "
+          "on the momentum paths.", "",
+          f"## Summary: `{OURS}` (fused `rmsprop_apply`)", ""]
+  summary = []
+  for workload in workloads:
+    for path in _paths(rows):
+      ours = _row(rows, workload.name, path, OURS)
+      if not ours:
+        continue
+      cells = [workload.name, path, harness.ms(ours["step"]),
+               _percent(ours["of_roofline"]), _percent(ours["of_c_roofline"])]
+      for peer in peers:
+        row = _row(rows, workload.name, path, peer)
+        cells.append(_times(row and row["over_ours"]))
+      summary.append(cells)
+  lines += harness.table(
+      ["workload", "path", "ms", "% XLA roof", "% C roof"] +
+      [f"{p}/ours" for p in peers], summary) + [""]
   for workload in workloads:
     lines += [f"## {workload.name} ({workload.size / 1e6:.2f}M params, "
               f"{len(workload.shapes)} leaves)", ""]
-    header = ["path", "roofline", OURS, "roof%"]
-    for peer in peers:
-      header += [peer, f"ours/{peer}"]
-    lines += ["| " + " | ".join(header) + " |",
-              "|" + "---|" * len(header)]
-    for path in workloads_lib.dense_paths(small):
-      roof = _row(rows, workload.name, path.name, ROOFLINE)
-      ours = _row(rows, workload.name, path.name, OURS)
-      cells = [path.name, _ms(roof["step"]) if roof else "–",
-               _ms(ours["step"]) if ours else "–",
-               f"{100 * ours['of_roofline']:.0f}%" if ours and
-               ours["of_roofline"] else "–"]
-      for peer in peers:
-        row = _row(rows, workload.name, path.name, peer)
-        cells += ([_ms(row["step"]), f"{row['vs_ours']:.2f}"] if row
-                  else ["–", "–"])
-      lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
-  timed_first = [w for w in workloads if w.time_first_call]
-  for workload in timed_first:
-    compiled = [n for n in names
-                if _row(rows, workload.name, "plain", n)
-                and _row(rows, workload.name, "plain", n)["first_call"]
-                and n != ROOFLINE]
-    lines += [f"## First call (trace + compile + one step), "
-              f"{workload.name}, seconds", "",
-              "| path | " + " | ".join(compiled) + " |",
-              "|---|" + "---|" * len(compiled)]
-    for path in workloads_lib.dense_paths(small):
-      cells = [path.name]
+    detail = []
+    for path in _paths(rows):
+      for name in names:
+        row = _row(rows, workload.name, path, name)
+        if row:
+          detail.append([path, name, harness.ms(row["step"]),
+                         row["step"]["reps"], _times(row["over_ours"]),
+                         _percent(row["of_roofline"]),
+                         _percent(row["of_c_roofline"])])
+    lines += harness.table(["path", "contender", "ms", "reps", "x/ours",
+                            "% XLA roof", "% C roof"], detail) + [""]
+  for workload in (w for w in workloads if w.time_first_call):
+    compiled = [n for n in names if any(
+        _row(rows, workload.name, p, n) and
+        _row(rows, workload.name, p, n)["first_call"] for p in _paths(rows))]
+    first = []
+    for path in _paths(rows):
+      cells = [path]
       for name in compiled:
-        row = _row(rows, workload.name, path.name, name)
+        row = _row(rows, workload.name, path, name)
         fc = row and row["first_call"]
         cells.append(f"{fc['median']:.2f} ({fc['min']:.2f}–{fc['max']:.2f})"
                      if fc else "–")
-      lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
-  skipped = {(r["contender"], r["skipped"]) for r in records
-             if "skipped" in r}
-  if skipped:
-    lines += ["## Skipped", ""]
-    lines += [f"- {name}: {why}" for name, why in sorted(skipped)]
-    lines.append("")
-  lines += ["## Targets (issue 6), as measured", "",
-            "| target | measured | met |", "|---|---|---|"]
-  for target, measured, met in targets(rows, workloads):
-    lines.append(f"| {target} | {measured} | {'yes' if met else 'NO'} |")
-  lines += ["", "## Contenders", ""]
-  lines += [f"- `{c.name}` ({c.group}): {c.description}"
+      first.append(cells)
+    lines += [f"## First call (trace + compile + one step), "
+              f"{workload.name}, seconds", ""]
+    lines += harness.table(["path"] + compiled, first) + [""]
+  lines += harness.skipped_lines(records)
+  lines += harness.targets_table(targets(rows, workloads))
+  lines += ["## Contenders", ""]
+  lines += [f"- `{c.name}` ({c.group} process): {c.description}"
             for c in contenders_lib.CONTENDERS]
   return "\n".join(lines) + "\n"
 
 
 def plot(records: list, small: bool, path: pathlib.Path) -> None:
-  """Bar chart of each contender's share of the roofline, per workload."""
+  """Bar chart of each contender's share of the XLA roofline, per workload."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -301,10 +316,10 @@ def plot(records: list, small: bool, path: pathlib.Path) -> None:
     ax.set_title(workload.name, fontsize=10)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(paths))])
     ax.set_xticklabels([p.replace("+", "+\n") for p in paths], fontsize=8)
-  axes[0][0].set_ylabel("% of roofline (higher is faster)")
+  axes[0][0].set_ylabel("% of the XLA roofline (higher is faster)")
   axes[0][-1].legend(fontsize=7, loc="upper right")
-  fig.suptitle("Dense RMSprop step, float32: share of the memory-bandwidth "
-               "roofline", fontsize=11)
+  fig.suptitle("Dense RMSprop step, float32: share of the in-place XLA "
+               "roofline (dashed: 90%)", fontsize=11)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
@@ -319,51 +334,32 @@ def _groups() -> list:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--small", action="store_true",
-                      help="tiny sizes and few repetitions (CI smoke test)")
-  parser.add_argument("--out", default="benchmarks/results",
-                      help="directory for dense.{json,md,png}")
-  parser.add_argument("--worker", help=argparse.SUPPRESS)
-  parser.add_argument("--json", help=argparse.SUPPRESS)
-  parser.add_argument("--command", help=argparse.SUPPRESS)
-  args = parser.parse_args(argv)
+  args = harness.suite_arguments("dense", __doc__.splitlines()[0], argv,
+                                 workers=True)
   if args.worker:
     records = run_group(args.worker, args.small)
     pathlib.Path(args.json).write_text(json.dumps(records))
     return 0
-
-  command = args.command or " ".join(["python -m benchmarks.dense"] +
-                                     (argv if argv is not None
-                                      else sys.argv[1:]))
-  out = pathlib.Path(args.out)
-  out.mkdir(parents=True, exist_ok=True)
-  info = harness.machine_info()
+  run = harness.Run()
   records, failures = [], []
-  start = time.perf_counter()
   with tempfile.TemporaryDirectory() as tmp:
     for group in _groups():
       result = pathlib.Path(tmp, f"{group}.json")
       worker_args = ["--worker", group, "--json", str(result)]
       worker_args += ["--small"] if args.small else []
       print(f"== group {group}", flush=True)
-      status = harness.run_worker("benchmarks.dense", worker_args,
-                                  _GROUP_ENV, sys.stdout)
+      status, took = harness.timed(functools.partial(
+          harness.run_worker, "benchmarks.dense", worker_args, sys.stdout))
+      print(f"== group {group}: {took:.0f} s", flush=True)
       if status or not result.exists():
         failures.append(f"group {group} exited with status {status}")
         continue
       records += json.loads(result.read_text())
-  info["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
-  info["wall_s"] = round(time.perf_counter() - start, 1)
-  report = markdown(records, info, command, args.small)
+  report = markdown(records, run.finish(), args.command, args.small)
   if failures:
     report += "\n## Failures\n\n" + "\n".join(f"- {f}" for f in failures)
-  (out / "dense.json").write_text(json.dumps(
-      dict(command=command, machine=info, records=records), indent=1))
-  (out / "dense.md").write_text(report)
+  out = run.write("dense", args.out, args.command, records, report)
   plot(records, args.small, out / "dense.png")
-  print(report)
-  print(f"Wrote {out}/dense.{{json,md,png}} in {info['wall_s']} s.")
   return 1 if failures else 0
 
 

@@ -1,6 +1,9 @@
-"""Timing, statistics and machine description shared by the benchmarks."""
+"""Timing, statistics, machine description and reports of the benchmarks."""
 
+import argparse
+import json
 import os
+import pathlib
 import platform
 import statistics
 import subprocess
@@ -10,14 +13,20 @@ from importlib import metadata
 from typing import Callable
 
 
+# Environment of every suite and worker process: Keras 3 on the JAX backend
+# (it reads this once, at import), TensorFlow without its start-up chatter.
+WORKER_ENV = {"KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
 def time_interleaved(steps: dict, *, warmup: int, min_reps: int,
-                     max_reps: int, budget_s: float) -> dict:
+                     max_reps: int, budget_s: float,
+                     calls_per_rep: int = 1) -> dict:
   """Times ``steps`` round-robin; returns ``{name: [seconds per call]}``.
 
-  Each round calls every step once, starting one further along each round,
-  so that a burst of load from elsewhere hits every contender alike. Rounds
-  stop after ``max_reps``, or once ``min_reps`` are done and ``budget_s`` has
-  passed.
+  Each round runs every step ``calls_per_rep`` times in a row, starting one
+  further along each round, so that a burst of load from elsewhere hits every
+  contender alike. Rounds stop after ``max_reps``, or once ``min_reps`` are
+  done and ``budget_s`` has passed.
 
   Args:
     steps: name to a callable that runs one step and returns when it is done.
@@ -25,9 +34,11 @@ def time_interleaved(steps: dict, *, warmup: int, min_reps: int,
     min_reps: timed rounds at least.
     max_reps: timed rounds at most.
     budget_s: wall time after which no new round starts past ``min_reps``.
+    calls_per_rep: calls timed together in a round (for steps of
+      microseconds, where one call is too short to time alone).
 
   Returns:
-    The per-call wall times of each step.
+    The wall time per call of each step, one sample per round.
   """
   names = list(steps)
   for _ in range(warmup):
@@ -39,8 +50,9 @@ def time_interleaved(steps: dict, *, warmup: int, min_reps: int,
     for i in range(len(names)):
       name = names[(rep + i) % len(names)]
       t0 = time.perf_counter()
-      steps[name]()
-      times[name].append(time.perf_counter() - t0)
+      for _ in range(calls_per_rep):
+        steps[name]()
+      times[name].append((time.perf_counter() - t0) / calls_per_rep)
     if rep + 1 >= min_reps and time.perf_counter() - start > budget_s:
       break
   return times
@@ -97,17 +109,151 @@ def machine_info() -> dict:
       packages={p: _version(p) for p in (
           "jax", "jaxlib", "optax", "keras", "tensorflow-cpu", "tf-keras",
           "torch", "numpy")},
-      xla_flags=os.environ.get("XLA_FLAGS", ""),
+      # Settings that change how the kernels and XLA use the cores.
+      environment={k: os.environ[k] for k in (
+          "XLA_FLAGS", "OMP_NUM_THREADS", "OMP_WAIT_POLICY",
+          "OPTAX_TFRMSPROP_BACKEND") if k in os.environ},
   )
 
 
-def run_worker(module: str, args: list, env: dict, log) -> int:
-  """Runs ``python -m module *args`` with extra ``env``; returns its status.
+def run_worker(module: str, args: list, log) -> int:
+  """Runs ``python -m module *args`` with :data:`WORKER_ENV`; returns status.
 
   Its output goes to ``log`` (a writable text file) as it comes.
   """
-  full_env = dict(os.environ, **env)
+  full_env = dict(os.environ, **WORKER_ENV)
   proc = subprocess.run(
       [sys.executable, "-m", module, *args], env=full_env, stdout=log,
       stderr=subprocess.STDOUT, check=False)
   return proc.returncode
+
+
+# --- Suites -----------------------------------------------------------------
+
+
+def suite_arguments(name: str, description: str, argv=None, *,
+                    workers: bool = False):
+  """Parses the options every suite takes: ``--small``, ``--out``, ...
+
+  Args:
+    name: the suite's module name in :mod:`benchmarks`.
+    description: its one-line description.
+    argv: the arguments (``sys.argv[1:]`` when ``None``).
+    workers: also parse the internal ``--worker GROUP --json FILE`` of a
+      suite that runs its groups in worker processes of its own module.
+
+  Returns:
+    The parsed arguments; ``command`` is the command line to print in the
+    report (the entry point's when it passed ``--command``).
+  """
+  parser = argparse.ArgumentParser(description=description)
+  parser.add_argument("--small", action="store_true",
+                      help="tiny sizes and few repetitions (CI smoke test)")
+  parser.add_argument("--out", default="benchmarks/results",
+                      help=f"directory for {name}.{{md,json,png}}")
+  parser.add_argument("--command", help=argparse.SUPPRESS)
+  if workers:
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--json", help=argparse.SUPPRESS)
+  args = parser.parse_args(argv)
+  if not args.command:
+    args.command = " ".join([f"python -m benchmarks.{name}"] + list(
+        sys.argv[1:] if argv is None else argv))
+  return args
+
+
+def ms(stats: dict) -> str:
+  """``median (min–max)`` of a :func:`summary`, in milliseconds."""
+  return (f"{1e3 * stats['median']:.2f} "
+          f"({1e3 * stats['min']:.2f}–{1e3 * stats['max']:.2f})")
+
+
+def table(header: list, rows: list) -> list:
+  """The lines of a markdown table."""
+  return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] +
+          ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
+
+
+def report_head(title: str, command: str, info: dict) -> list:
+  """The first lines of a report: title, command, machine and packages."""
+  return [
+      f"# {title}", "",
+      f"Command: `{command}`", "",
+      f"Machine: {info['cpu']}, {info['cores']} cores, "
+      f"{info['memory_gib']} GiB; {info['platform']}; Python "
+      f"{info['python']}; load average at start {info['load_average']}, at "
+      f"end {info['load_average_end']}; {info['wall_s']} s.", "",
+      "Packages: " + ", ".join(f"{k} {v}" for k, v in
+                               info["packages"].items()) + "; environment: "
+      + (", ".join(f"{k}={v}" for k, v in info["environment"].items())
+         or "no XLA, OpenMP or backend settings") + ".", "",
+  ]
+
+
+def skipped_lines(records: list) -> list:
+  """A ``Skipped`` section: each skipped contender once, with the reason."""
+  skipped = sorted({(r["contender"], r["skipped"]) for r in records
+                    if "skipped" in r})
+  if not skipped:
+    return []
+  return ["## Skipped", ""] + [f"- {name}: {why}" for name, why in
+                               skipped] + [""]
+
+
+def targets_table(targets: list) -> list:
+  """Lines of the ``(issue, target, measured, met)`` tuples as a table."""
+  return ["## Targets, as measured", ""] + table(
+      ["issue", "target", "measured", "met"],
+      [(issue, target, measured, "yes" if met else "NO")
+       for issue, target, measured, met in targets]) + [""]
+
+
+class Run:
+  """One suite run: the machine it ran on, its wall time, then its files."""
+
+  def __init__(self):
+    self.info = machine_info()
+    self._start = time.perf_counter()
+
+  def finish(self) -> dict:
+    """Adds the end load and the wall time to :attr:`info`; returns it."""
+    self.info["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    self.info["wall_s"] = round(time.perf_counter() - self._start, 1)
+    return self.info
+
+  def write(self, name: str, out: str, command: str, records: list,
+            report: str) -> pathlib.Path:
+    """Writes ``<name>.{md,json}`` into ``out``, prints the report.
+
+    Returns:
+      The output directory.
+    """
+    folder = pathlib.Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps(
+        dict(command=command, machine=self.info, records=records), indent=1))
+    (folder / f"{name}.md").write_text(report)
+    print(report, flush=True)
+    return folder
+
+
+def run_suite(name: str, description: str, measure, markdown,
+              argv=None) -> int:
+  """``main()`` of a suite that measures in its own process.
+
+  Args:
+    name: the suite's module name in :mod:`benchmarks`.
+    description: its one-line description.
+    measure: ``measure(small) -> records``.
+    markdown: ``markdown(records, info, command) -> report``.
+    argv: the arguments (``sys.argv[1:]`` when ``None``).
+
+  Returns:
+    The exit status.
+  """
+  args = suite_arguments(name, description, argv)
+  run = Run()
+  records = measure(args.small)
+  report = markdown(records, run.finish(), args.command)
+  run.write(name, args.out, args.command, records, report)
+  return 0

@@ -1,19 +1,21 @@
 """Entry point of the benchmarks: ``python -m benchmarks.run [--small]``.
 
 Runs every suite of :data:`SUITES` in turn, each as ``python -m
-benchmarks.<suite> [--small] --out DIR --command ...``; a suite writes its
-``<suite>.md`` (table), ``.png`` (plot) and ``.json`` (raw records) into
-``DIR``. Results of a full run go to ``benchmarks/results/`` by default.
+benchmarks.<suite> [--small] --out DIR --command ...`` in its own process; a
+suite writes its ``<suite>.md`` (tables and targets), ``.json`` (raw records)
+and, where it has one, ``.png`` (plot) into ``DIR``. Results of a full run go
+to ``benchmarks/results/`` by default.
 """
 
 import argparse
+import functools
 import sys
 
 from benchmarks import harness
 
 # A suite is a module of this package whose main() takes --small, --out and
-# --command. Add one by naming it here.
-SUITES = ("dense",)
+# --command (see harness.suite_arguments). Add one by naming it here.
+SUITES = ("dense", "sparse_embedding", "keras_wrapper_overhead")
 
 
 def main(argv=None) -> int:
@@ -34,7 +36,10 @@ def main(argv=None) -> int:
     suite_args = ["--out", args.out, "--command", command]
     suite_args += ["--small"] if args.small else []
     print(f"=== suite {suite}", flush=True)
-    if harness.run_worker(f"benchmarks.{suite}", suite_args, {}, sys.stdout):
+    status, took = harness.timed(functools.partial(
+        harness.run_worker, f"benchmarks.{suite}", suite_args, sys.stdout))
+    print(f"=== suite {suite}: {took:.0f} s", flush=True)
+    if status:
       failed.append(suite)
   if failed:
     print(f"Failed suites: {', '.join(failed)}", file=sys.stderr)

@@ -1,156 +1,235 @@
-"""Sparse RMSprop on an embedding table: JAX sparse vs JAX dense vs TF sparse.
+"""Sparse RMSprop on an embedding table: JAX sparse vs dense vs TF sparse.
 
-Usage: ``python benchmarks/sparse_embedding.py [--small]``.
+``python -m benchmarks.sparse_embedding [--small] [--out DIR]`` times, for
+each of TF's sparse paths (P5-P8), one optimizer step on a ``rows x width``
+float32 table with ``ids`` looked-up rows per step, and writes
+``sparse_embedding.{md,json}`` into ``DIR``:
 
-For each of TF's sparse paths (P5-P8) it times one optimizer step on a
-``rows x width`` float32 table with ``ids`` looked-up rows per step:
+* ``optax_tfrmsprop sparse``: ``rmsprop`` on an ``IndexedSlices`` gradient
+  followed by ``apply_updates``, jitted, params and state donated;
+* ``optax_tfrmsprop`` / ``optax``: the dense benchmark's steps (fused
+  ``rmsprop_apply``; ``optax.rmsprop``) on the dense table-sized gradient
+  with the same flags;
+* ``tf_keras sparse``: ``tf_keras.optimizers.legacy.RMSprop.apply_gradients``
+  with a ``tf.IndexedSlices`` inside ``tf.function``.
 
-* ``jax sparse``: ``rmsprop`` on an ``IndexedSlices`` gradient followed by
-  ``apply_updates``, jitted, params and state donated;
-* ``jax dense``: the same optimizer on a dense table-sized gradient (the dense
-  path with the same momentum/centered flags), jitted and donated;
-* ``tf sparse``: ``tf_keras.optimizers.legacy.RMSprop.apply_gradients`` with a
-  ``tf.IndexedSlices`` inside ``tf.function``.
-
-It prints the median (and minimum) step times, the ratios, and the temporary memory of the
-compiled JAX steps (``compiled.memory_analysis().temp_size_in_bytes``).
+It also records the temporary memory of the compiled sparse step
+(``compiled.memory_analysis().temp_size_in_bytes``).
 """
 
-import argparse
-import os
-import statistics
-import time
+import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-import optax_tfrmsprop as ot
+from benchmarks import contenders as contenders_lib
+from benchmarks import harness
+from benchmarks import workloads
+from benchmarks.contenders import OURS
 
-PATHS = {
-    "P5": dict(momentum=0.0, centered=False),
-    "P6": dict(momentum=0.0, centered=True),
-    "P7": dict(momentum=0.9, centered=False),
-    "P8": dict(momentum=0.9, centered=True),
-}
+# TF's numbers of the sparse paths, as the semantics spec and docs use them.
+P_NUMBERS = {"plain": "P5", "centered": "P6", "momentum": "P7",
+             "momentum+centered": "P8"}
+SPARSE = f"{OURS} sparse"
+TF_SPARSE = "tf_keras sparse"
+DENSE_PEERS = (OURS, "optax")
+# Distinct gradients cycled through, so no step repeats the previous ids.
+_GRADIENTS = 4
 
 
-def _timed(run):
-  start = time.perf_counter()
-  run()
-  return time.perf_counter() - start
+def _settings(small: bool) -> dict:
+  if small:
+    return dict(rows=10_000, width=64, ids=256, warmup=1, min_reps=3,
+                max_reps=3, budget_s=0.0,
+                paths=workloads.dense_paths(small=True))
+  # TF's no-momentum sparse steps decay the whole table's slots and take
+  # seconds each on a loaded 2-core machine: few rounds, a time budget.
+  return dict(rows=1_000_000, width=64, ids=4096, warmup=1, min_reps=7,
+              max_reps=30, budget_s=3.0, paths=workloads.PATHS)
 
 
-def jax_runner(config, shape, grads, sparse):
-  """A function running one donated step, and the step's temp bytes."""
-  opt = ot.rmsprop(learning_rate=0.01, **config)
+def _jax_sparse(path, table, gradients):
+  """A donated jitted sparse step, and its compiled temporary bytes."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import optax_tfrmsprop as ot  # pylint: disable=g-import-not-at-top
+
+  opt = ot.rmsprop(momentum=path.momentum, centered=path.centered,
+                   **workloads.HYPERPARAMS)
 
   def step(params, state, values, ids):
-    grad = ot.IndexedSlices(values, ids, shape) if sparse else values
-    updates, state = opt.update(grad, state)
+    updates, state = opt.update(ot.IndexedSlices(values, ids, table.shape),
+                                state)
     return ot.apply_updates(params, updates), state
 
-  params = jnp.asarray(np.random.default_rng(0).normal(size=shape),
-                       jnp.float32)
-  state = jax.jit(opt.init)(params)
+  params = jax.device_put(table)
+  state = opt.init(params)
   compiled = (jax.jit(step, donate_argnums=(0, 1))
-              .lower(params, state, *grads[0]).compile())
-  temp = compiled.memory_analysis().temp_size_in_bytes
+              .lower(params, state, *gradients[0]).compile())
   carry = [params, state]
   count = [0]
 
   def run():
-    values, ids = grads[count[0] % len(grads)]
+    values, ids = gradients[count[0] % len(gradients)]
     count[0] += 1
     carry[:] = compiled(*carry, values, ids)
     jax.block_until_ready(carry)
 
-  return run, temp
+  return run, compiled.memory_analysis().temp_size_in_bytes
 
 
-def tf_runner(config, shape, grads):
-  """A function running TF's own sparse apply, in ``tf.function``."""
+def _tf_sparse(path, table, gradients):
+  """TF's own sparse apply in ``tf.function``."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import tf_keras  # pylint: disable=g-import-not-at-top
 
-  var = tf.Variable(np.random.default_rng(0).normal(size=shape)
-                    .astype(np.float32))
-  opt = tf_keras.optimizers.legacy.RMSprop(learning_rate=0.01, **config)
+  var = tf.Variable(table)
+  opt = tf_keras.optimizers.legacy.RMSprop(
+      momentum=path.momentum, centered=path.centered, **workloads.HYPERPARAMS)
 
   @tf.function
   def step(values, ids):
-    opt.apply_gradients([(tf.IndexedSlices(values, ids, shape), var)])
+    opt.apply_gradients([(tf.IndexedSlices(values, ids, table.shape), var)])
 
-  tf_grads = [(tf.constant(np.asarray(v)), tf.constant(np.asarray(i)))
-              for v, i in grads]
+  tf_gradients = [(tf.constant(v), tf.constant(i)) for v, i in gradients]
   count = [0]
 
   def run():
-    values, ids = tf_grads[count[0] % len(tf_grads)]
+    step(*tf_gradients[count[0] % len(tf_gradients)])
     count[0] += 1
-    step(values, ids)
     var[0, 0].numpy()  # Waits for the step.
 
   return run
 
 
-def seconds(runs, repeats):
-  """Median and minimum seconds per call of each run, interleaved.
-
-  Interleaving makes a varying machine load hit every contender alike.
-  """
-  for run in runs:
-    run()  # Warm-up: compilation, slot creation, first touch of memory.
-  times = [[_timed(run) for run in runs] for _ in range(repeats)]
-  return [(statistics.median(c), min(c)) for c in zip(*times)]
+def _densified(values, ids, shape) -> np.ndarray:
+  """The table-sized gradient of ``(values, ids)``, duplicates summed."""
+  dense = np.zeros(shape, np.float32)
+  np.add.at(dense, ids, values)
+  return dense
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--small", action="store_true",
-                      help="a 10,000 x 64 table and 256 ids (CI smoke run)")
-  parser.add_argument("--repeats", type=int, default=None)
-  parser.add_argument("--paths", nargs="+", default=list(PATHS),
-                      choices=list(PATHS))
-  args = parser.parse_args()
-  rows, width, num_ids = (10_000, 64, 256) if args.small else (
-      1_000_000, 64, 4096)
-  repeats = args.repeats or (5 if args.small else 15)
-  shape = (rows, width)
+def measure(small: bool) -> list:
+  """Times every contender on every path; one record each."""
+  settings = _settings(small)
+  shape = (settings["rows"], settings["width"])
   rng = np.random.default_rng(1)
-  sparse_grads = [
-      (jnp.asarray(rng.normal(size=(num_ids, width)), jnp.float32),
-       jnp.asarray(rng.integers(0, rows, num_ids), jnp.int32))
-      for _ in range(4)
-  ]
-  dense_grads = [(ot.IndexedSlices(v, i, shape).to_dense(), None)
-                 for v, i in sparse_grads[:2]]
-  print(f"table {rows:,} x {width} float32, {num_ids:,} ids/step, "
-        f"median of {repeats} steps, {jax.devices()[0].device_kind}")
-  header = (f"{'path':4}  {'stat':6}  {'jax sparse':>11}  {'jax dense':>10}  "
-            f"{'tf sparse':>10}  {'dense/sparse':>12}  {'tf/jax':>7}  "
-            f"{'temp (sparse)':>14}  {'temp (dense)':>13}")
-  print(header)
-  print("-" * len(header))
-  table_bytes = rows * width * 4
-  for name in args.paths:
-    config = PATHS[name]
-    sparse_run, sparse_temp = jax_runner(config, shape, sparse_grads, True)
-    dense_run, dense_temp = jax_runner(config, shape, dense_grads, False)
-    tf_run = tf_runner(config, shape, sparse_grads)
-    timings = seconds([sparse_run, dense_run, tf_run], repeats)
-    del sparse_run, dense_run, tf_run
-    for stat, (sparse_s, dense_s, tf_s) in zip(
-        ("median", "min"), zip(*timings)):
-      print(f"{name:4}  {stat:6}  {sparse_s * 1e3:9.3f}ms  "
-            f"{dense_s * 1e3:8.3f}ms  {tf_s * 1e3:8.3f}ms  "
-            f"{dense_s / sparse_s:11.1f}x  {tf_s / sparse_s:6.1f}x  "
-            f"{sparse_temp / 2**20:10.2f} MiB  {dense_temp / 2**20:9.2f} MiB")
-  print(f"(table: {table_bytes / 2**20:.0f} MiB; the dense step's gradient "
-        "is an input, not counted as temp)")
+  table = rng.standard_normal(shape, dtype=np.float32)
+  gradients = [
+      (rng.standard_normal((settings["ids"], shape[1]), dtype=np.float32),
+       rng.integers(0, shape[0], settings["ids"]).astype(np.int32))
+      for _ in range(_GRADIENTS)]
+  dense_params = {"table": table}
+  dense_grads = {"table": _densified(*gradients[0], shape)}
+  makers = {c.name: c.make for c in contenders_lib.CONTENDERS
+            if c.name in DENSE_PEERS}
+  records = []
+  for path in settings["paths"]:
+    sparse_run, temp = _jax_sparse(path, table, gradients)
+    steps = {SPARSE: sparse_run}
+    steps.update({name: makers[name](dense_params, dense_grads, path)
+                  for name in DENSE_PEERS})
+    try:
+      steps[TF_SPARSE] = _tf_sparse(path, table, gradients)
+    except ImportError as e:
+      records.append(dict(path=path.name, contender=TF_SPARSE,
+                          skipped=f"tensorflow/tf_keras not installed ({e})"))
+    times = harness.time_interleaved(
+        steps, warmup=settings["warmup"], min_reps=settings["min_reps"],
+        max_reps=settings["max_reps"], budget_s=settings["budget_s"])
+    for name, samples in times.items():
+      records.append(dict(path=path.name, contender=name,
+                          step=harness.summary(samples),
+                          temp_bytes=temp if name == SPARSE else None,
+                          table_bytes=table.nbytes, ids=settings["ids"]))
+    del steps, sparse_run
+    print(f"{P_NUMBERS[path.name]} {path.name}: " + ", ".join(
+        f"{k} {1e3 * harness.summary(v)['median']:.2f} ms"
+        for k, v in times.items()), flush=True)
+  return records
+
+
+def _median(records, path, name):
+  return next((r["step"]["median"] for r in records
+               if (r["path"], r["contender"]) == (path, name)
+               and "step" in r), None)
+
+
+def targets(records: list) -> list:
+  """Issues 6 and 3's sparse targets: ``(issue, target, measured, met)``."""
+  out = []
+  for path in workloads.PATHS:
+    sparse = _median(records, path.name, SPARSE)
+    if sparse is None:
+      continue
+    label = f"{P_NUMBERS[path.name]} {path.name}"
+
+    def over(name, sparse=sparse, path=path):
+      other = _median(records, path.name, name)
+      return other and other / sparse
+
+    tf, ours_dense, optax = over(TF_SPARSE), over(OURS), over("optax")
+    if path.momentum:
+      if optax:
+        out.append((6, f"{label}: >= 40x optax's dense step (optax/sparse)",
+                    f"{optax:.1f}", optax >= 40))
+      if tf:
+        out.append((6, f"{label}: >= 1.5x TF's sparse kernel (tf/sparse)",
+                    f"{tf:.2f}", tf >= 1.5))
+        out.append((3, f"{label}: faster than TF's sparse apply (tf/sparse "
+                    "> 1)", f"{tf:.2f}", tf > 1))
+      if ours_dense:
+        out.append((3, f"{label}: >= 20x the dense step of the same table "
+                    "(dense/sparse)", f"{ours_dense:.1f}", ours_dense >= 20))
+      record = next(r for r in records if (r["path"], r["contender"]) ==
+                    (path.name, SPARSE))
+      share = record["temp_bytes"] / record["table_bytes"]
+      out.append((3, f"{label}: temporary memory far below the table "
+                  "(<= 10% of it)",
+                  f"{record['temp_bytes'] / 2**20:.2f} MiB, "
+                  f"{100 * share:.1f}%", share <= 0.1))
+    else:
+      if tf:
+        out.append((6, f"{label}: >= 5x TF's graph kernels (tf/sparse)",
+                    f"{tf:.2f}", tf >= 5))
+      if ours_dense:
+        out.append((3, f"{label}: as fast as a dense step (sparse/dense <= "
+                    "1.05)", f"{1 / ours_dense:.2f}", 1 / ours_dense <= 1.05))
+  return out
+
+
+def markdown(records: list, info: dict, command: str) -> str:
+  """The report: machine, command, table and targets."""
+  timed = [r for r in records if "step" in r]
+  first = timed[0]
+  lines = harness.report_head(
+      "Sparse (IndexedSlices) RMSprop step on an embedding table",
+      command, info) + [
+          f"Table {first['table_bytes'] // 4 // 64:,} x 64 float32 "
+          f"({first['table_bytes'] / 2**20:.0f} MiB), {first['ids']:,} "
+          "random ids per step (4 sets cycled). Times are per step in ms: "
+          "median (min–max) over interleaved repetitions after warm-up; "
+          "`x/sparse` is x's median over the sparse step's (> 1: the sparse "
+          "step is faster). Dense contenders update the same table from the "
+          "dense gradient. Temp: `compiled.memory_analysis()."
+          "temp_size_in_bytes` of the sparse step.", ""]
+  rows = []
+  for r in timed:
+    sparse = _median(records, r["path"], SPARSE)
+    rows.append([f"{P_NUMBERS[r['path']]} {r['path']}", r["contender"],
+                 harness.ms(r["step"]), r["step"]["reps"],
+                 f"{r['step']['median'] / sparse:.2f}",
+                 f"{r['temp_bytes'] / 2**20:.2f} MiB"
+                 if r["temp_bytes"] is not None else "–"])
+  lines += harness.table(["path", "contender", "ms", "reps", "x/sparse",
+                          "temp"], rows) + [""]
+  lines += harness.skipped_lines(records)
+  lines += harness.targets_table(targets(records))
+  return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+  return harness.run_suite("sparse_embedding", __doc__.splitlines()[0],
+                           measure, markdown, argv)
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())
