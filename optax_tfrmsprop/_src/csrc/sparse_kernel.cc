@@ -1,0 +1,250 @@
+// XLA FFI handlers: TF's sparse momentum paths P7/P8 on the rows touched.
+//
+// ResourceSparseApply[Centered]RMSProp updates, for each index, one row of the
+// variable and of its slots. These handlers do the same on the de-duplicated
+// rows that optax_tfrmsprop/_src/sparse.py::deduplicate produces, in place
+// through XLA's input/output aliasing, so a step costs O(rows touched).
+//
+// EVERY EXPRESSION MIRRORS THE MOMENTUM BRANCH OF
+// optax_tfrmsprop/_src/sparse.py::sparse_leaf ("tf_cpu" rounding): same
+// operations, operand order and parenthesisation, which are those of the
+// spec's section 3. This file is compiled with -ffp-contract=off, so each
+// operation rounds once. Change one, change both (docs/cpu_kernel.md).
+//
+// The one thing only this side can do is TF's float32 packet rsqrt: Eigen's
+// AVX prsqrt, the hardware estimate vrsqrtps refined by one Newton step
+// without FMA. jnp reaches the estimate only through jax.lax.rsqrt, whose
+// Newton step uses FMA (an ULP off on ~15% of lanes).
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define TFRMSPROP_PACKET_RSQRT 1
+#endif
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace tfrmsprop {
+namespace {
+
+// Eigen's float packets on the AVX build TF ships: the first
+// kPacket * (width / kPacket) elements of a row take the packet rsqrt, the
+// remaining width % kPacket take 1 / sqrt.
+constexpr std::size_t kPacket = 8;
+// A row is processed in chunks of this many elements (a multiple of kPacket,
+// so packet lanes stay aligned to the row start) through stack buffers.
+constexpr std::size_t kChunk = 512;
+// Below this many elements in a call, waking the other threads costs more
+// than it saves.
+constexpr std::size_t kMinParallelElements = std::size_t{1} << 15;
+
+#ifdef TFRMSPROP_PACKET_RSQRT
+bool HasPacketRsqrt() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx");
+}
+
+// Eigen's prsqrt<Packet8f> (generic_rsqrt_newton_step, one step) with TF's
+// non-FMA pmadd: y = ((r0 * -0.5) * (((x * r0) * r0) + -1)) + r0, and r0 where
+// y is NaN (x = 0, +inf, negative, NaN; a subnormal x has r0 = +inf and gives
+// +inf). Compiled for AVX without FMA, so nothing can be contracted.
+__attribute__((target("avx"))) void PacketRsqrt(const float* x, float* y,
+                                                std::size_t n) {
+  const __m256 minus_half = _mm256_set1_ps(-0.5f);
+  const __m256 minus_one = _mm256_set1_ps(-1.0f);
+  for (std::size_t i = 0; i < n; i += kPacket) {
+    const __m256 a = _mm256_loadu_ps(x + i);
+    const __m256 r0 = _mm256_rsqrt_ps(a);
+    const __m256 h =
+        _mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(a, r0), r0), minus_one);
+    const __m256 r1 =
+        _mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(r0, minus_half), h), r0);
+    const __m256 is_nan = _mm256_cmp_ps(r1, r1, _CMP_UNORD_Q);
+    _mm256_storeu_ps(y + i, _mm256_blendv_ps(r1, r0, is_nan));
+  }
+}
+#else
+bool HasPacketRsqrt() { return false; }
+void PacketRsqrt(const float*, float*, std::size_t) {}
+#endif
+
+// rsqrt of the elements [lo, lo + n) of a row whose packet lanes end at
+// `packet_end`: Eigen's packet rsqrt there (float only), 1 / sqrt elsewhere
+// (two roundings, Eigen's scalar rsqrt).
+template <typename T>
+void RowRsqrt(const T* x, T* y, std::size_t lo, std::size_t n,
+              std::size_t packet_end) {
+  std::size_t packets = 0;
+  if constexpr (sizeof(T) == sizeof(float)) {
+    packets = std::min(n, packet_end > lo ? packet_end - lo : 0);
+    PacketRsqrt(x, y, packets);
+  }
+  for (std::size_t j = packets; j < n; ++j) y[j] = T(1) / std::sqrt(x[j]);
+}
+
+template <typename T>
+struct Hypers {
+  T lr, rho, c, mu, eps;
+};
+
+// One row of ResourceSparseApply[Centered]RMSProp (spec section 3, P7/P8).
+// With kApply `out` is the variable row, updated in place; otherwise it is
+// the row of the optax update, -mom.
+template <typename T, bool kCentered, bool kApply>
+void UpdateRow(const T* __restrict g, T* __restrict out, T* __restrict ms,
+               T* __restrict mg, T* __restrict mom, std::size_t width,
+               const Hypers<T>& h) {
+  const std::size_t packet_end = kPacket * (width / kPacket);
+  T denom[kChunk], scale[kChunk];
+  for (std::size_t lo = 0; lo < width; lo += kChunk) {
+    const std::size_t n = std::min(kChunk, width - lo);
+    for (std::size_t j = 0, i = lo; j < n; ++j, ++i) {
+      const T gi = g[i];
+      const T ms_i = (ms[i] * h.rho) + ((gi * gi) * h.c);
+      ms[i] = ms_i;
+      T d = ms_i + h.eps;
+      if constexpr (kCentered) {
+        const T mg_i = (mg[i] * h.rho) + (gi * h.c);
+        mg[i] = mg_i;
+        d = d - (mg_i * mg_i);
+      }
+      denom[j] = d;
+    }
+    RowRsqrt(denom, scale, lo, n, packet_end);
+    for (std::size_t j = 0, i = lo; j < n; ++j, ++i) {
+      const T mom_i = (mom[i] * h.mu) + ((scale[j] * h.lr) * g[i]);
+      mom[i] = mom_i;
+      if constexpr (kApply) {
+        out[i] = out[i] - mom_i;
+      } else {
+        out[i] = -mom_i;
+      }
+    }
+  }
+}
+
+// Runs every row k whose index rows[k] is in [0, num_rows); the others are
+// the padding (or invalid indices) of deduplicate, which change nothing and,
+// without kApply, get the update row -0 that the jnp path gives them. The
+// rows must be distinct, as deduplicate makes them: they run in parallel.
+template <typename T, bool kCentered, bool kApply>
+void RunRows(const T* g, const std::int32_t* rows, std::size_t n,
+             std::int64_t num_rows, std::size_t width, T* out, T* ms, T* mg,
+             T* mom, const Hypers<T>& h) {
+  auto run = [&](std::size_t k) {
+    const std::int64_t row = rows[k];
+    if (row < 0 || row >= num_rows) {
+      if constexpr (!kApply) std::fill_n(out + k * width, width, -T(0));
+      return;
+    }
+    const std::size_t at = static_cast<std::size_t>(row) * width;
+    UpdateRow<T, kCentered, kApply>(
+        g + k * width, kApply ? out + at : out + k * width, ms + at,
+        kCentered ? mg + at : nullptr, mom + at, width, h);
+  };
+  if (n * width < kMinParallelElements) {
+    for (std::size_t k = 0; k < n; ++k) run(k);
+    return;
+  }
+#pragma omp parallel for schedule(static)
+  for (std::size_t k = 0; k < n; ++k) run(k);
+}
+
+// Operands: hypers [lr, rho, 1 - rho, momentum, epsilon] in T, the summed
+// gradient rows (n, ...), their distinct row indices (n,) int32, then [var],
+// ms, [mg], mom. Results: var (apply, aliased) or the update rows (n, ...),
+// then ms, [mg], mom, aliased to their operands.
+template <typename T, ffi::DataType kDtype>
+ffi::Error SparseImpl(ffi::RemainingArgs args, ffi::RemainingRets rets,
+                      bool centered, bool apply) {
+  if constexpr (sizeof(T) == sizeof(float)) {
+    if (!HasPacketRsqrt()) {
+      return ffi::Error::InvalidArgument(
+          "tfrmsprop: the float32 sparse kernel needs AVX (TF's packet "
+          "rsqrt).");
+    }
+  }
+  const std::size_t ins = 5 + apply + centered;
+  const std::size_t outs = 3 + centered;
+  if (args.size() != ins || rets.size() != outs) {
+    return ffi::Error::InvalidArgument(
+        "tfrmsprop: operand and result counts do not match the path.");
+  }
+  auto hypers = args.get<ffi::Buffer<kDtype>>(0);
+  auto g = args.get<ffi::Buffer<kDtype>>(1);
+  auto rows = args.get<ffi::Buffer<ffi::DataType::S32>>(2);
+  auto ms_in = args.get<ffi::Buffer<kDtype>>(3 + apply);
+  if (!hypers.has_value() || hypers->element_count() != 5 ||
+      !g.has_value() || !rows.has_value() || !ms_in.has_value()) {
+    return ffi::Error::InvalidArgument("tfrmsprop: bad sparse operands.");
+  }
+  auto out = [&](std::size_t i) -> T* {
+    auto buf = rets.get<ffi::Buffer<kDtype>>(i);
+    return buf.has_value() ? (*buf)->typed_data() : nullptr;
+  };
+  // The variable and slots are read through their results, which XLA aliases
+  // to the operands (copying first if it cannot donate them).
+  T* first = out(0);
+  T* ms = out(1);
+  T* mg = centered ? out(2) : nullptr;
+  T* mom = out(2 + centered);
+  const auto dims = ms_in->dimensions();
+  const std::int64_t num_rows = dims.size() == 0 ? 1 : dims[0];
+  const std::size_t width =
+      num_rows == 0 ? 0 : ms_in->element_count() / num_rows;
+  const std::size_t n = rows->element_count();
+  if (g->element_count() != n * width) {
+    return ffi::Error::InvalidArgument(
+        "tfrmsprop: the gradient rows do not match the indices.");
+  }
+  const T* hp = hypers->typed_data();
+  const Hypers<T> h{hp[0], hp[1], hp[2], hp[3], hp[4]};
+  const T* gp = g->typed_data();
+  const std::int32_t* rp = rows->typed_data();
+#define TFRMSPROP_RUN(C, A)                                                 \
+  if (centered == C && apply == A)                                          \
+    return RunRows<T, C, A>(gp, rp, n, num_rows, width, first, ms, mg, mom, \
+                            h),                                             \
+           ffi::Error::Success();
+  TFRMSPROP_RUN(false, false)
+  TFRMSPROP_RUN(false, true)
+  TFRMSPROP_RUN(true, false)
+  TFRMSPROP_RUN(true, true)
+#undef TFRMSPROP_RUN
+  return ffi::Error::Success();
+}
+
+}  // namespace
+}  // namespace tfrmsprop
+
+// Whether this CPU can run the float32 handler (x86-64 with AVX); elsewhere
+// the package keeps float32 sparse leaves on the jnp path.
+extern "C" int TfRmspropSparseF32Supported() {
+  return tfrmsprop::HasPacketRsqrt() ? 1 : 0;
+}
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    TfRmspropSparseF32,
+    (tfrmsprop::SparseImpl<float, ffi::DataType::F32>),
+    ffi::Ffi::Bind()
+        .RemainingArgs()
+        .RemainingRets()
+        .Attr<bool>("centered")
+        .Attr<bool>("apply"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    TfRmspropSparseF64,
+    (tfrmsprop::SparseImpl<double, ffi::DataType::F64>),
+    ffi::Ffi::Bind()
+        .RemainingArgs()
+        .RemainingRets()
+        .Attr<bool>("centered")
+        .Attr<bool>("apply"));
