@@ -172,8 +172,9 @@ def _packet_rsqrt(x: jax.Array, round_) -> jax.Array:
   packet rsqrt and the remaining ``W % 8`` ``1 / sqrt``. float32 packets are
   the hardware estimate refined by one Newton step; ``jax.lax.rsqrt`` is the
   same estimate and step on XLA:CPU, but with fused multiply-adds, so a lane
-  can differ by an ULP. float16 packets are the float32 rsqrt of the widened
-  value rounded to half; float64 uses ``1 / sqrt`` throughout.
+  can differ by an ULP (the CPU kernel, ``csrc/sparse_kernel.cc``, computes
+  TF's exact packet rsqrt). float16 packets are the float32 rsqrt of the
+  widened value rounded to half; float64 uses ``1 / sqrt`` throughout.
 
   Args:
     x: ``(n, ...)`` positive rows.
@@ -255,6 +256,8 @@ def sparse_leaf(g: IndexedSlices, ms, mg, mom, h, round_):
       denom = ms_rows - round_(mg_rows * mg_rows)
     step = ((-lr) * grad) / (jnp.sqrt(denom) + eps)
     return IndexedSlices(step, rows, g.dense_shape), ms, mg, mom
+  # P7/P8: mirrored line by line by csrc/sparse_kernel.cc::UpdateRow, which
+  # the "ffi" backend runs on CPU; change one, change both.
   ms_rows = round_(take(ms) * rho) + round_((grad * grad) * c)
   denom = ms_rows + eps
   if mg is not None:
