@@ -5,15 +5,22 @@ Usage: ``python benchmarks/sparse_embedding.py [--small]``.
 For each of TF's sparse paths (P5-P8) it times one optimizer step on a
 ``rows x width`` float32 table with ``ids`` looked-up rows per step:
 
-* ``jax sparse``: ``rmsprop`` on an ``IndexedSlices`` gradient followed by
-  ``apply_updates``, jitted, params and state donated;
-* ``jax dense``: the same optimizer on a dense table-sized gradient (the dense
-  path with the same momentum/centered flags), jitted and donated;
+* ``xla sparse``: ``rmsprop`` on an ``IndexedSlices`` gradient followed by
+  ``apply_updates``, jitted, params and state donated, ``backend="xla"``;
+* ``ffi sparse``: the same with ``backend="ffi"`` (the CPU kernel runs
+  P7/P8; P5/P6 have no kernel and take the XLA path);
+* ``ffi fused``: ``rmsprop_apply`` with ``backend="ffi"``, donated (P7/P8
+  update the table rows inside the kernel);
+* ``dense``: the same optimizer on a dense table-sized gradient (the dense
+  path with the same momentum/centered flags, ``backend="xla"``), jitted and
+  donated;
 * ``tf sparse``: ``tf_keras.optimizers.legacy.RMSprop.apply_gradients`` with a
   ``tf.IndexedSlices`` inside ``tf.function``.
 
-It prints the median (and minimum) step times, the ratios, and the temporary memory of the
-compiled JAX steps (``compiled.memory_analysis().temp_size_in_bytes``).
+It prints the median (and minimum) step times, their ratios to ``ffi fused``
+(``xla sparse`` without the kernel), and the temporary memory of the compiled JAX steps
+(``compiled.memory_analysis().temp_size_in_bytes``). Without the built kernel
+the ffi contenders are left out.
 """
 
 import argparse
@@ -43,12 +50,15 @@ def _timed(run):
   return time.perf_counter() - start
 
 
-def jax_runner(config, shape, grads, sparse):
+def jax_runner(config, shape, grads, *, sparse, backend, fused=False):
   """A function running one donated step, and the step's temp bytes."""
-  opt = ot.rmsprop(learning_rate=0.01, **config)
+  opt = ot.rmsprop(learning_rate=0.01, backend=backend, **config)
 
   def step(params, state, values, ids):
     grad = ot.IndexedSlices(values, ids, shape) if sparse else values
+    if fused:
+      return ot.rmsprop_apply(params, grad, state, learning_rate=0.01,
+                              momentum=config["momentum"], backend=backend)
     updates, state = opt.update(grad, state)
     return ot.apply_updates(params, updates), state
 
@@ -127,29 +137,49 @@ def main():
   ]
   dense_grads = [(ot.IndexedSlices(v, i, shape).to_dense(), None)
                  for v, i in sparse_grads[:2]]
+  contenders = {
+      "xla sparse": dict(sparse=True, backend="xla"),
+      "ffi sparse": dict(sparse=True, backend="ffi"),
+      "ffi fused": dict(sparse=True, backend="ffi", fused=True),
+      "dense": dict(sparse=False, backend="xla"),
+  }
+  if not ot.cpu_kernel_is_built():
+    contenders = {k: v for k, v in contenders.items() if "ffi" not in k}
+  names = [*contenders, "tf sparse"]
+  # The ratios are to the fastest form this install has.
+  reference = "ffi fused" if "ffi fused" in contenders else "xla sparse"
   print(f"table {rows:,} x {width} float32, {num_ids:,} ids/step, "
-        f"median of {repeats} steps, {jax.devices()[0].device_kind}")
-  header = (f"{'path':4}  {'stat':6}  {'jax sparse':>11}  {'jax dense':>10}  "
-            f"{'tf sparse':>10}  {'dense/sparse':>12}  {'tf/jax':>7}  "
-            f"{'temp (sparse)':>14}  {'temp (dense)':>13}")
+        f"{repeats} interleaved rounds, {jax.devices()[0].device_kind}")
+  header = (f"{'path':4}  {'stat':6}  "
+            + "  ".join(f"{k:>11}" for k in names)
+            + f"  {'dense/ref':>9}  {'tf/ref':>7}  {'xla/ref':>7}")
   print(header)
   print("-" * len(header))
-  table_bytes = rows * width * 4
+  temps = {}
   for name in args.paths:
     config = PATHS[name]
-    sparse_run, sparse_temp = jax_runner(config, shape, sparse_grads, True)
-    dense_run, dense_temp = jax_runner(config, shape, dense_grads, False)
-    tf_run = tf_runner(config, shape, sparse_grads)
-    timings = seconds([sparse_run, dense_run, tf_run], repeats)
-    del sparse_run, dense_run, tf_run
-    for stat, (sparse_s, dense_s, tf_s) in zip(
-        ("median", "min"), zip(*timings)):
-      print(f"{name:4}  {stat:6}  {sparse_s * 1e3:9.3f}ms  "
-            f"{dense_s * 1e3:8.3f}ms  {tf_s * 1e3:8.3f}ms  "
-            f"{dense_s / sparse_s:11.1f}x  {tf_s / sparse_s:6.1f}x  "
-            f"{sparse_temp / 2**20:10.2f} MiB  {dense_temp / 2**20:9.2f} MiB")
-  print(f"(table: {table_bytes / 2**20:.0f} MiB; the dense step's gradient "
-        "is an input, not counted as temp)")
+    runs = []
+    for contender, options in contenders.items():
+      grads = dense_grads if not options["sparse"] else sparse_grads
+      run, temps[name, contender] = jax_runner(config, shape, grads, **options)
+      runs.append(run)
+    runs.append(tf_runner(config, shape, sparse_grads))
+    timings = seconds(runs, repeats)
+    del runs
+    for stat_index, stat in enumerate(("median", "min")):
+      times = dict(zip(names, (t[stat_index] for t in timings)))
+      ref = times[reference]
+      print(f"{name:4}  {stat:6}  "
+            + "  ".join(f"{times[k] * 1e3:9.2f}ms" for k in names)
+            + f"  {times['dense'] / ref:8.1f}x  "
+            f"{times['tf sparse'] / ref:6.1f}x  "
+            f"{times['xla sparse'] / ref:6.2f}x")
+  print(f"ref = {reference}")
+  print("temp MiB: " + "; ".join(
+      f"{path} {contender} {temp / 2**20:.2f}"
+      for (path, contender), temp in temps.items()))
+  print(f"(table: {rows * width * 4 / 2**20:.0f} MiB; the dense step's "
+        "gradient is an input, not counted as temp)")
 
 
 if __name__ == "__main__":
