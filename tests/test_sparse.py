@@ -454,3 +454,29 @@ def test_sparse_kernel_lowers_to_jnp_off_cpu():
             jax.export.DisabledSafetyCheck.custom_call("tfrmsprop_sparse_f32")
         ])(grad, state)
     assert ("tfrmsprop_sparse" in exported.mlir_module()) == has_kernel
+
+
+@needs_kernel
+@pytest.mark.parametrize("centered", [False, True])
+def test_kernel_update_rows_are_laid_out_as_deduplicate(centered, x64):
+  """Same distinct indices, order and padding; same rows (float64: exact)."""
+  rng = np.random.default_rng(12)
+  shape = (6, 9)
+  values = jnp.asarray(rng.normal(size=(8, 9)))
+  indices = jnp.array([4, 1, 4, 7, 0, 1, -2, 4])  # duplicates and invalid
+
+  def update(backend):
+    opt = ot.rmsprop(0.01, momentum=0.9, centered=centered, backend=backend)
+    state = opt.init(jnp.ones(shape))
+    return jax.jit(opt.update)(ot.IndexedSlices(values, indices, shape),
+                               state)
+
+  (ours, state), (theirs, xla_state) = update("ffi"), update("xla")
+  np.testing.assert_array_equal(ours.indices, [4, 1, 6, 0, 6, 6, 6, 6])
+  np.testing.assert_array_equal(ours.indices, theirs.indices)
+  valid = np.asarray(ours.indices) < shape[0]
+  np.testing.assert_array_equal(np.asarray(ours.values)[valid],
+                                np.asarray(theirs.values)[valid])
+  assert np.all(np.signbit(ours.values[~valid]) & (ours.values[~valid] == 0))
+  for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(xla_state)):
+    np.testing.assert_array_equal(a, b)

@@ -260,17 +260,19 @@ def dense_update(leaves, hypers, *, centered: bool, momentum: bool,
   return _partitioned_call(centered, momentum, apply, hypers, leaves)
 
 
-def sparse_update(grad, rows, var, ms, mg, mom, hypers, *, apply: bool):
-  """Runs P7/P8 (``ResourceSparseApply[Centered]RMSProp``) on distinct rows.
+def sparse_update(values, indices, var, ms, mg, mom, hypers, *, apply: bool):
+  """Runs tf_keras' de-duplication and P7/P8 on the rows of one leaf.
 
-  Mirrors the momentum branch of ``sparse.sparse_leaf`` (``"tf_cpu"``) in
-  ``csrc/sparse_kernel.cc``, with TF's float32 packet rsqrt. Only the rows
-  listed change, in place (operands aliased to results).
+  ``ResourceSparseApply[Centered]RMSProp`` after ``tf.unique`` and
+  ``unsorted_segment_sum``: ``csrc/sparse_kernel.cc`` mirrors
+  ``sparse.deduplicate`` and the momentum branch of ``sparse.sparse_leaf``
+  (``"tf_cpu"``), with TF's float32 packet rsqrt. Only the rows listed
+  change, in place (operands aliased to results).
 
   Args:
-    grad: ``(n, ...)`` summed gradient rows (``sparse.deduplicate``).
-    rows: ``(n,)`` int32 distinct row indices; entries outside
-      ``[0, ms.shape[0])`` (deduplicate's padding) change nothing.
+    values: ``(n, ...)`` gradient rows, duplicates allowed.
+    indices: ``(n,)`` int32 row indices in ``[0, ms.shape[0]]``, where
+      ``ms.shape[0]`` stands for every invalid index and changes nothing.
     var: the variable, used only with ``apply``.
     ms: the ``ms`` slot.
     mg: the ``mg`` slot, or ``None`` (P7).
@@ -279,21 +281,25 @@ def sparse_update(grad, rows, var, ms, mg, mom, hypers, *, apply: bool):
     apply: update ``var`` in place instead of returning the update rows.
 
   Returns:
-    ``(first, ms, mg, mom)``: ``first`` is the new variable with ``apply``,
-    else the ``(n, ...)`` update rows ``-mom[rows]`` (``-0`` on padding).
+    ``(first, ms, mg, mom)``: with ``apply``, ``first`` is the new variable;
+    otherwise it is ``(update, unique)``, the ``(n, ...)`` update rows
+    ``-mom`` and their ``(n,)`` distinct indices, laid out as
+    ``sparse.deduplicate`` lays them out (padding: index ``ms.shape[0]``,
+    rows ``-0``).
   """
   target = _SPARSE_TARGETS[np.dtype(ms.dtype)][0]
   slots = [x for x in (ms, mg, mom) if x is not None]
-  operands = [hypers, grad, rows] + ([var] if apply else []) + slots
-  results = [jax.ShapeDtypeStruct(x.shape, x.dtype)
-             for x in [var if apply else grad] + slots]
-  aliases = {3 + apply + k: 1 + k for k in range(len(slots))}
+  operands = [hypers, values, indices] + ([var] if apply else []) + slots
+  first = [var] if apply else [values, indices]
+  results = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in first + slots]
+  aliases = {3 + apply + k: len(first) + k for k in range(len(slots))}
   if apply:
     aliases[3] = 0
-  out = jax.ffi.ffi_call(
+  out = iter(jax.ffi.ffi_call(
       target, results, input_output_aliases=aliases,
       vmap_method="sequential")(*operands, centered=mg is not None,
-                                apply=apply)
-  first, ms = out[0], out[1]
-  mg = out[2] if mg is not None else None
-  return first, ms, mg, out[-1]
+                                apply=apply))
+  first = next(out) if apply else (next(out), next(out))
+  ms = next(out)
+  mg = None if mg is None else next(out)
+  return first, ms, mg, next(out)

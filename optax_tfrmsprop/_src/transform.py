@@ -196,8 +196,9 @@ def _sparse_leaf(g, var, ms, mg, mom, hyper, rounding: base.Rounding,
                  backend: cpu_kernel.Backend, *, apply: bool):
   """TF's sparse update of one leaf; as :func:`_dense_leaves` for one leaf.
 
-  The momentum paths (P7/P8) run in the CPU kernel where it can: it has TF's
-  float32 packet rsqrt, which jnp cannot reach (``docs/sparse.md``).
+  The momentum paths (P7/P8) run in the CPU kernel where it can: it
+  de-duplicates and updates the rows in one call, with TF's float32 packet
+  rsqrt, which jnp cannot reach (``docs/sparse.md``).
   """
   h = hyper(ms.dtype)  # Outside both branches, as in _dense_leaves.
 
@@ -213,11 +214,11 @@ def _sparse_leaf(g, var, ms, mg, mom, hyper, rounding: base.Rounding,
     return xla()
 
   def kernel():
-    grad, rows = sparse.deduplicate(g.values, g.indices, ms.shape[0])
+    rows = sparse.valid_rows(jnp.asarray(g.indices), ms.shape[0])
     first, new_ms, new_mg, new_mom = cpu_kernel.sparse_update(
-        grad, rows, var, ms, mg, mom, _hyper_vector(h), apply=apply)
+        g.values, rows, var, ms, mg, mom, _hyper_vector(h), apply=apply)
     if not apply:
-      first = sparse.IndexedSlices(first, rows, g.dense_shape)
+      first = sparse.IndexedSlices(*first, g.dense_shape)
     return first, new_ms, new_mg, new_mom
 
   return jax.lax.platform_dependent(cpu=kernel, default=xla)

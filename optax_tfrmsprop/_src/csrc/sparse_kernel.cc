@@ -1,14 +1,15 @@
 // XLA FFI handlers: TF's sparse momentum paths P7/P8 on the rows touched.
 //
-// ResourceSparseApply[Centered]RMSProp updates, for each index, one row of the
-// variable and of its slots. These handlers do the same on the de-duplicated
-// rows that optax_tfrmsprop/_src/sparse.py::deduplicate produces, in place
-// through XLA's input/output aliasing, so a step costs O(rows touched).
+// tf_keras first de-duplicates an IndexedSlices gradient (summing the rows of
+// each index), then ResourceSparseApply[Centered]RMSProp updates one row of
+// the variable and of its slots per distinct index. These handlers do both,
+// in place through XLA's input/output aliasing, so a step costs O(rows
+// touched).
 //
-// EVERY EXPRESSION MIRRORS THE MOMENTUM BRANCH OF
-// optax_tfrmsprop/_src/sparse.py::sparse_leaf ("tf_cpu" rounding): same
-// operations, operand order and parenthesisation, which are those of the
-// spec's section 3. This file is compiled with -ffp-contract=off, so each
+// EVERY EXPRESSION MIRRORS optax_tfrmsprop/_src/sparse.py: deduplicate (the
+// order of the sums) and the momentum branch of sparse_leaf ("tf_cpu"
+// rounding): same operations, operand order and parenthesisation, which are
+// those of the spec's sections 3 and 6. This file is compiled with -ffp-contract=off, so each
 // operation rounds once. Change one, change both (docs/cpu_kernel.md).
 //
 // The one thing only this side can do is TF's float32 packet rsqrt: Eigen's
@@ -22,6 +23,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -95,24 +97,45 @@ struct Hypers {
   T lr, rho, c, mu, eps;
 };
 
+// The gradient of one distinct row: the input rows values[ks[0]], values[ks[1]],
+// ... (ks ascending) summed from zero in input order, as tf_keras'
+// unsorted_segment_sum does (and sparse.py::deduplicate on the jnp side).
+template <typename T>
+struct RowGradient {
+  const T* values;
+  const std::int64_t* ks;
+  std::size_t count;
+  std::size_t width;
+
+  void Sum(std::size_t lo, std::size_t n, T* out) const {
+    const T* first = values + ks[0] * width + lo;
+    for (std::size_t j = 0; j < n; ++j) out[j] = T(0) + first[j];
+    for (std::size_t i = 1; i < count; ++i) {
+      const T* row = values + ks[i] * width + lo;
+      for (std::size_t j = 0; j < n; ++j) out[j] = out[j] + row[j];
+    }
+  }
+};
+
 // One row of ResourceSparseApply[Centered]RMSProp (spec section 3, P7/P8).
 // With kApply `out` is the variable row, updated in place; otherwise it is
 // the row of the optax update, -mom.
 template <typename T, bool kCentered, bool kApply>
-void UpdateRow(const T* __restrict g, T* __restrict out, T* __restrict ms,
-               T* __restrict mg, T* __restrict mom, std::size_t width,
+void UpdateRow(const RowGradient<T>& grad, T* __restrict out,
+               T* __restrict ms, T* __restrict mg, T* __restrict mom,
                const Hypers<T>& h) {
+  const std::size_t width = grad.width;
   const std::size_t packet_end = kPacket * (width / kPacket);
-  T denom[kChunk], scale[kChunk];
+  T g[kChunk], denom[kChunk], scale[kChunk];
   for (std::size_t lo = 0; lo < width; lo += kChunk) {
     const std::size_t n = std::min(kChunk, width - lo);
+    grad.Sum(lo, n, g);
     for (std::size_t j = 0, i = lo; j < n; ++j, ++i) {
-      const T gi = g[i];
-      const T ms_i = (ms[i] * h.rho) + ((gi * gi) * h.c);
+      const T ms_i = (ms[i] * h.rho) + ((g[j] * g[j]) * h.c);
       ms[i] = ms_i;
       T d = ms_i + h.eps;
       if constexpr (kCentered) {
-        const T mg_i = (mg[i] * h.rho) + (gi * h.c);
+        const T mg_i = (mg[i] * h.rho) + (g[j] * h.c);
         mg[i] = mg_i;
         d = d - (mg_i * mg_i);
       }
@@ -120,7 +143,7 @@ void UpdateRow(const T* __restrict g, T* __restrict out, T* __restrict ms,
     }
     RowRsqrt(denom, scale, lo, n, packet_end);
     for (std::size_t j = 0, i = lo; j < n; ++j, ++i) {
-      const T mom_i = (mom[i] * h.mu) + ((scale[j] * h.lr) * g[i]);
+      const T mom_i = (mom[i] * h.mu) + ((scale[j] * h.lr) * g[j]);
       mom[i] = mom_i;
       if constexpr (kApply) {
         out[i] = out[i] - mom_i;
@@ -131,37 +154,70 @@ void UpdateRow(const T* __restrict g, T* __restrict out, T* __restrict ms,
   }
 }
 
-// Runs every row k whose index rows[k] is in [0, num_rows); the others are
-// the padding (or invalid indices) of deduplicate, which change nothing and,
-// without kApply, get the update row -0 that the jnp path gives them. The
-// rows must be distinct, as deduplicate makes them: they run in parallel.
+// tf_keras' de-duplication (tf.unique + unsorted_segment_sum), then the rows.
+//
+// `indices` are in [0, num_rows]; num_rows stands for every invalid index
+// (sparse.py::_valid_rows) and changes nothing. The distinct indices, in
+// order of first occurrence, get the slots 0..u-1 of the optax outputs
+// (`update` rows and `unique` indices, as sparse.py::deduplicate orders
+// them); slots u..n-1 are padding: index num_rows and update rows -0, what
+// the jnp path gives them. The invalid group's update row is -0 too (the jnp
+// path computes it from zero slots; it is dropped either way). Distinct rows
+// are independent, so they run in parallel.
 template <typename T, bool kCentered, bool kApply>
-void RunRows(const T* g, const std::int32_t* rows, std::size_t n,
-             std::int64_t num_rows, std::size_t width, T* out, T* ms, T* mg,
-             T* mom, const Hypers<T>& h) {
-  auto run = [&](std::size_t k) {
-    const std::int64_t row = rows[k];
-    if (row < 0 || row >= num_rows) {
-      if constexpr (!kApply) std::fill_n(out + k * width, width, -T(0));
-      return;
-    }
+void RunRows(const T* values, const std::int32_t* indices, std::size_t n,
+             std::int64_t num_rows, std::size_t width, T* out,
+             std::int32_t* unique, T* ms, T* mg, T* mom, const Hypers<T>& h) {
+  // ks sorted by (index, position): each group is a run, positions ascending.
+  std::vector<std::int64_t> ks(n);
+  for (std::size_t k = 0; k < n; ++k) ks[k] = static_cast<std::int64_t>(k);
+  std::stable_sort(ks.begin(), ks.end(), [&](std::int64_t a, std::int64_t b) {
+    return indices[a] < indices[b];
+  });
+  std::vector<std::size_t> starts;
+  for (std::size_t s = 0; s < n; ++s) {
+    if (s == 0 || indices[ks[s]] != indices[ks[s - 1]]) starts.push_back(s);
+  }
+  const std::size_t groups = starts.size();
+  starts.push_back(n);
+  // A group's slot is the rank of its first position among first positions.
+  std::vector<char> is_first(n, 0);
+  for (std::size_t g = 0; g < groups; ++g) is_first[ks[starts[g]]] = 1;
+  std::vector<std::int64_t> slot_of_position(n);
+  std::int64_t next = 0;
+  for (std::size_t k = 0; k < n; ++k) {
+    if (is_first[k]) slot_of_position[k] = next++;
+  }
+  if constexpr (!kApply) {
+    std::fill_n(unique, n, static_cast<std::int32_t>(num_rows));
+    std::fill_n(out, n * width, -T(0));
+  }
+  auto run = [&](std::size_t g) {
+    const std::int64_t first = ks[starts[g]];
+    const std::int64_t row = indices[first];
+    const std::int64_t slot = slot_of_position[first];
+    if constexpr (!kApply) unique[slot] = static_cast<std::int32_t>(row);
+    if (row < 0 || row >= num_rows) return;
+    const RowGradient<T> grad{values, ks.data() + starts[g],
+                              starts[g + 1] - starts[g], width};
     const std::size_t at = static_cast<std::size_t>(row) * width;
     UpdateRow<T, kCentered, kApply>(
-        g + k * width, kApply ? out + at : out + k * width, ms + at,
-        kCentered ? mg + at : nullptr, mom + at, width, h);
+        grad, kApply ? out + at : out + slot * width, ms + at,
+        kCentered ? mg + at : nullptr, mom + at, h);
   };
   if (n * width < kMinParallelElements) {
-    for (std::size_t k = 0; k < n; ++k) run(k);
+    for (std::size_t g = 0; g < groups; ++g) run(g);
     return;
   }
 #pragma omp parallel for schedule(static)
-  for (std::size_t k = 0; k < n; ++k) run(k);
+  for (std::size_t g = 0; g < groups; ++g) run(g);
 }
 
-// Operands: hypers [lr, rho, 1 - rho, momentum, epsilon] in T, the summed
-// gradient rows (n, ...), their distinct row indices (n,) int32, then [var],
-// ms, [mg], mom. Results: var (apply, aliased) or the update rows (n, ...),
-// then ms, [mg], mom, aliased to their operands.
+// Operands: hypers [lr, rho, 1 - rho, momentum, epsilon] in T, the clipped
+// gradient rows (n, ...), their indices (n,) int32 in [0, num_rows] (with
+// duplicates), then [var], ms, [mg], mom. Results: var (apply, aliased) or
+// the update rows (n, ...) and their distinct indices (n,) int32, then ms,
+// [mg], mom, aliased to their operands.
 template <typename T, ffi::DataType kDtype>
 ffi::Error SparseImpl(ffi::RemainingArgs args, ffi::RemainingRets rets,
                       bool centered, bool apply) {
@@ -173,17 +229,17 @@ ffi::Error SparseImpl(ffi::RemainingArgs args, ffi::RemainingRets rets,
     }
   }
   const std::size_t ins = 5 + apply + centered;
-  const std::size_t outs = 3 + centered;
+  const std::size_t outs = 3 + !apply + centered;
   if (args.size() != ins || rets.size() != outs) {
     return ffi::Error::InvalidArgument(
         "tfrmsprop: operand and result counts do not match the path.");
   }
   auto hypers = args.get<ffi::Buffer<kDtype>>(0);
   auto g = args.get<ffi::Buffer<kDtype>>(1);
-  auto rows = args.get<ffi::Buffer<ffi::DataType::S32>>(2);
+  auto indices = args.get<ffi::Buffer<ffi::DataType::S32>>(2);
   auto ms_in = args.get<ffi::Buffer<kDtype>>(3 + apply);
   if (!hypers.has_value() || hypers->element_count() != 5 ||
-      !g.has_value() || !rows.has_value() || !ms_in.has_value()) {
+      !g.has_value() || !indices.has_value() || !ms_in.has_value()) {
     return ffi::Error::InvalidArgument("tfrmsprop: bad sparse operands.");
   }
   auto out = [&](std::size_t i) -> T* {
@@ -192,15 +248,24 @@ ffi::Error SparseImpl(ffi::RemainingArgs args, ffi::RemainingRets rets,
   };
   // The variable and slots are read through their results, which XLA aliases
   // to the operands (copying first if it cannot donate them).
-  T* first = out(0);
-  T* ms = out(1);
-  T* mg = centered ? out(2) : nullptr;
-  T* mom = out(2 + centered);
+  std::size_t r = 0;
+  T* first = out(r++);
+  std::int32_t* unique = nullptr;
+  if (!apply) {
+    auto buf = rets.get<ffi::Buffer<ffi::DataType::S32>>(r++);
+    if (!buf.has_value()) {
+      return ffi::Error::InvalidArgument("tfrmsprop: bad indices result.");
+    }
+    unique = (*buf)->typed_data();
+  }
+  T* ms = out(r++);
+  T* mg = centered ? out(r++) : nullptr;
+  T* mom = out(r++);
   const auto dims = ms_in->dimensions();
   const std::int64_t num_rows = dims.size() == 0 ? 1 : dims[0];
   const std::size_t width =
       num_rows == 0 ? 0 : ms_in->element_count() / num_rows;
-  const std::size_t n = rows->element_count();
+  const std::size_t n = indices->element_count();
   if (g->element_count() != n * width) {
     return ffi::Error::InvalidArgument(
         "tfrmsprop: the gradient rows do not match the indices.");
@@ -208,11 +273,11 @@ ffi::Error SparseImpl(ffi::RemainingArgs args, ffi::RemainingRets rets,
   const T* hp = hypers->typed_data();
   const Hypers<T> h{hp[0], hp[1], hp[2], hp[3], hp[4]};
   const T* gp = g->typed_data();
-  const std::int32_t* rp = rows->typed_data();
-#define TFRMSPROP_RUN(C, A)                                                 \
-  if (centered == C && apply == A)                                          \
-    return RunRows<T, C, A>(gp, rp, n, num_rows, width, first, ms, mg, mom, \
-                            h),                                             \
+  const std::int32_t* ip = indices->typed_data();
+#define TFRMSPROP_RUN(C, A)                                                   \
+  if (centered == C && apply == A)                                            \
+    return RunRows<T, C, A>(gp, ip, n, num_rows, width, first, unique, ms, mg, \
+                            mom, h),                                          \
            ffi::Error::Success();
   TFRMSPROP_RUN(false, false)
   TFRMSPROP_RUN(false, true)
