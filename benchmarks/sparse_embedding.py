@@ -1,6 +1,7 @@
 """Sparse RMSprop on an embedding table: JAX sparse vs JAX dense vs TF sparse.
 
-Usage: ``python benchmarks/sparse_embedding.py [--small]``.
+Usage: ``python -m benchmarks.sparse_embedding [--small]`` from the repository
+root (so the checkout, not an installed copy, is imported).
 
 For each of TF's sparse paths (P5-P8) it times one optimizer step on a
 ``rows x width`` float32 table with ``ids`` looked-up rows per step:
