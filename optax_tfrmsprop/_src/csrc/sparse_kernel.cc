@@ -17,7 +17,6 @@
 // without FMA. jnp reaches the estimate only through jax.lax.rsqrt, whose
 // Newton step uses FMA (an ULP off on ~15% of lanes).
 
-
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
