@@ -20,8 +20,11 @@ _COMPILE_ARGS = [
 setuptools.setup(
     ext_modules=[
         setuptools.Extension(
-            "optax_tfrmsprop._src._dense_kernel",
-            sources=["optax_tfrmsprop/_src/csrc/dense_kernel.cc"],
+            "optax_tfrmsprop._src._cpu_kernel",
+            sources=[
+                "optax_tfrmsprop/_src/csrc/dense_kernel.cc",
+                "optax_tfrmsprop/_src/csrc/sparse_kernel.cc",
+            ],
             depends=["optax_tfrmsprop/_src/csrc/dense_loops.h"],
             include_dirs=[jax.ffi.include_dir()],
             language="c++",

@@ -5,8 +5,11 @@ each of TF's sparse paths (P5-P8), one optimizer step on a ``rows x width``
 float32 table with ``ids`` looked-up rows per step, and writes
 ``sparse_embedding.{md,json}`` into ``DIR``:
 
-* ``optax_tfrmsprop sparse``: ``rmsprop`` on an ``IndexedSlices`` gradient
-  followed by ``apply_updates``, jitted, params and state donated;
+* ``optax_tfrmsprop sparse``: the fused ``rmsprop_apply`` on an
+  ``IndexedSlices`` gradient (on CPU the kernel updates the touched rows of
+  the table and slots in place), jitted, params and state donated;
+* ``optax_tfrmsprop sparse optax-API``: ``rmsprop`` ``update`` followed by
+  ``apply_updates``, jitted, donated;
 * ``optax_tfrmsprop`` / ``optax``: the dense benchmark's steps (fused
   ``rmsprop_apply``; ``optax.rmsprop``) on the dense table-sized gradient
   with the same flags;
@@ -30,6 +33,7 @@ from benchmarks.contenders import OURS
 P_NUMBERS = {"plain": "P5", "centered": "P6", "momentum": "P7",
              "momentum+centered": "P8"}
 SPARSE = f"{OURS} sparse"
+SPARSE_API = f"{OURS} sparse optax-API"
 TF_SPARSE = "tf_keras sparse"
 DENSE_PEERS = (OURS, "optax")
 # Distinct gradients cycled through, so no step repeats the previous ids.
@@ -47,7 +51,7 @@ def _settings(small: bool) -> dict:
               max_reps=30, budget_s=3.0, paths=workloads.PATHS)
 
 
-def _jax_sparse(path, table, gradients):
+def _jax_sparse(path, table, gradients, *, fused: bool):
   """A donated jitted sparse step, and its compiled temporary bytes."""
   import jax  # pylint: disable=g-import-not-at-top
   import optax_tfrmsprop as ot  # pylint: disable=g-import-not-at-top
@@ -56,8 +60,11 @@ def _jax_sparse(path, table, gradients):
                    **workloads.HYPERPARAMS)
 
   def step(params, state, values, ids):
-    updates, state = opt.update(ot.IndexedSlices(values, ids, table.shape),
-                                state)
+    grads = ot.IndexedSlices(values, ids, table.shape)
+    if fused:
+      return ot.rmsprop_apply(params, grads, state, momentum=path.momentum,
+                              **workloads.HYPERPARAMS)
+    updates, state = opt.update(grads, state)
     return ot.apply_updates(params, updates), state
 
   params = jax.device_put(table)
@@ -123,8 +130,9 @@ def measure(small: bool) -> list:
             if c.name in DENSE_PEERS}
   records = []
   for path in settings["paths"]:
-    sparse_run, temp = _jax_sparse(path, table, gradients)
-    steps = {SPARSE: sparse_run}
+    sparse_run, temp = _jax_sparse(path, table, gradients, fused=True)
+    api_run, _ = _jax_sparse(path, table, gradients, fused=False)
+    steps = {SPARSE: sparse_run, SPARSE_API: api_run}
     steps.update({name: makers[name](dense_params, dense_grads, path)
                   for name in DENSE_PEERS})
     try:
@@ -140,7 +148,7 @@ def measure(small: bool) -> list:
                           step=harness.summary(samples),
                           temp_bytes=temp if name == SPARSE else None,
                           table_bytes=table.nbytes, ids=settings["ids"]))
-    del steps, sparse_run
+    del steps, sparse_run, api_run
     print(f"{P_NUMBERS[path.name]} {path.name}: " + ", ".join(
         f"{k} {1e3 * harness.summary(v)['median']:.2f} ms"
         for k, v in times.items()), flush=True)

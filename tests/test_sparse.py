@@ -1,12 +1,16 @@
 """Sparse (IndexedSlices) gradients against TF's sparse RMSprop paths P5-P8."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import optax_tfrmsprop as ot
+from optax_tfrmsprop._src import cpu_kernel
 from optax_tfrmsprop._src import sparse
+from test_ffi_kernel import backend_params, needs_kernel
 from tf_reference import run_tf, tf
 
 PATHS = {
@@ -16,9 +20,10 @@ PATHS = {
     "P8": dict(momentum=0.9, centered=True),
 }
 SLOTS = {"rms": "ms", "mg": "mg", "momentum": "mom"}
-# Measured bound for P7/P8 in float32 (see docs/sparse.md): TF's packet rsqrt
-# is the hardware estimate plus a Newton step without FMA, jax.lax.rsqrt the
-# same estimate plus the step with FMA.
+# Measured bound for P7/P8 in float32 on the xla backend (see docs/sparse.md):
+# TF's packet rsqrt is the hardware estimate plus a Newton step without FMA,
+# jax.lax.rsqrt the same estimate plus the step with FMA. The ffi backend
+# computes TF's and is bit-identical.
 F32_KERNEL_STEP_ULP = 4
 
 
@@ -47,16 +52,26 @@ def _to_jax(g):
   return jnp.asarray(g)
 
 
-def _run_jax(var_values, grad_steps, *, state=None, centered=False, **config):
-  """Runs the jitted ``rmsprop`` + ``apply_updates``; returns params, state."""
+def _run_jax(var_values, grad_steps, *, state=None, centered=False,
+             fused=False, **config):
+  """Runs jitted steps; returns params, state.
+
+  A step is ``rmsprop`` + ``apply_updates``, or with ``fused`` the
+  ``rmsprop_apply`` step with params and state donated.
+  """
   opt = ot.rmsprop(centered=centered, **config)
   params = [jnp.asarray(v) for v in var_values]
   state = opt.init(params) if state is None else state
 
-  @jax.jit
-  def step(params, state, grads):
-    updates, state = opt.update(grads, state)
-    return ot.apply_updates(params, updates), state
+  if fused:
+    step = jax.jit(lambda p, s, g: ot.rmsprop_apply(p, g, s, **config),
+                   donate_argnums=(0, 1))
+  else:
+
+    @jax.jit
+    def step(params, state, grads):
+      updates, state = opt.update(grads, state)
+      return ot.apply_updates(params, updates), state
 
   for grads in grad_steps:
     params, state = step(params, state, [_to_jax(g) for g in grads])
@@ -91,14 +106,75 @@ def test_no_momentum_paths_bit_identical_over_100_steps(path, dtype, x64):
   assert _max_ulp(tf_result, params, state) == 0
 
 
+@pytest.mark.parametrize("backend", backend_params)
 @pytest.mark.parametrize("path", ["P7", "P8"])
 @pytest.mark.parametrize("dtype", ["float64", "float16"])
-def test_momentum_paths_bit_identical_in_f64_and_f16(path, dtype, x64):
+def test_momentum_paths_bit_identical_in_f64_and_f16(path, dtype, backend,
+                                                     x64):
   var_values, grad_steps = _make_steps(1, np.dtype(dtype))
   config = dict(learning_rate=0.01, **PATHS[path])
   tf_result = run_tf(var_values, grad_steps, **config)
-  params, state = _run_jax(var_values, grad_steps, **config)
+  params, state = _run_jax(var_values, grad_steps, backend=backend, **config)
   assert _max_ulp(tf_result, params, state) == 0
+
+
+@functools.cache
+def _wide_rows_tf(path, width):
+  # 40 ids over 50 rows a step: many duplicates; 67 = 8 packets + 3 tail lanes.
+  var_values, grad_steps = _make_steps(10, np.float32, rows=50, width=width,
+                                       n=40)
+  config = dict(learning_rate=0.01, **PATHS[path])
+  return var_values, grad_steps, config, run_tf(var_values, grad_steps,
+                                                **config)
+
+
+@needs_kernel
+@pytest.mark.slow
+@pytest.mark.parametrize("fused", [False, True], ids=["optax", "fused"])
+@pytest.mark.parametrize("width", [64, 67])
+@pytest.mark.parametrize("path", ["P7", "P8"])
+def test_momentum_paths_f32_bit_identical_on_the_kernel(path, width, fused):
+  """The kernel computes TF's packet rsqrt: 0 ULP over 100 steps."""
+  var_values, grad_steps, config, tf_result = _wide_rows_tf(path, width)
+  params, state = _run_jax(var_values, grad_steps, backend="ffi",
+                           fused=fused, **config)
+  assert _max_ulp(tf_result, params, state) == 0
+
+
+def _tf_packet_rsqrt(x):
+  """TF's rsqrt of each element of 2-D ``x``, via its P7 kernel.
+
+  With rho 1, epsilon 0, momentum 0, lr 1 and a gradient of ones,
+  ResourceSparseApplyRMSProp leaves ``ms = x`` and sets ``mom = rsqrt(x)``.
+  """
+  var, ms, mom = (tf.Variable(v) for v in (np.zeros_like(x), x,
+                                           np.zeros_like(x)))
+  one, zero = np.float32(1), np.float32(0)
+  tf.raw_ops.ResourceSparseApplyRMSProp(
+      var=var.handle, ms=ms.handle, mom=mom.handle, lr=one, rho=one,
+      momentum=zero, epsilon=zero, grad=np.ones_like(x),
+      indices=np.arange(len(x), dtype=np.int32))
+  return mom.numpy()
+
+
+@needs_kernel
+@pytest.mark.parametrize("width", [64, 67])
+def test_kernel_rsqrt_matches_tf_on_every_lane(width):
+  rng = np.random.default_rng(11)
+  x = np.exp(rng.uniform(-87, 88, size=(1024, width))).astype(np.float32)
+  tiny = np.finfo(np.float32).tiny
+  special = [0.0, -0.0, tiny, tiny / 2, tiny / 2**20, np.inf, np.nan, -1.0,
+             np.finfo(np.float32).max, 1.0]
+  x[:2, :len(special)] = special  # packet lanes
+  x[2, -len(special):] = special  # the tail lanes (width 67) and packets
+  hypers = jnp.array([1, 1, 0, 0, 0], jnp.float32)
+  cpu_kernel.use_kernel("ffi")  # Registers the targets.
+  rsqrt = jax.jit(lambda x: cpu_kernel.sparse_update(
+      jnp.ones_like(x), jnp.arange(len(x), dtype=jnp.int32), None, x, None,
+      jnp.zeros_like(x), hypers, apply=False)[3])
+  ours = np.asarray(rsqrt(jnp.asarray(x)))
+  np.testing.assert_array_equal(ours.view(np.uint32),
+                                _tf_packet_rsqrt(x).view(np.uint32))
 
 
 @pytest.mark.parametrize("path", ["P7", "P8"])
@@ -119,7 +195,7 @@ def test_momentum_paths_f32_per_step_bound(path):
     state = _state_from_tf(before, k) if k else None
     tf_vars, tf_slots, _ = run_tf(var_values, grad_steps[:k + 1], **config)
     params, state = _run_jax(start, grad_steps[k:k + 1], state=state,
-                             **config)
+                             backend="xla", **config)
     mom = tf_slots["momentum"][0]
     assert ot.ulp_distance(np.asarray(state.mom[0]), mom).max() <= (
         F32_KERNEL_STEP_ULP)
@@ -134,7 +210,7 @@ def test_momentum_paths_f32_close_after_100_steps(path):
   var_values, grad_steps = _make_steps(3, np.float32)
   config = dict(learning_rate=0.01, **PATHS[path])
   tf_vars, tf_slots, _ = run_tf(var_values, grad_steps, **config)
-  params, state = _run_jax(var_values, grad_steps, **config)
+  params, state = _run_jax(var_values, grad_steps, backend="xla", **config)
   # Only rsqrt lanes differ (by an ULP); the slots that do not depend on it
   # stay bit-identical.
   np.testing.assert_array_equal(state.ms[0], tf_slots["rms"][0])
@@ -143,22 +219,24 @@ def test_momentum_paths_f32_close_after_100_steps(path):
   np.testing.assert_allclose(params[0], tf_vars[0], rtol=0, atol=1e-5 * scale)
 
 
-def test_narrow_rows_have_no_packet_lanes_and_are_exact():
+@pytest.mark.parametrize("backend", backend_params)
+def test_narrow_rows_have_no_packet_lanes_and_are_exact(backend):
   # Rows narrower than Eigen's 8-lane packet use 1/sqrt only.
   var_values, grad_steps = _make_steps(4, np.float32, width=7, dense=False)
   config = dict(learning_rate=0.01, **PATHS["P8"])
   tf_result = run_tf(var_values, grad_steps, **config)
-  params, state = _run_jax(var_values, grad_steps, **config)
+  params, state = _run_jax(var_values, grad_steps, backend=backend, **config)
   assert _max_ulp(tf_result, params, state) == 0
 
 
+@pytest.mark.parametrize("backend", backend_params)
 @pytest.mark.parametrize("path", ["P5", "P6", "P7", "P8"])
-def test_clipvalue_matches_tf(path, x64):
+def test_clipvalue_matches_tf(path, backend, x64):
   # float64 keeps P7/P8 exact, so any clipping difference would show.
   var_values, grad_steps = _make_steps(5, np.float64, steps=20)
   config = dict(learning_rate=0.01, clipvalue=0.5, **PATHS[path])
   tf_result = run_tf(var_values, grad_steps, **config)
-  params, state = _run_jax(var_values, grad_steps, **config)
+  params, state = _run_jax(var_values, grad_steps, backend=backend, **config)
   assert _max_ulp(tf_result, params, state) == 0
 
 
@@ -213,8 +291,9 @@ def test_deduplicate_matches_tf_unique_and_segment_sum():
   np.testing.assert_array_equal(summed[u:], 0)
 
 
+@pytest.mark.parametrize("backend", backend_params)
 @pytest.mark.parametrize("path", ["P5", "P6", "P7", "P8"])
-def test_empty_index_set_follows_tf(path, x64):
+def test_empty_index_set_follows_tf(path, backend, x64):
   var_values, _ = _make_steps(7, np.float64, steps=0)
   rng = np.random.default_rng(7)
   nonempty = [(rng.normal(size=(4, 12)), np.array([1, 3, 1, 8], np.int32),
@@ -223,12 +302,14 @@ def test_empty_index_set_follows_tf(path, x64):
   grad_steps = [nonempty, empty, empty]
   config = dict(learning_rate=0.01, **PATHS[path])
   tf_result = run_tf(var_values, grad_steps, **config)
-  params, state = _run_jax(var_values, grad_steps, **config)
+  params, state = _run_jax(var_values, grad_steps, backend=backend, **config)
   assert _max_ulp(tf_result, params, state) == 0
 
 
-def test_invalid_indices_under_jit_touch_nothing():
-  opt = ot.rmsprop(learning_rate=0.1, momentum=0.9, centered=True)
+@pytest.mark.parametrize("backend", backend_params)
+def test_invalid_indices_under_jit_touch_nothing(backend):
+  opt = ot.rmsprop(learning_rate=0.1, momentum=0.9, centered=True,
+                   backend=backend)
   params = jnp.arange(12.0).reshape(4, 3)
   state = opt.init(params)
   values = jnp.ones((4, 3))
@@ -340,3 +421,62 @@ def test_embedding_model_trains_like_tf():
     table = ot.apply_updates(table, updates)
   tf_vars, _, _ = run_tf([table0], grad_steps, learning_rate=0.05)
   np.testing.assert_array_equal(table, tf_vars[0])
+
+
+@needs_kernel
+@pytest.mark.parametrize("centered", [False, True])
+def test_kernel_updates_the_touched_rows_in_place(centered):
+  shape = (100_000, 64)
+  opt = ot.rmsprop(0.01, momentum=0.9, centered=centered, backend="ffi")
+  params = jnp.zeros(shape)
+  state = opt.init(params)
+  grad = ot.IndexedSlices(jnp.ones((256, 64)), jnp.arange(256) * 7, shape)
+  step = jax.jit(
+      lambda p, s, g: ot.rmsprop_apply(p, g, s, learning_rate=0.01,
+                                       momentum=0.9, backend="ffi"),
+      donate_argnums=(0, 1))
+  compiled = step.lower(params, state, grad).compile()
+  hlo = compiled.as_text()
+  assert "tfrmsprop_sparse_f32" in hlo and " copy(" not in hlo
+  table_bytes = params.size * params.dtype.itemsize
+  assert compiled.memory_analysis().temp_size_in_bytes < table_bytes // 100
+
+
+@needs_kernel
+def test_sparse_kernel_lowers_to_jnp_off_cpu():
+  opt = ot.rmsprop(0.01, momentum=0.9, backend="ffi")
+  state = opt.init(jnp.zeros((10, 16)))
+  grad = ot.IndexedSlices(jnp.ones((3, 16)), jnp.array([1, 2, 1]), (10, 16))
+  update = jax.jit(lambda g, s: opt.update(g, s))
+  for platform, has_kernel in (("cpu", True), ("cuda", False), ("tpu", False)):
+    exported = jax.export.export(
+        update, platforms=[platform], disabled_checks=[
+            jax.export.DisabledSafetyCheck.custom_call("tfrmsprop_sparse_f32")
+        ])(grad, state)
+    assert ("tfrmsprop_sparse" in exported.mlir_module()) == has_kernel
+
+
+@needs_kernel
+@pytest.mark.parametrize("centered", [False, True])
+def test_kernel_update_rows_are_laid_out_as_deduplicate(centered, x64):
+  """Same distinct indices, order and padding; same rows (float64: exact)."""
+  rng = np.random.default_rng(12)
+  shape = (6, 9)
+  values = jnp.asarray(rng.normal(size=(8, 9)))
+  indices = jnp.array([4, 1, 4, 7, 0, 1, -2, 4])  # duplicates and invalid
+
+  def update(backend):
+    opt = ot.rmsprop(0.01, momentum=0.9, centered=centered, backend=backend)
+    state = opt.init(jnp.ones(shape))
+    return jax.jit(opt.update)(ot.IndexedSlices(values, indices, shape),
+                               state)
+
+  (ours, state), (theirs, xla_state) = update("ffi"), update("xla")
+  np.testing.assert_array_equal(ours.indices, [4, 1, 6, 0, 6, 6, 6, 6])
+  np.testing.assert_array_equal(ours.indices, theirs.indices)
+  valid = np.asarray(ours.indices) < shape[0]
+  np.testing.assert_array_equal(np.asarray(ours.values)[valid],
+                                np.asarray(theirs.values)[valid])
+  assert np.all(np.signbit(ours.values[~valid]) & (ours.values[~valid] == 0))
+  for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(xla_state)):
+    np.testing.assert_array_equal(a, b)

@@ -1,4 +1,4 @@
-"""The single-pass CPU kernel (``csrc/``) behind the dense update, via jax.ffi.
+"""The CPU kernel (``csrc/``) behind the dense and sparse updates, via jax.ffi.
 
 XLA compiles an RMSprop step into several loops per leaf and rewrites its
 floating-point expressions; the C++ kernel reads each gradient, variable and
@@ -14,6 +14,9 @@ Backend choice (``backend=`` of :func:`~optax_tfrmsprop.rmsprop`):
   ``"xla"`` (with a one-time warning on a CPU host) when it is not;
 * ``"ffi"``: the kernel on CPU; an error if it is not built;
 * ``"xla"``: jnp everywhere.
+
+The same library runs TF's sparse momentum paths (P7/P8) on the rows a
+gradient touches, with TF's float32 packet rsqrt (:func:`sparse_update`).
 
 The kernel serves only CPU lowerings: the same jitted function lowers to the
 jnp path on GPU and TPU (``jax.lax.platform_dependent``).
@@ -41,20 +44,25 @@ _TARGETS = {
     np.dtype(np.float32): ("tfrmsprop_dense_f32", "TfRmspropDenseF32"),
     np.dtype(np.float64): ("tfrmsprop_dense_f64", "TfRmspropDenseF64"),
 }
+# The sparse momentum paths (P7/P8), the same two float types.
+_SPARSE_TARGETS = {
+    np.dtype(np.float32): ("tfrmsprop_sparse_f32", "TfRmspropSparseF32"),
+    np.dtype(np.float64): ("tfrmsprop_sparse_f64", "TfRmspropSparseF64"),
+}
 
 
 def _library_path() -> Optional[pathlib.Path]:
   here = pathlib.Path(__file__).parent
   for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-    path = here / f"_dense_kernel{suffix}"
+    path = here / f"_cpu_kernel{suffix}"
     if path.exists():
       return path
   return None
 
 
 @functools.cache
-def _load() -> Optional[str]:
-  """Registers the FFI targets once; returns why not, or None on success."""
+def _library() -> ctypes.CDLL | str:
+  """The loaded extension, its FFI targets registered once, or why not."""
   path = _library_path()
   if path is None:
     return "the C++ extension was not built at install time"
@@ -62,10 +70,16 @@ def _load() -> Optional[str]:
     library = ctypes.CDLL(str(path))
   except OSError as e:
     return f"it could not be loaded ({e})"
-  for target, symbol in _TARGETS.values():
+  for target, symbol in (*_TARGETS.values(), *_SPARSE_TARGETS.values()):
     jax.ffi.register_ffi_target(
         target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
-  return None
+  return library
+
+
+def _load() -> Optional[str]:
+  """Loads the kernel; returns why it is unavailable, or None on success."""
+  library = _library()
+  return library if isinstance(library, str) else None
 
 
 def is_built() -> bool:
@@ -128,6 +142,19 @@ def use_kernel(backend: Backend) -> bool:
 def handles(dtype) -> bool:
   """Whether the kernel has loops for leaves of ``dtype``."""
   return np.dtype(dtype) in _TARGETS
+
+
+@functools.cache
+def handles_sparse(dtype) -> bool:
+  """Whether the kernel runs sparse momentum leaves (P7/P8) of ``dtype``.
+
+  float32 needs TF's packet rsqrt, the AVX estimate ``vrsqrtps``; on CPUs
+  without it (and on ARM) float32 leaves keep the jnp path and its bound.
+  """
+  dtype = np.dtype(dtype)
+  if dtype not in _SPARSE_TARGETS or _load() is not None:
+    return False
+  return dtype != np.float32 or bool(_library().TfRmspropSparseF32Supported())
 
 
 def _call_kernel(centered, momentum, apply, hypers, leaves):
@@ -234,3 +261,48 @@ def dense_update(leaves, hypers, *, centered: bool, momentum: bool,
     ``apply``, else ``None`` (the P3/P4 update is ``-mom``).
   """
   return _partitioned_call(centered, momentum, apply, hypers, leaves)
+
+
+def sparse_update(values, indices, var, ms, mg, mom, hypers, *, apply: bool):
+  """Runs tf_keras' de-duplication and P7/P8 on the rows of one leaf.
+
+  ``ResourceSparseApply[Centered]RMSProp`` after ``tf.unique`` and
+  ``unsorted_segment_sum``: ``csrc/sparse_kernel.cc`` mirrors
+  ``sparse.deduplicate`` and the momentum branch of ``sparse.sparse_leaf``
+  (``"tf_cpu"``), with TF's float32 packet rsqrt. Only the rows listed
+  change, in place (operands aliased to results).
+
+  Args:
+    values: ``(n, ...)`` gradient rows, duplicates allowed.
+    indices: ``(n,)`` int32 row indices in ``[0, ms.shape[0]]``, where
+      ``ms.shape[0]`` stands for every invalid index and changes nothing.
+    var: the variable, used only with ``apply``.
+    ms: the ``ms`` slot.
+    mg: the ``mg`` slot, or ``None`` (P7).
+    mom: the ``mom`` slot.
+    hypers: ``[lr, rho, 1 - rho, momentum, epsilon]`` in the leaf dtype.
+    apply: update ``var`` in place instead of returning the update rows.
+
+  Returns:
+    ``(first, ms, mg, mom)``: with ``apply``, ``first`` is the new variable;
+    otherwise it is ``(update, unique)``, the ``(n, ...)`` update rows
+    ``-mom`` and their ``(n,)`` distinct indices, laid out as
+    ``sparse.deduplicate`` lays them out (padding: index ``ms.shape[0]``,
+    rows ``-0``).
+  """
+  target = _SPARSE_TARGETS[np.dtype(ms.dtype)][0]
+  slots = [x for x in (ms, mg, mom) if x is not None]
+  operands = [hypers, values, indices] + ([var] if apply else []) + slots
+  first = [var] if apply else [values, indices]
+  results = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in first + slots]
+  aliases = {3 + apply + k: len(first) + k for k in range(len(slots))}
+  if apply:
+    aliases[3] = 0
+  out = iter(jax.ffi.ffi_call(
+      target, results, input_output_aliases=aliases,
+      vmap_method="sequential")(*operands, centered=mg is not None,
+                                apply=apply))
+  first = next(out) if apply else (next(out), next(out))
+  ms = next(out)
+  mg = None if mg is None else next(out)
+  return first, ms, mg, next(out)

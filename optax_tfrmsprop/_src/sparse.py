@@ -71,7 +71,7 @@ class IndexedSlices:
 
   def to_dense(self) -> jax.Array:
     """The dense array, duplicates summed, invalid indices dropped."""
-    rows = _valid_rows(jnp.asarray(self.indices), self.dense_shape[0])
+    rows = valid_rows(jnp.asarray(self.indices), self.dense_shape[0])
     zeros = jnp.zeros(self.dense_shape, jnp.result_type(self.values))
     return zeros.at[rows].add(self.values, mode="drop")
 
@@ -81,7 +81,8 @@ def is_indexed_slices(x: Any) -> bool:
   return isinstance(x, IndexedSlices)
 
 
-def _valid_rows(indices: jax.Array, num_rows: int) -> jax.Array:
+def valid_rows(indices: jax.Array, num_rows: int) -> jax.Array:
+  """``indices`` as int32, every invalid one replaced by ``num_rows``."""
   # Negative indices would wrap in jnp's scatter even with mode="drop", so
   # every invalid index becomes the one out-of-range row ``num_rows``.
   invalid = (indices < 0) | (indices >= num_rows)
@@ -143,8 +144,11 @@ def deduplicate(values: jax.Array, indices: jax.Array, num_rows: int):
 
   Returns:
     ``(summed_values, unique_indices)``, shaped like the inputs.
+
+  The CPU kernel (``csrc/sparse_kernel.cc::RunRows``) mirrors this for P7/P8;
+  change one, change both.
   """
-  rows = _valid_rows(indices, num_rows)
+  rows = valid_rows(indices, num_rows)
   n = rows.shape[0]
   if n == 0:
     return values, rows
@@ -172,8 +176,9 @@ def _packet_rsqrt(x: jax.Array, round_) -> jax.Array:
   packet rsqrt and the remaining ``W % 8`` ``1 / sqrt``. float32 packets are
   the hardware estimate refined by one Newton step; ``jax.lax.rsqrt`` is the
   same estimate and step on XLA:CPU, but with fused multiply-adds, so a lane
-  can differ by an ULP. float16 packets are the float32 rsqrt of the widened
-  value rounded to half; float64 uses ``1 / sqrt`` throughout.
+  can differ by an ULP (the CPU kernel, ``csrc/sparse_kernel.cc``, computes
+  TF's exact packet rsqrt). float16 packets are the float32 rsqrt of the
+  widened value rounded to half; float64 uses ``1 / sqrt`` throughout.
 
   Args:
     x: ``(n, ...)`` positive rows.
@@ -255,6 +260,8 @@ def sparse_leaf(g: IndexedSlices, ms, mg, mom, h, round_):
       denom = ms_rows - round_(mg_rows * mg_rows)
     step = ((-lr) * grad) / (jnp.sqrt(denom) + eps)
     return IndexedSlices(step, rows, g.dense_shape), ms, mg, mom
+  # P7/P8: mirrored line by line by csrc/sparse_kernel.cc::UpdateRow, which
+  # the "ffi" backend runs on CPU; change one, change both.
   ms_rows = round_(take(ms) * rho) + round_((grad * grad) * c)
   denom = ms_rows + eps
   if mg is not None:
@@ -295,7 +302,7 @@ def apply_updates(params: optax.Params, updates: optax.Updates) -> optax.Params:
     if p is None:
       return None
     if isinstance(u, IndexedSlices):
-      rows = _valid_rows(jnp.asarray(u.indices), p.shape[0])
+      rows = valid_rows(jnp.asarray(u.indices), p.shape[0])
       return p.at[rows].add(u.values.astype(p.dtype), mode="drop")
     return jnp.asarray(p + u).astype(jnp.asarray(p).dtype)
 

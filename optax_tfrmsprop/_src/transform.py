@@ -183,15 +183,45 @@ def _dense_leaf(g, ms, mg, mom, h, rounding: base.Rounding,
   return -mom, ms, mg, mom
 
 
-def _sparse_leaf(g, var, ms, mg, mom, hyper, rounding: base.Rounding, *,
-                 apply: bool):
-  """TF's sparse update of one leaf; as :func:`_dense_leaves` for one leaf."""
-  update, ms, mg, mom = sparse.sparse_leaf(g, ms, mg, mom, hyper(ms.dtype),
-                                           numerics.rounder(rounding))
-  return (sparse.apply_updates(var, update) if apply else update), ms, mg, mom
-
-
 # Backend dispatch: the same leaves through the CPU kernel where it applies.
+
+
+def _hyper_vector(h):
+  """The kernel's hyperparameter operand: ``[lr, rho, 1 - rho, mu, eps]``."""
+  return jnp.stack([h["lr"], h["rho"], h["one_minus_rho"], h["momentum"],
+                    h["epsilon"]])
+
+
+def _sparse_leaf(g, var, ms, mg, mom, hyper, rounding: base.Rounding,
+                 backend: cpu_kernel.Backend, *, apply: bool):
+  """TF's sparse update of one leaf; as :func:`_dense_leaves` for one leaf.
+
+  The momentum paths (P7/P8) run in the CPU kernel where it can: it
+  de-duplicates and updates the rows in one call, with TF's float32 packet
+  rsqrt, which jnp cannot reach (``docs/sparse.md``).
+  """
+  h = hyper(ms.dtype)  # Outside both branches, as in _dense_leaves.
+
+  def xla():
+    update, new_ms, new_mg, new_mom = sparse.sparse_leaf(
+        g, ms, mg, mom, h, numerics.rounder(rounding))
+    first = sparse.apply_updates(var, update) if apply else update
+    return first, new_ms, new_mg, new_mom
+
+  if (mom is None or rounding != "tf_cpu"
+      or not cpu_kernel.handles_sparse(ms.dtype)
+      or not cpu_kernel.use_kernel(backend)):
+    return xla()
+
+  def kernel():
+    rows = sparse.valid_rows(jnp.asarray(g.indices), ms.shape[0])
+    first, new_ms, new_mg, new_mom = cpu_kernel.sparse_update(
+        g.values, rows, var, ms, mg, mom, _hyper_vector(h), apply=apply)
+    if not apply:
+      first = sparse.IndexedSlices(*first, g.dense_shape)
+    return first, new_ms, new_mg, new_mom
+
+  return jax.lax.platform_dependent(cpu=kernel, default=xla)
 
 
 def _dense_leaves(leaves, hyper, rounding: base.Rounding, flavor: base.Flavor,
@@ -241,13 +271,10 @@ def _dense_leaves(leaves, hyper, rounding: base.Rounding, flavor: base.Flavor,
       else:  # float16 and bfloat16 stay on XLA.
         results[i] = xla_leaf(*leaf)
     for dtype, indices in by_dtype.items():
-      h = hyper(dtype)
-      hypers = jnp.stack([h["lr"], h["rho"], h["one_minus_rho"],
-                          h["momentum"], h["epsilon"]])
       _, _, _, mg, mom = leaves[indices[0]]
       out = cpu_kernel.dense_update(
-          [leaves[i] for i in indices], hypers, centered=mg is not None,
-          momentum=mom is not None, apply=apply)
+          [leaves[i] for i in indices], _hyper_vector(hyper(dtype)),
+          centered=mg is not None, momentum=mom is not None, apply=apply)
       for i, (first, ms, mg, mom) in zip(indices, out):
         results[i] = (-mom if first is None else first), ms, mg, mom
     return results
@@ -447,7 +474,7 @@ def _step(grads, state, params, *, learning_rate=0.001, rho=0.9, momentum=0.0,
   per_leaf = list(zip(leaves, var_leaves, ms_leaves, mg_leaves, mom_leaves))
   dense = [i for i, s in enumerate(is_sparse) if not s]
   results = [
-      _sparse_leaf(*leaf, hyper, rounding, apply=params is not None)
+      _sparse_leaf(*leaf, hyper, rounding, backend, apply=params is not None)
       if s else None for leaf, s in zip(per_leaf, is_sparse)
   ]
   dense_results = _dense_leaves([per_leaf[i] for i in dense], hyper, rounding,
