@@ -1,9 +1,10 @@
 """Runs the ``>>>`` examples of every public name as doctests.
 
-Every function and class exported by ``optax_tfrmsprop`` must document its
-arguments and results and carry an example; the examples must run and print
-what they claim. The module-level ``__all__`` is the list of public names, so a
-new export is checked without touching this file.
+Every function and class exported by ``optax_tfrmsprop``, or defined by a
+module it exports (``schedules``), must document its arguments and results and
+carry an example; the examples must run and print what they claim. The
+module-level ``__all__`` is the list of public names, so a new export is
+checked without touching this file.
 """
 
 import doctest
@@ -13,12 +14,32 @@ import pytest
 
 import optax_tfrmsprop
 
-_PUBLIC_CALLABLES = [
-    name
-    for name in optax_tfrmsprop.__all__
-    if inspect.isfunction(getattr(optax_tfrmsprop, name))
-    or inspect.isclass(getattr(optax_tfrmsprop, name))
-]
+
+def _is_callable_api(obj) -> bool:
+  return inspect.isfunction(obj) or inspect.isclass(obj)
+
+
+def _public_callables() -> dict[str, object]:
+  """Exported functions and classes, and those of exported modules.
+
+  A public module (``schedules``) contributes the functions and classes it
+  defines under names without a leading underscore, keyed ``module.name``.
+  """
+  found = {}
+  for name in optax_tfrmsprop.__all__:
+    obj = getattr(optax_tfrmsprop, name)
+    if _is_callable_api(obj):
+      found[name] = obj
+    elif inspect.ismodule(obj):
+      for member, value in vars(obj).items():
+        if (not member.startswith("_") and _is_callable_api(value)
+            and value.__module__ == obj.__name__):
+          found[f"{name}.{member}"] = value
+  return found
+
+
+_PUBLIC = _public_callables()
+_PUBLIC_CALLABLES = sorted(_PUBLIC)
 
 
 def _doctests(obj) -> list[doctest.DocTest]:
@@ -36,25 +57,26 @@ def _doctests(obj) -> list[doctest.DocTest]:
 def test_public_callables_are_found():
   assert "rmsprop" in _PUBLIC_CALLABLES
   assert "RMSpropState" in _PUBLIC_CALLABLES
+  assert "schedules.ExponentialDecay" in _PUBLIC_CALLABLES
 
 
 @pytest.mark.parametrize("name", _PUBLIC_CALLABLES)
 def test_docstring_documents_arguments_results_and_example(name):
-  obj = getattr(optax_tfrmsprop, name)
+  obj = _PUBLIC[name]
   doc = inspect.getdoc(obj) or ""
   assert ">>>" in doc, f"{name} has no >>> example."
   if inspect.isfunction(obj):
     if inspect.signature(obj).parameters:
       assert "Args:" in doc, f"{name} does not document its arguments."
     assert "Returns:" in doc, f"{name} does not document its result."
-  else:
+  elif inspect.signature(obj).parameters:
     assert "Attributes:" in doc or "Args:" in doc, (
         f"{name} documents neither its attributes nor its arguments.")
 
 
 @pytest.mark.parametrize("name", _PUBLIC_CALLABLES)
 def test_examples_run(name):
-  tests = _doctests(getattr(optax_tfrmsprop, name))
+  tests = _doctests(_PUBLIC[name])
   assert tests, f"{name} has no doctest."
   runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
   for test in tests:

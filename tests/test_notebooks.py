@@ -12,7 +12,8 @@ NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 
 
 def test_notebooks_are_found():
-  assert {"quickstart.ipynb", "porting_from_keras.ipynb"} <= {
+  assert {"quickstart.ipynb", "porting_from_keras.ipynb",
+          "sparse_embeddings.ipynb"} <= {
       path.name for path in NOTEBOOKS}
 
 

@@ -123,6 +123,9 @@ def check_checkpoint(saved: Any, target: Any) -> None:
     saved: the saved tree's metadata.
     target: the restore target, e.g. from :func:`checkpoint_target`.
 
+  Returns:
+    None: it returns only when every leaf matches.
+
   Raises:
     ValueError: naming every mismatched leaf by its path (``mom/w``).
 

@@ -44,6 +44,16 @@ class Variable:
   :meth:`RMSprop.minimize`), read it with ``v.value`` or operators: jax no
   longer converts foreign objects implicitly in ``jnp`` functions.
 
+  Args:
+    initial_value: the value, or a callable returning it (as ``tf.Variable``
+      takes). Python floats become float32 and ints int32, as in TF.
+    name: the variable's name; ``v.name`` appends ``":0"`` as TF does.
+      Defaults to ``"Variable"``.
+    dtype: the dtype to convert ``initial_value`` to; by default the value's
+      own (float32 / int32 for Python numbers).
+    trainable: recorded as ``v.trainable``, as on a ``tf.Variable``; the
+      optimizer updates whatever ``var_list`` holds, as TF's does.
+
   Example:
     >>> v = Variable(10.0, name="v")
     >>> v.assign_sub(1.5).numpy()

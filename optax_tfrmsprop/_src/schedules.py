@@ -61,6 +61,19 @@ class LearningRateSchedule:
   A subclass implements ``__call__(step)`` with JAX operations (it runs inside
   the jit-compiled optimizer step) and ``get_config()``; ``from_config`` calls
   the constructor with the config's entries.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> class Halving(LearningRateSchedule):
+    ...   def __init__(self, initial_learning_rate):
+    ...     self.initial_learning_rate = initial_learning_rate
+    ...   def __call__(self, step):
+    ...     return self.initial_learning_rate * 0.5 ** jnp.floor(step / 10)
+    ...   def get_config(self):
+    ...     return {"initial_learning_rate": self.initial_learning_rate}
+    >>> schedule = Halving.from_config({"initial_learning_rate": 0.1})
+    >>> print(schedule(jnp.float32(25)))
+    0.025
   """
 
   def __call__(self, step: jax.Array) -> jax.Array:
@@ -85,6 +98,15 @@ class LearningRateSchedule:
 
 class ExponentialDecay(LearningRateSchedule):
   r"""``lr0 * decay_rate ** (step / decay_steps)`` (floored if ``staircase``).
+
+  Args:
+    initial_learning_rate: the learning rate at step 0; its dtype (float32
+      for a Python number) is the dtype of the schedule's arithmetic.
+    decay_steps: the number of steps over which the rate is multiplied by
+      ``decay_rate``.
+    decay_rate: the factor per ``decay_steps``.
+    staircase: floor ``step / decay_steps``, so the rate changes in steps.
+    name: kept in the config, as Keras keeps it.
 
   Example:
     >>> print(ExponentialDecay(0.1, 10, 0.5)(10.0))
@@ -118,6 +140,14 @@ class PiecewiseConstantDecay(LearningRateSchedule):
 
   The boundaries are cast to the step's dtype; the result has the dtype of
   ``values`` (int32 for Python ints).
+
+  Args:
+    boundaries: increasing step boundaries.
+    values: the rates, one more than ``boundaries``.
+    name: kept in the config, as Keras keeps it.
+
+  Raises:
+    ValueError: if ``values`` is not one longer than ``boundaries``.
 
   Example:
     >>> print(PiecewiseConstantDecay([10, 20], [1.0, 0.5, 0.1])(15.0))
@@ -155,6 +185,16 @@ class PiecewiseConstantDecay(LearningRateSchedule):
 
 class PolynomialDecay(LearningRateSchedule):
   """``(lr0 - end) * (1 - s / ds) ** power + end``, optionally cycling.
+
+  Args:
+    initial_learning_rate: the learning rate at step 0; its dtype (float32
+      for a Python number) is the dtype of the schedule's arithmetic.
+    decay_steps: ``ds``, the steps from ``lr0`` to ``end``.
+    end_learning_rate: ``end``, the rate reached after ``decay_steps``.
+    power: the polynomial's power (1: linear decay).
+    cycle: instead of holding ``end`` after ``decay_steps``, decay again
+      over the next multiple of ``decay_steps``.
+    name: kept in the config, as Keras keeps it.
 
   Example:
     >>> print(PolynomialDecay(0.1, 10, 0.01, cycle=True)(15.0))
@@ -199,6 +239,14 @@ class PolynomialDecay(LearningRateSchedule):
 class InverseTimeDecay(LearningRateSchedule):
   """``lr0 / (1 + decay_rate * step / decay_steps)`` (floored if staircase).
 
+  Args:
+    initial_learning_rate: the learning rate at step 0; its dtype (float32
+      for a Python number) is the dtype of the schedule's arithmetic.
+    decay_steps: the step scale of the decay.
+    decay_rate: the rate added to the divisor per ``decay_steps``.
+    staircase: floor ``step / decay_steps``, so the rate changes in steps.
+    name: kept in the config, as Keras keeps it.
+
   Example:
     >>> print(InverseTimeDecay(0.1, 1, 0.5)(2.0))
     0.05
@@ -235,6 +283,17 @@ class CosineDecay(LearningRateSchedule):
   alpha)`` with ``s = min(step, ds)``. With ``warmup_target``, a linear ramp
   from ``lr0`` to the target over ``warmup_steps``, then the cosine decay of
   the target.
+
+  Args:
+    initial_learning_rate: the learning rate at step 0; its dtype (float32
+      for a Python number) is the dtype of the schedule's arithmetic.
+    decay_steps: ``ds``, the steps of the cosine decay.
+    alpha: the final rate, as a fraction of the rate the cosine starts
+      from (``initial_learning_rate``, or ``warmup_target`` with a warmup).
+    name: kept in the config, as Keras keeps it.
+    warmup_target: the rate reached at the end of the warmup; ``None``: no
+      warmup.
+    warmup_steps: the length of the warmup.
 
   Example:
     >>> print(CosineDecay(0.1, 10)(5.0))
@@ -281,6 +340,15 @@ class CosineDecay(LearningRateSchedule):
 
 class CosineDecayRestarts(LearningRateSchedule):
   """SGDR: cosine decay restarted every ``first_decay_steps * t_mul ** i``.
+
+  Args:
+    initial_learning_rate: the learning rate at step 0; its dtype (float32
+      for a Python number) is the dtype of the schedule's arithmetic.
+    first_decay_steps: the length of the first period.
+    t_mul: each period is ``t_mul`` times longer than the previous one.
+    m_mul: each restart begins at ``m_mul`` times the previous start rate.
+    alpha: the minimum rate, as a fraction of ``initial_learning_rate``.
+    name: kept in the config, as Keras keeps it.
 
   Example:
     >>> print(CosineDecayRestarts(0.1, 10)(10.0))
