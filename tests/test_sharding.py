@@ -2,8 +2,11 @@
 
 The update is elementwise per leaf, so on any layout the slots must follow
 their params, the compiled update must hold no collective, and the results
-must equal the single-device run bit for bit. Clipping by norm is the
-exception: a norm of a sharded gradient is a reduction across shards.
+must equal the single-device run bit for bit, on the XLA path and on the CPU
+kernel (``backend="ffi"``, partitioned shard by shard). Clipping by norm is
+the exception: a norm of a sharded gradient is a reduction across shards.
+Sparse updates gather and scatter rows of a row-sharded table on the shards
+that hold them.
 """
 
 import functools
@@ -18,6 +21,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import optax_tfrmsprop
+from test_ffi_kernel import backend_params
+from test_ffi_kernel import needs_kernel
 
 COLLECTIVES = re.compile(
     r"\b(all-reduce|all-gather|reduce-scatter|all-to-all|collective-permute|"
@@ -97,11 +102,21 @@ def _slot_trees(state):
   return [slot for slot in (state.ms, state.mg, state.mom) if slot is not None]
 
 
-@pytest.mark.parametrize("path", DENSE_PATHS)
+# The optax API takes the kernel in the momentum paths with "tf_cpu" rounding
+# only: the others run the same XLA code whatever the backend.
+PATH_BACKENDS = [pytest.param(path, "xla", id=f"{path}-xla")
+                 for path in DENSE_PATHS] + [
+                     pytest.param("momentum", "ffi", marks=needs_kernel,
+                                  id="momentum-ffi")]
+
+
+@pytest.mark.parametrize("path, backend", PATH_BACKENDS)
 @pytest.mark.parametrize("layout_name", LAYOUTS)
-def test_sharded_update_keeps_layout_without_collectives(layout_name, path):
+def test_sharded_update_keeps_layout_without_collectives(
+    layout_name, path, backend):
   layout = _layout(layout_name)
-  optimizer = optax_tfrmsprop.rmsprop(0.01, **DENSE_PATHS[path])
+  optimizer = optax_tfrmsprop.rmsprop(0.01, **DENSE_PATHS[path],
+                                      backend=backend)
 
   state = optimizer.init(jax.device_put(_params(), layout))
   for slots in _slot_trees(state):
@@ -129,7 +144,53 @@ def test_sharded_update_keeps_layout_without_collectives(layout_name, path):
 
 @functools.cache
 def _single_device_run(path):
-  return _run(optax_tfrmsprop.rmsprop(0.01, **DENSE_PATHS[path]), None)[:2]
+  optimizer = optax_tfrmsprop.rmsprop(0.01, **DENSE_PATHS[path], backend="xla")
+  return _run(optimizer, None)[:2]
+
+
+KERNEL_PATHS = {
+    "P1": dict(),
+    "P2": dict(centered=True),
+    "P3": dict(momentum=0.9),
+    "P4": dict(momentum=0.9, centered=True),
+}
+
+
+def _run_fused(path, layout, backend):
+  """``STEPS`` of ``rmsprop_apply``; returns (params, state, compiled step)."""
+  config = dict(KERNEL_PATHS[path])
+  centered = config.pop("centered", False)
+  params = _params() if layout is None else jax.device_put(_params(), layout)
+  state = optax_tfrmsprop.rmsprop_init(
+      params, centered=centered, use_momentum="momentum" in config)
+  step = jax.jit(functools.partial(
+      optax_tfrmsprop.rmsprop_apply, learning_rate=0.01, backend=backend,
+      **config))
+  grads = [_grads(t) for t in range(STEPS)]
+  if layout is not None:
+    grads = [jax.device_put(g, layout) for g in grads]
+  compiled = step.lower(params, grads[0], state).compile()
+  for g in grads:
+    params, state = compiled(params, g, state)
+  return params, state, compiled
+
+
+@needs_kernel
+@pytest.mark.parametrize("path", KERNEL_PATHS)
+@pytest.mark.parametrize("layout_name", ["fully sharded", "2d mixed"])
+def test_sharded_kernel_apply_runs_shard_by_shard(layout_name, path):
+  """``rmsprop_apply`` takes the kernel in every path: no collective either."""
+  layout = _layout(layout_name)
+  params, state, compiled = _run_fused(path, layout, "ffi")
+  hlo = compiled.as_text()
+  assert "tfrmsprop_dense_f32" in hlo
+  assert not COLLECTIVES.search(hlo), COLLECTIVES.search(hlo).group(0)
+  params_out, state_out = compiled.output_shardings
+  jax.tree.map(_assert_same_sharding, params_out, layout)
+  for slots in _slot_trees(state_out):
+    jax.tree.map(_assert_same_sharding, slots, layout)
+  jax.tree.map(np.testing.assert_array_equal, (params, state),
+               _run_fused(path, None, "xla")[:2])
 
 
 def _assert_same_sharding(got, want):
@@ -193,21 +254,37 @@ def _max_ulp(tree, expected):
              for a, b in zip(jax.tree.leaves(tree), jax.tree.leaves(expected)))
 
 
-def test_state_types_stable_over_update_with_sharding_in_types():
-  """optax's check: init on abstract params, types unchanged by update."""
+@pytest.mark.parametrize("backend", backend_params)
+def test_state_types_stable_over_update_with_sharding_in_types(backend):
+  """optax's check: init on abstract params, types unchanged by update.
+
+  With sharding in types (``Explicit`` axes) the kernel runs in a shard_map.
+  """
   mesh = jax.make_mesh((8,), ("x",),
                        axis_types=(jax.sharding.AxisType.Explicit,))
   sharding = NamedSharding(mesh, P(None, "x"))
-  optimizer = optax_tfrmsprop.rmsprop(0.1, momentum=0.9, centered=True)
+  optimizer = optax_tfrmsprop.rmsprop(0.1, momentum=0.9, centered=True,
+                                      backend=backend)
   with jax.set_mesh(mesh):
-    params = jnp.zeros((2, 8, 4), jnp.float32, out_sharding=sharding)
+    params = jnp.asarray(
+        np.random.default_rng(0).standard_normal((2, 8, 4)), jnp.float32,
+        out_sharding=sharding)
     abstract = jax.ShapeDtypeStruct(params.shape, params.dtype,
                                     sharding=sharding)
     abstract_state = jax.eval_shape(optimizer.init, abstract)
     state0 = optimizer.init(params)
     state1 = jax.jit(optimizer.init)(params)
-    _, state2 = jax.jit(optimizer.update)(params, state0)
+    update = jax.jit(optimizer.update)
+    updates, state2 = update(params, state0)
+    hlo = update.lower(params, state0).compile().as_text()
     types = [jax.tree.map(jax.typeof, s) for s in (state0, state1, state2)]
+  assert not COLLECTIVES.search(hlo), COLLECTIVES.search(hlo).group(0)
+  assert ("tfrmsprop_dense_f32" in hlo) == (backend == "ffi")
+  expected = optax_tfrmsprop.rmsprop(0.1, momentum=0.9, centered=True,
+                                     backend="xla").update(
+                                         np.asarray(params),
+                                         optimizer.init(np.asarray(params)))
+  jax.tree.map(np.testing.assert_array_equal, (updates, state2), expected)
   assert types[0] == types[1] == types[2]
   for abstract_slot, slot in zip(_slot_trees(abstract_state),
                                  _slot_trees(types[0])):

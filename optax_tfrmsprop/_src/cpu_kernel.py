@@ -192,14 +192,15 @@ def _sharding_rule(centered, momentum, apply, mesh, operand_types,
                    result_types):
   """Elementwise Shardy rule: a leaf's arrays and results share its factors.
 
-  The hyperparameter vector (factor ``h``) stays replicated.
+  The hyperparameter vector (factor ``h``) stays replicated; a scalar leaf
+  is written as an empty entry (its arrays have no factor).
   """
   del mesh, result_types
   per_leaf_in = 2 + apply + centered + momentum
   per_leaf_out = sum(_leaf_outputs(centered, momentum, apply))
   ranks = [len(t.shape) for t in operand_types[1::per_leaf_in]]
   factors = [
-      " ".join(f"k{k}d{d}" for d in range(rank)) or "()"
+      " ".join(f"k{k}d{d}" for d in range(rank))
       for k, rank in enumerate(ranks)
   ]
   ins = ["h"] + [f for f in factors for _ in range(per_leaf_in)]
@@ -230,4 +231,31 @@ def dense_update(leaves, hypers, *, centered: bool, momentum: bool,
     Per leaf ``(first, ms, mg, mom)``: ``first`` is the new variable with
     ``apply``, else ``None`` (the P3/P4 update is ``-mom``).
   """
-  return _partitioned_call(centered, momentum, apply, hypers, leaves)
+  mesh = _explicit_mesh(leaves)
+  if mesh is None:
+    return _partitioned_call(centered, momentum, apply, hypers, leaves)
+  # Sharding in types (``Explicit`` mesh axes): the layout is known here, and
+  # the results must carry it in their types, which an FFI call's results do
+  # not; run the kernel per shard in a shard_map instead.
+  specs = [jax.typeof(leaf[2]).sharding.spec for leaf in leaves]
+  in_specs = (jax.sharding.PartitionSpec(), [
+      tuple(None if x is None else spec for x in leaf)
+      for leaf, spec in zip(leaves, specs)
+  ])
+  out_specs = [
+      tuple(spec if present else None
+            for present in _leaf_outputs(centered, momentum, apply))
+      for spec in specs
+  ]
+  return jax.shard_map(
+      functools.partial(_call_kernel, centered, momentum, apply), mesh=mesh,
+      in_specs=in_specs, out_specs=out_specs)(hypers, leaves)
+
+
+def _explicit_mesh(leaves):
+  """The mesh of the first leaf sharded in its type, or ``None``."""
+  for leaf in leaves:
+    sharding = jax.typeof(leaf[2]).sharding
+    if any(axis is not None for axis in sharding.spec):
+      return sharding.mesh
+  return None
