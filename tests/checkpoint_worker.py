@@ -6,6 +6,9 @@
 process, trains ``SECOND_STEPS`` more steps and writes the results to the
 ``OUT`` npz file. ``python checkpoint_worker.py big-save DIR`` saves a small
 step 1, then starts a large step 2 and reports it, to be killed mid-save.
+
+The optimizers use ``backend="auto"``: the ``OPTAX_TFRMSPROP_BACKEND``
+environment variable picks the CPU kernel or the XLA path.
 """
 
 import sys
@@ -34,7 +37,14 @@ CONFIGS = {
     "injected": lambda: optax.inject_hyperparams(
         optax_tfrmsprop.rmsprop, static_args=("momentum", "centered"))(
             learning_rate=0.01, momentum=0.9, centered=True),
+    "sparse_centered": lambda: optax_tfrmsprop.rmsprop(0.01, centered=True),
+    "sparse_centered_momentum": lambda: optax_tfrmsprop.rmsprop(
+        0.01, momentum=0.9, centered=True),
 }
+# These train "w" as an embedding table: its gradient is an IndexedSlices of
+# the rows SPARSE_IDS looks up (TF's sparse paths), the others' are dense.
+SPARSE = ("sparse_centered", "sparse_centered_momentum")
+SPARSE_IDS = np.array([5, 1, 5, 7, 2, 5], np.int32)  # rows 0, 3, 4, 6 idle
 
 
 def init_params() -> dict[str, np.ndarray]:
@@ -53,14 +63,29 @@ def _loss(params):
              for p in jax.tree.leaves(params))
 
 
-def train(optimizer, params, opt_state, steps):
-  """Runs ``steps`` jitted optimizer steps; returns ``(params, opt_state)``."""
+def _sparse_grads(params):
+  """``_loss`` of the rows of ``w`` that SPARSE_IDS looks up, and the rest."""
+  others = {k: v for k, v in params.items() if k != "w"}
+  _, (w_grad, others_grad) = optax_tfrmsprop.sparse_embedding_value_and_grad(
+      lambda rows, others: _loss([rows, others]), params["w"], SPARSE_IDS,
+      others)
+  return {"w": w_grad, **others_grad}
+
+
+def train(optimizer, params, opt_state, steps, *, sparse=False):
+  """Runs ``steps`` jitted optimizer steps; returns ``(params, opt_state)``.
+
+  With ``sparse``, ``w``'s gradient is an IndexedSlices (see ``SPARSE``).
+  """
 
   @jax.jit
   def step(params, opt_state):
-    grads = jax.grad(_loss)(params)
+    if sparse:
+      grads = _sparse_grads(params)
+    else:
+      grads = jax.grad(_loss)(params)
     updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state
+    return optax_tfrmsprop.apply_updates(params, updates), opt_state
 
   for _ in range(steps):
     params, opt_state = step(params, opt_state)
@@ -110,7 +135,8 @@ def _save(directory):
     optimizer = make()
     params = jax.tree.map(jnp.asarray, init_params())
     params, opt_state = train(
-        optimizer, params, optimizer.init(params), FIRST_STEPS)
+        optimizer, params, optimizer.init(params), FIRST_STEPS,
+        sparse=name in SPARSE)
     with ocp.CheckpointManager(f"{directory}/{name}") as manager:
       manager.save(FIRST_STEPS, args=ocp.args.StandardSave(
           {"params": params, "opt_state": opt_state}))
@@ -144,7 +170,8 @@ def _resume(directory, out):
     expected_type = jax.tree.structure(optimizer.init(init_params()))
     assert jax.tree.structure(restored["opt_state"]) == expected_type, name
     params, opt_state = train(
-        optimizer, restored["params"], restored["opt_state"], SECOND_STEPS)
+        optimizer, restored["params"], restored["opt_state"], SECOND_STEPS,
+        sparse=name in SPARSE)
     results.update(flat_arrays(f"{name}/params", params))
     results.update(flat_arrays(f"{name}/opt_state", opt_state))
   optimizer, variables = keras_start()

@@ -17,14 +17,17 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import optax_tfrmsprop
+from optax_tfrmsprop._src import cpu_kernel
 import checkpoint_worker as worker
+from test_ffi_kernel import backend_params
 
 WORKER = os.path.join(os.path.dirname(__file__), "checkpoint_worker.py")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _run_worker(*args, timeout=240):
-  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+def _run_worker(*args, backend="auto", timeout=240):
+  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu",
+             OPTAX_TFRMSPROP_BACKEND=backend)
   subprocess.run([sys.executable, WORKER, *args], env=env, check=True,
                  timeout=timeout)
 
@@ -35,13 +38,28 @@ def _uninterrupted(name):
   optimizer = worker.CONFIGS[name]()
   params = jax.tree.map(jnp.asarray, worker.init_params())
   return worker.train(optimizer, params, optimizer.init(params),
-                      worker.FIRST_STEPS + worker.SECOND_STEPS)
+                      worker.FIRST_STEPS + worker.SECOND_STEPS,
+                      sparse=name in worker.SPARSE)
+
+
+# (saving backend, resuming backend): with the kernel built, each backend
+# saves and resumes once, and every checkpoint continues on the other one.
+BACKEND_PAIRS = ([("xla", "ffi"), ("ffi", "xla")]
+                 if optax_tfrmsprop.cpu_kernel_is_built() else [("xla", "xla")])
 
 
 @pytest.mark.slow
-def test_resume_in_fresh_process_is_bit_identical(tmp_path):
-  _run_worker("save", str(tmp_path / "ckpt"))
-  _run_worker("resume", str(tmp_path / "ckpt"), str(tmp_path / "out.npz"))
+@pytest.mark.parametrize("save_backend, resume_backend", BACKEND_PAIRS)
+def test_resume_in_fresh_process_is_bit_identical(
+    tmp_path, save_backend, resume_backend):
+  """Saved on one backend and resumed on another, in fresh processes.
+
+  The backends give the same bits, so this process's default serves as the
+  reference for both.
+  """
+  _run_worker("save", str(tmp_path / "ckpt"), backend=save_backend)
+  _run_worker("resume", str(tmp_path / "ckpt"), str(tmp_path / "out.npz"),
+              backend=resume_backend)
   resumed = np.load(tmp_path / "out.npz")
   expected = {}
   for name in worker.CONFIGS:
@@ -75,16 +93,22 @@ def _single_device_layout():
   return jax.tree.map(lambda _: device, _sharded_layout())
 
 
-@pytest.mark.parametrize("name", ["centered_momentum", "injected"])
+@pytest.mark.parametrize("backend", backend_params)
+@pytest.mark.parametrize(
+    "name", ["centered_momentum", "injected", "sparse_centered_momentum"])
 @pytest.mark.parametrize("saved_on, restored_on", [
     ("one device", "eight devices"), ("eight devices", "one device")])
-def test_restore_onto_another_layout(tmp_path, name, saved_on, restored_on):
+def test_restore_onto_another_layout(tmp_path, monkeypatch, name, saved_on,
+                                     restored_on, backend):
+  monkeypatch.setenv(cpu_kernel.BACKEND_ENV_VAR, backend)
   layouts = {"one device": _single_device_layout(),
              "eight devices": _sharded_layout()}
   optimizer = worker.CONFIGS[name]()
+  sparse = name in worker.SPARSE
   params = jax.device_put(worker.init_params(), layouts[saved_on])
   params, opt_state = worker.train(
-      optimizer, params, optimizer.init(params), worker.FIRST_STEPS)
+      optimizer, params, optimizer.init(params), worker.FIRST_STEPS,
+      sparse=sparse)
   with ocp.CheckpointManager(tmp_path) as manager:
     manager.save(1, args=ocp.args.StandardSave(
         {"params": params, "opt_state": opt_state}))
@@ -106,7 +130,7 @@ def test_restore_onto_another_layout(tmp_path, name, saved_on, restored_on):
 
   params, opt_state = worker.train(
       optimizer, restored["params"], restored["opt_state"],
-      worker.SECOND_STEPS)
+      worker.SECOND_STEPS, sparse=sparse)
   expected = _uninterrupted(name)
   jax.tree.map(np.testing.assert_array_equal, (params, opt_state), expected)
 

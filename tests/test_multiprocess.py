@@ -3,7 +3,7 @@
 Runs examples/multiprocess_train.py as two processes with two CPU devices each,
 joined on loopback into one 4-device mesh, and as one process with four CPU
 devices; with the order-fixed gradient reduction the two runs must agree bit
-for bit.
+for bit, on the XLA path and on the CPU kernel.
 """
 
 import importlib.util
@@ -14,6 +14,9 @@ import sys
 
 import numpy as np
 import pytest
+
+from optax_tfrmsprop._src import cpu_kernel
+from test_ffi_kernel import backend_params
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLE = os.path.join(REPO, "examples", "multiprocess_train.py")
@@ -27,11 +30,12 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _start(*args, log):
+def _start(*args, backend, log):
   # The example configures its CPU devices itself; the test process's
   # XLA_FLAGS (8 devices) must not leak into it.
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   env["PYTHONPATH"] = REPO
+  env[cpu_kernel.BACKEND_ENV_VAR] = backend
   return subprocess.Popen(
       [sys.executable, EXAMPLE, f"--steps={STEPS}", *args], env=env,
       stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -53,7 +57,8 @@ def _finish(processes, logs):
 
 
 @pytest.mark.slow
-def test_two_processes_equal_one_process(tmp_path):
+@pytest.mark.parametrize("backend", backend_params)
+def test_two_processes_equal_one_process(tmp_path, backend):
   address = f"127.0.0.1:{_free_port()}"
   logs = [open(tmp_path / f"process{i}.log", "w+") for i in range(3)]
   try:
@@ -61,12 +66,14 @@ def test_two_processes_equal_one_process(tmp_path):
         _start(f"--coordinator-address={address}", "--num-processes=2",
                f"--process-id={i}", "--cpu-devices=2",
                "--initialization-timeout=60",
-               f"--output={tmp_path / 'two_processes.npz'}", log=logs[i])
+               f"--output={tmp_path / 'two_processes.npz'}", backend=backend,
+               log=logs[i])
         for i in range(2)
     ]
     _finish(processes, logs[:2])
     single = _start("--num-processes=1", "--cpu-devices=4",
-                    f"--output={tmp_path / 'one_process.npz'}", log=logs[2])
+                    f"--output={tmp_path / 'one_process.npz'}",
+                    backend=backend, log=logs[2])
     _finish([single], logs[2:])
     logs[0].seek(0)
     assert "on 4 devices in 2 processes" in logs[0].read()

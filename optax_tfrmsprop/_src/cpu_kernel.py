@@ -222,7 +222,8 @@ def _sharding_rule(centered, momentum, apply, mesh, operand_types,
                    result_types):
   """Elementwise Shardy rule: a leaf's arrays and results share its factors.
 
-  The hyperparameter vector (factor ``h``) stays replicated.
+  The hyperparameter vector (factor ``h``) stays replicated; a scalar leaf
+  is written as an empty entry (its arrays have no factor).
   """
   del mesh, result_types
   per_leaf_in = 2 + apply + centered + momentum
