@@ -280,3 +280,54 @@ def test_tf1_efficientnet_settings_reproduce_training():
     jax_losses.append(float(loss))
   np.testing.assert_allclose(jax_losses, tf_losses, rtol=5e-4)
   assert tf_losses[-20:].mean() < 0.1 * tf_losses[:20].mean()  # It learns.
+
+
+def _sparse_problem(steps=40, seed=5):
+  """A 30 x 67 table (rows wider than a packet) fed IndexedSlices with
+  duplicate rows, and a dense vector."""
+  rng = np.random.default_rng(seed)
+  values = [rng.standard_normal((30, 67)).astype(np.float32),
+            rng.standard_normal(5).astype(np.float32)]
+  grad_steps = [
+      [(rng.standard_normal((12, 67)).astype(np.float32),
+        rng.integers(0, 30, 12).astype(np.int32), (30, 67)),
+       rng.standard_normal(5).astype(np.float32)]
+      for _ in range(steps)]
+  return values, grad_steps
+
+
+def _run_jax_sparse(opt, values, grad_steps):
+  params = [jnp.asarray(v) for v in values]
+  state = opt.init(params)
+
+  @jax.jit
+  def step(params, state, rows, ids, dense):
+    grads = [optax_tfrmsprop.IndexedSlices(rows, ids, values[0].shape), dense]
+    updates, state = opt.update(grads, state, params)
+    return optax_tfrmsprop.apply_updates(params, updates), state
+
+  for (rows, ids, _), dense in grad_steps:
+    params, state = step(params, state, rows, ids, dense)
+  return params, state
+
+
+@pytest.mark.parametrize("centered", [False, True])
+def test_tf1_sparse_gradients_match_tf1(centered):
+  """TF1 sums duplicate rows, then runs its sparse kernels (P7/P8)."""
+  values, grad_steps = _sparse_problem()
+  config = dict(learning_rate=0.01, momentum=0.5, centered=centered)
+  tf_vars, _ = tf_reference.run_tf1(values, grad_steps, **config)
+  params, _ = _run_jax_sparse(optax_tfrmsprop.tf1_rmsprop(**config), values,
+                              grad_steps)
+  assert _max_ulp(params, tf_vars) == 0
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_keras3_sparse_gradients_are_densified_like_keras3(momentum):
+  values, grad_steps = _sparse_problem()
+  config = dict(learning_rate=0.01, momentum=momentum, centered=True)
+  tf_vars, _ = tf_reference.run_keras3(values, grad_steps, eager=True,
+                                       **config)
+  params, _ = _run_jax_sparse(optax_tfrmsprop.keras3_rmsprop(**config),
+                              values, grad_steps)
+  assert _max_ulp(params, tf_vars) == 0

@@ -11,6 +11,15 @@ tf = pytest.importorskip("tensorflow")
 tf_keras = pytest.importorskip("tf_keras")
 
 
+def _to_tf(g):
+  """A numpy gradient, or ``(values, indices, dense_shape)`` as IndexedSlices."""
+  if isinstance(g, tuple):
+    values, indices, dense_shape = g
+    return tf.IndexedSlices(tf.constant(values), tf.constant(indices),
+                            tf.constant(dense_shape, tf.int64))
+  return tf.constant(g)
+
+
 def run_tf(var_values, grad_steps, *, jit_compile=False, **config):
   """Applies ``grad_steps`` with ``tf_keras.optimizers.legacy.RMSprop``.
 
@@ -34,16 +43,9 @@ def run_tf(var_values, grad_steps, *, jit_compile=False, **config):
   def step(grads):
     opt.apply_gradients(zip(grads, variables))
 
-  def to_tf(g):
-    if isinstance(g, tuple):
-      values, indices, dense_shape = g
-      return tf.IndexedSlices(
-          tf.constant(values), tf.constant(indices),
-          tf.constant(dense_shape, tf.int64))
-    return tf.constant(g)
 
   for grads in grad_steps:
-    step([to_tf(g) for g in grads])
+    step([_to_tf(g) for g in grads])
   slots = {
       name: [opt.get_slot(v, name).numpy() for v in variables]
       for name in opt.get_slot_names()
@@ -59,7 +61,7 @@ def run_tf1(var_values, grad_steps, *, jit_compile=False, **config):
 
   Args:
     var_values: initial variable values (numpy arrays).
-    grad_steps: one list of gradients (numpy arrays) per step.
+    grad_steps: one list of gradients per step, as for :func:`run_tf`.
     jit_compile: run the step with ``tf.function(jit_compile=True)`` (XLA).
     **config: constructor arguments of the optimizer.
 
@@ -75,7 +77,7 @@ def run_tf1(var_values, grad_steps, *, jit_compile=False, **config):
     opt.apply_gradients(zip(grads, variables))
 
   for grads in grad_steps:
-    step([tf.constant(g) for g in grads])
+    step([_to_tf(g) for g in grads])
   slots = {
       name: [opt.get_slot(v, name).numpy() for v in variables]
       for name in opt.get_slot_names()
@@ -89,7 +91,7 @@ def run_keras3(var_values, grad_steps, *, jit_compile=False, eager=False,
 
   Args:
     var_values: initial variable values (numpy arrays).
-    grad_steps: one list of gradients (numpy arrays) per step.
+    grad_steps: one list of gradients per step, as for :func:`run_tf`.
     jit_compile: run the step with ``tf.function(jit_compile=True)`` (XLA).
     eager: run the step eagerly, op by op, as Keras 3 writes it. Inside a
       plain ``tf.function`` grappler rewrites its ``x / sqrt(d)`` into
@@ -114,7 +116,7 @@ def run_keras3(var_values, grad_steps, *, jit_compile=False, eager=False,
   if not eager:
     step = tf.function(step, jit_compile=jit_compile, reduce_retracing=True)
   for grads in grad_steps:
-    step([tf.constant(g) for g in grads])
+    step([_to_tf(g) for g in grads])
   return [v.numpy() for v in variables], opt
 
 

@@ -124,15 +124,39 @@ def _keras3_leaf(g, ms, mg, mom, h, r):
 
   A single formula for every path: epsilon inside the square root, the plain
   EMA form, and momentum (when its slot exists) applied after the division.
+  An ``IndexedSlices`` gradient goes through Keras 3's TF ops as they treat
+  one: the elementwise products are taken row by row and densified
+  (duplicates summed in order) where they meet a dense slot, the increment is
+  divided row by row, and without momentum its rows are subtracted one by one
+  (``scatter_sub``), so the update stays an ``IndexedSlices``.
   """
   lr, rho, c, mu, eps = (
       h["lr"], h["rho"], h["one_minus_rho"], h["momentum"], h["epsilon"])
-  ms = r(rho * ms) + r(c * (g * g))
+  if isinstance(g, sparse.IndexedSlices):
+    def rows(f):
+      # Rounded, or XLA folds "zeros + rows, then + slot" into one scatter-add
+      # onto the slot, which sums duplicates in another order.
+      return r(sparse.IndexedSlices(f(g.values), g.indices,
+                                    g.dense_shape).to_dense())
+  else:
+    def rows(f):
+      return f(g)
+  ms = r(rho * ms) + rows(lambda x: r(c * (x * x)))
   denom = ms + eps
   if mg is not None:
-    mg = r(rho * mg) + r(c * g)
+    mg = r(rho * mg) + rows(lambda x: r(c * x))
     denom = (ms - r(mg * mg)) + eps
-  increment = (lr * g) / r(jnp.sqrt(denom))
+  root = r(jnp.sqrt(denom))
+  if isinstance(g, sparse.IndexedSlices):
+    at = sparse.valid_rows(jnp.asarray(g.indices), g.dense_shape[0])
+    increment = sparse.IndexedSlices(
+        (lr * g.values) / sparse.take_rows(root, at), g.indices, g.dense_shape)
+    if mom is None:
+      return sparse.IndexedSlices(-increment.values, g.indices,
+                                  g.dense_shape), ms, mg, mom
+    increment = r(increment.to_dense())
+  else:
+    increment = (lr * g) / root
   if mom is None:
     return -increment, ms, mg, mom
   mom = r(mu * mom) + increment
@@ -243,9 +267,10 @@ def _dense_leaves(leaves, hyper, rounding: base.Rounding, flavor: base.Flavor,
   """
 
   def xla_leaf(g, var, ms, mg, mom):
-    update, ms, mg, mom = _dense_leaf(g, ms, mg, mom, hyper(g.dtype), rounding,
+    update, ms, mg, mom = _dense_leaf(g, ms, mg, mom, hyper(ms.dtype), rounding,
                                       flavor)
-    return (var + update if apply else update), ms, mg, mom
+    first = sparse.apply_updates(var, update) if apply else update
+    return first, ms, mg, mom
 
   def xla():
     return [xla_leaf(*leaf) for leaf in leaves]
@@ -260,14 +285,14 @@ def _dense_leaves(leaves, hyper, rounding: base.Rounding, flavor: base.Flavor,
   # Materialise the hyperparameters outside both branches: cached inside one,
   # they would leak that branch's tracers into the other.
   for leaf in leaves:
-    hyper(leaf[0].dtype)
+    hyper(leaf[2].dtype)
 
   def kernel():
     results = [None] * len(leaves)
     by_dtype = {}
     for i, leaf in enumerate(leaves):
-      if cpu_kernel.handles(leaf[0].dtype):
-        by_dtype.setdefault(jnp.dtype(leaf[0].dtype), []).append(i)
+      if cpu_kernel.handles(leaf[2].dtype):
+        by_dtype.setdefault(jnp.dtype(leaf[2].dtype), []).append(i)
       else:  # float16 and bfloat16 stay on XLA.
         results[i] = xla_leaf(*leaf)
     for dtype, indices in by_dtype.items():
@@ -468,8 +493,7 @@ def _step(grads, state, params, *, learning_rate=0.001, rho=0.9, momentum=0.0,
   mg_leaves = absent if state.mg is None else jax.tree.leaves(state.mg)
   mom_leaves = absent if state.mom is None else jax.tree.leaves(state.mom)
   var_leaves = absent if params is None else treedef.flatten_up_to(params)
-  if flavor == "keras3":  # Keras 3 has no row-sparse update: it densifies.
-    leaves = [g.to_dense() if s else g for g, s in zip(leaves, is_sparse)]
+  if flavor == "keras3":  # No row-sparse paths: _keras3_leaf densifies.
     is_sparse = [False] * len(leaves)
   per_leaf = list(zip(leaves, var_leaves, ms_leaves, mg_leaves, mom_leaves))
   dense = [i for i, s in enumerate(is_sparse) if not s]
