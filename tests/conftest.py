@@ -15,3 +15,13 @@ def x64():
   """Runs the test with 64-bit jax types enabled."""
   with jax.enable_x64(True):
     yield
+
+
+@pytest.fixture(params=["ffi", "xla"])
+def both_backends(request, monkeypatch):
+  """Runs the test on the CPU kernel and on the XLA path (backend="auto")."""
+  from optax_tfrmsprop._src import cpu_kernel  # pylint: disable=g-import-not-at-top
+  if request.param == "ffi" and not cpu_kernel.is_built():
+    pytest.skip("the CPU kernel is not built")
+  monkeypatch.setenv(cpu_kernel.BACKEND_ENV_VAR, request.param)
+  return request.param

@@ -10,6 +10,9 @@ import optax_tfrmsprop
 from optax_tfrmsprop._src import transform
 import tf_reference
 
+
+pytestmark = pytest.mark.usefixtures("both_backends")  # TF tests on both backends.
+
 STEPS = 200
 SHAPES = ((37,), (5, 9))
 PATHS = [(0.0, False), (0.0, True), (0.9, False), (0.9, True)]
@@ -312,14 +315,22 @@ def _run_jax_sparse(opt, values, grad_steps):
 
 
 @pytest.mark.parametrize("centered", [False, True])
-def test_tf1_sparse_gradients_match_tf1(centered):
-  """TF1 sums duplicate rows, then runs its sparse kernels (P7/P8)."""
+def test_tf1_sparse_gradients_match_tf1(centered, both_backends):
+  """TF1 sums duplicate rows, then runs its sparse kernels (P7/P8).
+
+  Bitwise on the CPU kernel; the jnp path's float32 packet rsqrt differs by an
+  ULP on some lanes (docs/sparse.md), so there it is close, not equal.
+  """
   values, grad_steps = _sparse_problem()
   config = dict(learning_rate=0.01, momentum=0.5, centered=centered)
   tf_vars, _ = tf_reference.run_tf1(values, grad_steps, **config)
   params, _ = _run_jax_sparse(optax_tfrmsprop.tf1_rmsprop(**config), values,
                               grad_steps)
-  assert _max_ulp(params, tf_vars) == 0
+  if both_backends == "ffi":
+    assert _max_ulp(params, tf_vars) == 0
+  else:
+    for ours, theirs in zip(params, tf_vars):
+      np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("momentum", [0.0, 0.9])

@@ -12,6 +12,9 @@ import pytest
 import optax_tfrmsprop
 from tf_reference import run_tf
 
+
+pytestmark = pytest.mark.usefixtures("both_backends")  # TF tests on both backends.
+
 PATHS = {
     "plain": {},
     "centered": {"centered": True},
@@ -171,7 +174,9 @@ def test_clipnorm_large_tensor_bit_identical():
                     shapes=[(1000, 1000)])
 
 
-@hypothesis.settings(max_examples=12, deadline=None, derandomize=True)
+@hypothesis.settings(
+    max_examples=12, deadline=None, derandomize=True,
+    suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture])
 @hypothesis.given(
     path=st.sampled_from(sorted(PATHS)),
     learning_rate=st.sampled_from([1e-4, 1e-3, 0.01, 0.3]),
