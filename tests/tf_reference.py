@@ -36,13 +36,23 @@ def run_tf(var_values, grad_steps, *, jit_compile=False, **config):
     (``rms``, ``mg``, ``momentum``) to the list of per-variable values, and the
     iteration count.
   """
-  variables = [tf.Variable(v) for v in var_values]
   opt = tf_keras.optimizers.legacy.RMSprop(**config)
+  values, slots = _apply_steps(opt, var_values, grad_steps, jit_compile)
+  return values, slots, int(opt.iterations.numpy())
+
+
+def _apply_steps(opt, var_values, grad_steps, jit_compile):
+  """Runs ``opt.apply_gradients`` per step in ``tf.function``.
+
+  Returns:
+    ``(vars, slots)``: final variable values and a dict from slot name to the
+    list of per-variable slot values.
+  """
+  variables = [tf.Variable(v) for v in var_values]
 
   @tf.function(jit_compile=jit_compile, reduce_retracing=True)
   def step(grads):
     opt.apply_gradients(zip(grads, variables))
-
 
   for grads in grad_steps:
     step([_to_tf(g) for g in grads])
@@ -50,7 +60,7 @@ def run_tf(var_values, grad_steps, *, jit_compile=False, **config):
       name: [opt.get_slot(v, name).numpy() for v in variables]
       for name in opt.get_slot_names()
   }
-  return [v.numpy() for v in variables], slots, int(opt.iterations.numpy())
+  return [v.numpy() for v in variables], slots
 
 
 def run_tf1(var_values, grad_steps, *, jit_compile=False, **config):
@@ -69,20 +79,8 @@ def run_tf1(var_values, grad_steps, *, jit_compile=False, **config):
     ``(vars, slots)``: final variable values and a dict from slot name
     (``rms``, ``mg``, ``momentum``) to the list of per-variable values.
   """
-  variables = [tf.Variable(v) for v in var_values]
   opt = tf.compat.v1.train.RMSPropOptimizer(**config)
-
-  @tf.function(jit_compile=jit_compile, reduce_retracing=True)
-  def step(grads):
-    opt.apply_gradients(zip(grads, variables))
-
-  for grads in grad_steps:
-    step([_to_tf(g) for g in grads])
-  slots = {
-      name: [opt.get_slot(v, name).numpy() for v in variables]
-      for name in opt.get_slot_names()
-  }
-  return [v.numpy() for v in variables], slots
+  return _apply_steps(opt, var_values, grad_steps, jit_compile)
 
 
 def run_keras3(var_values, grad_steps, *, jit_compile=False, eager=False,
