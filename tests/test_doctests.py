@@ -1,10 +1,10 @@
 """Runs the ``>>>`` examples of every public name as doctests.
 
-Every function and class exported by ``optax_tfrmsprop``, or defined by a
-module it exports (``schedules``), must document its arguments and results and
-carry an example; the examples must run and print what they claim. The
-module-level ``__all__`` is the list of public names, so a new export is
-checked without touching this file.
+Every function and class exported by ``optax_tfrmsprop``, or by a public
+sub-namespace it exports (``keras``, ``keras.schedules``, ``interop``), must
+document its arguments and results and carry an example; the examples must run
+and print what they claim. The ``__all__`` of each namespace is the list of
+public names, so a new export is checked without touching this file.
 """
 
 import doctest
@@ -19,22 +19,19 @@ def _is_callable_api(obj) -> bool:
   return inspect.isfunction(obj) or inspect.isclass(obj)
 
 
-def _public_callables() -> dict[str, object]:
-  """Exported functions and classes, and those of exported modules.
+def _public_callables(namespace=optax_tfrmsprop, prefix="") -> dict[str, object]:
+  """Exported functions and classes, and those of exported namespaces.
 
-  A public module (``schedules``) contributes the functions and classes it
-  defines under names without a leading underscore, keyed ``module.name``.
+  A public sub-namespace (``keras``, ``interop``) contributes the names in its
+  ``__all__``, keyed ``namespace.name``.
   """
   found = {}
-  for name in optax_tfrmsprop.__all__:
-    obj = getattr(optax_tfrmsprop, name)
+  for name in namespace.__all__:
+    obj = getattr(namespace, name)
     if _is_callable_api(obj):
-      found[name] = obj
+      found[prefix + name] = obj
     elif inspect.ismodule(obj):
-      for member, value in vars(obj).items():
-        if (not member.startswith("_") and _is_callable_api(value)
-            and value.__module__ == obj.__name__):
-          found[f"{name}.{member}"] = value
+      found.update(_public_callables(obj, f"{prefix}{name}."))
   return found
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import optax_tfrmsprop as otr
-from optax_tfrmsprop._src import keras_compat
+from optax_tfrmsprop._src.keras import rmsprop as keras_compat
 from tests.tf_reference import run_tf, tf, tf_keras
 
 SHAPES = [(3, 4), (4,), (2, 2, 3)]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import optax_tfrmsprop as otr
-from optax_tfrmsprop._src.tf_checkpoint import param_path
+from optax_tfrmsprop._src.interop.tf2_checkpoint import param_path
 from tests.tf_reference import tf, tf_keras
 
 CONFIG = dict(learning_rate=0.01, momentum=0.5, centered=True)

@@ -1,6 +1,13 @@
-"""State and shared types of the TF-exact RMSprop."""
+"""State, shared types, and the table of TF semantics per flavor.
 
-from typing import Literal, Optional
+Everything that differs between the generations of TF/Keras RMSprop is data in
+:data:`SEMANTICS`, read by every layer (update rules, optimizers, the
+Keras-style class, checkpoint interchange); the state's class says which
+generation it belongs to, so a state cannot be stepped by another's rules.
+"""
+
+import dataclasses
+from typing import ClassVar, Literal, Optional
 
 import chex
 import optax
@@ -34,6 +41,100 @@ Flavor = Literal["keras_legacy", "tf1", "keras3"]
 FLAVORS: tuple[str, ...] = ("keras_legacy", "tf1", "keras3")
 
 
+@dataclasses.dataclass(frozen=True)
+class Semantics:
+  """What one generation of TF/Keras RMSprop computes, as data.
+
+  Attributes:
+    flavor: the :data:`Flavor` it describes.
+    optimizer: the TF/Keras class reproduced.
+    initial_ms: the initial value of the ``ms`` slot (TF1: ones).
+    always_momentum: TF's momentum kernels run even with ``momentum=0`` (TF1),
+      so the ``mom`` slot always exists.
+    update_rule: ``"tf_kernels"``: TF's graph ops without a ``mom`` slot
+      (P1/P2, epsilon outside the square root), its kernels with one (P3/P4),
+      and row-sparse ``IndexedSlices`` paths (P5-P8); ``"keras3"``: Keras 3's
+      single formula, epsilon inside the square root, sparse gradients
+      densified.
+    hypers_through_float32: ``rho`` and ``momentum`` given as Python numbers
+      are rounded to float32 before the cast to the leaf dtype (TF keeps them
+      in float32 variables); otherwise they go straight from double. The
+      learning rate and ``decay`` always go through float32.
+    epsilon_through_float32: a Python ``epsilon`` is rounded to float32 first
+      (TF1's tensor); otherwise it goes straight to the leaf dtype.
+    zero_epsilon_is_default: ``epsilon=0`` (or ``None``) means Keras' 1e-7.
+    one_minus_rho_in_double: ``1 - rho`` of a Python ``rho`` is computed in
+      double and then converted (Keras 3); otherwise in the leaf dtype.
+    schedule_step_in_leaf_dtype: a schedule is called with the step count cast
+      to the leaf dtype (tf_keras legacy); otherwise with the integer count.
+    slots: ``(state field, TF slot name)`` in TF's creation order.
+  """
+
+  flavor: str
+  optimizer: str
+  initial_ms: float
+  always_momentum: bool
+  update_rule: Literal["tf_kernels", "keras3"]
+  hypers_through_float32: bool
+  epsilon_through_float32: bool
+  zero_epsilon_is_default: bool
+  one_minus_rho_in_double: bool
+  schedule_step_in_leaf_dtype: bool
+  slots: tuple[tuple[str, str], ...]
+
+
+SEMANTICS: dict[str, Semantics] = {
+    "keras_legacy": Semantics(
+        flavor="keras_legacy",
+        optimizer="tf_keras.optimizers.legacy.RMSprop",
+        initial_ms=0.0,
+        always_momentum=False,
+        update_rule="tf_kernels",
+        hypers_through_float32=True,
+        epsilon_through_float32=False,
+        zero_epsilon_is_default=True,
+        one_minus_rho_in_double=False,
+        schedule_step_in_leaf_dtype=True,
+        slots=(("ms", "rms"), ("mom", "momentum"), ("mg", "mg")),
+    ),
+    "tf1": Semantics(
+        flavor="tf1",
+        optimizer="tf.compat.v1.train.RMSPropOptimizer",
+        initial_ms=1.0,
+        always_momentum=True,
+        update_rule="tf_kernels",
+        hypers_through_float32=True,
+        epsilon_through_float32=True,
+        zero_epsilon_is_default=False,
+        one_minus_rho_in_double=False,
+        schedule_step_in_leaf_dtype=False,
+        slots=(("ms", "rms"), ("mg", "mg"), ("mom", "momentum")),
+    ),
+    "keras3": Semantics(
+        flavor="keras3",
+        optimizer="keras.optimizers.RMSprop",
+        initial_ms=0.0,
+        always_momentum=False,
+        update_rule="keras3",
+        hypers_through_float32=False,
+        epsilon_through_float32=False,
+        zero_epsilon_is_default=False,
+        one_minus_rho_in_double=True,
+        schedule_step_in_leaf_dtype=False,
+        slots=(("ms", "velocity"), ("mom", "momentum"),
+               ("mg", "average_gradient")),
+    ),
+}
+""":class:`Semantics` of each :data:`Flavor`."""
+
+
+def semantics(flavor: str) -> Semantics:
+  """The :class:`Semantics` of ``flavor``; a ValueError names a wrong one."""
+  if flavor not in SEMANTICS:
+    raise ValueError(f"flavor must be one of {FLAVORS}, got flavor={flavor!r}.")
+  return SEMANTICS[flavor]
+
+
 @chex.dataclass(frozen=True, mappable_dataclass=False)
 class RMSpropState:
   """State of :func:`optax_tfrmsprop.rmsprop`, laid out like TF's slots.
@@ -60,7 +161,64 @@ class RMSpropState:
     (Array(0, dtype=int32), Array([0., 0.], dtype=float32), None)
   """
 
+  flavor: ClassVar[str] = "keras_legacy"
+
   count: chex.Array
   ms: optax.Updates
   mg: Optional[optax.Updates] = None
   mom: Optional[optax.Updates] = None
+
+
+@chex.dataclass(frozen=True, mappable_dataclass=False)
+class TF1RMSpropState(RMSpropState):
+  """State of :func:`optax_tfrmsprop.tf1_rmsprop`: TF1's slots (``mom`` always).
+
+  The class marks the state as TF1's, so only TF1's rules step it.
+
+  Attributes:
+    count: the number of updates applied so far (TF1 itself has none; a
+      schedule is called with it).
+    ms: TF1's ``rms`` slot; it starts at ones.
+    mg: TF1's ``mg`` slot when ``centered``, else ``None``.
+    mom: TF1's ``momentum`` slot, always present.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import optax_tfrmsprop
+    >>> state = optax_tfrmsprop.tf1_rmsprop(0.1).init(jnp.zeros(2))
+    >>> type(state).__name__, state.ms
+    ('TF1RMSpropState', Array([1., 1.], dtype=float32))
+  """
+
+  flavor: ClassVar[str] = "tf1"
+
+
+@chex.dataclass(frozen=True, mappable_dataclass=False)
+class Keras3RMSpropState(RMSpropState):
+  """State of :func:`optax_tfrmsprop.keras3_rmsprop`: Keras 3's variables.
+
+  The class marks the state as Keras 3's, so only Keras 3's rules step it.
+
+  Attributes:
+    count: Keras 3's ``iteration``.
+    ms: Keras 3's ``velocity`` variables.
+    mg: its ``average_gradient`` variables when ``centered``, else ``None``.
+    mom: its ``momentum`` variables when ``momentum > 0``, else ``None``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import optax_tfrmsprop
+    >>> state = optax_tfrmsprop.keras3_rmsprop(momentum=0.9).init(jnp.zeros(2))
+    >>> type(state).__name__, state.mom
+    ('Keras3RMSpropState', Array([0., 0.], dtype=float32))
+  """
+
+  flavor: ClassVar[str] = "keras3"
+
+
+STATE_CLASSES: dict[str, type[RMSpropState]] = {
+    "keras_legacy": RMSpropState,
+    "tf1": TF1RMSpropState,
+    "keras3": Keras3RMSpropState,
+}
+"""The state class of each :data:`Flavor`."""

@@ -4,7 +4,7 @@ XLA compiles an RMSprop step into several loops per leaf and rewrites its
 floating-point expressions; the C++ kernel reads each gradient, variable and
 slot element once, writes it once, in place, and evaluates TF's expressions in
 TF's order (compiled without contraction). Its loops mirror
-``transform._dense_leaf`` (``"tf_cpu"``) line by line; see
+``update_rules.dense_leaf`` (``"tf_cpu"``) line by line; see
 ``docs/cpu_kernel.md``.
 
 Backend choice (``backend=`` of :func:`~optax_tfrmsprop.rmsprop`):
@@ -32,7 +32,6 @@ from typing import Literal, Optional
 
 import jax
 from jax.experimental import custom_partitioning as cp
-import jax.numpy as jnp
 import numpy as np
 
 Backend = Literal["auto", "ffi", "xla"]
@@ -269,7 +268,7 @@ def sparse_update(values, indices, var, ms, mg, mom, hypers, *, apply: bool):
 
   ``ResourceSparseApply[Centered]RMSProp`` after ``tf.unique`` and
   ``unsorted_segment_sum``: ``csrc/sparse_kernel.cc`` mirrors
-  ``sparse.deduplicate`` and the momentum branch of ``sparse.sparse_leaf``
+  ``sparse.deduplicate`` and the momentum branch of ``update_rules.sparse_leaf``
   (``"tf_cpu"``), with TF's float32 packet rsqrt. Only the rows listed
   change, in place (operands aliased to results).
 

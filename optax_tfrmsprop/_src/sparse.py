@@ -21,12 +21,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-# Eigen's float packets on the AVX build TF ships: the first
-# ``_PACKET * (row_width // _PACKET)`` elements of each row of
-# ResourceSparseApply[Centered]RMSProp take the vectorised rsqrt.
-_PACKET = 8
-
-
 @jax.tree_util.register_pytree_node_class
 class IndexedSlices:
   """A row-sparse gradient: ``values[k]`` belongs to row ``indices[k]``.
@@ -190,111 +184,6 @@ def deduplicate(values: jax.Array, indices: jax.Array, num_rows: int):
   summed = jax.ops.segment_sum(values, segment, num_segments=n)
   unique = jnp.full(n, num_rows, jnp.int32).at[segment].set(rows)
   return summed, unique
-
-
-def _packet_rsqrt(x: jax.Array, round_) -> jax.Array:
-  """Eigen's ``rsqrt`` over rows of ``x`` as TF's sparse kernels evaluate it.
-
-  Per row of width ``W``, the first ``8 * (W // 8)`` elements use Eigen's
-  packet rsqrt and the remaining ``W % 8`` ``1 / sqrt``. float32 packets are
-  the hardware estimate refined by one Newton step; ``jax.lax.rsqrt`` is the
-  same estimate and step on XLA:CPU, but with fused multiply-adds, so a lane
-  can differ by an ULP (the CPU kernel, ``csrc/sparse_kernel.cc``, computes
-  TF's exact packet rsqrt). float16 packets are the float32 rsqrt of the
-  widened value rounded to half; float64 uses ``1 / sqrt`` throughout.
-
-  Args:
-    x: ``(n, ...)`` positive rows.
-    round_: the rounding hook.
-
-  Returns:
-    ``rsqrt(x)``, rounded to ``x``'s dtype.
-  """
-  exact = 1 / round_(jnp.sqrt(x))
-  if x.dtype == jnp.float64 or x.ndim < 1:
-    return exact
-  width = int(np.prod(x.shape[1:]))
-  packet_width = _PACKET * (width // _PACKET)
-  if packet_width == 0:
-    return exact
-  if x.dtype == jnp.float32:
-    packet = jax.lax.rsqrt(x)
-  else:
-    packet = jax.lax.rsqrt(x.astype(jnp.float32)).astype(x.dtype)
-  lane = jnp.arange(width).reshape(x.shape[1:])
-  return jnp.where(lane < packet_width, packet, exact)
-
-
-def sparse_leaf(g: IndexedSlices, ms, mg, mom, h, round_):
-  r"""One sparse leaf of TF's update; returns ``(update, ms, mg, mom)``.
-
-  ``G`` and ``I`` are the de-duplicated rows and indices, every operation
-  rounds to the leaf dtype in the order written, and ``update`` is an
-  :class:`IndexedSlices` of row increments on the unique indices ``I``
-  (padded with out-of-range rows).
-
-  Without momentum (P5/P6: tf_keras' graph ops, with grappler's rewrite of
-  ``(G G) c`` into ``(G c) G`` that every ``tf.function`` gets):
-
-  .. math::
-
-    s \leftarrow s \rho \text{ (every row)},\;
-    s_I \leftarrow s_I + (G c) G,\;
-    [\bar g \leftarrow \bar g \rho,\; \bar g_I \leftarrow \bar g_I + G c],\;
-    u_I = \frac{(-\eta) G}{\sqrt{s_I [- \bar g_I \bar g_I]} + \epsilon}
-
-  With momentum (P7/P8: ``ResourceSparseApply[Centered]RMSProp``, only rows
-  ``I`` of any slot change):
-
-  .. math::
-
-    s_I \leftarrow s_I \rho + (G G) c,\;
-    [\bar g_I \leftarrow \bar g_I \rho + G c],\;
-    m_I \leftarrow m_I \mu + (\mathrm{rsqrt}((s_I + \epsilon)
-      [- \bar g_I \bar g_I]) \eta) G,\;
-    u_I = -m_I
-
-  Args:
-    g: the (clipped) gradient.
-    ms: the ``ms`` slot.
-    mg: the ``mg`` slot or ``None``.
-    mom: the ``mom`` slot or ``None``.
-    h: the hyperparameters materialised in the leaf dtype.
-    round_: the rounding hook.
-
-  Returns:
-    ``(update, ms, mg, mom)``.
-  """
-  lr, rho, c, mu, eps = (
-      h["lr"], h["rho"], h["one_minus_rho"], h["momentum"], h["epsilon"])
-  num_rows = ms.shape[0]
-  grad, rows = deduplicate(g.values, g.indices, num_rows)
-  take = lambda slot: take_rows(slot, rows)
-  put = lambda slot, new: slot.at[rows].set(new, mode="drop")
-  if mom is None:
-    ms = round_(ms * rho)
-    ms_rows = take(ms) + round_((grad * c) * grad)
-    ms = put(ms, ms_rows)
-    denom = ms_rows
-    if mg is not None:
-      mg = round_(mg * rho)
-      mg_rows = take(mg) + round_(grad * c)
-      mg = put(mg, mg_rows)
-      denom = ms_rows - round_(mg_rows * mg_rows)
-    step = ((-lr) * grad) / (jnp.sqrt(denom) + eps)
-    return IndexedSlices(step, rows, g.dense_shape), ms, mg, mom
-  # P7/P8: mirrored line by line by csrc/sparse_kernel.cc::UpdateRow, which
-  # the "ffi" backend runs on CPU; change one, change both.
-  ms_rows = round_(take(ms) * rho) + round_((grad * grad) * c)
-  denom = ms_rows + eps
-  if mg is not None:
-    mg_rows = round_(take(mg) * rho) + round_(grad * c)
-    mg = put(mg, mg_rows)
-    denom = denom - round_(mg_rows * mg_rows)
-  scale = _packet_rsqrt(denom, round_) * lr
-  mom_rows = round_(take(mom) * mu) + round_(scale * grad)
-  ms, mom = put(ms, ms_rows), put(mom, mom_rows)
-  return IndexedSlices(-mom_rows, rows, g.dense_shape), ms, mg, mom
 
 
 def apply_updates(params: optax.Params, updates: optax.Updates) -> optax.Params:

@@ -2,7 +2,7 @@ r"""The functional core: TF-exact RMSprop state initialisation and update.
 
 Every other entry point (the :func:`~optax_tfrmsprop.rmsprop` transformation,
 the Keras-style class, checkpoint interchange) calls :func:`rmsprop_init` and
-:func:`rmsprop_update`; this module is the only place the update math lives.
+:func:`rmsprop_update`; the per-leaf math lives in :mod:`update_rules`.
 """
 
 from typing import Optional
@@ -16,6 +16,7 @@ from optax_tfrmsprop._src import clipping
 from optax_tfrmsprop._src import cpu_kernel
 from optax_tfrmsprop._src import numerics
 from optax_tfrmsprop._src import sparse
+from optax_tfrmsprop._src import update_rules
 
 
 def rmsprop_init(
@@ -23,7 +24,7 @@ def rmsprop_init(
     *,
     centered: bool = False,
     use_momentum: bool = False,
-    initial_ms: float = 0.0,
+    flavor: base.Flavor = "keras_legacy",
 ) -> base.RMSpropState:
   """Creates slots shaped and typed like ``params``, as TF does.
 
@@ -31,11 +32,13 @@ def rmsprop_init(
     params: the parameter tree. ``None`` and ``optax.MaskedNode`` leaves get no
       slot.
     centered: create the ``mg`` slot (TF's ``centered=True``).
-    use_momentum: create the ``mom`` slot (TF's momentum path).
-    initial_ms: the initial value of ``ms``: 0 in Keras, 1 in TF1.
+    use_momentum: create the ``mom`` slot (TF's momentum path; TF1 always
+      has it).
+    flavor: the RMSprop generation (:data:`Flavor`); it decides the state's
+      class and the initial ``ms`` (ones in TF1).
 
   Returns:
-    An :class:`RMSpropState` with ``count == 0``.
+    The flavor's :class:`RMSpropState` with ``count == 0``.
 
   Example:
     >>> import jax.numpy as jnp
@@ -45,13 +48,14 @@ def rmsprop_init(
   """
   # Strongly typed slots, so a weakly typed param (a Python scalar) cannot make
   # the state's type change after the first update and force a retrace.
+  semantics = base.semantics(flavor)
   filled = lambda value: jax.tree.map(
       lambda p: jnp.full_like(p, value, dtype=p.dtype), params)
-  return base.RMSpropState(
+  return base.STATE_CLASSES[flavor](
       count=jnp.zeros([], jnp.int32),
-      ms=filled(initial_ms),
+      ms=filled(semantics.initial_ms),
       mg=filled(0) if centered else None,
-      mom=filled(0) if use_momentum else None,
+      mom=filled(0) if use_momentum or semantics.always_momentum else None,
   )
 
 
@@ -119,94 +123,6 @@ class _Hyperparams:
     )
 
 
-def _keras3_leaf(g, ms, mg, mom, h, r):
-  """One leaf of Keras 3's ``RMSprop.update_step``; as :func:`_dense_leaf`.
-
-  A single formula for every path: epsilon inside the square root, the plain
-  EMA form, and momentum (when its slot exists) applied after the division.
-  An ``IndexedSlices`` gradient goes through Keras 3's TF ops as they treat
-  one: the elementwise products are taken row by row and densified
-  (duplicates summed in order) where they meet a dense slot, the increment is
-  divided row by row, and without momentum its rows are subtracted one by one
-  (``scatter_sub``), so the update stays an ``IndexedSlices``.
-  """
-  lr, rho, c, mu, eps = (
-      h["lr"], h["rho"], h["one_minus_rho"], h["momentum"], h["epsilon"])
-  if isinstance(g, sparse.IndexedSlices):
-    def rows(f):
-      # Rounded, or XLA folds "zeros + rows, then + slot" into one scatter-add
-      # onto the slot, which sums duplicates in another order.
-      return r(sparse.IndexedSlices(f(g.values), g.indices,
-                                    g.dense_shape).to_dense())
-  else:
-    def rows(f):
-      return f(g)
-  ms = r(rho * ms) + rows(lambda x: r(c * (x * x)))
-  denom = ms + eps
-  if mg is not None:
-    mg = r(rho * mg) + rows(lambda x: r(c * x))
-    denom = (ms - r(mg * mg)) + eps
-  root = r(jnp.sqrt(denom))
-  if isinstance(g, sparse.IndexedSlices):
-    at = sparse.valid_rows(jnp.asarray(g.indices), g.dense_shape[0])
-    increment = sparse.IndexedSlices(
-        (lr * g.values) / sparse.take_rows(root, at), g.indices, g.dense_shape)
-    if mom is None:
-      return sparse.IndexedSlices(-increment.values, g.indices,
-                                  g.dense_shape), ms, mg, mom
-    increment = r(increment.to_dense())
-  else:
-    increment = (lr * g) / root
-  if mom is None:
-    return -increment, ms, mg, mom
-  mom = r(mu * mom) + increment
-  return -mom, ms, mg, mom
-
-
-def _dense_leaf(g, ms, mg, mom, h, rounding: base.Rounding,
-                flavor: base.Flavor):
-  """One leaf of TF's dense update; returns ``(update, ms, mg, mom)``.
-
-  ``update`` is what is added to the variable (``-step``). TF1 always has the
-  ``mom`` slot, so it always takes the kernel branch below.
-
-  The "tf_cpu" expressions of the Keras-legacy and TF1 paths are mirrored line
-  by line by the CPU kernel, ``csrc/dense_loops.h``: change one, change both
-  (docs/cpu_kernel.md).
-  """
-  r = numerics.rounder(rounding)
-  if flavor == "keras3":
-    return _keras3_leaf(g, ms, mg, mom, h, r)
-  lr, rho, c, mu, eps = (
-      h["lr"], h["rho"], h["one_minus_rho"], h["momentum"], h["epsilon"])
-  if mom is None:
-    # P1/P2: tf_keras' graph ops, epsilon outside the square root.
-    ms = r(rho * ms) + r(c * (g * g))
-    denom = ms
-    if mg is not None:
-      mg = r(rho * mg) + r(c * g)
-      denom = ms - r(mg * mg)
-    return -((lr * g) / (jnp.sqrt(denom) + eps)), ms, mg, mom
-  if rounding == "tf_cpu":
-    # P3/P4: the Eigen functors of ResourceApply[Centered]RMSProp, with their
-    # incremental EMA form and epsilon inside the square root.
-    ms = ms + r((r(g * g) - ms) * c)
-    denom = ms + eps
-    if mg is not None:
-      mg = mg + r((g - mg) * c)
-      denom = (ms - r(mg * mg)) + eps
-    mom = r(mom * mu) + (g * lr) / r(jnp.sqrt(denom))
-  else:
-    # P3/P4 as tf2xla lowers them (plain EMA form, rsqrt), for XLA to fuse.
-    ms = (g * g) * c + ms * rho
-    denom = ms + eps
-    if mg is not None:
-      mg = g * c + mg * rho
-      denom = (ms - mg * mg) + eps
-    mom = mom * mu + (g * lr) * jax.lax.rsqrt(denom)
-  return -mom, ms, mg, mom
-
-
 # Backend dispatch: the same leaves through the CPU kernel where it applies.
 
 
@@ -227,7 +143,7 @@ def _sparse_leaf(g, var, ms, mg, mom, hyper, rounding: base.Rounding,
   h = hyper(ms.dtype)  # Outside both branches, as in _dense_leaves.
 
   def xla():
-    update, new_ms, new_mg, new_mom = sparse.sparse_leaf(
+    update, new_ms, new_mg, new_mom = update_rules.sparse_leaf(
         g, ms, mg, mom, h, numerics.rounder(rounding))
     first = sparse.apply_updates(var, update) if apply else update
     return first, new_ms, new_mg, new_mom
@@ -250,7 +166,7 @@ def _sparse_leaf(g, var, ms, mg, mom, hyper, rounding: base.Rounding,
 
 def _dense_leaves(leaves, hyper, rounding: base.Rounding, flavor: base.Flavor,
                   backend: cpu_kernel.Backend, *, apply: bool):
-  """Runs :func:`_dense_leaf` on every leaf, or the CPU kernel where it can.
+  """Runs :func:`update_rules.dense_leaf` on every leaf, or the CPU kernel where it can.
 
   Args:
     leaves: ``(g, var, ms, mg, mom)`` per leaf; ``var`` is ``None`` unless
@@ -267,7 +183,7 @@ def _dense_leaves(leaves, hyper, rounding: base.Rounding, flavor: base.Flavor,
   """
 
   def xla_leaf(g, var, ms, mg, mom):
-    update, ms, mg, mom = _dense_leaf(g, ms, mg, mom, hyper(ms.dtype), rounding,
+    update, ms, mg, mom = update_rules.dense_leaf(g, ms, mg, mom, hyper(ms.dtype), rounding,
                                       flavor)
     first = sparse.apply_updates(var, update) if apply else update
     return first, ms, mg, mom
@@ -349,7 +265,7 @@ def rmsprop_update(
     clipnorm: Optional[jax.typing.ArrayLike] = None,
     global_clipnorm: Optional[jax.typing.ArrayLike] = None,
     rounding: base.Rounding = "tf_cpu",
-    flavor: base.Flavor = "keras_legacy",
+    flavor: Optional[base.Flavor] = None,
     backend: cpu_kernel.Backend = "auto",
 ) -> tuple[optax.Updates, base.RMSpropState]:
   r"""One step of ``tf_keras.optimizers.legacy.RMSprop.apply_gradients``.
@@ -388,7 +304,7 @@ def rmsprop_update(
 
   A gradient leaf may be an :class:`~optax_tfrmsprop.IndexedSlices`; it takes
   TF's sparse paths (de-duplication after clipping, then P5-P8, see
-  ``_src/sparse.py``) and its update is an ``IndexedSlices`` of row increments
+  ``_src/update_rules.py``) and its update is an ``IndexedSlices`` of row increments
   for :func:`~optax_tfrmsprop.apply_updates` (Keras 3 densifies it instead).
 
   Args:
@@ -406,7 +322,8 @@ def rmsprop_update(
     global_clipnorm: clip all gradients together to this global L2 norm.
     rounding: the TF evaluation to reproduce: ``"tf_cpu"`` or ``"tf_xla"``.
     flavor: the RMSprop generation: ``"keras_legacy"``, ``"tf1"`` or
-      ``"keras3"`` (see :data:`Flavor`).
+      ``"keras3"`` (see :data:`Flavor`). The state's class decides it (see
+      :func:`rmsprop_init`); if given, it must match.
     backend: ``"auto"``, ``"ffi"`` (the single-pass CPU kernel, ``"tf_cpu"``
       rounding only) or ``"xla"``; see ``docs/cpu_kernel.md``. Both give the
       same bits.
@@ -467,14 +384,23 @@ def rmsprop_apply(
 
 def _step(grads, state, params, *, learning_rate=0.001, rho=0.9, momentum=0.0,
           epsilon=1e-7, decay=0.0, clipvalue=None, clipnorm=None,
-          global_clipnorm=None, rounding="tf_cpu", flavor="keras_legacy",
+          global_clipnorm=None, rounding="tf_cpu", flavor=None,
           backend="auto"):
   """:func:`rmsprop_update`, or :func:`rmsprop_apply` when params are given."""
+  if not isinstance(state, base.RMSpropState):
+    raise TypeError(
+        "state must be an RMSpropState (from rmsprop_init or an optimizer's "
+        f"init), got {type(state).__name__}.")
+  if flavor is not None:
+    base.semantics(flavor)
+    if flavor != state.flavor:
+      raise ValueError(
+          f"flavor={flavor!r} does not match the state, a "
+          f"{type(state).__name__} of flavor {state.flavor!r}: build the "
+          f"state with rmsprop_init(..., flavor={flavor!r}).")
+  flavor = state.flavor
   _check_matches(grads, state)
   round_ = numerics.rounder(rounding)
-  if flavor not in base.FLAVORS:
-    raise ValueError(
-        f"flavor must be one of {base.FLAVORS}, got flavor={flavor!r}.")
   leaves, treedef = jax.tree.flatten(grads, is_leaf=sparse.is_indexed_slices)
   # TF clips the rows of a sparse gradient before de-duplicating them.
   is_sparse = [isinstance(g, sparse.IndexedSlices) for g in leaves]
@@ -507,7 +433,7 @@ def _step(grads, state, params, *, learning_rate=0.001, rho=0.9, momentum=0.0,
     results[i] = result
   updates, ms, mg, mom = map(list, zip(*results)) if results else ([],) * 4
   unflatten = treedef.unflatten
-  new_state = base.RMSpropState(
+  new_state = state.replace(
       count=optax.safe_increment(state.count),
       ms=unflatten(ms),
       mg=None if state.mg is None else unflatten(mg),

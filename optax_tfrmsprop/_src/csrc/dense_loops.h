@@ -4,7 +4,7 @@
 // TFRMSPROP_ISA_NAMESPACE and TFRMSPROP_ISA_TARGET defined, so the same source
 // is compiled for AVX-512, AVX2 and the baseline and picked at run time.
 //
-// EVERY EXPRESSION MIRRORS optax_tfrmsprop/_src/transform.py::_dense_leaf
+// EVERY EXPRESSION MIRRORS optax_tfrmsprop/_src/update_rules.py::dense_leaf
 // ("tf_cpu" rounding) LINE BY LINE: same operations, same operand order, same
 // parenthesisation. The file is compiled with -ffp-contract=off, so each
 // operation rounds once to T, as in TF's Eigen kernels and as `rounded`

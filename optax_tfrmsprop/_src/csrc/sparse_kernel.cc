@@ -6,11 +6,12 @@
 // in place through XLA's input/output aliasing, so a step costs O(rows
 // touched).
 //
-// EVERY EXPRESSION MIRRORS optax_tfrmsprop/_src/sparse.py: deduplicate (the
-// order of the sums) and the momentum branch of sparse_leaf ("tf_cpu"
-// rounding): same operations, operand order and parenthesisation, which are
-// those of the spec's sections 3 and 6. This file is compiled with -ffp-contract=off, so each
-// operation rounds once. Change one, change both (docs/cpu_kernel.md).
+// EVERY EXPRESSION MIRRORS optax_tfrmsprop/_src/sparse.py::deduplicate (the
+// order of the sums) and the momentum branch of
+// optax_tfrmsprop/_src/update_rules.py::sparse_leaf ("tf_cpu" rounding): same
+// operations, operand order and parenthesisation, which are those of the
+// spec's sections 3 and 6. This file is compiled with -ffp-contract=off, so
+// each operation rounds once. Change one, change both (docs/cpu_kernel.md).
 //
 // The one thing only this side can do is TF's float32 packet rsqrt: Eigen's
 // AVX prsqrt, the hardware estimate vrsqrtps refined by one Newton step

@@ -5,10 +5,6 @@ lists, configs) and runs every step through one cached, jit-compiled call of
 :func:`~optax_tfrmsprop.rmsprop_update`; it never computes an update itself.
 Hyperparameters enter that call as traced scalars, so changing them (or
 reading them from callables every step) never recompiles.
-
-The functional bridge, :func:`state_to_keras_weights` and
-:func:`state_from_keras_weights`, converts between an :class:`RMSpropState`
-and the weight list of ``tf_keras.optimizers.legacy.RMSprop``.
 """
 
 import functools
@@ -19,322 +15,19 @@ from typing import Any, Callable, Iterable, Optional, Sequence, Union
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from optax_tfrmsprop._src import alias
 from optax_tfrmsprop._src import base
 from optax_tfrmsprop._src import numerics
-from optax_tfrmsprop._src import schedules
 from optax_tfrmsprop._src import sparse
 from optax_tfrmsprop._src import transform
+from optax_tfrmsprop._src.interop import keras_weights
+from optax_tfrmsprop._src.keras import schedules
+from optax_tfrmsprop._src.keras.variable import Variable
 
-# The slots of the update, in TF's creation order, and their state fields.
-_SLOT_FIELDS = (("rms", "ms"), ("momentum", "mom"), ("mg", "mg"))
 _ALLOWED_KWARGS = frozenset(
     {"clipnorm", "clipvalue", "lr", "decay", "global_clipnorm"})
 _HYPER_NAMES = ("learning_rate", "rho", "momentum", "decay")
-_INT32_MAX = np.iinfo(np.int32).max
-
-
-class Variable:
-  """A mutable holder of a jax array that stands in for ``tf.Variable``.
-
-  Arithmetic, comparisons, indexing and ``np.asarray`` / ``jnp.asarray``
-  read the current value. Inside jax-transformed code (e.g. a loss given to
-  :meth:`RMSprop.minimize`), read it with ``v.value`` or operators: jax no
-  longer converts foreign objects implicitly in ``jnp`` functions.
-
-  Args:
-    initial_value: the value, or a callable returning it (as ``tf.Variable``
-      takes). Python floats become float32 and ints int32, as in TF.
-    name: the variable's name; ``v.name`` appends ``":0"`` as TF does.
-      Defaults to ``"Variable"``.
-    dtype: the dtype to convert ``initial_value`` to; by default the value's
-      own (float32 / int32 for Python numbers).
-    trainable: recorded as ``v.trainable``, as on a ``tf.Variable``; the
-      optimizer updates whatever ``var_list`` holds, as TF's does.
-
-  Example:
-    >>> v = Variable(10.0, name="v")
-    >>> v.assign_sub(1.5).numpy()
-    array(8.5, dtype=float32)
-    >>> v.name, float(v * 2)
-    ('v:0', 17.0)
-  """
-
-  def __init__(self, initial_value: Any, name: Optional[str] = None,
-               dtype: Optional[jax.typing.DTypeLike] = None,
-               trainable: bool = True):
-    if callable(initial_value):
-      initial_value = initial_value()
-    if dtype is None and not isinstance(
-        initial_value, (jax.Array, np.ndarray, np.generic)):
-      # Like ``tf.Variable``: Python floats are float32, ints int32.
-      dtype = {"f": np.float32, "i": np.int32}.get(
-          np.asarray(initial_value).dtype.kind)
-    value = jnp.asarray(initial_value, dtype)
-    # A weakly typed value would change type at the first update (retrace).
-    self._value = jax.lax.convert_element_type(value, value.dtype)
-    self._shared_name = name or "Variable"
-    self.trainable = trainable
-
-  @classmethod
-  def _wrap(cls, value: jax.Array, name: str) -> "Variable":
-    """A Variable around an existing array, without conversions."""
-    var = cls.__new__(cls)
-    var._value, var._shared_name, var.trainable = value, name, False
-    return var
-
-  @property
-  def name(self) -> str:
-    return f"{self._shared_name}:0"
-
-  @property
-  def shape(self) -> tuple[int, ...]:
-    return self._value.shape
-
-  @property
-  def dtype(self) -> np.dtype:
-    return self._value.dtype
-
-  @property
-  def ndim(self) -> int:
-    return self._value.ndim
-
-  @property
-  def value(self) -> jax.Array:
-    """The current value (a jax array)."""
-    return self._value
-
-  def read_value(self) -> jax.Array:
-    return self._value
-
-  def numpy(self) -> np.ndarray:
-    return np.asarray(self._value)
-
-  def assign(self, value: Any) -> "Variable":
-    """Replaces the value; the shape must stay, the dtype is kept."""
-    new = jnp.asarray(value, self.dtype)
-    if new.shape != self.shape:
-      raise ValueError(
-          f"Cannot assign a value of shape {new.shape} to variable "
-          f"{self.name} of shape {self.shape}.")
-    self._value = new
-    return self
-
-  def assign_add(self, delta: Any) -> "Variable":
-    return self.assign(self._value + jnp.asarray(delta, self.dtype))
-
-  def assign_sub(self, delta: Any) -> "Variable":
-    return self.assign(self._value - jnp.asarray(delta, self.dtype))
-
-  def __jax_array__(self):
-    return self._value
-
-  def __array__(self, dtype=None, copy=None):
-    del copy
-    return np.asarray(self._value, dtype)
-
-  def __repr__(self):
-    return (f"<Variable '{self.name}' shape={self.shape} dtype={self.dtype}, "
-            f"numpy={self.numpy()!r}>")
-
-  def __len__(self):
-    return len(self._value)
-
-  def __getitem__(self, index):
-    return self._value[index]
-
-  def __float__(self):
-    return float(self._value)
-
-  def __int__(self):
-    return int(self._value)
-
-  def __index__(self):
-    return int(self._value)
-
-  def __bool__(self):
-    return bool(self._value)
-
-
-def _unwrap(x):
-  return x._value if isinstance(x, Variable) else x  # pylint: disable=protected-access
-
-
-def _binary(op):
-  return lambda self, other: op(self._value, _unwrap(other))  # pylint: disable=protected-access
-
-
-def _reflected(op):
-  return lambda self, other: op(_unwrap(other), self._value)  # pylint: disable=protected-access
-
-
-def _unary(op):
-  return lambda self: op(self._value)  # pylint: disable=protected-access
-
-
-for _name, _op in (("add", jnp.add), ("sub", jnp.subtract),
-                   ("mul", jnp.multiply), ("truediv", jnp.true_divide),
-                   ("floordiv", jnp.floor_divide), ("mod", jnp.mod),
-                   ("pow", jnp.power), ("matmul", jnp.matmul)):
-  setattr(Variable, f"__{_name}__", _binary(_op))
-  setattr(Variable, f"__r{_name}__", _reflected(_op))
-for _name, _op in (("lt", jnp.less), ("le", jnp.less_equal),
-                   ("gt", jnp.greater), ("ge", jnp.greater_equal)):
-  setattr(Variable, f"__{_name}__", _binary(_op))
-for _name, _op in (("neg", jnp.negative), ("pos", jnp.positive),
-                   ("abs", jnp.abs)):
-  setattr(Variable, f"__{_name}__", _unary(_op))
-
-
-# ---------------------------------------------------------------------------
-# The functional bridge to TF's weight list.
-
-
-def _expected_signature(arrays) -> list[tuple[tuple[int, ...], np.dtype]]:
-  return [(tuple(np.shape(a)), np.dtype(a.dtype)) for a in arrays]
-
-
-def _check_weights(weights: Sequence[Any], slot_signature, *, owner: str):
-  """Validates a TF weight list against the slots; returns numpy arrays.
-
-  Args:
-    weights: ``[iterations, slot, ...]`` or, Keras-1 style, the slots alone.
-    slot_signature: ``(shape, dtype)`` of each slot, in TF's order.
-    owner: how the error messages name the optimizer.
-
-  Returns:
-    ``(iterations, slots)``: an int and a list of numpy arrays; the
-    iterations is 0 for the one-shorter form, as in Keras.
-
-  Raises:
-    ValueError: naming the position of the first wrong entry.
-  """
-  weights = list(weights)
-  expected = len(slot_signature) + 1
-  if len(weights) == expected - 1:
-    weights = [np.int64(0)] + weights
-  if len(weights) != expected:
-    raise _length_error(owner, weights, expected)
-  iterations = np.asarray(weights[0])
-  if iterations.shape != () or iterations.dtype.kind not in "iu":
-    raise ValueError(
-        "Weight 0 (the iteration count) must be an integer scalar, got shape "
-        f"{iterations.shape} and dtype {iterations.dtype}.")
-  if not 0 <= int(iterations) <= _INT32_MAX:
-    raise ValueError(
-        f"Weight 0 (the iteration count) must be in [0, {_INT32_MAX}], got "
-        f"{int(iterations)}.")
-  slots = []
-  for position, (w, (shape, dtype)) in enumerate(
-      zip(weights[1:], slot_signature), start=1):
-    w = np.asarray(w)
-    if w.shape != shape:
-      raise ValueError(
-          f"Weight {position}: optimizer weight shape {shape} not compatible "
-          f"with provided weight shape {w.shape}.")
-    if w.dtype != dtype:
-      raise ValueError(
-          f"Weight {position}: optimizer weight dtype {dtype} differs from "
-          f"provided weight dtype {w.dtype}.")
-    slots.append(w)
-  return int(iterations), slots
-
-
-def _length_error(owner: str, weights: list[Any], expected: int):
-  return ValueError(  # TF's wording, double space included.
-      f"You called `set_weights(weights)` on optimizer {owner} with a  "
-      f"weight list of length {len(weights)}, but the optimizer was "
-      f"expecting {expected} weights. Provided weights: "
-      f"{str(weights)[:50]}...")
-
-
-def _present_fields(state: base.RMSpropState) -> list[str]:
-  """The slot fields ``state`` has, in TF's creation order."""
-  return [field for _, field in _SLOT_FIELDS
-          if getattr(state, field) is not None]
-
-
-def state_to_keras_weights(state: base.RMSpropState) -> list[np.ndarray]:
-  """The weight list ``tf_keras.optimizers.legacy.RMSprop`` would hold.
-
-  TF lists the iteration count (int64), then ``rms`` for every variable, then
-  ``momentum`` for every variable, then ``mg`` for every variable. Variables
-  come in the leaf order of the state's trees: build the params as a list in
-  the model's ``trainable_variables`` order to match a Keras model.
-
-  Args:
-    state: an :class:`RMSpropState`.
-
-  Returns:
-    A list of numpy arrays for ``tf_keras`` ``optimizer.set_weights``.
-
-  Example:
-    >>> import jax.numpy as jnp
-    >>> from optax_tfrmsprop import rmsprop_init
-    >>> w = state_to_keras_weights(rmsprop_init([jnp.ones(2)], centered=True))
-    >>> [a.shape for a in w], w[0].dtype
-    ([(), (2,), (2,)], dtype('int64'))
-  """
-  weights = [np.int64(state.count)]
-  for field in _present_fields(state):
-    weights.extend(np.asarray(a) for a in jax.tree.leaves(getattr(state, field)))
-  return weights
-
-
-def state_from_keras_weights(
-    weights: Sequence[Any], params: optax.Params, *, centered: bool = False,
-    use_momentum: bool = False,
-) -> base.RMSpropState:
-  """Builds an :class:`RMSpropState` from a ``tf_keras`` weight list.
-
-  The inverse of :func:`state_to_keras_weights`. ``params`` gives the tree,
-  shapes and dtypes (variables in its leaf order); ``centered`` and
-  ``use_momentum`` give the slots TF created (see
-  :func:`~optax_tfrmsprop._src.alias.uses_momentum`). The Keras-1 form
-  without the iteration count is accepted and starts at 0, as in Keras.
-
-  Args:
-    weights: ``optimizer.get_weights()`` of a TF RMSprop.
-    params: the parameter tree the state is for.
-    centered: whether the TF optimizer was centered.
-    use_momentum: whether it took the momentum path.
-
-  Returns:
-    The state.
-
-  Raises:
-    ValueError: naming the position of a weight of the wrong length, shape
-      or dtype.
-
-  Example:
-    >>> import jax.numpy as jnp, numpy as np
-    >>> s = state_from_keras_weights([np.int64(3), np.ones(2, np.float32)],
-    ...                              [jnp.zeros(2)])
-    >>> int(s.count), s.ms[0]
-    (3, Array([1., 1.], dtype=float32))
-  """
-  template = transform.rmsprop_init(
-      params, centered=centered, use_momentum=use_momentum)
-  fields = _present_fields(template)
-  signature = [
-      sig for field in fields
-      for sig in _expected_signature(jax.tree.leaves(getattr(template, field)))
-  ]
-  iterations, slots = _check_weights(weights, signature, owner="RMSprop")
-  new_slots = {}
-  remaining = iter(slots)
-  for field in fields:
-    leaves, treedef = jax.tree.flatten(getattr(template, field))
-    new_slots[field] = treedef.unflatten(
-        [jnp.asarray(next(remaining)) for _ in leaves])
-  return template.replace(count=jnp.asarray(iterations, jnp.int32),
-                          **new_slots)
-
-
-# ---------------------------------------------------------------------------
-# The compiled step.
 
 
 @functools.partial(jax.jit, static_argnames=("static",))
@@ -614,7 +307,7 @@ class RMSprop:
       _check_variable(var)
     _ = self.iterations
     self._hypers_created = True
-    for slot_name, _ in _SLOT_FIELDS:
+    for slot_name, _ in keras_weights.SLOT_FIELDS:
       if self._uses_slot(slot_name):
         for var in var_list:
           self.add_slot(var, slot_name)
@@ -647,15 +340,15 @@ class RMSprop:
     weights = list(weights)
     if not params:
       if weights:
-        raise _length_error(self._name, weights, 0)
+        raise keras_weights.length_error(self._name, weights, 0)
       return
     if params[0] is not self._iterations:
       raise ValueError(
           "The optimizer's first weight must be its iterations: call "
           "build(var_list) before adding slots by hand.")
     others = params[1:]
-    iterations, values = _check_weights(
-        weights, _expected_signature([w.value for w in others]),
+    iterations, values = keras_weights.check_weights(
+        weights, keras_weights.expected_signature([w.value for w in others]),
         owner=self._name)
     self._iterations.assign(iterations)
     for var, value in zip(others, values):
@@ -704,12 +397,12 @@ class RMSprop:
         "rms" not in self._slots.get(id(v), {}) for v in variables):
       self.build(variables)
     slot_vars = {name: [self._slots[id(v)][name] for v in variables]
-                 for name, _ in _SLOT_FIELDS if self._uses_slot(name)}
+                 for name, _ in keras_weights.SLOT_FIELDS if self._uses_slot(name)}
     count = self._iterations.value
     state = base.RMSpropState(
         count=count if count.dtype == jnp.int32 else count.astype(jnp.int32),
         **{field: [s.value for s in slot_vars[name]]
-           for name, field in _SLOT_FIELDS if name in slot_vars})
+           for name, field in keras_weights.SLOT_FIELDS if name in slot_vars})
     learning_rate = self._hyper["learning_rate"]
     schedule = (learning_rate
                 if isinstance(learning_rate, schedules.LearningRateSchedule)
@@ -723,7 +416,7 @@ class RMSprop:
         [v.value for v in variables], grads, state, hypers, static=static)
     for var, value in zip(variables, values):
       var._value = value  # pylint: disable=protected-access
-    for name, field in _SLOT_FIELDS:
+    for name, field in keras_weights.SLOT_FIELDS:
       if name in slot_vars:
         for slot, value in zip(slot_vars[name], getattr(state, field)):
           slot._value = value  # pylint: disable=protected-access

@@ -112,7 +112,7 @@ def tf1_state_from_checkpoint(
         var_names)
 
   count = 0 if global_step_name is None else int(read(global_step_name))
-  state = base.RMSpropState(
+  state = base.TF1RMSpropState(
       count=jnp.asarray(count, jnp.int32),
       ms=slot("ms"),
       mg=slot("mg") if centered else None,
@@ -166,7 +166,7 @@ def keras3_state_from_optimizer(
 
     return jax.tree.map(read, variables)
 
-  state = base.RMSpropState(
+  state = base.Keras3RMSpropState(
       count=jnp.asarray(int(np.asarray(optimizer.iterations)), jnp.int32),
       ms=slot("velocity"),
       mg=slot("average_gradient") if optimizer.centered else None,

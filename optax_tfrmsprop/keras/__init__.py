@@ -1,0 +1,11 @@
+"""The Keras-style API: the stateful ``RMSprop``, ``Variable`` and schedules."""
+
+from optax_tfrmsprop._src.keras.rmsprop import RMSprop
+from optax_tfrmsprop._src.keras.variable import Variable
+from optax_tfrmsprop.keras import schedules
+
+__all__ = (
+    "RMSprop",
+    "Variable",
+    "schedules",
+)
