@@ -109,8 +109,8 @@ def check_indices_fit(indices: Any, name: str = "indices") -> None:
     k = _first(bad)
     raise ValueError(
         f"{name}[{_show(k)}] = {concrete[k]} does not fit in int32, to which "
-        "jax converts indices without jax_enable_x64 (modulo 2**32, so it would "
-        "address another row). Enable x64 (jax.config.update("
+        "jax converts indices without jax_enable_x64 (modulo 2**32, so it "
+        "would address another row). Enable x64 (jax.config.update("
         "'jax_enable_x64', True)) for such tables.")
 
 
