@@ -46,11 +46,11 @@ def concrete_scalar(name: str, value: Any) -> Optional[float]:
   if isinstance(value, (jax.Array, np.ndarray, np.generic)):
     if np.ndim(value) != 0:
       raise ValueError(f"{name} must be a scalar, got shape {np.shape(value)}.")
-    if not jnp.issubdtype(jnp.result_type(value), jnp.number) or (
-        jnp.issubdtype(jnp.result_type(value), jnp.complexfloating)):
+    if not jnp.issubdtype(value.dtype, jnp.number) or (
+        jnp.issubdtype(value.dtype, jnp.complexfloating)):
       raise TypeError(
           f"{name} must be a real number, got an array of dtype "
-          f"{jnp.result_type(value)}.")
+          f"{value.dtype}.")
     if isinstance(value, jax.core.Tracer):
       return None
     return float(value)
@@ -60,7 +60,16 @@ def concrete_scalar(name: str, value: Any) -> Optional[float]:
 
 
 def check_range(name: str, value: Any, low: float, high: float = np.inf,
-                 *, low_inclusive: bool = True) -> None:
+                *, low_inclusive: bool = True) -> None:
+  """Raises a ValueError naming ``name`` if ``value`` is out of the range.
+
+  Args:
+    name: the argument's name.
+    value: its value (see :func:`concrete_scalar`; traced values pass).
+    low: the lower bound.
+    high: the upper bound (inclusive).
+    low_inclusive: whether ``low`` itself is allowed.
+  """
   x = concrete_scalar(name, value)
   if x is None:
     return
@@ -166,12 +175,17 @@ def check_param_dtype(where: str, dtype) -> None:
   raise TypeError(
       f"The parameter at {where} has dtype {dtype}: RMSprop updates only "
       "float16, bfloat16, float32 and float64 parameters (TF raises for an "
-      f"integer variable too). Leave it out of the tree, or mask it with "
+      "integer variable too). Leave it out of the tree, or mask it with "
       "optax.masked.")
 
 
 def _check_state(state: base.RMSpropState, semantics: base.Semantics) -> None:
-  """Raises a ValueError when the state is not one ``rmsprop_init`` builds."""
+  """Raises when the state is not one :func:`rmsprop_init` could build.
+
+  A TypeError for leaves of a dtype TF's RMSprop does not update, a
+  ValueError for the rest (count, slot trees, shapes and dtypes, TF1's
+  ``mom``).
+  """
   name = type(state).__name__
   if jnp.shape(state.count) != () or not jnp.issubdtype(
       jnp.result_type(state.count), jnp.integer):
@@ -207,8 +221,11 @@ def _check_state(state: base.RMSpropState, semantics: base.Semantics) -> None:
 
 def _check_config(config: UpdateConfig, state: base.RMSpropState,
                   semantics: base.Semantics) -> None:
-  """Raises a ValueError when the arguments ask for what the state's TF
-  optimizer does not compute."""
+  """Raises a ValueError if the arguments ask what the state's TF lacks.
+
+  ``decay`` and clipping exist only where ``semantics.options`` lists them;
+  a nonzero momentum needs the ``mom`` slot (TF's momentum path).
+  """
   for option, value in config.options().items():
     if option not in semantics.options:
       having = [s.flavor for s in base.SEMANTICS.values()
@@ -229,8 +246,7 @@ def _check_config(config: UpdateConfig, state: base.RMSpropState,
 
 
 def _check_matches(grads, state: base.RMSpropState, params) -> None:
-  """Raises a ValueError naming the first gradient (or param) that does not
-  fit its slot.
+  """Raises a ValueError naming the first gradient or param unlike its slot.
 
   An :class:`~optax_tfrmsprop.IndexedSlices` stands where the params have an
   array.
