@@ -161,6 +161,15 @@ def dense_update_four_hypers():
                                 centered=False, momentum=True, apply=True)
 
 
+@case(x64=True, match=r"leaves\[0\] ms has shape \(4,\) and dtype float32, "
+      r"but the hyperparameters .* float64")
+def dense_update_float64_hypers_float32_leaves():
+  x = jnp.zeros(4, jnp.float32)
+  return _kernel().dense_update([(x, x, x, None, x)],
+                                _H32().astype(jnp.float64), centered=False,
+                                momentum=True, apply=True)
+
+
 @case(match=r"momentum-free paths \(P1/P2\) run only with apply=True")
 def dense_update_p1_without_apply():
   x = jnp.zeros(4)

@@ -20,6 +20,13 @@ gradient touches, with TF's float32 packet rsqrt (:func:`sparse_update`).
 
 The kernel serves only CPU lowerings: the same jitted function lowers to the
 jnp path on GPU and TPU (``jax.lax.platform_dependent``).
+
+The library has two FFI targets, :data:`DENSE_TARGET` and
+:data:`SPARSE_TARGET`, each dispatching on the element type of its operands;
+``csrc/tfrmsprop.h`` holds what they share (the hyperparameter record
+:data:`HYPER_ORDER`, the constants, the dense operand layout). Every operand
+is checked here, naming it, before the call, and again in C++; ``vmap``
+works on both calls and equals a loop over the batch.
 """
 
 import ctypes
@@ -166,8 +173,6 @@ def handles_sparse(dtype) -> bool:
   return dtype != np.float32 or bool(_library().TfRmspropSparseF32Supported())
 
 
-
-
 # Operand checks. The handlers check every operand again (csrc/tfrmsprop.h);
 # these name the argument first, at trace time, before anything runs.
 
@@ -191,6 +196,13 @@ def _check_like(where: str, what: str, x, shape, dtype, like: str) -> None:
     raise ValueError(
         f"{where}: {what} has {_describe(x)}, but {like} has shape "
         f"{tuple(shape)} and dtype {dtype}.")
+
+
+def _check_dtype(where: str, what: str, x, dtype) -> None:
+  if jnp.result_type(x) != dtype:
+    raise ValueError(
+        f"{where}: {what} has {_describe(x)}, but the hyperparameters (which "
+        f"select the loops) have dtype {dtype}.")
 
 
 def _check_present(where: str, what: str, x, wanted: bool, path: str) -> None:
@@ -217,8 +229,7 @@ def _check_dense(leaves, hypers, centered, momentum, apply) -> None:
     for (role, present), x in zip(wanted.items(), leaf):
       _check_present(where, f"leaves[{k}] {role}", x, present, path)
     ms = leaf[2]
-    _check_like(where, f"leaves[{k}] ms", ms, jnp.shape(ms), dtype,
-                "hypers")
+    _check_dtype(where, f"leaves[{k}] ms", ms, dtype)
     for role, x in zip(wanted, leaf):
       if x is not None:
         _check_like(where, f"leaves[{k}] {role}", x, jnp.shape(ms), dtype,
@@ -236,7 +247,7 @@ def _check_sparse(values, indices, var, ms, mg, mom, hypers, apply) -> None:
   if jnp.ndim(ms) < 1:
     raise ValueError(f"{where}: ms must be a table of rows (rank >= 1), got "
                      f"{_describe(ms)}.")
-  _check_like(where, "ms", ms, jnp.shape(ms), dtype, "hypers")
+  _check_dtype(where, "ms", ms, dtype)
   table = tuple(jnp.shape(ms))
   for what, x in (("mom", mom), ("mg", mg), ("var (params)", var)):
     if x is not None:
