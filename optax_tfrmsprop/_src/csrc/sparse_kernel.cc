@@ -309,8 +309,8 @@ ffi::Error Sparse(ffi::AnyBuffer hypers, ffi::AnyBuffer values,
         *mg_out, *mom_out, centered, apply));
     const auto table = ms.dimensions();
     const std::int64_t num_rows = table[0];
-    const std::size_t width =
-        ms.element_count() / std::max<std::int64_t>(num_rows, 1);
+    std::size_t width = 1;  // Elements per row (an empty table has rows too).
+    for (std::size_t d = 1; d < table.size(); ++d) width *= table[d];
     const std::size_t n = indices.element_count();
     const Hypers<T> h = ReadHypers<T>(hypers);
     const T* gp = values.typed_data<T>();
