@@ -155,27 +155,23 @@ ffi::Error CollectLeaves(const DenseLayout& layout, ffi::DataType type,
   if (layout.momentum) roles[n_roles++] = "mom";
   leaves.resize(args.size() / ins);
   for (std::size_t k = 0; k < leaves.size(); ++k) {
-    auto where = [&](const char* role, const char* kind) {
-      std::ostringstream os;
-      os << "leaf " << k << " " << role << " " << kind;
-      return os.str();
-    };
+    const auto leaf_k = static_cast<std::int64_t>(k);
     auto g = args.get<ffi::AnyBuffer>(k * ins);
     if (!g.has_value()) return g.error();
+    const auto dims = g->dimensions();
     TFRMSPROP_RETURN_IF_ERROR(
-        CheckBuffer(*g, where("g", "operand"), type, g->dimensions()));
+        CheckBuffer(*g, {"g", "operand", leaf_k}, type, dims));
     T* slots[4] = {nullptr, nullptr, nullptr, nullptr};
     for (std::size_t r = 0; r < outs; ++r) {
       auto in = args.get<ffi::AnyBuffer>(k * ins + 1 + r);
       if (!in.has_value()) return in.error();
       auto out = rets.get<ffi::AnyBuffer>(k * outs + r);
       if (!out.has_value()) return out.error();
-      TFRMSPROP_RETURN_IF_ERROR(
-          CheckBuffer(*in, where(roles[r], "operand"), type, g->dimensions()));
-      TFRMSPROP_RETURN_IF_ERROR(CheckBuffer(
-          **out, where(roles[r], "result"), type, g->dimensions()));
-      TFRMSPROP_RETURN_IF_ERROR(
-          CheckAliased(**out, *in, where(roles[r], "result")));
+      const Where operand{roles[r], "operand", leaf_k};
+      const Where result{roles[r], "result", leaf_k};
+      TFRMSPROP_RETURN_IF_ERROR(CheckBuffer(*in, operand, type, dims));
+      TFRMSPROP_RETURN_IF_ERROR(CheckBuffer(**out, result, type, dims));
+      TFRMSPROP_RETURN_IF_ERROR(CheckAliased(**out, *in, result));
       slots[r] = (*out)->typed_data<T>();
     }
     // The variable and slots are read through their results, which XLA

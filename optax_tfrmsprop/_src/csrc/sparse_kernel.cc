@@ -99,9 +99,10 @@ void RowRsqrt(const T* x, T* y, std::size_t lo, std::size_t n,
   for (std::size_t j = packets; j < n; ++j) y[j] = T(1) / std::sqrt(x[j]);
 }
 
-// The gradient of one distinct row: the input rows values[ks[0]], values[ks[1]],
-// ... (ks ascending) summed from zero in input order, as tf_keras'
-// unsorted_segment_sum does (and sparse.py::deduplicate on the jnp side).
+// The gradient of one distinct row: the input rows values[ks[0]],
+// values[ks[1]], ... (ks ascending) summed from zero in input order, as
+// tf_keras' unsorted_segment_sum does (and sparse.py::deduplicate on the jnp
+// side).
 template <typename T>
 struct RowGradient {
   const T* values;
@@ -237,19 +238,21 @@ ffi::Error CheckSparse(ffi::DataType type, ffi::AnyBuffer values,
     return Invalid("the table has ", num_rows, " rows; the sparse kernel "
                    "takes int32 indices, so fewer than 2**31 - 1.");
   }
-  TFRMSPROP_RETURN_IF_ERROR(CheckBuffer(ms, "ms operand", type, table));
-  TFRMSPROP_RETURN_IF_ERROR(CheckBuffer(mom, "mom operand", type, table));
-  TFRMSPROP_RETURN_IF_ERROR(CheckBuffer(ms_out, "ms result", type, table));
-  TFRMSPROP_RETURN_IF_ERROR(CheckBuffer(mom_out, "mom result", type, table));
-  TFRMSPROP_RETURN_IF_ERROR(CheckAliased(ms_out, ms, "ms result"));
-  TFRMSPROP_RETURN_IF_ERROR(CheckAliased(mom_out, mom, "mom result"));
+  TFRMSPROP_RETURN_IF_ERROR(CheckBuffer(ms, {"ms", "operand"}, type, table));
+  TFRMSPROP_RETURN_IF_ERROR(CheckBuffer(mom, {"mom", "operand"}, type, table));
+  TFRMSPROP_RETURN_IF_ERROR(CheckBuffer(ms_out, {"ms", "result"}, type, table));
+  TFRMSPROP_RETURN_IF_ERROR(
+      CheckBuffer(mom_out, {"mom", "result"}, type, table));
+  TFRMSPROP_RETURN_IF_ERROR(CheckAliased(ms_out, ms, {"ms", "result"}));
+  TFRMSPROP_RETURN_IF_ERROR(CheckAliased(mom_out, mom, {"mom", "result"}));
   if (centered) {
-    TFRMSPROP_RETURN_IF_ERROR(CheckBuffer(mg, "mg operand", type, table));
-    TFRMSPROP_RETURN_IF_ERROR(CheckBuffer(mg_out, "mg result", type, table));
-    TFRMSPROP_RETURN_IF_ERROR(CheckAliased(mg_out, mg, "mg result"));
+    TFRMSPROP_RETURN_IF_ERROR(CheckBuffer(mg, {"mg", "operand"}, type, table));
+    TFRMSPROP_RETURN_IF_ERROR(
+        CheckBuffer(mg_out, {"mg", "result"}, type, table));
+    TFRMSPROP_RETURN_IF_ERROR(CheckAliased(mg_out, mg, {"mg", "result"}));
   } else {
-    TFRMSPROP_RETURN_IF_ERROR(CheckEmpty(mg, "mg operand (not centered)"));
-    TFRMSPROP_RETURN_IF_ERROR(CheckEmpty(mg_out, "mg result (not centered)"));
+    TFRMSPROP_RETURN_IF_ERROR(CheckEmpty(mg, {"mg operand (not centered)"}));
+    TFRMSPROP_RETURN_IF_ERROR(CheckEmpty(mg_out, {"mg result (not centered)"}));
   }
   // values: (n, *table[1:]).
   const std::int64_t n = indices.dimensions()[0];
@@ -257,19 +260,21 @@ ffi::Error CheckSparse(ffi::DataType type, ffi::AnyBuffer values,
   rows[0] = n;
   const ffi::AnyBuffer::Dimensions row_dims(rows.data(), rows.size());
   TFRMSPROP_RETURN_IF_ERROR(
-      CheckBuffer(values, "gradient values (one row per index)", type,
+      CheckBuffer(values, {"gradient values (one row per index)"}, type,
                   row_dims));
   if (apply) {
-    TFRMSPROP_RETURN_IF_ERROR(CheckBuffer(var, "var operand", type, table));
-    TFRMSPROP_RETURN_IF_ERROR(CheckBuffer(first, "var result", type, table));
-    TFRMSPROP_RETURN_IF_ERROR(CheckAliased(first, var, "var result"));
+    TFRMSPROP_RETURN_IF_ERROR(
+        CheckBuffer(var, {"var", "operand"}, type, table));
+    TFRMSPROP_RETURN_IF_ERROR(
+        CheckBuffer(first, {"var", "result"}, type, table));
+    TFRMSPROP_RETURN_IF_ERROR(CheckAliased(first, var, {"var", "result"}));
     if (unique.element_count() != 0) {
       return Invalid("the unique result must be empty with apply.");
     }
   } else {
-    TFRMSPROP_RETURN_IF_ERROR(CheckEmpty(var, "var operand (not apply)"));
+    TFRMSPROP_RETURN_IF_ERROR(CheckEmpty(var, {"var operand (not apply)"}));
     TFRMSPROP_RETURN_IF_ERROR(
-        CheckBuffer(first, "update rows result", type, row_dims));
+        CheckBuffer(first, {"update rows", "result"}, type, row_dims));
     if (unique.dimensions()[0] != n) {
       return Invalid("the unique result has ", unique.dimensions()[0],
                      " indices, expected ", n, ".");

@@ -132,33 +132,48 @@ inline ffi::Error CheckHypers(ffi::AnyBuffer hypers) {
   return ffi::Error::Success();
 }
 
-// `buffer` (named `what`) has element type `type` and dimensions `dims`.
-inline ffi::Error CheckBuffer(ffi::AnyBuffer buffer, std::string_view what,
+// Names an operand or result in error messages ("leaf 3 mom operand"); it is
+// formatted only when a check fails, so checking costs no allocation.
+struct Where {
+  const char* role;                // "ms", "gradient values", ...
+  const char* kind = "";           // "operand", "result" or ""
+  std::int64_t leaf = -1;          // the dense leaf, or -1
+};
+
+inline std::ostream& operator<<(std::ostream& os, const Where& where) {
+  if (where.leaf >= 0) os << "leaf " << where.leaf << " ";
+  os << where.role;
+  if (*where.kind) os << " " << where.kind;
+  return os;
+}
+
+// `buffer` has element type `type` and dimensions `dims`.
+inline ffi::Error CheckBuffer(ffi::AnyBuffer buffer, const Where& where,
                               ffi::DataType type,
                               ffi::AnyBuffer::Dimensions dims) {
   if (buffer.element_type() != type || !(buffer.dimensions() == dims)) {
-    return Invalid(what, " has dtype ", buffer.element_type(), " and shape ",
+    return Invalid(where, " has dtype ", buffer.element_type(), " and shape ",
                    buffer.dimensions(), ", expected dtype ", type,
                    " and shape ", dims, ".");
   }
   return ffi::Error::Success();
 }
 
-// `result` is the same buffer as the operand `operand` (XLA's input/output
-// aliasing), which the kernel reads through the result.
+// `result` is the same buffer as its operand (XLA's input/output aliasing),
+// which the kernel reads through the result.
 inline ffi::Error CheckAliased(ffi::AnyBuffer result, ffi::AnyBuffer operand,
-                               std::string_view what) {
+                               const Where& where) {
   if (result.element_count() != 0 &&
       result.untyped_data() != operand.untyped_data()) {
-    return Invalid(what, ": the result is not aliased to its operand.");
+    return Invalid(where, ": the result is not aliased to its operand.");
   }
   return ffi::Error::Success();
 }
 
 // An absent optional operand or result: an empty buffer.
-inline ffi::Error CheckEmpty(ffi::AnyBuffer buffer, std::string_view what) {
+inline ffi::Error CheckEmpty(ffi::AnyBuffer buffer, const Where& where) {
   if (buffer.element_count() != 0) {
-    return Invalid(what, " must be empty on this path, got shape ",
+    return Invalid(where, " must be empty on this path, got shape ",
                    buffer.dimensions(), ".");
   }
   return ffi::Error::Success();
