@@ -147,11 +147,21 @@ inline std::ostream& operator<<(std::ostream& os, const Where& where) {
   return os;
 }
 
+// Whether two shapes are equal (inline: a call per leaf operand is hot).
+inline bool SameDims(ffi::AnyBuffer::Dimensions a,
+                     ffi::AnyBuffer::Dimensions b) {
+  if (a.size() != b.size()) return false;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    if (a[i] != b[i]) return false;
+  }
+  return true;
+}
+
 // `buffer` has element type `type` and dimensions `dims`.
 inline ffi::Error CheckBuffer(ffi::AnyBuffer buffer, const Where& where,
                               ffi::DataType type,
                               ffi::AnyBuffer::Dimensions dims) {
-  if (buffer.element_type() != type || !(buffer.dimensions() == dims)) {
+  if (buffer.element_type() != type || !SameDims(buffer.dimensions(), dims)) {
     return Invalid(where, " has dtype ", buffer.element_type(), " and shape ",
                    buffer.dimensions(), ", expected dtype ", type,
                    " and shape ", dims, ".");
