@@ -169,3 +169,27 @@ def test_sparse_paths(x64, centered, fused, dtype):
   state = jax.vmap(opt.init)(table)
   _check(step, (table, state, values, indices), (0, 0, 0, 0),
          cpu_kernel.SPARSE_TARGET)
+
+
+def test_sharded_batch_runs_shard_by_shard():
+  """vmap over sharded params: each device updates its own block."""
+  mesh = jax.make_mesh((4, 2), ("x", "y"),
+                       axis_types=(jax.sharding.AxisType.Auto,) * 2)
+  sharding = jax.NamedSharding(mesh, jax.P(None, "x", "y"))
+  rng = np.random.default_rng(4)
+  params = jax.device_put(
+      jnp.asarray(rng.normal(size=(BATCH, 64, 32)), jnp.float32), sharding)
+  opt = optax_tfrmsprop.rmsprop(0.01, momentum=0.9, centered=True,
+                                backend="ffi")
+  state = opt.init(params).replace(count=jnp.zeros(BATCH, jnp.int32))
+  step = lambda p, s: opt.update(p, s, p)
+  batched = jax.jit(jax.vmap(step))
+  hlo = batched.lower(params, state).compile().as_text()
+  assert cpu_kernel.DENSE_TARGET in hlo and "all-gather" not in hlo
+  assert f"f32[{BATCH},16,16]" in hlo  # One block per device.
+  updates, new_state = batched(params, state)
+  assert new_state.mom.sharding.is_equivalent_to(sharding, 3)
+  _assert_bitwise(
+      (updates, new_state),
+      [jax.jit(step)(params[i], jax.tree.map(lambda x: x[i], state))
+       for i in range(BATCH)])
