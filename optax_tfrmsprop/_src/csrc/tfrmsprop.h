@@ -135,9 +135,9 @@ inline ffi::Error CheckHypers(ffi::AnyBuffer hypers) {
 // Names an operand or result in error messages ("leaf 3 mom operand"); it is
 // formatted only when a check fails, so checking costs no allocation.
 struct Where {
-  const char* role;                // "ms", "gradient values", ...
-  const char* kind = "";           // "operand", "result" or ""
-  std::int64_t leaf = -1;          // the dense leaf, or -1
+  const char* role;        // "ms", "gradient values", ...
+  const char* kind = "";   // "operand", "result" or ""
+  std::int64_t leaf = -1;  // the dense leaf, or -1
 };
 
 inline std::ostream& operator<<(std::ostream& os, const Where& where) {
@@ -190,8 +190,8 @@ inline ffi::Error CheckEmpty(ffi::AnyBuffer buffer, const Where& where) {
 }
 
 // Returns from the enclosing function if `expr` is an error.
-#define TFRMSPROP_RETURN_IF_ERROR(expr)        \
-  do {                                         \
+#define TFRMSPROP_RETURN_IF_ERROR(expr)                      \
+  do {                                                       \
     if (::xla::ffi::Error e = (expr); e.failure()) return e; \
   } while (0)
 
