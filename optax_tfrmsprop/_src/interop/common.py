@@ -30,7 +30,7 @@ _EXTRAS = {
 
 
 class RestoredRMSprop(NamedTuple):
-  """What every ``state_from_...`` reader of ``optax_tfrmsprop.interop`` returns.
+  """What every ``state_from_<format>`` reader of ``interop`` returns.
 
   Attributes:
     params: the parameter values the format holds, in the JAX tree asked for

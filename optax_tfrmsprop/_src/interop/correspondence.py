@@ -72,12 +72,11 @@ class Correspondence:
     (3, 2)
   """
 
-  def __init__(self, *, treedef, template, leaf_index, keras_names=None,
-               model=None, variables=None):
+  def __init__(self, *, treedef, key_paths, template, leaf_index,
+               keras_names=None, model=None, variables=None):
     self._treedef = treedef
     self._template = tuple(template)  # (shape, dtype) per JAX leaf.
     self._leaf_index = tuple(leaf_index)  # JAX leaf of each Keras weight.
-    self._key_paths = None
     n = len(self._leaf_index)
     if sorted(self._leaf_index) != list(range(len(self._template))):
       raise ValueError("Every JAX leaf must have exactly one Keras weight.")
@@ -87,23 +86,17 @@ class Correspondence:
     self.variables = tuple(variables) if variables is not None else None
     self.shapes = tuple(self._template[i][0] for i in self._leaf_index)
     self.dtypes = tuple(self._template[i][1] for i in self._leaf_index)
-    self._object_paths = None
-    self.jax_paths = ()
-
-  def _set_paths(self, key_paths):
-    self._key_paths = tuple(key_paths)
     self.jax_paths = tuple(
-        common.param_path(self._key_paths[i]) for i in self._leaf_index)
+        common.param_path(key_paths[i]) for i in self._leaf_index)
+    self._object_paths = None
 
   @classmethod
   def from_tree(cls, params: optax.Params) -> "Correspondence":
     """The correspondence of a tree whose leaf order is Keras' order."""
     flat, treedef = jax.tree_util.tree_flatten_with_path(params)
-    result = cls(treedef=treedef,
-                 template=[common.shape_dtype(leaf) for _, leaf in flat],
-                 leaf_index=range(len(flat)))
-    result._set_paths([path for path, _ in flat])  # pylint: disable=protected-access
-    return result
+    return cls(treedef=treedef, key_paths=[path for path, _ in flat],
+               template=[common.shape_dtype(leaf) for _, leaf in flat],
+               leaf_index=range(len(flat)))
 
   def __len__(self) -> int:
     return len(self._leaf_index)
@@ -393,11 +386,9 @@ def correspondence(
           f"{common.describe(*jinfo[j])} differ in shape or dtype; the "
           "optimizer's slots take their variable's, so convert the params "
           "(or the Keras model) first, or pass `paths=`.")
-  result = Correspondence(treedef=treedef, template=jinfo,
-                          leaf_index=leaf_index, keras_names=names,
-                          model=model, variables=variables)
-  result._set_paths([p for p, _ in flat])  # pylint: disable=protected-access
-  return result
+  return Correspondence(treedef=treedef, key_paths=[p for p, _ in flat],
+                        template=jinfo, leaf_index=leaf_index,
+                        keras_names=names, model=model, variables=variables)
 
 
 def _explicit(paths, names, jnames, full_paths, keras_desc) -> list[int]:

@@ -249,8 +249,8 @@ def state_from_tf_checkpoint(
     ...     prefix, interop.correspondence(model, params))
     >>> int(restored.state.count), restored.state.mom is not None
     (2, True)
-    >>> kernel = restored.params["Dense_0"]["kernel"]
-    >>> bool((kernel == model.layers[0].kernel.numpy()).all())
+    >>> dense = restored.params["Dense_0"]
+    >>> bool((dense["kernel"] == model.layers[0].kernel.numpy()).all())
     True
     >>> sorted(restored.hyperparams)
     ['decay', 'learning_rate', 'momentum', 'rho']
@@ -460,7 +460,8 @@ def state_to_tf_checkpoint(
     ...     interop.correspondence(model, params), config=config)
     >>> model.compile(tf_keras.optimizers.legacy.RMSprop(**config), "mse")
     >>> _ = model.load_weights(prefix)
-    >>> bool((model.layers[0].bias.numpy() == params["Dense_0"]["bias"]).all())
+    >>> dense = params["Dense_0"]
+    >>> bool((model.layers[0].bias.numpy() == dense["bias"]).all())
     True
   """
   common.check_state(state, "keras_legacy")
