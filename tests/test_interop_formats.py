@@ -74,6 +74,10 @@ def test_keras_fit_continues_in_linen_and_nnx(tmp_path, fmt):
     flax = helpers.Flax(kind)
     pairs = helpers.correspondence(model, flax)
     params, state, hyperparams = _read(fmt, path, pairs)
+    if fmt == "nested_checkpoint":  # Found by itself; `prefix` says it too.
+      again = interop.state_from_tf_checkpoint(path, pairs,
+                                               prefix="trainer/net")
+      assert int(again.state.count) == int(state.count)
     assert type(state) is optax_tfrmsprop.RMSpropState
     assert int(state.count) == FIT_STEPS
     assert state.mom is not None and state.mg is not None

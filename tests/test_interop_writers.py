@@ -240,9 +240,18 @@ def test_keras3_to_jax_to_keras3(momentum, centered):
   assert int(opt.iterations.numpy()) == 30
 
 
-def test_keras3_errors():
+def test_keras3_errors(tmp_path):
   keras = tf_reference.keras3()
   model = _keras3_model(keras, 0)
+  model.compile(keras.optimizers.RMSprop(0.01), "mse")
+  model.optimizer.build(model.trainable_variables)
+  model.save(str(tmp_path / "keras3.keras"))
+  with pytest.raises(ValueError, match=(
+      r"Keras v3 archive that holds a Keras 3 optimizer's variables: load it "
+      r"with keras.saving.load_model\(path\) and read model.optimizer with "
+      r"optax_tfrmsprop.interop.state_from_keras3")):
+    interop.state_from_tf_checkpoint(str(tmp_path / "keras3.keras"),
+                                     [np.zeros((6, 6), np.float32)])
   opt = keras.optimizers.RMSprop(momentum=0.9)
   opt.build(model.trainable_variables)
   opt.iterations.assign(2**31 + 10)
