@@ -78,12 +78,12 @@ def test_state_slots_must_match_each_other_and_the_params():
   state = ot.rmsprop_init(PARAMS, centered=True, momentum=0.9)
   bad_mg = dict(state.mg, w=jnp.zeros((3, 2)))
   with pytest.raises(ValueError,
-                     match=r"mg slot at \['w'\] has shape \(3, 2\)"):
+                     match=r"state.mg at \['w'\] has shape \(3, 2\)"):
     ot.rmsprop_update(GRADS, state.replace(mg=bad_mg), momentum=0.9)
   bad_mom = dict(state.mom, b=jnp.zeros(3, jnp.float16))
-  with pytest.raises(ValueError, match=r"mom slot at \['b'\].*float16"):
+  with pytest.raises(ValueError, match=r"state.mom at \['b'\].*float16"):
     ot.rmsprop_update(GRADS, state.replace(mom=bad_mom), momentum=0.9)
-  with pytest.raises(ValueError, match="mom slot does not have the tree"):
+  with pytest.raises(ValueError, match="state.mom does not match the optimizer state's structure"):
     ot.rmsprop_update(GRADS, state.replace(mom={"w": state.mom["w"]}),
                       momentum=0.9)
   with pytest.raises(ValueError, match="count must be an integer scalar"):
@@ -100,7 +100,7 @@ def test_apply_params_must_match_the_state(sparse):
           if sparse else jnp.ones((20, 4)))
   for params, message in ((jnp.zeros((2, 4)), r"shape \(2, 4\)"),
                           (jnp.zeros((20, 4), jnp.int32), "int32"),
-                          ({"t": table}, "params tree does not match")):
+                          ({"t": table}, "params does not match")):
     with pytest.raises(ValueError, match=message):
       ot.rmsprop_apply(params, grad, state, momentum=0.9)
 
@@ -290,3 +290,10 @@ def test_global_clipnorm_momentum_centered_matches_tf(backend):
     params, state = step(params, state, grads)
   ulps = tf_reference.max_ulps(params, state, tf_vars, tf_slots)
   assert ulps == dict.fromkeys(ulps, 0)
+
+
+def test_hyperparams_record_is_in_the_kernels_operand_order():
+  from optax_tfrmsprop._src import cpu_kernel  # pylint: disable=g-import-not-at-top
+  assert base.Hyperparams._fields == cpu_kernel.HYPER_ORDER
+  h = base.Hyperparams(*(jnp.float32(i) for i in range(5)))
+  np.testing.assert_array_equal(h.operand(), np.arange(5, dtype=np.float32))

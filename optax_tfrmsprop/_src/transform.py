@@ -179,11 +179,38 @@ def check_param_dtype(where: str, dtype) -> None:
       "optax.masked.")
 
 
-def _check_state(state: base.RMSpropState, semantics: base.Semantics) -> None:
-  """Raises when the state is not one :func:`rmsprop_init` could build.
+def _check_slots_and_params(state: base.RMSpropState, params) -> None:
+  """Raises a ValueError naming the first slot or param unlike its ``ms``.
+
+  TF's variable and its slots share shape and dtype; both backends update
+  them leaf by leaf in ``ms``'s layout (the CPU kernel in place), so a
+  mismatch must stop here rather than reach the kernel.
+  """
+  ms_def = jax.tree.structure(state.ms)
+  ms_leaves = jax.tree_util.tree_leaves_with_path(state.ms)
+  trees = [(f"state.{name}", getattr(state, name)) for name in ("mg", "mom")
+           if getattr(state, name) is not None]
+  if params is not None:
+    trees.append(("params", params))
+  for name, tree in trees:
+    if jax.tree.structure(tree) != ms_def:
+      raise ValueError(
+          f"{name} does not match the optimizer state's structure.\n"
+          f"  {name}: {jax.tree.structure(tree)}\n  state.ms: {ms_def}")
+    for (path, ms), x in zip(ms_leaves, jax.tree.leaves(tree)):
+      if jnp.shape(x) != ms.shape or jnp.result_type(x) != ms.dtype:
+        raise ValueError(
+            f"{name} at {_where(path)} has shape {jnp.shape(x)} and dtype "
+            f"{jnp.result_type(x)}, but state.ms there has shape {ms.shape} "
+            f"and dtype {ms.dtype}.")
+
+
+def _check_state(state: base.RMSpropState, semantics: base.Semantics,
+                 params) -> None:
+  """Raises when the state or ``params`` are not what rmsprop_init builds.
 
   A TypeError for leaves of a dtype TF's RMSprop does not update, a
-  ValueError for the rest (count, slot trees, shapes and dtypes, TF1's
+  ValueError for the rest (count, slots and params unlike ``ms``, TF1's
   ``mom``).
   """
   name = type(state).__name__
@@ -192,26 +219,9 @@ def _check_state(state: base.RMSpropState, semantics: base.Semantics) -> None:
     raise ValueError(
         f"The {name}'s count must be an integer scalar, got shape "
         f"{jnp.shape(state.count)} and dtype {jnp.result_type(state.count)}.")
-  ms_def = jax.tree.structure(state.ms)
-  ms_leaves = jax.tree_util.tree_leaves_with_path(state.ms)
-  for path, ms in ms_leaves:
+  for path, ms in jax.tree_util.tree_leaves_with_path(state.ms):
     check_param_dtype(_where(path), jnp.result_type(ms))
-  for field in ("mg", "mom"):
-    slot = getattr(state, field)
-    if slot is None:
-      continue
-    if jax.tree.structure(slot) != ms_def:
-      raise ValueError(
-          f"The {name}'s {field} slot does not have the tree of its ms slot."
-          f"\n  {field}: {jax.tree.structure(slot)}\n  ms: {ms_def}")
-    for (path, ms), leaf in zip(ms_leaves, jax.tree.leaves(slot)):
-      if jnp.shape(leaf) != jnp.shape(ms) or (
-          jnp.result_type(leaf) != jnp.result_type(ms)):
-        raise ValueError(
-            f"The {name}'s {field} slot at {_where(path)} has shape "
-            f"{jnp.shape(leaf)} and dtype {jnp.result_type(leaf)}, but its "
-            f"ms slot has shape {jnp.shape(ms)} and dtype "
-            f"{jnp.result_type(ms)}.")
+  _check_slots_and_params(state, params)
   if state.mom is None and semantics.always_momentum:
     raise ValueError(
         f"The {name} has no mom slot, but {semantics.optimizer} always has "
@@ -245,8 +255,8 @@ def _check_config(config: UpdateConfig, state: base.RMSpropState,
           "momentum=...), whose init does.")
 
 
-def _check_matches(grads, state: base.RMSpropState, params) -> None:
-  """Raises a ValueError naming the first gradient or param unlike its slot.
+def _check_matches(grads, state: base.RMSpropState) -> None:
+  """Raises a ValueError naming the first gradient unlike its slot.
 
   An :class:`~optax_tfrmsprop.IndexedSlices` stands where the params have an
   array.
@@ -271,20 +281,6 @@ def _check_matches(grads, state: base.RMSpropState, params) -> None:
           f"{jnp.shape(g)} and dtype {jnp.result_type(g)}, but its parameter "
           f"(and slot) has shape {ms.shape} and dtype {ms.dtype}."
       )
-  if params is None:
-    return
-  params_def = jax.tree.structure(params)
-  if params_def != slots_def:
-    raise ValueError(
-        "The params tree does not match the optimizer state (built by init "
-        f"from the params).\n  params: {params_def}\n  state:  {slots_def}")
-  for (path, p), ms in zip(jax.tree_util.tree_leaves_with_path(params),
-                           ms_leaves):
-    if jnp.shape(p) != ms.shape or jnp.result_type(p) != ms.dtype:
-      raise ValueError(
-          f"The parameter at {_where(path)} has shape {jnp.shape(p)} and "
-          f"dtype {jnp.result_type(p)}, but its slots have shape {ms.shape} "
-          f"and dtype {ms.dtype}: the state was built for other params.")
 
 
 def rmsprop_init(
@@ -651,9 +647,9 @@ def step(grads: optax.Updates, state: base.RMSpropState,
         f"{type(state).__name__} of flavor {state.flavor!r}: build the "
         f"state with rmsprop_init(..., flavor={config.flavor!r}).")
   semantics = base.semantics(state.flavor)
-  _check_state(state, semantics)
+  _check_state(state, semantics, params)
   _check_config(config, state, semantics)
-  _check_matches(grads, state, params)
+  _check_matches(grads, state)
   apply = params is not None
 
   leaves, treedef = jax.tree.flatten(grads, is_leaf=sparse.is_indexed_slices)
