@@ -236,7 +236,7 @@ def test_fuzz_against_tf(both_backends, clip_mode):
 @pytest.mark.slow
 @pytest.mark.parametrize("clip_mode", CLIP_MODES)
 def test_fuzz_against_tf_long(both_backends, clip_mode):
-  """More examples per clip mode: 4 by default (the suite runs slow tests
+  """More examples per clip mode: 3 by default (the suite runs slow tests
   too); ``OPTAX_TFRMSPROP_FUZZ_EXAMPLES=N`` runs N, for a longer soak."""
   _fuzz(both_backends, clip_mode,
-        max_examples=int(os.environ.get(FUZZ_EXAMPLES_ENV_VAR, "4")))
+        max_examples=int(os.environ.get(FUZZ_EXAMPLES_ENV_VAR, "3")))
