@@ -41,18 +41,18 @@ import tf_reference
 STEPS = 3
 FUZZ_EXAMPLES_ENV_VAR = "OPTAX_TFRMSPROP_FUZZ_EXAMPLES"
 CLIP_MODES = {
-    "none": {},
-    "clipvalue": {"clipvalue": 0.5},
-    "clipnorm": {"clipnorm": 1.5},
-    "global_clipnorm": {"global_clipnorm": 2.0},
-    "clipvalue+clipnorm": {"clipvalue": 0.5, "clipnorm": 0.7},
-    "clipvalue+global_clipnorm": {"clipvalue": 0.5, "global_clipnorm": 0.9},
+  "none": {},
+  "clipvalue": {"clipvalue": 0.5},
+  "clipnorm": {"clipnorm": 1.5},
+  "global_clipnorm": {"global_clipnorm": 2.0},
+  "clipvalue+clipnorm": {"clipvalue": 0.5, "clipnorm": 0.7},
+  "clipvalue+global_clipnorm": {"clipvalue": 0.5, "global_clipnorm": 0.9},
 }
 PATHS = {  # (dense, sparse) paths: (momentum on, centered)
-    "P1+P5": (False, False),
-    "P2+P6": (False, True),
-    "P3+P7": (True, False),
-    "P4+P8": (True, True),
+  "P1+P5": (False, False),
+  "P2+P6": (False, True),
+  "P3+P7": (True, False),
+  "P4+P8": (True, True),
 }
 DTYPES = {"float32": np.float32, "float64": np.float64}
 SPECIALS = ("zero", "subnormal", "1e30", "inf", "nan")
@@ -60,8 +60,13 @@ SPECIALS = ("zero", "subnormal", "1e30", "inf", "nan")
 
 def _special(kind, dtype):
   info = np.finfo(dtype)
-  return {"zero": 0.0, "subnormal": info.smallest_subnormal * 3,
-          "1e30": 1e30, "inf": np.inf, "nan": np.nan}[kind]
+  return {
+    "zero": 0.0,
+    "subnormal": info.smallest_subnormal * 3,
+    "1e30": 1e30,
+    "inf": np.inf,
+    "nan": np.nan,
+  }[kind]
 
 
 @functools.cache
@@ -85,8 +90,10 @@ def _problem(dtype_name, dense_shape, table_shape, n_ids, specials, seed):
       pick = rng.random(shape) < 0.1
       kinds = rng.choice(specials, size=shape)
       signs = rng.choice([-1.0, 1.0], size=shape)
-      values = np.vectorize(lambda k: _special(k, dtype), otypes=[float])(
-          kinds) * signs
+      values = (
+        np.vectorize(lambda k: _special(k, dtype), otypes=[float])(kinds)
+        * signs
+      )
       g = np.where(pick, values, g)
       if "zero" in specials and rng.random() < 0.1:
         g = np.zeros(shape)
@@ -96,8 +103,9 @@ def _problem(dtype_name, dense_shape, table_shape, n_ids, specials, seed):
   for _ in range(STEPS):
     values = gradient((n_ids,) + table_shape[1:])
     indices = rng.integers(0, table_shape[0], n_ids).astype(np.int32)
-    steps.append([gradient(s) for s in shapes]
-                 + [(values, indices, table_shape)])
+    steps.append(
+      [gradient(s) for s in shapes] + [(values, indices, table_shape)]
+    )
   return variables, steps
 
 
@@ -105,10 +113,13 @@ def _problem(dtype_name, dense_shape, table_shape, n_ids, specials, seed):
 def _tf_results(key):
   """TF's final variables and slots for each path, from the problem ``key``."""
   dtype_name, dense_shape, table_shape, n_ids, specials, seed, config = key
-  variables, steps = _problem(dtype_name, dense_shape, table_shape, n_ids,
-                              specials, seed)
-  return [tf_reference.run_tf(variables, steps, **path_config)
-          for path_config in _path_configs(dict(config))]
+  variables, steps = _problem(
+    dtype_name, dense_shape, table_shape, n_ids, specials, seed
+  )
+  return [
+    tf_reference.run_tf(variables, steps, **path_config)
+    for path_config in _path_configs(dict(config))
+  ]
 
 
 def _path_configs(config):
@@ -140,13 +151,15 @@ def _run_jax(variables, steps, config, *, fused):
       if fused:
         new.append(ot.rmsprop_apply(p, grads, s, **hyper))
       else:
-        updates, s = opt.update(grads, s, p)
-        new.append((ot.apply_updates(p, updates), s))
+        updates, new_s = opt.update(grads, s, p)
+        new.append((ot.apply_updates(p, updates), new_s))
     return tuple(map(list, zip(*new)))
 
-  for grads in steps:
-    grads = [ot.IndexedSlices(*g) if isinstance(g, tuple) else jnp.asarray(g)
-             for g in grads]
+  for raw in steps:
+    grads = [
+      ot.IndexedSlices(*g) if isinstance(g, tuple) else jnp.asarray(g)
+      for g in raw
+    ]
     params, states = step(params, states, grads)
   return params, states
 
@@ -154,8 +167,16 @@ def _run_jax(variables, steps, config, *, fused):
 # Special values an example puts among its gradients. The first set is what
 # the first (simplest) example of each clip mode gets: finite values, so that
 # no norm is NaN and every path's arithmetic is compared.
-SPECIAL_SETS = (("zero", "subnormal"), SPECIALS, (), ("1e30",), ("inf",),
-                ("nan",), ("zero", "1e30", "nan"), ("subnormal", "inf"))
+SPECIAL_SETS = (
+  ("zero", "subnormal"),
+  SPECIALS,
+  (),
+  ("1e30",),
+  ("inf",),
+  ("nan",),
+  ("zero", "1e30", "nan"),
+  ("subnormal", "inf"),
+)
 
 
 @st.composite
@@ -172,36 +193,47 @@ def _examples(draw, clip_mode: str, packet_rows_f32: bool):
   first = (index + 1) % 2  # float32 first for the global_clipnorm modes
   dtype_name = draw(st.sampled_from(dtypes[first:] + dtypes[:first]))
   config = dict(
-      learning_rate=draw(st.sampled_from([0.01, 1e-3, 0.3])),
-      rho=draw(st.sampled_from([0.9, 0.0, 0.5, 0.999])),
-      momentum=draw(st.sampled_from([0.9, 0.1, 1.0])),
-      epsilon=draw(st.sampled_from([0.0, 1e-7, 1e-3])),
-      decay=draw(st.sampled_from([0.01, 0.0, 0.5])),
-      **CLIP_MODES[clip_mode],
+    learning_rate=draw(st.sampled_from([0.01, 1e-3, 0.3])),
+    rho=draw(st.sampled_from([0.9, 0.0, 0.5, 0.999])),
+    momentum=draw(st.sampled_from([0.9, 0.1, 1.0])),
+    epsilon=draw(st.sampled_from([0.0, 1e-7, 1e-3])),
+    decay=draw(st.sampled_from([0.01, 0.0, 0.5])),
+    **CLIP_MODES[clip_mode],
   )
   widths = [17, 13, 1, 3, 7, 8, 9, 16]
   if dtype_name == "float32" and not packet_rows_f32:
     widths = [w for w in widths if w < update_rules.PACKET][::-1]
-  table_shape = (draw(st.sampled_from([7, 2, 12, 5])),
-                 draw(st.sampled_from(widths)))
+  table_shape = (
+    draw(st.sampled_from([7, 2, 12, 5])),
+    draw(st.sampled_from(widths)),
+  )
   dense_shape = draw(st.sampled_from([(37,), (1,), (7,), (3, 5), (2, 3, 5)]))
   n_ids = draw(st.sampled_from([9, 0, 1, 14, 5]))
   specials = draw(st.sampled_from(SPECIAL_SETS))
   seed = draw(st.integers(0, 2**16))
   fused = draw(st.sampled_from([bool(index // 2 % 2), not index // 2 % 2]))
-  key = (dtype_name, dense_shape, table_shape, n_ids, specials, seed,
-         tuple(sorted(config.items())))
+  key = (
+    dtype_name,
+    dense_shape,
+    table_shape,
+    n_ids,
+    specials,
+    seed,
+    tuple(sorted(config.items())),
+  )
   return key, fused
 
 
 def _check(key, fused):
   dtype_name, dense_shape, table_shape, n_ids, specials, seed, config = key
-  variables, steps = _problem(dtype_name, dense_shape, table_shape, n_ids,
-                              specials, seed)
+  variables, steps = _problem(
+    dtype_name, dense_shape, table_shape, n_ids, specials, seed
+  )
   with jax.enable_x64(dtype_name == "float64"):
     params, states = _run_jax(variables, steps, config, fused=fused)
   for path, (tf_vars, tf_slots, iterations), p, state in zip(
-      PATHS, _tf_results(key), params, states):
+    PATHS, _tf_results(key), params, states
+  ):
     assert int(state.count) == iterations == STEPS
     ulps = tf_reference.max_ulps(p, state, tf_vars, tf_slots)
     assert ulps == dict.fromkeys(ulps, 0), (path, ulps, key, fused)
@@ -215,9 +247,12 @@ def _fuzz(backend, clip_mode, max_examples):
   # compilation per path, and the failing example is reported as drawn.
   @hypothesis.seed(list(CLIP_MODES).index(clip_mode))
   @hypothesis.settings(
-      max_examples=max_examples, deadline=None, database=None,
-      phases=(hypothesis.Phase.explicit, hypothesis.Phase.generate),
-      suppress_health_check=list(hypothesis.HealthCheck))
+    max_examples=max_examples,
+    deadline=None,
+    database=None,
+    phases=(hypothesis.Phase.explicit, hypothesis.Phase.generate),
+    suppress_health_check=list(hypothesis.HealthCheck),
+  )
   @hypothesis.given(_examples(clip_mode, packet_rows_f32))
   def run(example):
     _check(*example)
@@ -227,16 +262,24 @@ def _fuzz(backend, clip_mode, max_examples):
 
 @pytest.mark.parametrize("clip_mode", CLIP_MODES)
 def test_fuzz_against_tf(both_backends, clip_mode):
-  """The first example of each clip mode, on all eight paths: 0 ULP on both
-  backends. (An example costs an XLA compilation and a TF run per path; the
-  slow test below runs more.)"""
+  """The first example of each clip mode, on all eight paths: 0 ULP.
+
+  On both backends. An example costs an XLA compilation and a TF run per
+  path; the slow test below runs more.
+  """
   _fuzz(both_backends, clip_mode, max_examples=1)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("clip_mode", CLIP_MODES)
 def test_fuzz_against_tf_long(both_backends, clip_mode):
-  """More examples per clip mode: 3 by default (the suite runs slow tests
-  too); ``OPTAX_TFRMSPROP_FUZZ_EXAMPLES=N`` runs N, for a longer soak."""
-  _fuzz(both_backends, clip_mode,
-        max_examples=int(os.environ.get(FUZZ_EXAMPLES_ENV_VAR, "3")))
+  """More examples per clip mode: 3 by default, N with the variable.
+
+  The suite runs slow tests too; ``OPTAX_TFRMSPROP_FUZZ_EXAMPLES=N`` runs N
+  per clip mode and backend, for a longer soak.
+  """
+  _fuzz(
+    both_backends,
+    clip_mode,
+    max_examples=int(os.environ.get(FUZZ_EXAMPLES_ENV_VAR, "3")),
+  )

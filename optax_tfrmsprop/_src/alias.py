@@ -5,7 +5,7 @@ Each is an ``optax.GradientTransformationExtraArgs`` built by the private
 and its arguments, validated once at construction.
 """
 
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import optax
@@ -30,19 +30,19 @@ def uses_momentum(momentum: Any) -> bool:
 
 
 def _rmsprop(
-    flavor: base.Flavor,
-    *,
-    learning_rate: optax.ScalarOrSchedule,
-    rho: jax.typing.ArrayLike,
-    momentum: jax.typing.ArrayLike,
-    epsilon: jax.typing.ArrayLike,
-    centered: bool,
-    rounding: base.Rounding,
-    decay: jax.typing.ArrayLike = 0.0,
-    clipvalue: Optional[jax.typing.ArrayLike] = None,
-    clipnorm: Optional[jax.typing.ArrayLike] = None,
-    global_clipnorm: Optional[jax.typing.ArrayLike] = None,
-    backend: cpu_kernel.Backend = "auto",
+  flavor: base.Flavor,
+  *,
+  learning_rate: optax.ScalarOrSchedule,
+  rho: jax.typing.ArrayLike,
+  momentum: jax.typing.ArrayLike,
+  epsilon: jax.typing.ArrayLike,
+  centered: bool,
+  rounding: base.Rounding,
+  decay: jax.typing.ArrayLike = 0.0,
+  clipvalue: jax.typing.ArrayLike | None = None,
+  clipnorm: jax.typing.ArrayLike | None = None,
+  global_clipnorm: jax.typing.ArrayLike | None = None,
+  backend: cpu_kernel.Backend = "auto",
 ) -> optax.GradientTransformationExtraArgs:
   """Builds the optimizer of ``flavor``: the factory of the three aliases.
 
@@ -51,10 +51,18 @@ def _rmsprop(
   ``update_fn`` steps it with that config (:func:`transform.step`).
   """
   config = transform.UpdateConfig(
-      learning_rate=learning_rate, rho=rho, momentum=momentum,
-      epsilon=epsilon, decay=decay, clipvalue=clipvalue, clipnorm=clipnorm,
-      global_clipnorm=global_clipnorm, rounding=rounding, backend=backend,
-      flavor=flavor)
+    learning_rate=learning_rate,
+    rho=rho,
+    momentum=momentum,
+    epsilon=epsilon,
+    decay=decay,
+    clipvalue=clipvalue,
+    clipnorm=clipnorm,
+    global_clipnorm=global_clipnorm,
+    rounding=rounding,
+    backend=backend,
+    flavor=flavor,
+  )
   for name in ("clipvalue", "clipnorm", "global_clipnorm"):
     value = getattr(config, name)
     # TF accepts 0, which maps every gradient to 0 (or NaN): refused here.
@@ -65,7 +73,8 @@ def _rmsprop(
 
   def init_fn(params):
     return transform.rmsprop_init(
-        params, centered=centered, use_momentum=use_momentum, flavor=flavor)
+      params, centered=centered, use_momentum=use_momentum, flavor=flavor
+    )
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
@@ -75,18 +84,18 @@ def _rmsprop(
 
 
 def rmsprop(
-    learning_rate: optax.ScalarOrSchedule = 0.001,
-    rho: jax.typing.ArrayLike = 0.9,
-    momentum: jax.typing.ArrayLike = 0.0,
-    epsilon: jax.typing.ArrayLike = 1e-7,
-    centered: bool = False,
-    *,
-    decay: jax.typing.ArrayLike = 0.0,
-    clipnorm: Optional[jax.typing.ArrayLike] = None,
-    clipvalue: Optional[jax.typing.ArrayLike] = None,
-    global_clipnorm: Optional[jax.typing.ArrayLike] = None,
-    rounding: base.Rounding = "tf_cpu",
-    backend: cpu_kernel.Backend = "auto",
+  learning_rate: optax.ScalarOrSchedule = 0.001,
+  rho: jax.typing.ArrayLike = 0.9,
+  momentum: jax.typing.ArrayLike = 0.0,
+  epsilon: jax.typing.ArrayLike = 1e-7,
+  centered: bool = False,
+  *,
+  decay: jax.typing.ArrayLike = 0.0,
+  clipnorm: jax.typing.ArrayLike | None = None,
+  clipvalue: jax.typing.ArrayLike | None = None,
+  global_clipnorm: jax.typing.ArrayLike | None = None,
+  rounding: base.Rounding = "tf_cpu",
+  backend: cpu_kernel.Backend = "auto",
 ) -> optax.GradientTransformationExtraArgs:
   r"""TF2/Keras RMSprop (``tf_keras.optimizers.legacy.RMSprop``), bit-exact.
 
@@ -164,20 +173,29 @@ def rmsprop(
     2012.
   """
   return _rmsprop(
-      "keras_legacy", learning_rate=learning_rate, rho=rho, momentum=momentum,
-      epsilon=epsilon, centered=centered, decay=decay, clipvalue=clipvalue,
-      clipnorm=clipnorm, global_clipnorm=global_clipnorm, rounding=rounding,
-      backend=backend)
+    "keras_legacy",
+    learning_rate=learning_rate,
+    rho=rho,
+    momentum=momentum,
+    epsilon=epsilon,
+    centered=centered,
+    decay=decay,
+    clipvalue=clipvalue,
+    clipnorm=clipnorm,
+    global_clipnorm=global_clipnorm,
+    rounding=rounding,
+    backend=backend,
+  )
 
 
 def tf1_rmsprop(
-    learning_rate: optax.ScalarOrSchedule,
-    decay: jax.typing.ArrayLike = 0.9,
-    momentum: jax.typing.ArrayLike = 0.0,
-    epsilon: jax.typing.ArrayLike = 1e-10,
-    centered: bool = False,
-    *,
-    rounding: base.Rounding = "tf_cpu",
+  learning_rate: optax.ScalarOrSchedule,
+  decay: jax.typing.ArrayLike = 0.9,
+  momentum: jax.typing.ArrayLike = 0.0,
+  epsilon: jax.typing.ArrayLike = 1e-10,
+  centered: bool = False,
+  *,
+  rounding: base.Rounding = "tf_cpu",
 ) -> optax.GradientTransformationExtraArgs:
   r"""TF1's ``tf.compat.v1.train.RMSPropOptimizer``, bit-exact.
 
@@ -241,18 +259,24 @@ def tf1_rmsprop(
   """
   transform.check_range("decay", decay, 0.0, 1.0)  # TF1's name for rho.
   return _rmsprop(
-      "tf1", learning_rate=learning_rate, rho=decay, momentum=momentum,
-      epsilon=epsilon, centered=centered, rounding=rounding)
+    "tf1",
+    learning_rate=learning_rate,
+    rho=decay,
+    momentum=momentum,
+    epsilon=epsilon,
+    centered=centered,
+    rounding=rounding,
+  )
 
 
 def keras3_rmsprop(
-    learning_rate: optax.ScalarOrSchedule = 0.001,
-    rho: jax.typing.ArrayLike = 0.9,
-    momentum: jax.typing.ArrayLike = 0.0,
-    epsilon: jax.typing.ArrayLike = 1e-7,
-    centered: bool = False,
-    *,
-    rounding: base.Rounding = "tf_cpu",
+  learning_rate: optax.ScalarOrSchedule = 0.001,
+  rho: jax.typing.ArrayLike = 0.9,
+  momentum: jax.typing.ArrayLike = 0.0,
+  epsilon: jax.typing.ArrayLike = 1e-7,
+  centered: bool = False,
+  *,
+  rounding: base.Rounding = "tf_cpu",
 ) -> optax.GradientTransformationExtraArgs:
   r"""Keras 3's ``keras.optimizers.RMSprop`` (TF backend), bit-exact.
 
@@ -313,5 +337,11 @@ def keras3_rmsprop(
     Keras, `RMSprop <https://keras.io/api/optimizers/rmsprop/>`_.
   """
   return _rmsprop(
-      "keras3", learning_rate=learning_rate, rho=rho, momentum=momentum,
-      epsilon=epsilon, centered=centered, rounding=rounding)
+    "keras3",
+    learning_rate=learning_rate,
+    rho=rho,
+    momentum=momentum,
+    epsilon=epsilon,
+    centered=centered,
+    rounding=rounding,
+  )

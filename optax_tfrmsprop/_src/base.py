@@ -9,7 +9,7 @@ the C++ kernel's operand order.
 """
 
 import dataclasses
-from typing import Any, ClassVar, Literal, NamedTuple, Optional
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import chex
 import jax
@@ -104,56 +104,59 @@ class Semantics:
     Returns:
       Whether the state has a ``mom`` slot.
     """
-    return (self.always_momentum or isinstance(momentum, jax.Array)
-            or callable(momentum) or momentum > 0)
+    return (
+      self.always_momentum
+      or isinstance(momentum, jax.Array)
+      or callable(momentum)
+      or momentum > 0
+    )
 
 
 SEMANTICS: dict[str, Semantics] = {
-    "keras_legacy": Semantics(
-        flavor="keras_legacy",
-        optimizer="tf_keras.optimizers.legacy.RMSprop",
-        initial_ms=0.0,
-        always_momentum=False,
-        update_rule="tf_kernels",
-        hypers_through_float32=True,
-        epsilon_through_float32=False,
-        zero_epsilon_is_default=True,
-        one_minus_rho_in_double=False,
-        schedule_step_in_leaf_dtype=True,
-        options=("decay", "clipvalue", "clipnorm", "global_clipnorm"),
-        slots=(("ms", "rms"), ("mom", "momentum"), ("mg", "mg")),
-    ),
-    "tf1": Semantics(
-        flavor="tf1",
-        optimizer="tf.compat.v1.train.RMSPropOptimizer",
-        initial_ms=1.0,
-        always_momentum=True,
-        update_rule="tf_kernels",
-        hypers_through_float32=True,
-        epsilon_through_float32=True,
-        zero_epsilon_is_default=False,
-        one_minus_rho_in_double=False,
-        schedule_step_in_leaf_dtype=False,
-        options=(),
-        slots=(("ms", "rms"), ("mg", "mg"), ("mom", "momentum")),
-    ),
-    "keras3": Semantics(
-        flavor="keras3",
-        optimizer="keras.optimizers.RMSprop",
-        initial_ms=0.0,
-        always_momentum=False,
-        update_rule="keras3",
-        hypers_through_float32=False,
-        epsilon_through_float32=False,
-        zero_epsilon_is_default=False,
-        one_minus_rho_in_double=True,
-        schedule_step_in_leaf_dtype=False,
-        # Keras 3 clips with formulas of its own (not reproduced) and ignores
-        # ``decay`` with a warning.
-        options=(),
-        slots=(("ms", "velocity"), ("mom", "momentum"),
-               ("mg", "average_gradient")),
-    ),
+  "keras_legacy": Semantics(
+    flavor="keras_legacy",
+    optimizer="tf_keras.optimizers.legacy.RMSprop",
+    initial_ms=0.0,
+    always_momentum=False,
+    update_rule="tf_kernels",
+    hypers_through_float32=True,
+    epsilon_through_float32=False,
+    zero_epsilon_is_default=True,
+    one_minus_rho_in_double=False,
+    schedule_step_in_leaf_dtype=True,
+    options=("decay", "clipvalue", "clipnorm", "global_clipnorm"),
+    slots=(("ms", "rms"), ("mom", "momentum"), ("mg", "mg")),
+  ),
+  "tf1": Semantics(
+    flavor="tf1",
+    optimizer="tf.compat.v1.train.RMSPropOptimizer",
+    initial_ms=1.0,
+    always_momentum=True,
+    update_rule="tf_kernels",
+    hypers_through_float32=True,
+    epsilon_through_float32=True,
+    zero_epsilon_is_default=False,
+    one_minus_rho_in_double=False,
+    schedule_step_in_leaf_dtype=False,
+    options=(),
+    slots=(("ms", "rms"), ("mg", "mg"), ("mom", "momentum")),
+  ),
+  "keras3": Semantics(
+    flavor="keras3",
+    optimizer="keras.optimizers.RMSprop",
+    initial_ms=0.0,
+    always_momentum=False,
+    update_rule="keras3",
+    hypers_through_float32=False,
+    epsilon_through_float32=False,
+    zero_epsilon_is_default=False,
+    one_minus_rho_in_double=True,
+    schedule_step_in_leaf_dtype=False,
+    # Keras 3 clips with formulas of its own (not reproduced) and ignores
+    # ``decay`` with a warning.
+    options=(),
+    slots=(("ms", "velocity"), ("mom", "momentum"), ("mg", "average_gradient")),
+  ),
 }
 """:class:`Semantics` of each :data:`Flavor`."""
 
@@ -227,8 +230,8 @@ class RMSpropState:
 
   count: chex.Array
   ms: optax.Updates
-  mg: Optional[optax.Updates] = None
-  mom: Optional[optax.Updates] = None
+  mg: optax.Updates | None = None
+  mom: optax.Updates | None = None
 
 
 @chex.dataclass(frozen=True, mappable_dataclass=False)
@@ -279,8 +282,8 @@ class Keras3RMSpropState(RMSpropState):
 
 
 STATE_CLASSES: dict[str, type[RMSpropState]] = {
-    "keras_legacy": RMSpropState,
-    "tf1": TF1RMSpropState,
-    "keras3": Keras3RMSpropState,
+  "keras_legacy": RMSpropState,
+  "tf1": TF1RMSpropState,
+  "keras3": Keras3RMSpropState,
 }
 """The state class of each :data:`Flavor`."""

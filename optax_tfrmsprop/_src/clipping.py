@@ -10,7 +10,7 @@ the global norm, the scaled gradients that the update subtracts from ``mg``)
 goes through the rounding hook, or XLA would fuse it into a multiply-add.
 """
 
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -71,8 +71,7 @@ def global_norm_scale(leaves: list[jax.Array], global_clipnorm: Any, rounding):
   round_ = numerics.rounder(rounding)
   dtype = jnp.result_type(*leaves)
   half_squares = jnp.stack(
-      [_sum(round_(round_(g * g) * 0.5), rounding).astype(dtype)
-       for g in leaves]
+    [_sum(round_(round_(g * g) * 0.5), rounding).astype(dtype) for g in leaves]
   )
   norm = jnp.sqrt(_sum(half_squares, rounding) * 2)
   c = jnp.asarray(global_clipnorm).astype(dtype)
@@ -81,12 +80,12 @@ def global_norm_scale(leaves: list[jax.Array], global_clipnorm: Any, rounding):
 
 
 def clip_gradients(
-    leaves: list[jax.Array],
-    *,
-    clipvalue: Optional[Any],
-    clipnorm: Optional[Any],
-    global_clipnorm: Optional[Any],
-    rounding: base.Rounding = "tf_cpu",
+  leaves: list[jax.Array],
+  *,
+  clipvalue: Any | None,
+  clipnorm: Any | None,
+  global_clipnorm: Any | None,
+  rounding: base.Rounding = "tf_cpu",
 ) -> list[jax.Array]:
   """Applies tf_keras' clipping pipeline to a flat list of gradients.
 

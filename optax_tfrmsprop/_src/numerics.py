@@ -82,7 +82,7 @@ def rounder(rounding: base.Rounding):
   if rounding == "tf_xla":
     return lambda x: x
   raise ValueError(
-      f"rounding must be one of {base.ROUNDINGS}, got rounding={rounding!r}."
+    f"rounding must be one of {base.ROUNDINGS}, got rounding={rounding!r}."
   )
 
 
@@ -121,8 +121,9 @@ def keras_epsilon(epsilon: Any, dtype) -> jax.Array:
   return jnp.asarray(epsilon or KERAS_EPSILON, dtype)
 
 
-def inverse_time_decay(lr: jax.Array, rate: jax.Array, step: jax.Array,
-                       round_=rounded) -> jax.Array:
+def inverse_time_decay(
+  lr: jax.Array, rate: jax.Array, step: jax.Array, round_=rounded
+) -> jax.Array:
   """Keras' inverse-time decay ``lr / (1 + (rate * step))``, rounded as TF.
 
   The one home of the formula behind tf_keras' ``decay=`` argument
@@ -151,9 +152,18 @@ def inverse_time_decay(lr: jax.Array, rate: jax.Array, step: jax.Array,
   return lr / jax.lax.optimization_barrier(1 + round_(rate * step))
 
 
-def hyperparams(semantics: base.Semantics, dtype, *, count: jax.Array,
-                learning_rate: Any, rho: Any, momentum: Any, epsilon: Any,
-                decay: Any, round_) -> base.Hyperparams:
+def hyperparams(
+  semantics: base.Semantics,
+  dtype,
+  *,
+  count: jax.typing.ArrayLike,
+  learning_rate: Any,
+  rho: Any,
+  momentum: Any,
+  epsilon: Any,
+  decay: Any,
+  round_,
+) -> base.Hyperparams:
   """The hyperparameters a leaf of ``dtype`` sees, as TF's ``_prepare_local``.
 
   TF evaluates them once per variable dtype; a mixed-precision tree therefore
@@ -190,20 +200,23 @@ def hyperparams(semantics: base.Semantics, dtype, *, count: jax.Array,
   Raises:
     ValueError: when a schedule returns anything but a scalar.
   """
+  count = jnp.asarray(count)
   step = count.astype(dtype)
   if callable(learning_rate):
     lr_step = step if semantics.schedule_step_in_leaf_dtype else count
     value = jnp.asarray(learning_rate(lr_step))
     if jnp.ndim(value) != 0:
       raise ValueError(
-          "learning_rate: the schedule must return a scalar, got an array of "
-          f"shape {jnp.shape(value)}.")
+        "learning_rate: the schedule must return a scalar, got an array of "
+        f"shape {jnp.shape(value)}."
+      )
     lr = value.astype(dtype)
   else:
     lr = as_dtype(learning_rate, dtype, through_float32=True)
   if is_tensor(decay) or decay > 0:
     lr = inverse_time_decay(
-        lr, as_dtype(decay, dtype, through_float32=True), step, round_)
+      lr, as_dtype(decay, dtype, through_float32=True), step, round_
+    )
   through_float32 = semantics.hypers_through_float32
   rho_t = as_dtype(rho, dtype, through_float32=through_float32)
   if semantics.one_minus_rho_in_double:
@@ -213,14 +226,15 @@ def hyperparams(semantics: base.Semantics, dtype, *, count: jax.Array,
   if semantics.zero_epsilon_is_default:
     eps = keras_epsilon(epsilon, dtype)
   else:
-    eps = as_dtype(epsilon, dtype,
-                   through_float32=semantics.epsilon_through_float32)
+    eps = as_dtype(
+      epsilon, dtype, through_float32=semantics.epsilon_through_float32
+    )
   return base.Hyperparams(
-      lr=lr,
-      rho=rho_t,
-      one_minus_rho=one_minus_rho,
-      momentum=as_dtype(momentum, dtype, through_float32=through_float32),
-      epsilon=eps,
+    lr=lr,
+    rho=rho_t,
+    one_minus_rho=one_minus_rho,
+    momentum=as_dtype(momentum, dtype, through_float32=through_float32),
+    epsilon=eps,
   )
 
 
@@ -284,8 +298,9 @@ def _eigen_leaves(first: int, n: int, packet: int) -> Any:
 def _flatten_leaves(tree) -> list[tuple[int, int]]:
   if isinstance(tree, tuple):
     return [tree]
-  return [leaf for side in tree if side is not None
-          for leaf in _flatten_leaves(side)]
+  return [
+    leaf for side in tree if side is not None for leaf in _flatten_leaves(side)
+  ]
 
 
 def eigen_sum(x: jax.Array) -> jax.Array:
@@ -333,14 +348,18 @@ def eigen_sum(x: jax.Array) -> jax.Array:
   def tail_index(first, size):
     return np.arange(first + (size // packet) * packet, first + size)
 
-  chunks = gather(chunk_index, rows * chunk).reshape(len(leaves), rows, 4,
-                                                     packet)
+  chunks = gather(chunk_index, rows * chunk).reshape(
+    len(leaves), rows, 4, packet
+  )
 
   def add_row(acc, row):
     return acc + row, None
 
-  acc, _ = jax.lax.scan(add_row, jnp.zeros((len(leaves), 4, packet), x.dtype),
-                        jnp.moveaxis(chunks, 1, 0))
+  acc, _ = jax.lax.scan(
+    add_row,
+    jnp.zeros((len(leaves), 4, packet), x.dtype),
+    jnp.moveaxis(chunks, 1, 0),
+  )
   vector = ((acc[:, 0] + acc[:, 1]) + acc[:, 2]) + acc[:, 3]
   extra = gather(packet_index, 3 * packet).reshape(len(leaves), 3, packet)
   for k in range(3):

@@ -17,12 +17,14 @@ int32 at the ``jit`` boundary, modulo 2**32, so an :class:`IndexedSlices`
 refuses concrete indices outside the int32 range when it is built.
 """
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
 
 @jax.tree_util.register_pytree_node_class
 class IndexedSlices:
@@ -61,11 +63,14 @@ class IndexedSlices:
 
   @classmethod
   def tree_unflatten(cls, dense_shape, children):
-    return cls(*children, dense_shape)
+    values, indices = children
+    return cls(values, indices, dense_shape)
 
   def __repr__(self):
-    return (f"IndexedSlices(values={self.values!r}, indices={self.indices!r}, "
-            f"dense_shape={self.dense_shape})")
+    return (
+      f"IndexedSlices(values={self.values!r}, indices={self.indices!r}, "
+      f"dense_shape={self.dense_shape})"
+    )
 
   def to_dense(self) -> jax.Array:
     """The dense array, duplicates summed, invalid indices dropped."""
@@ -76,8 +81,9 @@ class IndexedSlices:
 
 def _first(mask: np.ndarray) -> tuple[int, ...]:
   """The position of the first True of ``mask``."""
-  return tuple(int(i) for i in np.unravel_index(int(np.argmax(mask)),
-                                                mask.shape))
+  return tuple(
+    int(i) for i in np.unravel_index(int(np.argmax(mask)), mask.shape)
+  )
 
 
 def _show(position: tuple[int, ...]) -> str:
@@ -108,10 +114,11 @@ def check_indices_fit(indices: Any, name: str = "indices") -> None:
   if bad.any():
     k = _first(bad)
     raise ValueError(
-        f"{name}[{_show(k)}] = {concrete[k]} does not fit in int32, to which "
-        "jax converts indices without jax_enable_x64 (modulo 2**32, so it "
-        "would address another row). Enable x64 (jax.config.update("
-        "'jax_enable_x64', True)) for such tables.")
+      f"{name}[{_show(k)}] = {concrete[k]} does not fit in int32, to which "
+      "jax converts indices without jax_enable_x64 (modulo 2**32, so it "
+      "would address another row). Enable x64 (jax.config.update("
+      "'jax_enable_x64', True)) for such tables."
+    )
 
 
 def is_indexed_slices(x: Any) -> bool:
@@ -145,8 +152,11 @@ def take_rows(table: jax.Array, rows: jax.Array) -> jax.Array:
     ``rows.shape + table.shape[1:]``, the rows.
   """
   bits = jnp.dtype(f"uint{8 * table.dtype.itemsize}")
-  gathered = jax.lax.bitcast_convert_type(table, bits).at[rows].get(
-      mode="fill", fill_value=0)
+  gathered = (
+    jax.lax.bitcast_convert_type(table, bits)
+    .at[rows]
+    .get(mode="fill", fill_value=0)
+  )
   return jax.lax.bitcast_convert_type(gathered, table.dtype)
 
 
@@ -164,27 +174,31 @@ def check_sparse_grad(path: str, g: IndexedSlices, slot: jax.Array) -> None:
   values, indices = g.values, g.indices
   if g.dense_shape != slot.shape:
     raise ValueError(
-        f"{where} has dense_shape {g.dense_shape}, but its parameter has "
-        f"shape {slot.shape}.")
+      f"{where} has dense_shape {g.dense_shape}, but its parameter has "
+      f"shape {slot.shape}."
+    )
   if jnp.ndim(indices) != 1 or not jnp.issubdtype(
-      jnp.result_type(indices), jnp.integer):
+    jnp.result_type(indices), jnp.integer
+  ):
     raise ValueError(
-        f"{where}: indices must be a 1-D integer array, got shape "
-        f"{jnp.shape(indices)} and dtype {jnp.result_type(indices)}.")
+      f"{where}: indices must be a 1-D integer array, got shape "
+      f"{jnp.shape(indices)} and dtype {jnp.result_type(indices)}."
+    )
   want = (jnp.shape(indices)[0],) + slot.shape[1:]
   if jnp.shape(values) != want or jnp.result_type(values) != slot.dtype:
     raise ValueError(
-        f"{where}: values must have shape {want} (one row per index) and "
-        f"dtype {slot.dtype}, got shape {jnp.shape(values)} and dtype "
-        f"{jnp.result_type(values)}.")
+      f"{where}: values must have shape {want} (one row per index) and "
+      f"dtype {slot.dtype}, got shape {jnp.shape(values)} and dtype "
+      f"{jnp.result_type(values)}."
+    )
   if not isinstance(indices, jax.core.Tracer):
     concrete = np.asarray(indices)
     bad = (concrete < 0) | (concrete >= slot.shape[0])
     if bad.any():
       k = int(np.argmax(bad))
       raise ValueError(
-          f"{where}: indices[{k}] = {concrete[k]} is not in "
-          f"[0, {slot.shape[0]}).")
+        f"{where}: indices[{k}] = {concrete[k]} is not in [0, {slot.shape[0]})."
+      )
 
 
 def deduplicate(values: jax.Array, indices: jax.Array, num_rows: int):
@@ -217,7 +231,8 @@ def deduplicate(values: jax.Array, indices: jax.Array, num_rows: int):
   order = jnp.argsort(rows, stable=True).astype(jnp.int32)
   sorted_rows = rows[order]
   starts = jnp.concatenate(
-      [jnp.ones(1, bool), sorted_rows[1:] != sorted_rows[:-1]])
+    [jnp.ones(1, bool), sorted_rows[1:] != sorted_rows[:-1]]
+  )
   # A stable sort puts each group's first occurrence at the group's start.
   group_start = jax.lax.cummax(jnp.where(starts, position, 0))
   first = jnp.zeros(n, jnp.int32).at[order].set(order[group_start])
@@ -262,16 +277,15 @@ def apply_updates(params: optax.Params, updates: optax.Updates) -> optax.Params:
       return p.at[rows].add(u.values.astype(p.dtype), mode="drop")
     return jnp.asarray(p + u).astype(jnp.asarray(p).dtype)
 
-  return jax.tree.map(apply_leaf, params, updates,
-                      is_leaf=lambda x: x is None)
+  return jax.tree.map(apply_leaf, params, updates, is_leaf=lambda x: x is None)
 
 
 def sparse_embedding_value_and_grad(
-    loss_fn: Callable[..., Any],
-    table: jax.Array,
-    ids: jax.Array,
-    *args: Any,
-    has_aux: bool = False,
+  loss_fn: Callable[..., Any],
+  table: jax.Array,
+  ids: jax.Array,
+  *args: Any,
+  has_aux: bool = False,
 ) -> tuple[Any, tuple[Any, ...]]:
   """Loss and gradients of an embedding model, the table's as IndexedSlices.
 
@@ -321,8 +335,8 @@ def sparse_embedding_value_and_grad(
     if bad.any():
       k = _first(bad)
       raise ValueError(
-          f"ids[{_show(k)}] = {concrete[k]} is not in "
-          f"[0, {num_rows}).")
+        f"ids[{_show(k)}] = {concrete[k]} is not in [0, {num_rows})."
+      )
   ids = jnp.asarray(ids)
   # Traced invalid ids (negative, or past the end) read zero rows: the
   # gradient rows paired with them are dropped wherever the gradient is used,
@@ -330,8 +344,11 @@ def sparse_embedding_value_and_grad(
   rows = take_rows(table, valid_rows(ids, num_rows))
   argnums = tuple(range(1 + len(args)))
   value, grads = jax.value_and_grad(loss_fn, argnums, has_aux=has_aux)(
-      rows, *args)
+    rows, *args
+  )
   table_grad = IndexedSlices(
-      grads[0].reshape((ids.size,) + table.shape[1:]), ids.reshape(-1),
-      table.shape)
+    grads[0].reshape((ids.size,) + table.shape[1:]),
+    ids.reshape(-1),
+    table.shape,
+  )
   return value, (table_grad, *grads[1:])

@@ -12,8 +12,9 @@ lives in :mod:`update_rules` only.
 
 import dataclasses
 import numbers
-from typing import Any, Optional
+from typing import Any
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -28,15 +29,15 @@ from optax_tfrmsprop._src import update_rules
 
 # The leaf dtypes TF's RMSprop updates; complex ones are not supported yet.
 _FLOAT_DTYPES = tuple(
-    jnp.dtype(d) for d in (jnp.float16, jnp.bfloat16, jnp.float32,
-                           jnp.float64))
+  jnp.dtype(d) for d in (jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64)
+)
 _CLIP_OPTIONS = ("clipvalue", "clipnorm", "global_clipnorm")
 
 
 # Argument validation.
 
 
-def concrete_scalar(name: str, value: Any) -> Optional[float]:
+def concrete_scalar(name: str, value: Any) -> float | None:
   """``value`` as a float when it is known now; ``None`` when traced.
 
   Raises:
@@ -47,10 +48,11 @@ def concrete_scalar(name: str, value: Any) -> Optional[float]:
     if np.ndim(value) != 0:
       raise ValueError(f"{name} must be a scalar, got shape {np.shape(value)}.")
     if not jnp.issubdtype(value.dtype, jnp.number) or (
-        jnp.issubdtype(value.dtype, jnp.complexfloating)):
+      jnp.issubdtype(value.dtype, jnp.complexfloating)
+    ):
       raise TypeError(
-          f"{name} must be a real number, got an array of dtype "
-          f"{value.dtype}.")
+        f"{name} must be a real number, got an array of dtype {value.dtype}."
+      )
     if isinstance(value, jax.core.Tracer):
       return None
     return float(value)
@@ -59,8 +61,14 @@ def concrete_scalar(name: str, value: Any) -> Optional[float]:
   raise TypeError(f"{name} must be a real number, got {name}={value!r}.")
 
 
-def check_range(name: str, value: Any, low: float, high: float = np.inf,
-                *, low_inclusive: bool = True) -> None:
+def check_range(
+  name: str,
+  value: Any,
+  low: float,
+  high: float = np.inf,
+  *,
+  low_inclusive: bool = True,
+) -> None:
   """Raises a ValueError naming ``name`` if ``value`` is out of the range.
 
   Args:
@@ -78,11 +86,21 @@ def check_range(name: str, value: Any, low: float, high: float = np.inf,
     bracket = "[" if low_inclusive else "("
     upper = "inf)" if high == np.inf else f"{high}]"
     raise ValueError(
-        f"{name} must be in {bracket}{low}, {upper}, got {name}={value!r}.")
+      f"{name} must be in {bracket}{low}, {upper}, got {name}={value!r}."
+    )
 
 
-def validate_hyperparams(*, learning_rate, rho, momentum, epsilon, decay,
-                         clipvalue, clipnorm, global_clipnorm) -> None:
+def validate_hyperparams(
+  *,
+  learning_rate,
+  rho,
+  momentum,
+  epsilon,
+  decay,
+  clipvalue,
+  clipnorm,
+  global_clipnorm,
+) -> None:
   """Raises an exception naming the first invalid hyperparameter.
 
   Numbers must be real scalars (an array must have shape ``()``; a string
@@ -108,8 +126,9 @@ def validate_hyperparams(*, learning_rate, rho, momentum, epsilon, decay,
       check_range(name, value, 0.0)
   if clipnorm is not None and global_clipnorm is not None:
     raise ValueError(
-        "Cannot accept both clipnorm and global_clipnorm, got "
-        f"clipnorm={clipnorm!r}, global_clipnorm={global_clipnorm!r}.")
+      "Cannot accept both clipnorm and global_clipnorm, got "
+      f"clipnorm={clipnorm!r}, global_clipnorm={global_clipnorm!r}."
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,14 +150,19 @@ class UpdateConfig:
   global_clipnorm: Any
   rounding: base.Rounding
   backend: cpu_kernel.Backend
-  flavor: Optional[base.Flavor]
+  flavor: base.Flavor | None
 
   def __post_init__(self):
     validate_hyperparams(
-        learning_rate=self.learning_rate, rho=self.rho,
-        momentum=self.momentum, epsilon=self.epsilon, decay=self.decay,
-        clipvalue=self.clipvalue, clipnorm=self.clipnorm,
-        global_clipnorm=self.global_clipnorm)
+      learning_rate=self.learning_rate,
+      rho=self.rho,
+      momentum=self.momentum,
+      epsilon=self.epsilon,
+      decay=self.decay,
+      clipvalue=self.clipvalue,
+      clipnorm=self.clipnorm,
+      global_clipnorm=self.global_clipnorm,
+    )
     numerics.rounder(self.rounding)  # Validates the name.
     cpu_kernel.check_backend(self.backend)
     if self.flavor is not None:
@@ -146,8 +170,11 @@ class UpdateConfig:
 
   def options(self) -> dict[str, Any]:
     """The optional processing asked for: ``decay`` and clipping."""
-    given = {name: getattr(self, name) for name in _CLIP_OPTIONS
-             if getattr(self, name) is not None}
+    given = {
+      name: getattr(self, name)
+      for name in _CLIP_OPTIONS
+      if getattr(self, name) is not None
+    }
     if numerics.is_tensor(self.decay) or self.decay != 0:
       given = {"decay": self.decay, **given}
     return given
@@ -169,14 +196,16 @@ def check_param_dtype(where: str, dtype) -> None:
     return
   if jnp.issubdtype(dtype, jnp.complexfloating):
     raise TypeError(
-        f"The parameter at {where} has dtype {dtype}: complex parameters are "
-        "not supported yet (TF's RMSprop trains them; their exact formulas "
-        "are not reproduced here).")
+      f"The parameter at {where} has dtype {dtype}: complex parameters are "
+      "not supported yet (TF's RMSprop trains them; their exact formulas "
+      "are not reproduced here)."
+    )
   raise TypeError(
-      f"The parameter at {where} has dtype {dtype}: RMSprop updates only "
-      "float16, bfloat16, float32 and float64 parameters (TF raises for an "
-      "integer variable too). Leave it out of the tree, or mask it with "
-      "optax.masked.")
+    f"The parameter at {where} has dtype {dtype}: RMSprop updates only "
+    "float16, bfloat16, float32 and float64 parameters (TF raises for an "
+    "integer variable too). Leave it out of the tree, or mask it with "
+    "optax.masked."
+  )
 
 
 def _check_slots_and_params(state: base.RMSpropState, params) -> None:
@@ -188,25 +217,31 @@ def _check_slots_and_params(state: base.RMSpropState, params) -> None:
   """
   ms_def = jax.tree.structure(state.ms)
   ms_leaves = jax.tree_util.tree_leaves_with_path(state.ms)
-  trees = [(f"state.{name}", getattr(state, name)) for name in ("mg", "mom")
-           if getattr(state, name) is not None]
+  trees = [
+    (f"state.{name}", getattr(state, name))
+    for name in ("mg", "mom")
+    if getattr(state, name) is not None
+  ]
   if params is not None:
     trees.append(("params", params))
   for name, tree in trees:
     if jax.tree.structure(tree) != ms_def:
       raise ValueError(
-          f"{name} does not match the optimizer state's structure.\n"
-          f"  {name}: {jax.tree.structure(tree)}\n  state.ms: {ms_def}")
+        f"{name} does not match the optimizer state's structure.\n"
+        f"  {name}: {jax.tree.structure(tree)}\n  state.ms: {ms_def}"
+      )
     for (path, ms), x in zip(ms_leaves, jax.tree.leaves(tree)):
       if jnp.shape(x) != ms.shape or jnp.result_type(x) != ms.dtype:
         raise ValueError(
-            f"{name} at {_where(path)} has shape {jnp.shape(x)} and dtype "
-            f"{jnp.result_type(x)}, but state.ms there has shape {ms.shape} "
-            f"and dtype {ms.dtype}.")
+          f"{name} at {_where(path)} has shape {jnp.shape(x)} and dtype "
+          f"{jnp.result_type(x)}, but state.ms there has shape {ms.shape} "
+          f"and dtype {ms.dtype}."
+        )
 
 
-def _check_state(state: base.RMSpropState, semantics: base.Semantics,
-                 params) -> None:
+def _check_state(
+  state: base.RMSpropState, semantics: base.Semantics, params
+) -> None:
   """Raises when the state or ``params`` are not what rmsprop_init builds.
 
   A TypeError for leaves of a dtype TF's RMSprop does not update, a
@@ -215,22 +250,26 @@ def _check_state(state: base.RMSpropState, semantics: base.Semantics,
   """
   name = type(state).__name__
   if jnp.shape(state.count) != () or not jnp.issubdtype(
-      jnp.result_type(state.count), jnp.integer):
+    jnp.result_type(state.count), jnp.integer
+  ):
     raise ValueError(
-        f"The {name}'s count must be an integer scalar, got shape "
-        f"{jnp.shape(state.count)} and dtype {jnp.result_type(state.count)}.")
+      f"The {name}'s count must be an integer scalar, got shape "
+      f"{jnp.shape(state.count)} and dtype {jnp.result_type(state.count)}."
+    )
   for path, ms in jax.tree_util.tree_leaves_with_path(state.ms):
     check_param_dtype(_where(path), jnp.result_type(ms))
   _check_slots_and_params(state, params)
   if state.mom is None and semantics.always_momentum:
     raise ValueError(
-        f"The {name} has no mom slot, but {semantics.optimizer} always has "
-        f"one: build the state with rmsprop_init(params, "
-        f"flavor={semantics.flavor!r}).")
+      f"The {name} has no mom slot, but {semantics.optimizer} always has "
+      f"one: build the state with rmsprop_init(params, "
+      f"flavor={semantics.flavor!r})."
+    )
 
 
-def _check_config(config: UpdateConfig, state: base.RMSpropState,
-                  semantics: base.Semantics) -> None:
+def _check_config(
+  config: UpdateConfig, state: base.RMSpropState, semantics: base.Semantics
+) -> None:
   """Raises a ValueError if the arguments ask what the state's TF lacks.
 
   ``decay`` and clipping exist only where ``semantics.options`` lists them;
@@ -238,21 +277,24 @@ def _check_config(config: UpdateConfig, state: base.RMSpropState,
   """
   for option, value in config.options().items():
     if option not in semantics.options:
-      having = [s.flavor for s in base.SEMANTICS.values()
-                if option in s.options]
+      having = [
+        s.flavor for s in base.SEMANTICS.values() if option in s.options
+      ]
       raise ValueError(
-          f"{option}={value!r}: {semantics.optimizer} has no {option} (the "
-          f"state is a {type(state).__name__}, of flavor "
-          f"{semantics.flavor!r}); only the flavors {having} have it.")
+        f"{option}={value!r}: {semantics.optimizer} has no {option} (the "
+        f"state is a {type(state).__name__}, of flavor "
+        f"{semantics.flavor!r}); only the flavors {having} have it."
+      )
   if state.mom is None:
     momentum = concrete_scalar("momentum", config.momentum)
     if momentum is not None and momentum != 0:
       raise ValueError(
-          f"momentum={config.momentum!r} needs the state's mom slot (TF's "
-          "momentum path), but the state has none: build it with "
-          f"rmsprop_init(params, momentum={config.momentum!r}) (or "
-          "use_momentum=True), or use optax_tfrmsprop.rmsprop(..., "
-          "momentum=...), whose init does.")
+        f"momentum={config.momentum!r} needs the state's mom slot (TF's "
+        "momentum path), but the state has none: build it with "
+        f"rmsprop_init(params, momentum={config.momentum!r}) (or "
+        "use_momentum=True), or use optax_tfrmsprop.rmsprop(..., "
+        "momentum=...), whose init does."
+      )
 
 
 def _check_matches(grads, state: base.RMSpropState) -> None:
@@ -265,31 +307,34 @@ def _check_matches(grads, state: base.RMSpropState) -> None:
   slots_def = jax.tree.structure(state.ms)
   if grads_def != slots_def:
     raise ValueError(
-        "The gradient tree does not match the optimizer state (built by init "
-        f"from the params).\n  gradients: {grads_def}\n  state:     {slots_def}"
+      "The gradient tree does not match the optimizer state (built by init "
+      f"from the params).\n  gradients: {grads_def}\n  state:     {slots_def}"
     )
   ms_leaves = jax.tree.leaves(state.ms)
   for (path, g), ms in zip(
-      jax.tree_util.tree_leaves_with_path(
-          grads, is_leaf=sparse.is_indexed_slices), ms_leaves):
+    jax.tree_util.tree_leaves_with_path(
+      grads, is_leaf=sparse.is_indexed_slices
+    ),
+    ms_leaves,
+  ):
     where = _where(path)
     if isinstance(g, sparse.IndexedSlices):
       sparse.check_sparse_grad(where, g, ms)
     elif jnp.shape(g) != ms.shape or jnp.result_type(g) != ms.dtype:
       raise ValueError(
-          f"Gradient at {where} has shape "
-          f"{jnp.shape(g)} and dtype {jnp.result_type(g)}, but its parameter "
-          f"(and slot) has shape {ms.shape} and dtype {ms.dtype}."
+        f"Gradient at {where} has shape "
+        f"{jnp.shape(g)} and dtype {jnp.result_type(g)}, but its parameter "
+        f"(and slot) has shape {ms.shape} and dtype {ms.dtype}."
       )
 
 
 def rmsprop_init(
-    params: optax.Params,
-    *,
-    centered: bool = False,
-    use_momentum: Optional[bool] = None,
-    flavor: base.Flavor = "keras_legacy",
-    momentum: Optional[jax.typing.ArrayLike] = None,
+  params: optax.Params,
+  *,
+  centered: bool = False,
+  use_momentum: bool | None = None,
+  flavor: base.Flavor = "keras_legacy",
+  momentum: jax.typing.ArrayLike | None = None,
 ) -> base.RMSpropState:
   """Creates slots shaped and typed like ``params``, as TF does.
 
@@ -330,31 +375,35 @@ def rmsprop_init(
     takes_path = semantics.uses_momentum(momentum)
     if use_momentum is not None and bool(use_momentum) != takes_path:
       raise ValueError(
-          f"use_momentum={use_momentum!r} contradicts momentum={momentum!r}, "
-          f"with which {semantics.optimizer} "
-          f"{'takes' if takes_path else 'does not take'} its momentum path; "
-          "pass only momentum.")
+        f"use_momentum={use_momentum!r} contradicts momentum={momentum!r}, "
+        f"with which {semantics.optimizer} "
+        f"{'takes' if takes_path else 'does not take'} its momentum path; "
+        "pass only momentum."
+      )
     use_momentum = takes_path
   for path, p in jax.tree_util.tree_leaves_with_path(params):
-    check_param_dtype(_where(path),
-                      p.dtype if hasattr(p, "dtype") else jnp.result_type(p))
+    check_param_dtype(
+      _where(path), p.dtype if hasattr(p, "dtype") else jnp.result_type(p)
+    )
   # Strongly typed slots, so a weakly typed param (a Python scalar) cannot make
   # the state's type change after the first update and force a retrace.
   filled = lambda value: jax.tree.map(
-      lambda p: jnp.full_like(p, value, dtype=p.dtype), params)
+    lambda p: jnp.full_like(p, value, dtype=p.dtype), params
+  )
   return base.STATE_CLASSES[flavor](
-      count=jnp.zeros([], jnp.int32),
-      ms=filled(semantics.initial_ms),
-      mg=filled(0) if centered else None,
-      mom=filled(0) if use_momentum or semantics.always_momentum else None,
+    count=jnp.zeros([], jnp.int32),
+    ms=filled(semantics.initial_ms),
+    mg=filled(0) if centered else None,
+    mom=filled(0) if use_momentum or semantics.always_momentum else None,
   )
 
 
 class _HyperparamsByDtype:
   """:func:`numerics.hyperparams` of one step, computed once per leaf dtype."""
 
-  def __init__(self, semantics: base.Semantics, config: UpdateConfig,
-               count: jax.Array):
+  def __init__(
+    self, semantics: base.Semantics, config: UpdateConfig, count: chex.Array
+  ):
     self._semantics = semantics
     self._config = config
     self._count = count
@@ -365,10 +414,16 @@ class _HyperparamsByDtype:
     if dtype not in self._by_dtype:
       c = self._config
       self._by_dtype[dtype] = numerics.hyperparams(
-          self._semantics, dtype, count=self._count,
-          learning_rate=c.learning_rate, rho=c.rho, momentum=c.momentum,
-          epsilon=c.epsilon, decay=c.decay,
-          round_=numerics.rounder(c.rounding))
+        self._semantics,
+        dtype,
+        count=self._count,
+        learning_rate=c.learning_rate,
+        rho=c.rho,
+        momentum=c.momentum,
+        epsilon=c.epsilon,
+        decay=c.decay,
+        round_=numerics.rounder(c.rounding),
+      )
     return self._by_dtype[dtype]
 
 
@@ -383,20 +438,26 @@ def _sparse_leaf(g, var, ms, mg, mom, xla_leaf, hyper, backend, *, apply):
   rsqrt, which jnp cannot reach (``docs/sparse.md``).
   """
   h = hyper(ms.dtype)  # Outside both branches, as in _dense_leaves.
-  if (mom is None or not cpu_kernel.handles_sparse(ms.dtype)
-      or not cpu_kernel.use_kernel(backend)):
+  if (
+    mom is None
+    or not cpu_kernel.handles_sparse(ms.dtype)
+    or not cpu_kernel.use_kernel(backend)
+  ):
     return xla_leaf(g, var, ms, mg, mom)
 
   def kernel():
     rows = sparse.valid_rows(jnp.asarray(g.indices), ms.shape[0])
     first, new_ms, new_mg, new_mom = cpu_kernel.sparse_update(
-        g.values, rows, var, ms, mg, mom, h.operand(), apply=apply)
+      g.values, rows, var, ms, mg, mom, h.operand(), apply=apply
+    )
     if not apply:
-      first = sparse.IndexedSlices(*first, g.dense_shape)
+      update_rows, unique = first
+      first = sparse.IndexedSlices(update_rows, unique, g.dense_shape)
     return first, new_ms, new_mg, new_mom
 
   return jax.lax.platform_dependent(
-      cpu=kernel, default=lambda: xla_leaf(g, var, ms, mg, mom))
+    cpu=kernel, default=lambda: xla_leaf(g, var, ms, mg, mom)
+  )
 
 
 def _dense_leaves(leaves, xla_leaf, hyper, backend, *, apply):
@@ -429,7 +490,7 @@ def _dense_leaves(leaves, xla_leaf, hyper, backend, *, apply):
     hyper(leaf[2].dtype)
 
   def kernel():
-    results = [None] * len(leaves)
+    results: list[Any] = [None] * len(leaves)
     by_dtype = {}
     for i, leaf in enumerate(leaves):
       if cpu_kernel.handles(leaf[2].dtype):
@@ -439,8 +500,12 @@ def _dense_leaves(leaves, xla_leaf, hyper, backend, *, apply):
     for dtype, indices in by_dtype.items():
       _, _, _, mg, mom = leaves[indices[0]]
       out = cpu_kernel.dense_update(
-          [leaves[i] for i in indices], hyper(dtype).operand(),
-          centered=mg is not None, momentum=mom is not None, apply=apply)
+        [leaves[i] for i in indices],
+        hyper(dtype).operand(),
+        centered=mg is not None,
+        momentum=mom is not None,
+        apply=apply,
+      )
       for i, (first, ms, mg, mom) in zip(indices, out):
         results[i] = (-mom if first is None else first), ms, mg, mom
     return results
@@ -449,20 +514,20 @@ def _dense_leaves(leaves, xla_leaf, hyper, backend, *, apply):
 
 
 def rmsprop_update(
-    grads: optax.Updates,
-    state: base.RMSpropState,
-    *,
-    learning_rate: optax.ScalarOrSchedule = 0.001,
-    rho: jax.typing.ArrayLike = 0.9,
-    momentum: jax.typing.ArrayLike = 0.0,
-    epsilon: jax.typing.ArrayLike = 1e-7,
-    decay: jax.typing.ArrayLike = 0.0,
-    clipvalue: Optional[jax.typing.ArrayLike] = None,
-    clipnorm: Optional[jax.typing.ArrayLike] = None,
-    global_clipnorm: Optional[jax.typing.ArrayLike] = None,
-    rounding: base.Rounding = "tf_cpu",
-    flavor: Optional[base.Flavor] = None,
-    backend: cpu_kernel.Backend = "auto",
+  grads: optax.Updates,
+  state: base.RMSpropState,
+  *,
+  learning_rate: optax.ScalarOrSchedule = 0.001,
+  rho: jax.typing.ArrayLike = 0.9,
+  momentum: jax.typing.ArrayLike = 0.0,
+  epsilon: jax.typing.ArrayLike = 1e-7,
+  decay: jax.typing.ArrayLike = 0.0,
+  clipvalue: jax.typing.ArrayLike | None = None,
+  clipnorm: jax.typing.ArrayLike | None = None,
+  global_clipnorm: jax.typing.ArrayLike | None = None,
+  rounding: base.Rounding = "tf_cpu",
+  flavor: base.Flavor | None = None,
+  backend: cpu_kernel.Backend = "auto",
 ) -> tuple[optax.Updates, base.RMSpropState]:
   r"""One step of ``tf_keras.optimizers.legacy.RMSprop.apply_gradients``.
 
@@ -551,29 +616,37 @@ def rmsprop_update(
     (Array([-0.31622753, -0.31622753], dtype=float32), Array(1, dtype=int32))
   """
   config = UpdateConfig(
-      learning_rate=learning_rate, rho=rho, momentum=momentum,
-      epsilon=epsilon, decay=decay, clipvalue=clipvalue, clipnorm=clipnorm,
-      global_clipnorm=global_clipnorm, rounding=rounding, backend=backend,
-      flavor=flavor)
+    learning_rate=learning_rate,
+    rho=rho,
+    momentum=momentum,
+    epsilon=epsilon,
+    decay=decay,
+    clipvalue=clipvalue,
+    clipnorm=clipnorm,
+    global_clipnorm=global_clipnorm,
+    rounding=rounding,
+    backend=backend,
+    flavor=flavor,
+  )
   return step(grads, state, config)
 
 
 def rmsprop_apply(
-    params: optax.Params,
-    grads: optax.Updates,
-    state: base.RMSpropState,
-    *,
-    learning_rate: optax.ScalarOrSchedule = 0.001,
-    rho: jax.typing.ArrayLike = 0.9,
-    momentum: jax.typing.ArrayLike = 0.0,
-    epsilon: jax.typing.ArrayLike = 1e-7,
-    decay: jax.typing.ArrayLike = 0.0,
-    clipvalue: Optional[jax.typing.ArrayLike] = None,
-    clipnorm: Optional[jax.typing.ArrayLike] = None,
-    global_clipnorm: Optional[jax.typing.ArrayLike] = None,
-    rounding: base.Rounding = "tf_cpu",
-    flavor: Optional[base.Flavor] = None,
-    backend: cpu_kernel.Backend = "auto",
+  params: optax.Params,
+  grads: optax.Updates,
+  state: base.RMSpropState,
+  *,
+  learning_rate: optax.ScalarOrSchedule = 0.001,
+  rho: jax.typing.ArrayLike = 0.9,
+  momentum: jax.typing.ArrayLike = 0.0,
+  epsilon: jax.typing.ArrayLike = 1e-7,
+  decay: jax.typing.ArrayLike = 0.0,
+  clipvalue: jax.typing.ArrayLike | None = None,
+  clipnorm: jax.typing.ArrayLike | None = None,
+  global_clipnorm: jax.typing.ArrayLike | None = None,
+  rounding: base.Rounding = "tf_cpu",
+  flavor: base.Flavor | None = None,
+  backend: cpu_kernel.Backend = "auto",
 ) -> tuple[optax.Params, base.RMSpropState]:
   """:func:`rmsprop_update` and ``optax.apply_updates`` as one fused step.
 
@@ -617,15 +690,27 @@ def rmsprop_apply(
     Array([9.683772], dtype=float32)
   """
   config = UpdateConfig(
-      learning_rate=learning_rate, rho=rho, momentum=momentum,
-      epsilon=epsilon, decay=decay, clipvalue=clipvalue, clipnorm=clipnorm,
-      global_clipnorm=global_clipnorm, rounding=rounding, backend=backend,
-      flavor=flavor)
+    learning_rate=learning_rate,
+    rho=rho,
+    momentum=momentum,
+    epsilon=epsilon,
+    decay=decay,
+    clipvalue=clipvalue,
+    clipnorm=clipnorm,
+    global_clipnorm=global_clipnorm,
+    rounding=rounding,
+    backend=backend,
+    flavor=flavor,
+  )
   return step(grads, state, config, params)
 
 
-def step(grads: optax.Updates, state: base.RMSpropState,
-         config: UpdateConfig, params: Optional[optax.Params] = None):
+def step(
+  grads: optax.Updates,
+  state: base.RMSpropState,
+  config: UpdateConfig,
+  params: optax.Params | None = None,
+):
   """:func:`rmsprop_update`, or :func:`rmsprop_apply` when params are given.
 
   Args:
@@ -639,13 +724,15 @@ def step(grads: optax.Updates, state: base.RMSpropState,
   """
   if not isinstance(state, base.RMSpropState):
     raise TypeError(
-        "state must be an RMSpropState (from rmsprop_init or an optimizer's "
-        f"init), got {type(state).__name__}.")
+      "state must be an RMSpropState (from rmsprop_init or an optimizer's "
+      f"init), got {type(state).__name__}."
+    )
   if config.flavor is not None and config.flavor != state.flavor:
     raise ValueError(
-        f"flavor={config.flavor!r} does not match the state, a "
-        f"{type(state).__name__} of flavor {state.flavor!r}: build the "
-        f"state with rmsprop_init(..., flavor={config.flavor!r}).")
+      f"flavor={config.flavor!r} does not match the state, a "
+      f"{type(state).__name__} of flavor {state.flavor!r}: build the "
+      f"state with rmsprop_init(..., flavor={config.flavor!r})."
+    )
   semantics = base.semantics(state.flavor)
   _check_state(state, semantics, params)
   _check_config(config, state, semantics)
@@ -656,19 +743,28 @@ def step(grads: optax.Updates, state: base.RMSpropState,
   # TF clips the rows of a sparse gradient before de-duplicating them.
   is_sparse = [isinstance(g, sparse.IndexedSlices) for g in leaves]
   clipped = clipping.clip_gradients(
-      [g.values if s else g for g, s in zip(leaves, is_sparse)],
-      clipvalue=config.clipvalue, clipnorm=config.clipnorm,
-      global_clipnorm=config.global_clipnorm, rounding=config.rounding)
+    [g.values if s else g for g, s in zip(leaves, is_sparse)],
+    clipvalue=config.clipvalue,
+    clipnorm=config.clipnorm,
+    global_clipnorm=config.global_clipnorm,
+    rounding=config.rounding,
+  )
   leaves = [
-      sparse.IndexedSlices(v, g.indices, g.dense_shape) if s else v
-      for g, v, s in zip(leaves, clipped, is_sparse)
+    sparse.IndexedSlices(v, g.indices, g.dense_shape) if s else v
+    for g, v, s in zip(leaves, clipped, is_sparse)
   ]
   hyper = _HyperparamsByDtype(semantics, config, state.count)
 
   def xla_leaf(g, var, ms, mg, mom):
     update, ms, mg, mom = update_rules.update_leaf(
-        g, ms, mg, mom, hyper(ms.dtype), semantics=semantics,
-        rounding=config.rounding)
+      g,
+      ms,
+      mg,
+      mom,
+      hyper(ms.dtype),
+      semantics=semantics,
+      rounding=config.rounding,
+    )
     return (sparse.apply_updates(var, update) if apply else update), ms, mg, mom
 
   absent = [None] * len(leaves)
@@ -682,20 +778,23 @@ def step(grads: optax.Updates, state: base.RMSpropState,
     results = [xla_leaf(*leaf) for leaf in per_leaf]
   else:
     results = [
-        _sparse_leaf(*leaf, xla_leaf, hyper, config.backend, apply=apply)
-        if s else None for leaf, s in zip(per_leaf, is_sparse)
+      _sparse_leaf(*leaf, xla_leaf, hyper, config.backend, apply=apply)
+      if s
+      else None
+      for leaf, s in zip(per_leaf, is_sparse)
     ]
     dense = [i for i, s in enumerate(is_sparse) if not s]
-    dense_results = _dense_leaves([per_leaf[i] for i in dense], xla_leaf,
-                                  hyper, config.backend, apply=apply)
+    dense_results = _dense_leaves(
+      [per_leaf[i] for i in dense], xla_leaf, hyper, config.backend, apply=apply
+    )
     for i, result in zip(dense, dense_results):
       results[i] = result
   updates, ms, mg, mom = map(list, zip(*results)) if results else ([],) * 4
   unflatten = treedef.unflatten
   new_state = state.replace(
-      count=optax.safe_increment(state.count),
-      ms=unflatten(ms),
-      mg=None if state.mg is None else unflatten(mg),
-      mom=None if state.mom is None else unflatten(mom),
+    count=optax.safe_increment(state.count),
+    ms=unflatten(ms),
+    mg=None if state.mg is None else unflatten(mg),
+    mom=None if state.mom is None else unflatten(mom),
   )
   return unflatten(updates), new_state

@@ -24,8 +24,16 @@ from optax_tfrmsprop._src import sparse
 PACKET = numerics.EIGEN_PACKET_BYTES // np.dtype(np.float32).itemsize
 
 
-def update_leaf(g, ms, mg, mom, h: base.Hyperparams, *,
-                semantics: base.Semantics, rounding: base.Rounding):
+def update_leaf(
+  g,
+  ms,
+  mg,
+  mom,
+  h: base.Hyperparams,
+  *,
+  semantics: base.Semantics,
+  rounding: base.Rounding,
+):
   """One leaf of the flavor's update; returns ``(update, ms, mg, mom)``.
 
   The one dispatch on ``semantics.update_rule``: ``"keras3"`` runs
@@ -66,14 +74,18 @@ def keras3_leaf(g, ms, mg, mom, h: base.Hyperparams, r):
   """
   lr, rho, c, mu, eps = h
   if isinstance(g, sparse.IndexedSlices):
+
     def rows(f):
       # Rounded, or XLA folds "zeros + rows, then + slot" into one scatter-add
       # onto the slot, which sums duplicates in another order.
-      return r(sparse.IndexedSlices(f(g.values), g.indices,
-                                    g.dense_shape).to_dense())
+      return r(
+        sparse.IndexedSlices(f(g.values), g.indices, g.dense_shape).to_dense()
+      )
   else:
+
     def rows(f):
       return f(g)
+
   ms = r(rho * ms) + rows(lambda x: r(c * (x * x)))
   denom = ms + eps
   if mg is not None:
@@ -83,10 +95,15 @@ def keras3_leaf(g, ms, mg, mom, h: base.Hyperparams, r):
   if isinstance(g, sparse.IndexedSlices):
     at = sparse.valid_rows(jnp.asarray(g.indices), g.dense_shape[0])
     increment = sparse.IndexedSlices(
-        (lr * g.values) / sparse.take_rows(root, at), g.indices, g.dense_shape)
+      (lr * g.values) / sparse.take_rows(root, at), g.indices, g.dense_shape
+    )
     if mom is None:
-      return sparse.IndexedSlices(-increment.values, g.indices,
-                                  g.dense_shape), ms, mg, mom
+      return (
+        sparse.IndexedSlices(-increment.values, g.indices, g.dense_shape),
+        ms,
+        mg,
+        mom,
+      )
     increment = r(increment.to_dense())
   else:
     increment = (lr * g) / root
