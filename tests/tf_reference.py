@@ -15,8 +15,11 @@ def _to_tf(g):
   """A numpy gradient, or ``(values, indices, dense_shape)`` as IndexedSlices."""
   if isinstance(g, tuple):
     values, indices, dense_shape = g
-    return tf.IndexedSlices(tf.constant(values), tf.constant(indices),
-                            tf.constant(dense_shape, tf.int64))
+    return tf.IndexedSlices(
+      tf.constant(values),
+      tf.constant(indices),
+      tf.constant(dense_shape, tf.int64),
+    )
   return tf.constant(g)
 
 
@@ -57,8 +60,8 @@ def _apply_steps(opt, var_values, grad_steps, jit_compile):
   for grads in grad_steps:
     step([_to_tf(g) for g in grads])
   slots = {
-      name: [opt.get_slot(v, name).numpy() for v in variables]
-      for name in opt.get_slot_names()
+    name: [opt.get_slot(v, name).numpy() for v in variables]
+    for name in opt.get_slot_names()
   }
   return [v.numpy() for v in variables], slots
 
@@ -83,8 +86,9 @@ def run_tf1(var_values, grad_steps, *, jit_compile=False, **config):
   return _apply_steps(opt, var_values, grad_steps, jit_compile)
 
 
-def run_keras3(var_values, grad_steps, *, jit_compile=False, eager=False,
-               **config):
+def run_keras3(
+  var_values, grad_steps, *, jit_compile=False, eager=False, **config
+):
   """Applies ``grad_steps`` with Keras 3's ``keras.optimizers.RMSprop`` (TF).
 
   Args:
@@ -102,8 +106,8 @@ def run_keras3(var_values, grad_steps, *, jit_compile=False, eager=False,
   """
   keras = keras3()
   variables = [
-      keras.Variable(v, dtype=v.dtype, name=f"v{i}")
-      for i, v in enumerate(var_values)
+    keras.Variable(v, dtype=v.dtype, name=f"v{i}")
+    for i, v in enumerate(var_values)
   ]
   opt = keras.optimizers.RMSprop(**config)
   opt.build(variables)
@@ -146,14 +150,17 @@ def max_ulps(params, state, tf_vars, tf_slots, flavor="keras_legacy"):
     ``{"var": ulps, <field>: ulps, ...}`` for every slot present.
   """
   import jax  # pylint: disable=g-import-not-at-top
+
   import optax_tfrmsprop  # pylint: disable=g-import-not-at-top
   from optax_tfrmsprop._src import base  # pylint: disable=g-import-not-at-top
 
   def worst(ours, theirs):
     ours, theirs = list(ours), list(theirs)
     assert len(ours) == len(theirs)
-    distances = (optax_tfrmsprop.ulp_distance(np.asarray(a), np.asarray(b))
-                 for a, b in zip(ours, theirs))
+    distances = (
+      optax_tfrmsprop.ulp_distance(np.asarray(a), np.asarray(b))
+      for a, b in zip(ours, theirs)
+    )
     return max((int(d.max(initial=0)) for d in distances), default=0)
 
   ulps = {"var": worst(params, tf_vars)}
@@ -200,6 +207,7 @@ def packet_rsqrt_drift(steps, learning_rate, rho, momentum):
     The absolute bound on the variables' difference.
   """
   m = learning_rate / np.sqrt(1 - np.float32(rho))
-  per_mom = ((RSQRT_RELATIVE + 4 * U32) + 2 * U32 / (1 - momentum)) * m / (
-      1 - momentum)
+  per_mom = (
+    ((RSQRT_RELATIVE + 4 * U32) + 2 * U32 / (1 - momentum)) * m / (1 - momentum)
+  )
   return steps * per_mom
