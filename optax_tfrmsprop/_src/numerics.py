@@ -330,8 +330,11 @@ def eigen_sum(x: jax.Array) -> jax.Array:
   packets, reduces that packet horizontally and adds it to the scalar sum
   of the tail (``s mod packet`` elements). Every addition here rounds in
   that order, so the result is bitwise TF's whenever TF reduces on one
-  thread (measured up to 3M float32 elements), or on two threads splitting
-  at the same midpoint.
+  thread: always with one intra-op thread (tested up to 3M elements), and
+  with more only below the size at which Eigen's cost model splits the
+  input into one tree per thread (about 260K float32 or 130K float64
+  elements for ``reduce_sum``, fewer for ``l2_loss``). Above it TF's sum
+  depends on its thread count and can differ in the last bits.
 
   The program does not grow with ``x`` (nor does its compile time): the
   leaves' offsets and sizes are computed in the program by a loop over the
