@@ -27,6 +27,7 @@ from optax_tfrmsprop._src.interop.tf2_checkpoint import RestoredRMSprop
 from optax_tfrmsprop._src.transform import rmsprop_apply
 from optax_tfrmsprop._src.transform import rmsprop_init
 from optax_tfrmsprop._src.transform import rmsprop_update
+from optax_tfrmsprop import doctor
 from optax_tfrmsprop import interop
 from optax_tfrmsprop import keras
 from optax_tfrmsprop.keras import schedules
@@ -47,6 +48,7 @@ __all__ = (
     "check_checkpoint",
     "checkpoint_target",
     "cpu_kernel_is_built",
+    "doctor",
     "interop",
     "keras",
     "keras3_rmsprop",

@@ -186,6 +186,7 @@ def test_model_fit_record_is_exact_keras_legacy(tmp_path, config):
                                 else "inside")
 
 
+@pytest.mark.slow
 def test_model_fit_jit_compile_is_recorded_without_changing_it(tmp_path):
   path = str(tmp_path / "xla.npz")
   config = dict(learning_rate=0.01, momentum=0.9)
@@ -255,6 +256,7 @@ def test_learning_rate_changed_by_a_callback_is_replayed(tmp_path):
   assert "keras_legacy / tf_cpu" in [r.candidate.name for r in d.exact]
 
 
+@pytest.mark.slow
 def test_sparse_model_fit_record_is_exact(tmp_path):
   """Embedding gradients (IndexedSlices) with clipnorm and decay: P6."""
   path = str(tmp_path / "sparse.npz")
@@ -312,6 +314,7 @@ def test_keras3_eager_record_is_keras3(tmp_path):
   assert d.findings.one_minus_rho == "double"
 
 
+@pytest.mark.slow
 def test_keras3_model_fit_is_named_keras3(tmp_path):
   keras = tf_reference.keras3()
   path = str(tmp_path / "k3_fit.npz")
@@ -332,6 +335,48 @@ def test_keras3_model_fit_is_named_keras3(tmp_path):
   assert d.closest.candidate.family == "keras3", d.report()
   if not d.exact:  # Grappler's rsqrt rewrite of Keras 3's graph.
     assert any("rsqrt" in h for h in d.hints), d.report()
+
+
+_KERAS3_JAX_FIT = """
+import os, sys
+os.environ["KERAS_BACKEND"] = "jax"
+import numpy as np, keras
+from optax_tfrmsprop import doctor
+x = np.random.RandomState(0).randn(64, 5).astype(np.float32)
+y = np.random.RandomState(1).randn(64, 1).astype(np.float32)
+def fit(path):
+  keras.utils.set_random_seed(0)
+  model = keras.Sequential([keras.Input((5,)),
+                            keras.layers.Dense(8, activation="tanh"),
+                            keras.layers.Dense(1)])
+  model.compile(keras.optimizers.RMSprop(0.01, momentum=0.9), "mse")
+  if path:
+    doctor.record(model, path, steps=8)
+  model.fit(x, y, batch_size=16, epochs=3, verbose=0, shuffle=False)
+  return [np.asarray(v.value) for v in model.weights]
+same = all(np.array_equal(a.view(np.uint8), b.view(np.uint8))
+           for a, b in zip(fit(None), fit(sys.argv[1])))
+print("recorded run equals unrecorded run:", same)
+"""
+
+
+@pytest.mark.slow
+def test_keras3_jax_backend_model_fit_is_keras3_tf_xla(tmp_path):
+  """Keras 3 on JAX: Model.fit jit-compiles stateless_apply."""
+  pytest.importorskip("keras")
+  path = str(tmp_path / "k3_jax.npz")
+  env = dict(os.environ, KERAS_BACKEND="jax", PYTHONPATH=os.pathsep.join(
+      filter(None, [REPO, os.environ.get("PYTHONPATH")])))
+  done = subprocess.run([sys.executable, "-c", _KERAS3_JAX_FIT, path],
+                        capture_output=True, text=True, env=env, timeout=600,
+                        check=False)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "recorded run equals unrecorded run: True" in done.stdout
+  rec = doctor.load(path)
+  assert rec.source == "keras3" and rec.meta["run"]["how"] == "model_fit"
+  d = doctor.diagnose(path, families=["keras3"])
+  assert [r.candidate.name for r in d.exact] == ["keras3 / tf_xla"], (
+      d.report())
 
 
 def test_tf1_session_record_is_tf1(tmp_path):

@@ -63,6 +63,20 @@ class Recorder:
   Attributes:
     path: where the record is written.
     steps: how many steps are recorded (the first ``steps`` of the run).
+
+  Example:
+    >>> import os, tempfile
+    >>> import jax.numpy as jnp, optax
+    >>> from optax_tfrmsprop import doctor
+    >>> path = os.path.join(tempfile.mkdtemp(), "run.npz")
+    >>> with doctor.record(optax.rmsprop, path, learning_rate=0.1) as opt:
+    ...   params = jnp.ones(3)
+    ...   state = opt.init(params)
+    ...   for _ in range(3):
+    ...     updates, state = opt.update(params, state, params)
+    ...     params = optax.apply_updates(params, updates)
+    >>> opt.steps_recorded, doctor.load(path).num_steps
+    (2, 2)
   """
 
   def __init__(self, path: str, steps: int):
@@ -673,6 +687,126 @@ def _after(tf, result, increment):
     return tf.identity(result)
 
 
+class _Keras3JaxRecorder(Recorder):
+  """Keras 3 on the JAX backend: ``stateless_apply`` (what ``Model.fit``
+  runs under ``jax.jit``) hands each step to ``jax.debug.callback``; an eager
+  ``apply`` is read directly."""
+
+  def __init__(self, opt, path, steps, how=None):
+    super().__init__(path, steps)
+    import jax  # pylint: disable=g-import-not-at-top
+    self._jax = jax
+    self._adapter = _Keras3Adapter(opt)
+    self._how = how
+    self._fields = None
+    if getattr(opt, "_parity_doctor_recorder", None) is not None:
+      raise ValueError(
+          "This optimizer is already being recorded by the parity doctor.")
+    opt._parity_doctor_recorder = self  # pylint: disable=protected-access
+    stateless_apply = opt.stateless_apply
+    apply = opt.apply
+
+    def recorded_stateless_apply(optimizer_variables, grads,
+                                 trainable_variables):
+      new_trainable, new_optimizer = stateless_apply(
+          optimizer_variables, grads, trainable_variables)
+      index = self._indices()
+      jax.debug.callback(
+          self._host, list(grads), list(trainable_variables),
+          list(new_trainable),
+          [optimizer_variables[j] for j in index["all"]],
+          [new_optimizer[j] for j in index["all"]],
+          optimizer_variables[index["iterations"]])
+      return new_trainable, new_optimizer
+
+    def recorded_apply(grads, trainable_variables=None):
+      from keras.src import backend  # pylint: disable=g-import-not-at-top
+      if backend.in_stateless_scope():
+        return apply(grads, trainable_variables)
+      variables = list(trainable_variables if trainable_variables is not None
+                       else opt._trainable_variables)  # pylint: disable=protected-access
+      before = [np.asarray(v.value) for v in variables]
+      built = opt.built
+      slots_before = ([np.asarray(v.value) for v in self._slot_variables()]
+                      if built else None)
+      iteration = int(np.asarray(opt.iterations.value))
+      result = apply(grads, trainable_variables)
+      if slots_before is None:
+        slots_before = [np.zeros_like(np.asarray(v.value))
+                        for v in self._slot_variables()]
+      self._host(list(grads), before, [np.asarray(v.value) for v in variables],
+                 slots_before,
+                 [np.asarray(v.value) for v in self._slot_variables()],
+                 iteration)
+      return result
+
+    opt.stateless_apply = recorded_stateless_apply
+    opt.apply = recorded_apply
+
+  def _slot_variables(self):
+    opt = self._adapter.opt
+    per_var = [self._adapter.slots(v) for v in opt._trainable_variables]  # pylint: disable=protected-access
+    if self._fields is None:
+      self._fields = [f for f in record_lib.SLOTS
+                      if per_var and all(f in s for s in per_var)]
+    return [s[f] for f in self._fields for s in per_var]
+
+  def _indices(self):
+    opt = self._adapter.opt
+    ids = [id(v) for v in opt.variables]
+    return {"all": [ids.index(id(v)) for v in self._slot_variables()],
+            "iterations": ids.index(id(opt.iterations))}
+
+  def _host(self, grads, before, after, slots_before, slots_after, iteration):
+    with self._lock:
+      if self.steps_recorded >= self.steps:
+        return
+      opt = self._adapter.opt
+      n = len(after)
+      split = lambda flat: {f: [np.asarray(flat[j * n + i]) for i in range(n)]
+                            for j, f in enumerate(self._fields)}
+      if self._writer is None:
+        device = self._jax.devices()[0]
+        run = dict(how=self._how or "jax", graph=True,
+                   jit_compile=self._how == "model_fit",
+                   device=str(device), device_kind=device.platform,
+                   versions=_versions())
+        self._writer = record_lib.RecordWriter(
+            source="keras3", optimizer=self._adapter.optimizer,
+            config={"learning_rate": 0.0, "rho": 0.0, "epsilon": 0.0},
+            names=[v.path for v in opt._trainable_variables],  # pylint: disable=protected-access
+            slot_names={f: _SLOT_NAMES["keras3"][f] for f in self._fields},
+            run=run)
+        initial = split(slots_before) if int(iteration) else None
+        self._writer.begin([np.asarray(p) for p in before], initial)
+        self._first_iteration = int(iteration)
+      self._writer.step([np.asarray(g) for g in grads],
+                        [np.asarray(p) for p in after], split(slots_after),
+                        iteration=int(iteration))
+      full = self.steps_recorded >= self.steps
+    # Inside Model.fit the JAX trainer holds the variables' values, so the
+    # config (which reads the learning-rate variable) is read when fit
+    # returns.
+    if full and self._how != "model_fit":
+      self._maybe_save()
+
+  def _collect(self):
+    self._jax.effects_barrier()
+
+  def _extra_meta(self):
+    config, own = self._adapter.config({})
+    return {"config": record_lib._json_safe(dict(  # pylint: disable=protected-access
+        {"momentum": 0.0, "centered": False, "decay": 0.0}, **config)),
+            "optimizer_config": record_lib._json_safe(own)}  # pylint: disable=protected-access
+
+
+def _is_keras3_jax(opt) -> bool:
+  if not isinstance(_tf_adapter(opt), _Keras3Adapter):
+    return False
+  from keras.src import backend  # pylint: disable=g-import-not-at-top
+  return backend.backend() == "jax"
+
+
 def _record_model(model, path, steps):
   """Instruments ``model.optimizer`` and saves when ``model.fit`` returns."""
   adapter = _tf_adapter(model.optimizer)
@@ -680,7 +814,11 @@ def _record_model(model, path, steps):
     raise TypeError(
         "The parity doctor records RMSprop optimizers; this model's "
         f"optimizer is a {type(model.optimizer).__name__}.")
-  recorder = _TFRecorder(adapter, path, steps, how="model_fit")
+  if _is_keras3_jax(model.optimizer):
+    recorder = _Keras3JaxRecorder(model.optimizer, path, steps,
+                                  how="model_fit")
+  else:
+    recorder = _TFRecorder(adapter, path, steps, how="model_fit")
   # A train function traced before the instrumentation would not record.
   if getattr(model, "train_function", None) is not None:
     model.train_function = None
@@ -921,4 +1059,6 @@ def record(target: Any, path: str, *, steps: int = 20, **kwargs) -> Recorder:
     raise TypeError(
         "record() takes a Keras model, a TF/Keras RMSprop optimizer, or an "
         f"optimizer factory; got a {type(target).__name__}.")
+  if _is_keras3_jax(target):
+    return _Keras3JaxRecorder(target, path, steps)
   return _TFRecorder(adapter, path, steps)

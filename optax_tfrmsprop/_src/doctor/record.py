@@ -122,6 +122,22 @@ class Record:
     initial_slots: the slots before step 1 when the record is not fresh.
     iterations: ``(N,)`` step counter before each step, or ``None``.
     learning_rates: ``(N,)`` learning rate of each step, or ``None``.
+
+  Example:
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> from optax_tfrmsprop import doctor
+    >>> w = doctor.RecordWriter(
+    ...     source="custom", optimizer="sketch",
+    ...     config=dict(learning_rate=0.1, rho=0.9, epsilon=1e-7),
+    ...     names=["x"], slot_names={"ms": "ms"})
+    >>> w.begin([np.float32([1.0])])
+    >>> w.step([np.float32([2.0])], [np.float32([0.7])],
+    ...        {"ms": [np.float32([0.4])]})
+    >>> path = w.save(os.path.join(tempfile.mkdtemp(), "r.npz"))
+    >>> rec = doctor.load(path)
+    >>> rec.num_steps, rec.names, rec.params[0][:, 0]
+    (1, ['x'], array([1. , 0.7], dtype=float32))
   """
 
   meta: dict[str, Any]
@@ -230,6 +246,17 @@ def load(path: str) -> Record:
 
   Raises:
     ValueError: if the file is not a doctor record, or is of a newer format.
+
+  Example:
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> from optax_tfrmsprop import doctor
+    >>> path = os.path.join(tempfile.mkdtemp(), "not_a_record.npz")
+    >>> np.savez(path, x=np.zeros(2))
+    >>> doctor.load(path)
+    Traceback (most recent call last):
+    ...
+    ValueError: ... is not a parity doctor record (no 'meta').
   """
   try:
     data = np.load(os.fspath(path), allow_pickle=False)

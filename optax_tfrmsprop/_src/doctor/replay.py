@@ -76,6 +76,15 @@ class Candidate:
     initial_scale: optax's initial ``nu`` (``None`` for the presets).
     decay_float32: optax's ``decay`` given as ``jnp.float32`` rather than a
       Python float (``None`` for the presets).
+
+  Example:
+    >>> from optax_tfrmsprop import doctor
+    >>> c = doctor.Candidate("keras3", "tf_xla")
+    >>> c.name
+    'keras3 / tf_xla'
+    >>> print(c.code(dict(learning_rate=0.01, rho=0.9, momentum=0.0,
+    ...                   epsilon=1e-7, centered=False)))
+    optax_tfrmsprop.keras3_rmsprop(learning_rate=0.01, rho=0.9, momentum=0.0, epsilon=1e-07, centered=False, rounding='tf_xla')
   """
 
   family: str

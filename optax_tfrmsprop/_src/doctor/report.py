@@ -42,6 +42,26 @@ class Diagnosis:
     hints: the likely causes of the closest replay's departure (empty when
       one is exact).
     replay_device: the device the replays ran on.
+
+  Example:
+    >>> import numpy as np
+    >>> from optax_tfrmsprop import doctor
+    >>> w = doctor.RecordWriter(  # PyTorch's RMSprop step, by hand.
+    ...     source="custom", optimizer="torch-style", names=["x"],
+    ...     config=dict(learning_rate=0.1, rho=0.99, epsilon=1e-8),
+    ...     slot_names={"ms": "square_avg"})
+    >>> x, v = np.float32([1.0, -2.0, 3.0]), np.zeros(3, np.float32)
+    >>> w.begin([x])
+    >>> for _ in range(3):
+    ...   g = np.float32(2) * x
+    ...   v = v * np.float32(0.99) + np.float32(0.01) * g * g
+    ...   x = x - np.float32(0.1) * g / (np.sqrt(v) + np.float32(1e-8))
+    ...   w.step([g], [x], {"ms": [v]})
+    >>> d = doctor.diagnose(w.record(), families=["keras_legacy"])
+    >>> d.exact, d.closest.candidate.name
+    ([], 'keras_legacy / tf_cpu')
+    >>> d.closest.first.step, d.hints[0].split(":")[0]
+    (1, 'dtype casts')
   """
 
   record: record_lib.Record
