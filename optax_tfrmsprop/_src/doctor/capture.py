@@ -26,6 +26,7 @@ import atexit
 import threading
 from typing import Any, Callable, Optional
 import warnings
+import weakref
 
 import numpy as np
 
@@ -49,6 +50,16 @@ def _versions() -> dict[str, str]:
     except importlib.metadata.PackageNotFoundError:
       continue
   return found
+
+
+_LIVE: "weakref.WeakSet[Recorder]" = weakref.WeakSet()
+
+
+@atexit.register
+def _save_live_recorders() -> None:
+  """Writes what the live recorders hold at interpreter exit."""
+  for recorder in list(_LIVE):
+    recorder._save_at_exit()  # pylint: disable=protected-access
 
 
 class Recorder:
@@ -87,7 +98,7 @@ class Recorder:
     self._writer: Optional[record_lib.RecordWriter] = None
     self._saved_steps = -1
     self._lock = threading.RLock()
-    atexit.register(self._save_at_exit)
+    _LIVE.add(self)
 
   @property
   def steps_recorded(self) -> int:
@@ -881,6 +892,30 @@ class _OptaxRecorder(Recorder):
   def _collect(self):
     self._jax.effects_barrier()
 
+  def save(self, path: Optional[str] = None, *, params: Any = None) -> str:
+    """Writes the record; ``params`` completes the last step.
+
+    The variables after an optax step are the params of the next ``update``
+    call, so the last step's are unknown until then: pass the final params
+    here to record that step too.
+
+    Args:
+      path: where to write (default :attr:`path`).
+      params: the params after the last ``update``, or None.
+
+    Returns:
+      The path written.
+    """
+    self._collect()
+    if params is not None:
+      with self._lock:
+        if self._pending is not None and self.steps_recorded < self.steps:
+          g, s = self._pending
+          self._writer.step(
+              g, [np.asarray(p) for p in self._jax.tree.leaves(params)], s)
+          self._pending = None
+    return super().save(path)
+
 
 def _jax_run(jax) -> dict[str, Any]:
   device = jax.devices()[0]
@@ -984,9 +1019,10 @@ def _recording_transformation(inner, host: Callable[..., None],
           "A recorded optimizer needs the params: call "
           "update(grads, state, params).")
     new_updates, new_state = inner.update(updates, state, params, **extra_args)
-    set_names([jax.tree_util.keystr(path, simple=True, separator="/")
-               or "params" for path, _ in
-               jax.tree_util.tree_leaves_with_path(params)])
+    names = [jax.tree_util.keystr(path, simple=True, separator="/")
+             for path, _ in jax.tree_util.tree_leaves_with_path(params)]
+    set_names(["params" if not n else f"params[{n}]" if n.isdigit() else n
+               for n in names])
     jax.debug.callback(
         lambda g, p, s: host(g, p, s), jax.tree.leaves(updates),
         jax.tree.leaves(params), _slots_of_state(new_state))

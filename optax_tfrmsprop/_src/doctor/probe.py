@@ -212,44 +212,65 @@ def probe(rec: record_lib.Record) -> Findings:
       elif abs(estimate - c_double) < 0.5 * gap:
         found.one_minus_rho = "double"
 
-  # Epsilon placement, momentum and the learning rate of each step.
-  fits = {"inside": [0, 0], "outside": [0, 0]}
+  # Where the learning rate is (with a momentum slot), then epsilon
+  # placement and the learning rate of each step.
+  def increments(i, k):
+    """The recorded increment of step k, its rounding noise, and the
+    variable's change."""
+    dtype = np.dtype(rec.params[i].dtype)
+    var_before = _f64(rec.params[i][k])
+    var_after = _f64(rec.params[i][k + 1])
+    delta = var_before - var_after
+    var_noise = 2 * _ulp(var_before, dtype) + 2 * _ulp(var_after, dtype)
+    if not has_mom:
+      return delta, var_noise, delta, None, var_noise
+    mom = _f64(rec.slots["mom"][i][k])
+    if k > 0:
+      mom_before = _f64(rec.slots["mom"][i][k - 1])
+    elif rec.fresh or not rec.initial_slots:
+      mom_before = np.zeros_like(mom)
+    else:
+      mom_before = _f64(rec.initial_slots["mom"][i])
+    noise = 2 * _ulp(mom, dtype) + 2 * _ulp(mu * mom_before, dtype)
+    return mom - mu * mom_before, noise, delta, mom, var_noise
+
   lr_inside = [0, 0]
+  if has_mom and expected is not None:
+    for i in variables:
+      dtype = np.dtype(rec.params[i].dtype)
+      for k in steps:
+        lr_k = float(expected[k])
+        if abs(lr_k - 1.0) <= 1e-2:
+          continue
+        _, _, delta, mom, var_noise = increments(i, k)
+        # The variable moves by the momentum slot (lr inside it) or by lr
+        # times the slot (lr outside, PyTorch's buffer).
+        ok = np.abs(delta) > 32 * var_noise
+        tol = var_noise + 16 * _eps(dtype) * np.abs(delta)
+        lr_inside[0] += int(np.sum((np.abs(delta - mom) <= tol)[ok]))
+        lr_inside[1] += int(np.sum((np.abs(delta - lr_k * mom) <= tol)[ok]))
+  if sum(lr_inside):
+    if lr_inside[0] >= 0.9 * sum(lr_inside):
+      found.lr_in_momentum = True
+    elif lr_inside[1] >= 0.9 * sum(lr_inside):
+      found.lr_in_momentum = False
+  lr_outside = found.lr_in_momentum is False
+
+  fits = {"inside": [0, 0], "outside": [0, 0]}
   estimates = {k: [] for k in steps}
   for i in variables:
     dtype = np.dtype(rec.params[i].dtype)
     e = _eps(dtype)
     for k in steps:
+      if expected is None:
+        break
       g = used[k][i]
-      var_before, var_after = _f64(rec.params[i][k]), _f64(rec.params[i][k + 1])
       ms = _f64(rec.slots["ms"][i][k])
       s = ms - _f64(rec.slots["mg"][i][k]) ** 2 if centered else ms
-      delta = var_before - var_after
-      if has_mom:
-        mom = _f64(rec.slots["mom"][i][k])
-        if k > 0:
-          mom_before = _f64(rec.slots["mom"][i][k - 1])
-        elif rec.fresh or not rec.initial_slots:
-          mom_before = np.zeros_like(mom)
-        else:
-          mom_before = _f64(rec.initial_slots["mom"][i])
-        inc = mom - mu * mom_before
-        noise = 2 * _ulp(mom, dtype) + 2 * _ulp(mu * mom_before, dtype)
-        # Where is the learning rate: var moves by mom (inside) or lr * mom.
-        lr_k = None if expected is None else float(expected[k])
-        if lr_k is not None and abs(lr_k - 1.0) > 1e-2:
-          tol = 4 * _ulp(var_before, dtype) + 16 * e * np.abs(delta)
-          ok = np.abs(delta) > 64 * _ulp(var_before, dtype)
-          if np.any(ok):
-            lr_inside[0] += int(np.sum(np.abs(delta - mom)[ok] <= tol[ok]))
-            lr_inside[1] += int(np.sum(
-                np.abs(delta - lr_k * mom)[ok] <= tol[ok]))
-      else:
-        inc = delta
-        noise = 2 * _ulp(var_before, dtype) + 2 * _ulp(var_after, dtype)
-      if expected is None:
-        continue
+      inc, noise, _, _, _ = increments(i, k)
       lr_k = float(expected[k])
+      if lr_outside:  # The slot accumulates g / den; compare lr times it.
+        inc, noise = inc * lr_k, noise * lr_k
       with np.errstate(divide="ignore", invalid="ignore"):
         pred = {"outside": lr_k * g / (np.sqrt(np.maximum(s, 0)) + eps),
                 "inside": lr_k * g / np.sqrt(np.maximum(s + eps, 0))}
@@ -262,9 +283,8 @@ def probe(rec: record_lib.Record) -> Findings:
         fits[h][0] += int(np.sum(np.abs(inc - pred[h])[apart]
                                  <= tol[h][apart]))
         fits[h][1] += int(np.sum(apart))
-      # The learning rate this step used, where the increment is well
-      # above its rounding noise; under the fitted epsilon placement (both
-      # agree where epsilon does not matter).
+      # The learning rate this step used, where the increment is well above
+      # its rounding noise and epsilon does not matter.
       good = usable & (np.abs(inc) > 1e4 * noise) & ~apart
       if np.any(good):
         den = np.sqrt(np.maximum(s, 0))[good] + eps
@@ -279,13 +299,7 @@ def probe(rec: record_lib.Record) -> Findings:
       found.epsilon = "outside"
     elif inside < 0.5 and outside < 0.5:
       found.epsilon = "neither"
-  if lr_inside[0] + lr_inside[1]:
-    counted = sum(lr_inside)
-    if lr_inside[0] >= 0.9 * counted:
-      found.lr_in_momentum = True
-    elif lr_inside[1] >= 0.9 * counted:
-      found.lr_in_momentum = False
-  if expected is not None and found.lr_in_momentum is not False:
+  if expected is not None:
     for k in steps:
       if len(estimates[k]) >= 1:
         est = float(np.median(estimates[k]))

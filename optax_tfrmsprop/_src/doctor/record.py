@@ -136,7 +136,8 @@ class Record:
     ...        {"ms": [np.float32([0.4])]})
     >>> path = w.save(os.path.join(tempfile.mkdtemp(), "r.npz"))
     >>> rec = doctor.load(path)
-    >>> rec.num_steps, rec.names, rec.params[0][:, 0]
+    >>> history = rec.params[0]  # before step 1, after step 1
+    >>> rec.num_steps, rec.names, history.ravel()
     (1, ['x'], array([1. , 0.7], dtype=float32))
   """
 

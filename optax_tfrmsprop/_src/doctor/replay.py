@@ -333,14 +333,22 @@ def candidates(rec: record_lib.Record,
 class Divergence:
   """Where a replay first departs from the record.
 
+  Among the quantities that differ at the first step that differs, the one
+  whose error is largest against its own step (the variable's change in that
+  step; a slot's size) is reported: ULPs of a variable that barely moved
+  exaggerate, ULPs of a slot do not.
+
   Attributes:
     step: the 1-based step.
     variable: the variable's index in the record.
     quantity: ``"var"``, ``"ms"``, ``"mg"`` or ``"mom"``.
     ulp: the largest ULP distance of that quantity at that step.
-    index: the element (a tuple) where it is largest.
+    index: the element (a tuple) with the largest error against its step.
     recorded: the record's value there.
     replayed: the candidate's value there.
+    step_relative: ``|replayed - recorded|`` there, over the variable's
+      change in the step (``var``) or the slot's size (``ms``, ``mg``,
+      ``mom``).
   """
 
   step: int
@@ -350,6 +358,7 @@ class Divergence:
   index: tuple[int, ...]
   recorded: float
   replayed: float
+  step_relative: float = 0.0
 
   @property
   def relative(self) -> float:
@@ -397,7 +406,7 @@ class Replay:
       return (3, 0, 0, 0)
     if self.first is None:  # 0 ULP; exact unless the slots differ.
       return (0, 0, 0, 0) if not self.structure else (1, -np.inf, 0, 0)
-    return (1, -self.first.step, self.first.ulp, self.max_ulp)
+    return (1, -self.first.step, self.first.step_relative, self.max_ulp)
 
 
 def _float_view(a: np.ndarray) -> np.ndarray:
@@ -510,24 +519,56 @@ def _replay(rec, candidate, ulps):
     params, state, slots = step(params, state, grads)
     host_params, host_slots = jax.device_get((params, slots))
     for i in range(len(rec.params)):
-      row = [(QUANTITIES.index("var"), host_params[i], rec.params[i][k + 1])]
+      row = [(QUANTITIES.index("var"), host_params[i], rec.params[i][k + 1],
+              rec.params[i][k])]
       for field in record_lib.SLOTS:
         if field in rec.slots and host_slots[field] is not None:
           row.append((QUANTITIES.index(field), host_slots[field][i],
-                      rec.slots[field][i][k]))
-      for q, mine, theirs in row:
+                      rec.slots[field][i][k], _slot_before(rec, field, i, k)))
+      for q, mine, theirs, before in row:
         mine = _float_view(np.asarray(mine))
         theirs = _float_view(np.asarray(theirs))
         ulp, index = _compare(mine, theirs)
         ulps[k, i, q] = ulp
-        if ulp > 0 and (first is None or (first.step == k + 1
-                                          and ulp > first.ulp)):
-          first = Divergence(
-              step=k + 1, variable=i, quantity=QUANTITIES[q], ulp=ulp,
-              index=tuple(int(j) for j in index),
-              recorded=_scalar(theirs, index),
-              replayed=_scalar(mine, index))
+        if ulp > 0 and (first is None or first.step == k + 1):
+          found = _divergence(k, i, QUANTITIES[q], ulp, mine, theirs, before)
+          if first is None or found.step_relative > first.step_relative:
+            first = found
   return Replay(candidate, ulps, structure, first=first, steps=rec.num_steps)
+
+
+def _slot_before(rec, field, i, k):
+  """The recorded slot before step ``k`` (0-based), or None if unknown."""
+  if k > 0:
+    return rec.slots[field][i][k - 1]
+  if rec.initial_slots and field in rec.initial_slots:
+    return rec.initial_slots[field][i]
+  return None
+
+
+def _divergence(k, i, quantity, ulp, mine, theirs, before) -> "Divergence":
+  """The element of one quantity whose error is largest against its step."""
+  a = np.asarray(mine, np.float64)
+  b = np.asarray(theirs, np.float64)
+  prev = (np.zeros_like(b) if before is None
+          else np.asarray(_float_view(np.asarray(before)), np.float64))
+  if quantity == "var":  # Against the step: the variable may dwarf it.
+    scale = np.abs(b - prev)
+  else:  # Against the slot's size: it may cross zero (mg, mom).
+    scale = np.maximum(np.abs(b), np.abs(prev))
+  with np.errstate(divide="ignore", invalid="ignore"):
+    error = np.abs(a - b)
+    relative = np.where(error == 0, 0.0, error / np.where(scale > 0, scale,
+                                                           np.inf))
+  relative = np.where(np.isnan(relative), np.inf, relative)
+  flat = int(np.argmax(relative)) if relative.size else 0
+  index = np.unravel_index(flat, relative.shape) if relative.size else ()
+  return Divergence(
+      step=k + 1, variable=i, quantity=quantity, ulp=ulp,
+      index=tuple(int(j) for j in index), recorded=_scalar(theirs, index),
+      replayed=_scalar(mine, index),
+      step_relative=float(relative.reshape(-1)[flat]) if relative.size
+      else 0.0)
 
 
 def _scalar(a: np.ndarray, index) -> float:

@@ -116,12 +116,23 @@ class Diagnosis:
                    "semantics of this record).")
 
   def tiers(self) -> dict[str, str]:
-    """For the record's own family: each rounding tier's outcome."""
+    """Each rounding tier's outcome for the record's own semantics.
+
+    The record's family (and, for optax, the options of its best replay),
+    under each rounding tier and schedule evaluation.
+    """
     family = _family(self.record)
+    ran = [r for r in self.replays if r.error is None
+           and r.candidate.family == family]
+    if not ran:
+      return {}
+    best = ran[0].candidate
+    same = lambda c: (c.eps_in_sqrt, c.initial_scale, c.decay_float32) == (
+        best.eps_in_sqrt, best.initial_scale, best.decay_float32)
     out = {}
-    for r in self.replays:
+    for r in ran:
       c = r.candidate
-      if c.family != family or r.error is not None:
+      if not same(c):
         continue
       key = c.rounding + (f" / {c.schedule} schedule" if c.schedule else "")
       out[key] = ("exact" if r.exact else
@@ -191,7 +202,19 @@ def _departure(rec: record_lib.Record, r: replay_lib.Replay) -> str:
   d = r.first
   where = "variable" if d.quantity == "var" else f"slot {d.quantity} of"
   return (f"step {d.step}, {where} {rec.names[d.variable]!r}: {d.ulp} ULP "
-          f"(relative {d.relative:.1e})")
+          f"(error {d.step_relative:.1e} of {_scale_name(d)})")
+
+
+def _scale_name(d: replay_lib.Divergence) -> str:
+  return "the step" if d.quantity == "var" else "the slot"
+
+
+def _rounding_level(rec, d: replay_lib.Divergence) -> bool:
+  """Whether a first departure is of the size rounding leaves."""
+  dtype = rec.params[d.variable].dtype
+  eps = float(np.finfo(np.finfo(dtype).dtype if np.iscomplexobj(
+      np.zeros((), dtype)) else dtype).eps)
+  return d.ulp <= _ROUNDING_ULPS or d.step_relative <= 64 * eps
 
 
 def _rule_out(rec: record_lib.Record, c: replay_lib.Candidate,
@@ -273,8 +296,11 @@ def diagnose(
       ruled_out.append((c, why))
   if not kept:  # The probes exclude everything: replay all, to measure.
     kept, ruled_out = [c for c, _ in ruled_out], []
-  platform = device
-  dev = jax.devices(platform)[0] if platform else jax.devices()[0]
+  try:
+    dev = jax.devices(device)[0] if device else jax.devices()[0]
+  except RuntimeError as e:
+    raise ValueError(f"No jax device of platform {device!r} to replay on: "
+                     f"{e}") from e
   with jax.default_device(dev):
     replays = [replay_lib.replay(rec, c) for c in kept]
   replays.sort(key=lambda r: r.sort_key())
@@ -383,17 +409,18 @@ def _explain(rec, best: replay_lib.Replay,
           "(Model.fit or tf.function), whose rewrites round some steps' "
           "learning rate differently from eager evaluation; this version of "
           "the package's schedule ports reproduces eager evaluation only.")
-  if d is not None and not hints and d.ulp <= _ROUNDING_ULPS:
+  if d is not None and not hints and _rounding_level(rec, d):
     hints.append(_rounding_hint(rec, best))
   if not hints:
     if d is None:
       hints.append("the slots differ: " + ", ".join(best.structure))
     else:
       hints.append(
-          f"unknown: {c.name} departs by {d.ulp} ULP at step {d.step} with "
-          "no algebraic difference the probes can see (initial ms, epsilon "
-          "placement, lr inside momentum, 1 - rho, learning rate per step "
-          "all agree).")
+          f"unknown: {c.name} departs at step {d.step} by {d.ulp} ULP (an "
+          f"error of {d.step_relative:.1e} of {_scale_name(d)}), more than "
+          "rounding, with no algebraic difference the probes can see "
+          "(initial ms, epsilon placement, lr inside momentum, 1 - rho and "
+          "the learning rate per step agree).")
   return hints
 
 
@@ -410,9 +437,9 @@ def _rounding_hint(rec, best) -> str:
       "var": "in the step (x / sqrt(d) against x * rsqrt(d), or the "
              "variable update fused into an FMA)",
   }[d.quantity]
-  text = (f"FMA/rsqrt rounding: the algebra agrees, but {c.name} departs by "
-          f"{d.ulp} ULP (relative {d.relative:.1e}) at step {d.step} "
-          f"{where}.")
+  text = (f"FMA/rsqrt rounding: the algebra agrees, but {c.name} departs at "
+          f"step {d.step} {where}, by {d.ulp} ULP (an error of "
+          f"{d.step_relative:.1e} of {_scale_name(d)}).")
   if kind == "gpu":
     text += (f" The record was made on a GPU "
              f"({run.get('device_description') or run.get('device')}): TF's "
@@ -582,8 +609,9 @@ def _render(diag: Diagnosis, *, per_step: bool, all_steps: bool) -> str:
             f"  departs at step {d.step}, "
             f"{'variable' if d.quantity == 'var' else 'slot ' + d.quantity + ' of'}"
             f" {rec.names[d.variable]!r}, element {d.index}: recorded "
-            f"{d.recorded!r}, replayed {d.replayed!r} ({d.ulp} ULP, relative "
-            f"{d.relative:.1e})")
+            f"{d.recorded!r}, replayed {d.replayed!r} (largest distance "
+            f"{d.ulp} ULP; error {d.step_relative:.1e} of "
+            f"{_scale_name(d)})")
       if best.structure:
         out.append(f"  slots differ: {', '.join(best.structure)}")
     for hint in diag.hints:
