@@ -227,6 +227,28 @@ def test_gradient_tape_xla_step_is_exact_on_the_tf_xla_tier(tmp_path):
   assert d.tiers()["tf_cpu"].startswith("departs at step")
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float16", "bfloat16"])
+def test_records_of_other_dtypes_are_replayed_in_their_dtype(tmp_path, dtype):
+  path = str(tmp_path / f"{dtype}.npz")
+  w = tf.Variable(tf.cast(_W0[0], dtype))
+  opt = tf_keras.optimizers.legacy.RMSprop(0.01, momentum=0.9)
+  doctor.record(opt, path, steps=4)
+
+  @tf.function
+  def step(x):
+    with tf.GradientTape() as tape:
+      loss = tf.reduce_sum(tf.tanh(tf.cast(x, dtype) @ w) ** 2)
+    opt.apply_gradients([(tape.gradient(loss, w), w)])
+
+  for x in _BATCHES[:4]:
+    step(x)
+  rec = doctor.load(path)
+  assert rec.meta["variables"][0]["dtype"] == dtype
+  d = doctor.diagnose(path, families=["keras_legacy"])
+  assert "keras_legacy / tf_cpu" in [r.candidate.name for r in d.exact], (
+      d.report())
+
+
 def test_record_of_a_trained_optimizer_starts_from_its_slots(tmp_path):
   path = str(tmp_path / "late.npz")
   make = lambda: tf_keras.optimizers.legacy.RMSprop(

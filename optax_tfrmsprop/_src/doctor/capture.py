@@ -124,7 +124,7 @@ class Recorder:
     return self._writer.record(extra_meta=self._extra_meta())
 
   def save(self, path: Optional[str] = None) -> str:
-    """Writes the record (to ``path``, default :attr:`path`); returns the path."""
+    """Writes the record to ``path`` (default :attr:`path`); returns it."""
     with self._lock:
       rec = self.record()
       written = rec.save(path or self.path)
@@ -670,9 +670,9 @@ class _TFRecorder(Recorder):
   def _extra_meta(self):
     hypers = {k: np.stack(v) for k, v in self._hypers.items()}
     config, own = self._adapter.config(hypers)
-    meta = {"config": record_lib._json_safe(dict(  # pylint: disable=protected-access
+    meta = {"config": record_lib.json_safe(dict(  # pylint: disable=protected-access
         {"momentum": 0.0, "centered": False, "decay": 0.0}, **config))}
-    meta["optimizer_config"] = record_lib._json_safe(own)  # pylint: disable=protected-access
+    meta["optimizer_config"] = record_lib.json_safe(own)  # pylint: disable=protected-access
     return meta
 
   def record(self):
@@ -806,9 +806,9 @@ class _Keras3JaxRecorder(Recorder):
 
   def _extra_meta(self):
     config, own = self._adapter.config({})
-    return {"config": record_lib._json_safe(dict(  # pylint: disable=protected-access
+    return {"config": record_lib.json_safe(dict(  # pylint: disable=protected-access
         {"momentum": 0.0, "centered": False, "decay": 0.0}, **config)),
-            "optimizer_config": record_lib._json_safe(own)}  # pylint: disable=protected-access
+            "optimizer_config": record_lib.json_safe(own)}  # pylint: disable=protected-access
 
 
 def _is_keras3_jax(opt) -> bool:

@@ -62,13 +62,19 @@ class Findings:
     return dataclasses.asdict(self)
 
 
+def finfo(dtype):
+  """``np.finfo``, bfloat16 included (through ml_dtypes)."""
+  import ml_dtypes  # pylint: disable=g-import-not-at-top
+  return ml_dtypes.finfo(dtype)
+
+
 def _eps(dtype) -> float:
-  return float(np.finfo(dtype).eps)
+  return float(finfo(dtype).eps)
 
 
 def _ulp(x: np.ndarray, dtype) -> np.ndarray:
   """The spacing of ``dtype`` at ``|x|`` (its smallest normal at 0)."""
-  info = np.finfo(dtype)
+  info = finfo(dtype)
   mag = np.maximum(np.abs(x), float(info.tiny))
   return 2.0 ** (np.floor(np.log2(mag)) - info.nmant)
 
@@ -107,7 +113,7 @@ def _gradients_used(rec: record_lib.Record, steps: int) -> list[list[Any]]:
   for k in range(steps):
     raw = [rec.grad(k, i) for i in range(len(rec.grads))]
     if clipped:
-      with replay_lib._precision(rec):  # pylint: disable=protected-access
+      with replay_lib.precision(rec):  # pylint: disable=protected-access
         rows = [g[0] if isinstance(g, tuple) else g for g in raw]
         raw = [None if isinstance(g, tuple) else np.asarray(c)
                for g, c in zip(raw, clip(rows))]
@@ -152,7 +158,7 @@ def probe(rec: record_lib.Record) -> Findings:
     found.notes.append("the record has no steps")
     return found
   config = rec.config
-  rho = float(replay_lib._nominal(config["rho"]))  # pylint: disable=protected-access
+  rho = float(replay_lib.nominal(config["rho"]))  # pylint: disable=protected-access
   mu = float(config.get("momentum") or 0.0)
   eps = float(config["epsilon"])
   variables = _probe_vars(rec)
@@ -197,7 +203,7 @@ def probe(rec: record_lib.Record) -> Findings:
       dtype = np.dtype(rec.params[i].dtype)
       g = used[0][i]
       ms1 = _f64(rec.slots["ms"][i][0])
-      ok = (np.abs(g) > np.sqrt(float(np.finfo(dtype).tiny)) * 1e3) & (
+      ok = (np.abs(g) > np.sqrt(float(finfo(dtype).tiny)) * 1e3) & (
           ms1 > 0)
       values.extend((ms1[ok] / (g[ok] * g[ok])).tolist())
       one = dtype.type(1)

@@ -1,4 +1,4 @@
-"""The parity doctor's record: one optimizer run, step by step, in a portable file.
+"""The parity doctor's record: one optimizer run, step by step, in one file.
 
 A record holds, for every step of a run, the gradients the optimizer received
 (before any clipping), the variables and slots after the step, and the
@@ -68,12 +68,12 @@ def _from_storable(a: np.ndarray, dtype_name: str) -> np.ndarray:
   return a
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
   """Config values as JSON: numpy scalars to Python, tuples to lists."""
   if isinstance(value, Mapping):
-    return {str(k): _json_safe(v) for k, v in value.items()}
+    return {str(k): json_safe(v) for k, v in value.items()}
   if isinstance(value, (list, tuple)):
-    return [_json_safe(v) for v in value]
+    return [json_safe(v) for v in value]
   if isinstance(value, np.generic):
     return value.item()
   if isinstance(value, np.ndarray) and value.ndim == 0:
@@ -202,7 +202,7 @@ class Record:
 
   def save(self, path: str) -> str:
     """Writes the record to ``path`` (an ``.npz`` file); returns the path."""
-    arrays = {"meta": np.array(json.dumps(_json_safe(self.meta)))}
+    arrays = {"meta": np.array(json.dumps(json_safe(self.meta)))}
     for i, p in enumerate(self.params):
       arrays[f"var{i}"] = _to_storable(np.asarray(p))
     for i, g in enumerate(self.grads):
@@ -377,10 +377,10 @@ class RecordWriter:
         "version": VERSION,
         "source": source,
         "optimizer": optimizer,
-        "config": _json_safe(dict(
+        "config": json_safe(dict(
             {"momentum": 0.0, "centered": False, "decay": 0.0}, **config)),
-        "optimizer_config": _json_safe(dict(optimizer_config or {})),
-        "run": _json_safe(dict({"host": host_description()}, **(run or {}))),
+        "optimizer_config": json_safe(dict(optimizer_config or {})),
+        "run": json_safe(dict({"host": host_description()}, **(run or {}))),
         "slots": dict(slot_names),
     }
     self._names = [str(n) for n in names]

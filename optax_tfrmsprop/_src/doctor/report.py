@@ -168,7 +168,7 @@ class Diagnosis:
         },
         "hints": self.hints,
         "tiers": self.tiers(),
-        "findings": record_lib._json_safe(self.findings.as_dict()),  # pylint: disable=protected-access
+        "findings": record_lib.json_safe(self.findings.as_dict()),  # pylint: disable=protected-access
         "replays": [{
             "semantics": r.candidate.name,
             "code": r.candidate.code(rec.config),
@@ -212,8 +212,9 @@ def _scale_name(d: replay_lib.Divergence) -> str:
 def _rounding_level(rec, d: replay_lib.Divergence) -> bool:
   """Whether a first departure is of the size rounding leaves."""
   dtype = rec.params[d.variable].dtype
-  eps = float(np.finfo(np.finfo(dtype).dtype if np.iscomplexobj(
-      np.zeros((), dtype)) else dtype).eps)
+  if np.iscomplexobj(np.zeros((), dtype)):
+    dtype = np.finfo(dtype).dtype
+  eps = float(probe_lib.finfo(dtype).eps)
   return d.ulp <= _ROUNDING_ULPS or d.step_relative <= 64 * eps
 
 
@@ -384,9 +385,10 @@ def _explain(rec, best: replay_lib.Replay,
     dtype_c, double_c = found.one_minus_rho_values
     record_c = double_c if found.one_minus_rho == "double" else dtype_c
     other_c = dtype_c if found.one_minus_rho == "double" else double_c
+    how = ("in double, then rounded" if found.one_minus_rho == "double"
+           else "from float32 rho in the variable dtype")
     hints.append(
-        f"dtype casts: the record computes 1 - rho = {record_c!r} "
-        f"({'in double, then rounded' if found.one_minus_rho == 'double' else 'from float32 rho in the variable dtype'}); "
+        f"dtype casts: the record computes 1 - rho = {record_c!r} ({how}); "
         f"{c.name} uses {other_c!r}. "
         "(tf_keras and TF1 round rho to float32 first; Keras 3 and "
         "optax.rmsprop with a Python float decay compute 1 - rho in double; "
@@ -469,10 +471,10 @@ def _describe_config(config: dict[str, Any]) -> str:
                       if k != "name" and v is not None)
     lr = f"{s.get('class_name')}({inner})"
   elif lr != "per_step":
-    lr = repr(replay_lib._nominal(lr))  # pylint: disable=protected-access
+    lr = repr(replay_lib.nominal(lr))  # pylint: disable=protected-access
   parts = [f"learning_rate={lr}"]
   for key in ("rho", "momentum", "epsilon"):
-    parts.append(f"{key}={replay_lib._nominal(config[key])!r}")  # pylint: disable=protected-access
+    parts.append(f"{key}={replay_lib.nominal(config[key])!r}")  # pylint: disable=protected-access
   parts.append(f"centered={config['centered']}")
   for key in ("decay", "clipnorm", "clipvalue", "global_clipnorm"):
     if config.get(key):
@@ -605,9 +607,10 @@ def _render(diag: Diagnosis, *, per_step: bool, all_steps: bool) -> str:
       out.append(f"    {best.candidate.code(rec.config)}")
       if best.first is not None:
         d = best.first
+        what = ("variable" if d.quantity == "var"
+                else f"slot {d.quantity} of")
         out.append(
-            f"  departs at step {d.step}, "
-            f"{'variable' if d.quantity == 'var' else 'slot ' + d.quantity + ' of'}"
+            f"  departs at step {d.step}, {what}"
             f" {rec.names[d.variable]!r}, element {d.index}: recorded "
             f"{d.recorded!r}, replayed {d.replayed!r} (largest distance "
             f"{d.ulp} ULP; error {d.step_relative:.1e} of "
