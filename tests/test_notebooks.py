@@ -13,7 +13,8 @@ NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 
 def test_notebooks_are_found():
   assert {"quickstart.ipynb", "porting_from_keras.ipynb",
-          "sparse_embeddings.ipynb", "parity_doctor.ipynb"} <= {
+          "sparse_embeddings.ipynb", "interchange_flax_keras.ipynb",
+          "parity_doctor.ipynb"} <= {
       path.name for path in NOTEBOOKS}
 
 
