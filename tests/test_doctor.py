@@ -318,6 +318,23 @@ def test_schedule_in_model_fit_is_diagnosed(tmp_path):
         d.report())
 
 
+def test_schedule_in_an_eager_loop_is_named_eager(tmp_path):
+  """Eager evaluation is named, and the graph one departs for that reason."""
+  if "graph" not in replay_lib.schedule_evaluations():
+    pytest.skip("the schedule ports evaluate eagerly only")
+  path = str(tmp_path / "eager_schedule.npz")
+  schedule = tf_keras.optimizers.schedules.InverseTimeDecay(0.05, 3, 0.7)
+  _tape_loop(tf_keras.optimizers.legacy.RMSprop(schedule), path, graph=False,
+             steps=10)
+  d = doctor.diagnose(path, families=["keras_legacy"])
+  names = [r.candidate.name for r in d.exact]
+  assert "keras_legacy / tf_cpu / eager schedule" in names, d.report()
+  graph = d.replay_of("keras_legacy / tf_cpu / graph schedule")
+  if not graph.exact:  # The two evaluations differ at some recorded step.
+    assert any(h.startswith("schedule evaluation")
+               for h in d.explain(graph)), d.explain(graph)
+
+
 # Keras 3, TF1.
 
 

@@ -349,7 +349,15 @@ def _tf_adapter(opt) -> Optional[_TFAdapter]:
 
 
 def _device_description(tf, device: str) -> dict[str, Any]:
-  """The device string of a variable, its kind, and the GPU's name."""
+  """The device string of a variable, its kind, and the GPU's name.
+
+  A TF1 graph's variables are placed only when the session runs; TF places
+  them on a GPU when there is one.
+  """
+  if not device:
+    device = ("(placed by the session: a GPU)"
+              if tf.config.list_physical_devices("GPU")
+              else "(placed by the session: the CPU)")
   kind = "gpu" if "GPU" in device.upper() else (
       "tpu" if "TPU" in device.upper() else "cpu")
   described = {"device": device, "device_kind": kind}
@@ -437,7 +445,7 @@ class _TFRecorder(Recorder):
         "tf.function" if graph else "eager")
     self._run = dict(
         how=how, graph=graph, jit_compile=self._in_xla(),
-        **_device_description(tf, device or "CPU"), versions=_versions())
+        **_device_description(tf, device or ""), versions=_versions())
 
   def _in_xla(self) -> bool:
     tf = self._tf

@@ -153,9 +153,7 @@ class Candidate:
     """Python code that builds this semantics for ``config``."""
     lr = config["learning_rate"]
     if isinstance(lr, dict):
-      ev = (f", evaluation={self.schedule!r}"
-            if len(schedule_evaluations()) > 1 else "")
-      lr_code = f"schedules.deserialize(<the schedule's config>{ev})"
+      lr_code = _schedule_code(lr["schedule"], self.schedule)
     elif lr == "per_step":
       lr_code = "<the recorded per-step learning rates>"
     else:
@@ -254,6 +252,21 @@ class Candidate:
     values = {f: [jnp.asarray(s) for s in slots[f]] for f in present
               if present[f] is not None and f in slots}
     return state.replace(count=jnp.asarray(count, jnp.int32), **values)
+
+
+def _schedule_code(serialized: dict[str, Any],
+                   evaluation: Optional[str]) -> str:
+  """Code building a serialised Keras schedule with this package's port."""
+  ev = (f", evaluation={evaluation!r}"
+        if evaluation and len(schedule_evaluations()) > 1 else "")
+  name = serialized.get("class_name")
+  if name in schedules.KERAS_SCHEDULES and serialized.get("module") in (
+      None, "keras.optimizers.schedules"):
+    args = ", ".join(f"{k}={v!r}" for k, v in (
+        serialized.get("config") or {}).items() if not (
+            k == "name" and v is None))
+    return f"optax_tfrmsprop.keras.schedules.{name}({args}{ev})"
+  return f"optax_tfrmsprop.keras.schedules.deserialize(<config>{ev})"
 
 
 def nominal(x: Any) -> Any:
