@@ -395,7 +395,7 @@ class _TFRecorder(Recorder):
     self._hypers: dict[str, list[np.ndarray]] = {}
     self._pending_initial = None
     self._first_iteration = None
-    self._budget_reached_saved = False
+    self._stopped = False       # A step the record cannot follow came.
     self._patch()
 
   # Instrumentation.
@@ -462,14 +462,16 @@ class _TFRecorder(Recorder):
 
   def _step(self, grads, variables, apply_original):
     tf = self._tf
+    if all(g is None for g in grads):
+      return apply_original()
     if self._vars is None:
       self._setup(grads, variables)
     elif not self._variables_match(grads, variables):
       warnings.warn(
-          "The parity doctor records one fixed list of variables; this "
-          "apply_gradients call updates another list and is not recorded.")
-      return apply_original()
-    if not self._vars:
+          "The parity doctor records one fixed list of variables (those with "
+          "a gradient at the first step); this step updates another list, so "
+          "the record ends before it.")
+      self._stopped = True
       return apply_original()
     if self._counter is None:
       with tf.init_scope():
@@ -558,7 +560,7 @@ class _TFRecorder(Recorder):
 
   def _host_step(self, *arrays):
     with self._lock:
-      if self.steps_recorded >= self.steps:
+      if self.steps_recorded >= self.steps or self._stopped:
         return np.int64(-1)
       self._ensure_writer()
       arrays = list(arrays)
