@@ -21,12 +21,12 @@ from optax_tfrmsprop._src.doctor.report import diagnose
 from optax_tfrmsprop._src.doctor.report import Diagnosis
 
 __all__ = (
-    "Candidate",
-    "Diagnosis",
-    "Record",
-    "RecordWriter",
-    "Recorder",
-    "diagnose",
-    "load",
-    "record",
+  "Candidate",
+  "Diagnosis",
+  "Record",
+  "RecordWriter",
+  "Recorder",
+  "diagnose",
+  "load",
+  "record",
 )

@@ -16,8 +16,9 @@ by far more than rounding, and answers only when the record separates them:
 """
 
 import dataclasses
-from typing import Any, Optional
+from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 
 from optax_tfrmsprop._src import clipping
@@ -47,15 +48,17 @@ class Findings:
     notes: why a probe did not run.
   """
 
-  initial_ms: Optional[float] = None
-  epsilon: Optional[str] = None
-  lr_in_momentum: Optional[bool] = None
-  one_minus_rho: Optional[str] = None
-  one_minus_rho_values: Optional[tuple[float, float]] = None
+  initial_ms: float | None = None
+  epsilon: str | None = None
+  lr_in_momentum: bool | None = None
+  one_minus_rho: str | None = None
+  one_minus_rho_values: tuple[float, float] | None = None
   learning_rates: list[tuple[int, float, float]] = dataclasses.field(
-      default_factory=list)
+    default_factory=list
+  )
   lr_departures: list[tuple[int, float, float]] = dataclasses.field(
-      default_factory=list)
+    default_factory=list
+  )
   notes: list[str] = dataclasses.field(default_factory=list)
 
   def as_dict(self) -> dict[str, Any]:
@@ -65,6 +68,7 @@ class Findings:
 def finfo(dtype):
   """``np.finfo``, bfloat16 included (through ml_dtypes)."""
   import ml_dtypes  # pylint: disable=g-import-not-at-top
+
   return ml_dtypes.finfo(dtype)
 
 
@@ -103,38 +107,53 @@ def _gradients_used(rec: record_lib.Record, steps: int) -> list[list[Any]]:
   but their rows count in the global norm.
   """
   config = rec.config
-  clips = {k: config.get(k) for k in ("clipvalue", "clipnorm",
-                                      "global_clipnorm")}
-  clipped = any(v is not None for v in clips.values())
-  if clipped:
+  clips = {
+    k: config.get(k) for k in ("clipvalue", "clipnorm", "global_clipnorm")
+  }
+  clip = None
+  if any(v is not None for v in clips.values()):
     import jax  # pylint: disable=g-import-not-at-top
-    clip = jax.jit(lambda leaves: clipping.clip_gradients(leaves, **clips))
+
+    clip = jax.jit(
+      lambda leaves: clipping.clip_gradients(
+        leaves,
+        clipvalue=clips["clipvalue"],
+        clipnorm=clips["clipnorm"],
+        global_clipnorm=clips["global_clipnorm"],
+      )
+    )
   out = []
   for k in range(steps):
     raw = [rec.grad(k, i) for i in range(len(rec.grads))]
-    if clipped:
+    if clip is not None:
       with replay_lib.precision(rec):  # pylint: disable=protected-access
         rows = [g[0] if isinstance(g, tuple) else g for g in raw]
-        raw = [None if isinstance(g, tuple) else np.asarray(c)
-               for g, c in zip(raw, clip(rows))]
+        raw = [
+          None if isinstance(g, tuple) else np.asarray(c)
+          for g, c in zip(raw, clip(rows))
+        ]
     out.append([None if isinstance(g, tuple) else _f64(g) for g in raw])
   return out
 
 
-def expected_learning_rates(rec: record_lib.Record) -> Optional[np.ndarray]:
+def expected_learning_rates(rec: record_lib.Record) -> np.ndarray | None:
   """The learning rate of each step the config implies (float64), or None."""
   config = rec.config
   lr = config["learning_rate"]
   n = rec.num_steps
-  counts = (np.arange(n) if rec.iterations is None
-            else rec.iterations.astype(np.int64))
+  counts = (
+    np.arange(n) if rec.iterations is None else rec.iterations.astype(np.int64)
+  )
   if lr == "per_step":
     values = np.asarray(rec.learning_rates, np.float64)
   elif isinstance(lr, dict):
     try:
       schedule = replay_lib.build_schedule(lr["schedule"], "eager")
-      values = np.array([float(schedule(np.float32(c))) for c in counts])
-    except Exception:  # pylint: disable=broad-except
+      values = np.array(
+        [float(schedule(jnp.asarray(c, jnp.float32))) for c in counts]
+      )
+    # A custom schedule may fail in any way; the probes then skip the rate.
+    except Exception:  # noqa: BLE001
       return None
   else:
     values = np.full(n, float(lr))
@@ -185,13 +204,15 @@ def probe(rec: record_lib.Record) -> Findings:
         votes[v] += int(np.sum(np.abs(pred - ms1) <= tol))
       total += g.size
     if total:
-      best = max(votes, key=votes.get)
+      best = 0.0 if votes[0.0] >= votes[1.0] else 1.0
       if votes[best] >= 0.95 * total and votes[1 - best] < 0.5 * total:
         found.initial_ms = best
   else:
     initial = (rec.initial_slots or {}).get("ms")
-    found.notes.append("the record starts from a trained optimizer; its "
-                       "initial slots are taken from the record")
+    found.notes.append(
+      "the record starts from a trained optimizer; its "
+      "initial slots are taken from the record"
+    )
     del initial
 
   expected = expected_learning_rates(rec)
@@ -199,12 +220,12 @@ def probe(rec: record_lib.Record) -> Findings:
   # 1 - rho, from step 1 when the initial mean square is 0.
   if rec.fresh and found.initial_ms == 0.0:
     values = []
+    c_dtype = c_double = 0.0
     for i in variables:
       dtype = np.dtype(rec.params[i].dtype)
       g = used[0][i]
       ms1 = _f64(rec.slots["ms"][i][0])
-      ok = (np.abs(g) > np.sqrt(float(finfo(dtype).tiny)) * 1e3) & (
-          ms1 > 0)
+      ok = (np.abs(g) > np.sqrt(float(finfo(dtype).tiny)) * 1e3) & (ms1 > 0)
       values.extend((ms1[ok] / (g[ok] * g[ok])).tolist())
       one = dtype.type(1)
       c_dtype = float(one - dtype.type(np.float32(rho)))
@@ -221,8 +242,11 @@ def probe(rec: record_lib.Record) -> Findings:
   # Where the learning rate is (with a momentum slot), then epsilon
   # placement and the learning rate of each step.
   def increments(i, k):
-    """The recorded increment of step k, its rounding noise, and the
-    variable's change."""
+    """The recorded increment of step k and the variable's change.
+
+    Returns the increment, its rounding noise, the variable's change, the
+    momentum slot (or None) and the variable's rounding noise.
+    """
     dtype = np.dtype(rec.params[i].dtype)
     var_before = _f64(rec.params[i][k])
     var_after = _f64(rec.params[i][k + 1])
@@ -249,6 +273,7 @@ def probe(rec: record_lib.Record) -> Findings:
         if abs(lr_k - 1.0) <= 1e-2:
           continue
         _, _, delta, mom, var_noise = increments(i, k)
+        assert mom is not None  # has_mom
         # The variable moves by the momentum slot (lr inside it) or by lr
         # times the slot (lr outside, PyTorch's buffer).
         ok = np.abs(delta) > 32 * var_noise
@@ -278,16 +303,20 @@ def probe(rec: record_lib.Record) -> Findings:
       if lr_outside:  # The slot accumulates g / den; compare lr times it.
         inc, noise = inc * lr_k, noise * lr_k
       with np.errstate(divide="ignore", invalid="ignore"):
-        pred = {"outside": lr_k * g / (np.sqrt(np.maximum(s, 0)) + eps),
-                "inside": lr_k * g / np.sqrt(np.maximum(s + eps, 0))}
-      usable = (g != 0) & np.isfinite(pred["inside"]) & np.isfinite(
-          pred["outside"])
+        pred = {
+          "outside": lr_k * g / (np.sqrt(np.maximum(s, 0)) + eps),
+          "inside": lr_k * g / np.sqrt(np.maximum(s + eps, 0)),
+        }
+      usable = (
+        (g != 0) & np.isfinite(pred["inside"]) & np.isfinite(pred["outside"])
+      )
       tol = {h: 16 * e * np.abs(p) + noise for h, p in pred.items()}
-      apart = usable & (np.abs(pred["inside"] - pred["outside"]) > 4 * (
-          tol["inside"] + tol["outside"]))
+      apart = usable & (
+        np.abs(pred["inside"] - pred["outside"])
+        > 4 * (tol["inside"] + tol["outside"])
+      )
       for h in fits:
-        fits[h][0] += int(np.sum(np.abs(inc - pred[h])[apart]
-                                 <= tol[h][apart]))
+        fits[h][0] += int(np.sum(np.abs(inc - pred[h])[apart] <= tol[h][apart]))
         fits[h][1] += int(np.sum(apart))
       # The learning rate this step used, where the increment is well above
       # its rounding noise and epsilon does not matter.

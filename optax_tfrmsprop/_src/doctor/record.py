@@ -29,13 +29,14 @@ dtype). :class:`RecordWriter` builds a record from any framework's arrays, so a
 port written in PyTorch (or anything else) can be recorded too.
 """
 
+from collections.abc import Mapping, Sequence
 import dataclasses
 import io
 import json
 import os
 import platform
+from typing import Any
 import zipfile
-from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -44,8 +45,14 @@ VERSION = 1
 SLOTS = ("ms", "mg", "mom")
 """The canonical slot names: TF's ``rms``, ``mg`` and ``momentum``."""
 
-SOURCES = ("keras_legacy", "tf1", "keras3", "optax", "optax_tfrmsprop",
-           "custom")
+SOURCES = (
+  "keras_legacy",
+  "tf1",
+  "keras3",
+  "optax",
+  "optax_tfrmsprop",
+  "custom",
+)
 """What made a record: the three TF/Keras generations, ``optax.rmsprop``, this
 package's own optimizers, or anything else (:class:`RecordWriter`)."""
 
@@ -64,6 +71,7 @@ def _to_storable(a: np.ndarray) -> np.ndarray:
 def _from_storable(a: np.ndarray, dtype_name: str) -> np.ndarray:
   if dtype_name == "bfloat16":
     import ml_dtypes  # pylint: disable=g-import-not-at-top
+
     return a.view(ml_dtypes.bfloat16)
   return a
 
@@ -145,9 +153,9 @@ class Record:
   params: list[np.ndarray]
   grads: list[Any]
   slots: dict[str, list[np.ndarray]]
-  initial_slots: Optional[dict[str, list[np.ndarray]]] = None
-  iterations: Optional[np.ndarray] = None
-  learning_rates: Optional[np.ndarray] = None
+  initial_slots: dict[str, list[np.ndarray]] | None = None
+  iterations: np.ndarray | None = None
+  learning_rates: np.ndarray | None = None
 
   @property
   def num_steps(self) -> int:
@@ -170,8 +178,10 @@ class Record:
     return bool(self.meta.get("fresh", True))
 
   def grad(self, k: int, i: int):
-    """The gradient of variable ``i`` at step ``k`` (0-based): an array, or
-    ``(values, indices, dense_shape)``."""
+    """The gradient of variable ``i`` at step ``k`` (0-based).
+
+    Returns an array, or ``(values, indices, dense_shape)``.
+    """
     g = self.grads[i]
     if isinstance(g, SparseSteps):
       return (*g.step(k), g.dense_shape)
@@ -184,21 +194,23 @@ class Record:
     def cut_grad(g):
       if isinstance(g, SparseSteps):
         end = int(g.offsets[steps])
-        return SparseSteps(g.values[:end], g.indices[:end],
-                           g.offsets[:steps + 1], g.dense_shape)
+        return SparseSteps(
+          g.values[:end], g.indices[:end], g.offsets[: steps + 1], g.dense_shape
+        )
       return g[:steps]
 
     meta = dict(self.meta, steps=steps)
     return Record(
-        meta=meta,
-        params=[p[:steps + 1] for p in self.params],
-        grads=[cut_grad(g) for g in self.grads],
-        slots={k: [s[:steps] for s in v] for k, v in self.slots.items()},
-        initial_slots=self.initial_slots,
-        iterations=(None if self.iterations is None
-                    else self.iterations[:steps]),
-        learning_rates=(None if self.learning_rates is None
-                        else self.learning_rates[:steps]))
+      meta=meta,
+      params=[p[: steps + 1] for p in self.params],
+      grads=[cut_grad(g) for g in self.grads],
+      slots={k: [s[:steps] for s in v] for k, v in self.slots.items()},
+      initial_slots=self.initial_slots,
+      iterations=(None if self.iterations is None else self.iterations[:steps]),
+      learning_rates=(
+        None if self.learning_rates is None else self.learning_rates[:steps]
+      ),
+    )
 
   def save(self, path: str) -> str:
     """Writes the record to ``path`` (an ``.npz`` file); returns the path."""
@@ -236,7 +248,7 @@ class Record:
     return path
 
 
-def load(path: str) -> Record:
+def load(path: str | os.PathLike) -> Record:
   """Reads a record written by :meth:`Record.save` (never unpickles).
 
   Args:
@@ -274,8 +286,9 @@ def load(path: str) -> Record:
       raise ValueError(f"{path} is not a parity doctor record.")
     if int(meta.get("version", 0)) > VERSION:
       raise ValueError(
-          f"{path} has record format version {meta['version']}; this "
-          f"version of optax_tfrmsprop reads up to {VERSION}.")
+        f"{path} has record format version {meta['version']}; this "
+        f"version of optax_tfrmsprop reads up to {VERSION}."
+      )
     dtypes = [v["dtype"] for v in meta["variables"]]
     params, grads = [], []
     for i, dtype in enumerate(dtypes):
@@ -283,23 +296,36 @@ def load(path: str) -> Record:
       if f"grad{i}" in files:
         grads.append(_from_storable(data[f"grad{i}"], dtype))
       else:
-        grads.append(SparseSteps(
+        grads.append(
+          SparseSteps(
             _from_storable(data[f"grad{i}.values"], dtype),
-            data[f"grad{i}.indices"], data[f"grad{i}.offsets"],
-            tuple(meta["variables"][i]["shape"])))
+            data[f"grad{i}.indices"],
+            data[f"grad{i}.offsets"],
+            tuple(meta["variables"][i]["shape"]),
+          )
+        )
     slots, initial = {}, {}
     for name in meta.get("slots", {}):
-      slots[name] = [_from_storable(data[f"{name}{i}"], dtype)
-                     for i, dtype in enumerate(dtypes)]
+      slots[name] = [
+        _from_storable(data[f"{name}{i}"], dtype)
+        for i, dtype in enumerate(dtypes)
+      ]
       if f"{name}0.initial" in files:
-        initial[name] = [_from_storable(data[f"{name}{i}.initial"], dtype)
-                         for i, dtype in enumerate(dtypes)]
+        initial[name] = [
+          _from_storable(data[f"{name}{i}.initial"], dtype)
+          for i, dtype in enumerate(dtypes)
+        ]
     return Record(
-        meta=meta, params=params, grads=grads, slots=slots,
-        initial_slots=initial or None,
-        iterations=data["iterations"] if "iterations" in files else None,
-        learning_rates=(data["learning_rate"] if "learning_rate" in files
-                        else None))
+      meta=meta,
+      params=params,
+      grads=grads,
+      slots=slots,
+      initial_slots=initial or None,
+      iterations=data["iterations"] if "iterations" in files else None,
+      learning_rates=(
+        data["learning_rate"] if "learning_rate" in files else None
+      ),
+    )
 
 
 def host_description() -> dict[str, Any]:
@@ -313,8 +339,12 @@ def host_description() -> dict[str, Any]:
           break
   except OSError:
     pass
-  return {"machine": platform.machine(), "cpu": cpu,
-          "system": platform.system(), "python": platform.python_version()}
+  return {
+    "machine": platform.machine(),
+    "cpu": cpu,
+    "system": platform.system(),
+    "python": platform.python_version(),
+  }
 
 
 class RecordWriter:
@@ -357,38 +387,46 @@ class RecordWriter:
     1
   """
 
-  def __init__(self, *, source: str, optimizer: str, config: Mapping[str, Any],
-               names: Sequence[str], slot_names: Mapping[str, str],
-               optimizer_config: Optional[Mapping[str, Any]] = None,
-               run: Optional[Mapping[str, Any]] = None):
+  def __init__(
+    self,
+    *,
+    source: str,
+    optimizer: str,
+    config: Mapping[str, Any],
+    names: Sequence[str],
+    slot_names: Mapping[str, str],
+    optimizer_config: Mapping[str, Any] | None = None,
+    run: Mapping[str, Any] | None = None,
+  ):
     if source not in SOURCES:
       raise ValueError(f"source must be one of {SOURCES}, got {source!r}.")
     unknown = set(slot_names) - set(SLOTS)
     if unknown:
       raise ValueError(
-          f"slot_names keys must be among {SLOTS}, got {sorted(unknown)}.")
+        f"slot_names keys must be among {SLOTS}, got {sorted(unknown)}."
+      )
     if "ms" not in slot_names:
       raise ValueError("slot_names must name the mean-square slot 'ms'.")
     missing = {"learning_rate", "rho", "epsilon"} - set(config)
     if missing:
       raise ValueError(f"config lacks {sorted(missing)}.")
     self._meta = {
-        "format": FORMAT,
-        "version": VERSION,
-        "source": source,
-        "optimizer": optimizer,
-        "config": json_safe(dict(
-            {"momentum": 0.0, "centered": False, "decay": 0.0}, **config)),
-        "optimizer_config": json_safe(dict(optimizer_config or {})),
-        "run": json_safe(dict({"host": host_description()}, **(run or {}))),
-        "slots": dict(slot_names),
+      "format": FORMAT,
+      "version": VERSION,
+      "source": source,
+      "optimizer": optimizer,
+      "config": json_safe(
+        dict({"momentum": 0.0, "centered": False, "decay": 0.0}, **config)
+      ),
+      "optimizer_config": json_safe(dict(optimizer_config or {})),
+      "run": json_safe(dict({"host": host_description()}, **(run or {}))),
+      "slots": dict(slot_names),
     }
     self._names = [str(n) for n in names]
     self._params: list[list[np.ndarray]] = []
     self._grads: list[list[Any]] = []
-    self._slots: dict[str, list[list[np.ndarray]]] = {
-        k: [] for k in slot_names}
-    self._initial: Optional[dict[str, list[np.ndarray]]] = None
+    self._slots: dict[str, list[list[np.ndarray]]] = {k: [] for k in slot_names}
+    self._initial: dict[str, list[np.ndarray]] | None = None
     self._iterations: list[int] = []
     self._learning_rates: list[float] = []
 
@@ -396,27 +434,38 @@ class RecordWriter:
   def num_steps(self) -> int:
     return len(self._grads[0]) if self._grads else 0
 
-  def begin(self, params: Sequence[Any],
-            slots: Optional[Mapping[str, Sequence[Any]]] = None) -> None:
-    """Sets the variables before the first step (and the slots, if the
-    optimizer is not fresh: it has stepped before)."""
+  def begin(
+    self,
+    params: Sequence[Any],
+    slots: Mapping[str, Sequence[Any]] | None = None,
+  ) -> None:
+    """Sets the variables before the first step.
+
+    ``slots`` are given when the optimizer is not fresh (it stepped before).
+    """
     if len(params) != len(self._names):
       raise ValueError(
-          f"{len(params)} params for {len(self._names)} variable names.")
+        f"{len(params)} params for {len(self._names)} variable names."
+      )
     self._params = [[np.array(p)] for p in params]
     self._grads = [[] for _ in params]
     self._slots = {k: [[] for _ in params] for k in self._slots}
     if slots is not None:
-      self._initial = {k: [np.array(s) for s in slots[k]]
-                       for k in self._slots}
+      self._initial = {k: [np.array(s) for s in slots[k]] for k in self._slots}
     self._iterations, self._learning_rates = [], []
 
-  def step(self, grads: Sequence[Any], params: Sequence[Any],
-           slots: Mapping[str, Sequence[Any]], *,
-           iteration: Optional[int] = None,
-           learning_rate: Optional[float] = None) -> None:
-    """Adds one step: the gradients received, then the variables and slots
-    after it (``mom`` in TF's convention: the variable decreases by it).
+  def step(
+    self,
+    grads: Sequence[Any],
+    params: Sequence[Any],
+    slots: Mapping[str, Sequence[Any]],
+    *,
+    iteration: int | None = None,
+    learning_rate: float | None = None,
+  ) -> None:
+    """Adds one step: the gradients received, the variables and slots after.
+
+    ``mom`` is in TF's convention: the variable decreases by it.
 
     A gradient is an array, or ``(values, indices)`` rows of a row-sparse
     gradient (or an object with ``.values`` and ``.indices``).
@@ -425,16 +474,17 @@ class RecordWriter:
       raise ValueError("Call begin(params) before the first step.")
     if len(grads) != len(self._names) or len(params) != len(self._names):
       raise ValueError(
-          f"Expected {len(self._names)} gradients and params, got "
-          f"{len(grads)} and {len(params)}.")
-    for i, g in enumerate(grads):
-      if hasattr(g, "indices") and hasattr(g, "values"):
-        g = (g.values, g.indices)
-      if isinstance(g, tuple):
-        g = (np.array(g[0]), np.array(g[1], np.int64).reshape(-1))
+        f"Expected {len(self._names)} gradients and params, got "
+        f"{len(grads)} and {len(params)}."
+      )
+    for i, grad in enumerate(grads):
+      if hasattr(grad, "indices") and hasattr(grad, "values"):
+        grad = (grad.values, grad.indices)  # noqa: PLW2901
+      if isinstance(grad, tuple):
+        kept = (np.array(grad[0]), np.array(grad[1], np.int64).reshape(-1))
       else:
-        g = np.array(g)
-      self._grads[i].append(g)
+        kept = np.array(grad)
+      self._grads[i].append(kept)
       self._params[i].append(np.array(params[i]))
     for k in self._slots:
       if k not in slots or len(slots[k]) != len(self._names):
@@ -446,8 +496,12 @@ class RecordWriter:
     if learning_rate is not None:
       self._learning_rates.append(float(learning_rate))
 
-  def record(self, *, fresh: Optional[bool] = None,
-             extra_meta: Optional[Mapping[str, Any]] = None) -> Record:
+  def record(
+    self,
+    *,
+    fresh: bool | None = None,
+    extra_meta: Mapping[str, Any] | None = None,
+  ) -> Record:
     """The :class:`Record` of the steps so far.
 
     Args:
@@ -464,45 +518,71 @@ class RecordWriter:
     meta["steps"] = n
     meta["fresh"] = (self._initial is None) if fresh is None else bool(fresh)
     meta["variables"] = [
-        {"name": name, "shape": list(np.shape(p)), "dtype": _dtype_name(
-            np.asarray(p).dtype),
-         "sparse": any(isinstance(g, tuple) for g in self._grads[i])}
-        for i, (name, p) in enumerate(zip(self._names, first))]
-    grads = []
+      {
+        "name": name,
+        "shape": list(np.shape(p)),
+        "dtype": _dtype_name(np.asarray(p).dtype),
+        "sparse": any(isinstance(g, tuple) for g in self._grads[i]),
+      }
+      for i, (name, p) in enumerate(zip(self._names, first))
+    ]
+    grads: list[Any] = []
     for i, per_step in enumerate(self._grads):
       if meta["variables"][i]["sparse"]:
         if not all(isinstance(g, tuple) for g in per_step):
           raise ValueError(
-              f"Variable {self._names[i]!r} has row-sparse gradients at some "
-              "steps and dense ones at others; TF takes different paths for "
-              "the two, so a record keeps one kind per variable.")
+            f"Variable {self._names[i]!r} has row-sparse gradients at some "
+            "steps and dense ones at others; TF takes different paths for "
+            "the two, so a record keeps one kind per variable."
+          )
         rows = per_step
         shape = np.shape(first[i])
-        values = (np.concatenate([r[0] for r in rows]) if rows
-                  else np.zeros((0, *shape[1:]), first[i].dtype))
-        indices = (np.concatenate([r[1] for r in rows]) if rows
-                   else np.zeros((0,), np.int64))
+        values = (
+          np.concatenate([r[0] for r in rows])
+          if rows
+          else np.zeros((0, *shape[1:]), first[i].dtype)
+        )
+        indices = (
+          np.concatenate([r[1] for r in rows])
+          if rows
+          else np.zeros((0,), np.int64)
+        )
         offsets = np.cumsum([0] + [len(r[1]) for r in rows])
-        grads.append(SparseSteps(values.astype(first[i].dtype), indices,
-                                 offsets, tuple(shape)))
+        grads.append(
+          SparseSteps(
+            values.astype(first[i].dtype), indices, offsets, tuple(shape)
+          )
+        )
       else:
-        grads.append(np.stack(per_step) if per_step else
-                     np.zeros((0, *np.shape(first[i])), first[i].dtype))
-    stack = lambda arrays, like: (np.stack(arrays) if arrays else
-                                  np.zeros((0, *np.shape(like)), like.dtype))
+        grads.append(
+          np.stack(per_step)
+          if per_step
+          else np.zeros((0, *np.shape(first[i])), first[i].dtype)
+        )
+    stack = lambda arrays, like: (
+      np.stack(arrays) if arrays else np.zeros((0, *np.shape(like)), like.dtype)
+    )
     return Record(
-        meta=meta,
-        params=[np.stack(p) for p in self._params],
-        grads=grads,
-        slots={k: [stack(s, first[i]) for i, s in enumerate(v)]
-               for k, v in self._slots.items()},
-        initial_slots=self._initial,
-        iterations=(np.array(self._iterations, np.int64)
-                    if len(self._iterations) == n and n else None),
-        learning_rates=(np.array(self._learning_rates)
-                        if len(self._learning_rates) == n and n else None))
+      meta=meta,
+      params=[np.stack(p) for p in self._params],
+      grads=grads,
+      slots={
+        k: [stack(s, first[i]) for i, s in enumerate(v)]
+        for k, v in self._slots.items()
+      },
+      initial_slots=self._initial,
+      iterations=(
+        np.array(self._iterations, np.int64)
+        if len(self._iterations) == n and n
+        else None
+      ),
+      learning_rates=(
+        np.array(self._learning_rates)
+        if len(self._learning_rates) == n and n
+        else None
+      ),
+    )
 
   def save(self, path: str, **kwargs) -> str:
     """Writes :meth:`record` to ``path``; returns the path."""
     return self.record(**kwargs).save(path)
-

@@ -13,9 +13,10 @@ one step at a time, as the recorded run did, and measures after every step the
 largest ULP distance of every variable and slot from the record.
 """
 
+from collections.abc import Sequence
 import dataclasses
 import inspect
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -36,8 +37,11 @@ FAMILIES = ("keras_legacy", "tf1", "keras3", "optax")
 TF_ROUNDINGS = ("tf_cpu", "tf_xla")
 OPTAX_ROUNDINGS = ("jit", "op_by_op")
 
-_PRESETS = {"keras_legacy": "rmsprop", "tf1": "tf1_rmsprop",
-            "keras3": "keras3_rmsprop"}
+_PRESETS = {
+  "keras_legacy": "rmsprop",
+  "tf1": "tf1_rmsprop",
+  "keras3": "keras3_rmsprop",
+}
 
 
 def schedule_evaluations() -> tuple[str, ...]:
@@ -53,12 +57,16 @@ def schedule_evaluations() -> tuple[str, ...]:
   return ("eager",)
 
 
-def build_schedule(config: dict[str, Any], evaluation: Optional[str]):
+def build_schedule(config: dict[str, Any], evaluation: str | None):
   """A Keras-serialised schedule as this package's port, with ``evaluation``."""
-  if evaluation is not None and "evaluation" in inspect.signature(
-      schedules.deserialize).parameters:
-    return schedules.deserialize(config, evaluation=evaluation)
-  return schedules.deserialize(config)
+  # Typed Any: ``evaluation=`` exists only once the ports have it.
+  deserialize: Any = schedules.deserialize
+  if (
+    evaluation is not None
+    and "evaluation" in inspect.signature(deserialize).parameters
+  ):
+    return deserialize(config, evaluation=evaluation)
+  return deserialize(config)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,32 +98,35 @@ class Candidate:
 
   family: str
   rounding: str
-  schedule: Optional[str] = None
-  eps_in_sqrt: Optional[bool] = None
-  initial_scale: Optional[float] = None
-  decay_float32: Optional[bool] = None
+  schedule: str | None = None
+  eps_in_sqrt: bool | None = None
+  initial_scale: float | None = None
+  decay_float32: bool | None = None
 
   @property
   def name(self) -> str:
     if self.family == "optax":
-      parts = [f"eps_in_sqrt={self.eps_in_sqrt}",
-               f"initial_scale={self.initial_scale:g}",
-               "decay=jnp.float32" if self.decay_float32 else "decay=float"]
+      parts = [
+        f"eps_in_sqrt={self.eps_in_sqrt}",
+        f"initial_scale={self.initial_scale:g}",
+        "decay=jnp.float32" if self.decay_float32 else "decay=float",
+      ]
       head = f"optax.rmsprop({', '.join(parts)})"
     else:
       head = self.family
-    tail = [self.rounding] + ([f"{self.schedule} schedule"]
-                              if self.schedule else [])
+    tail = [self.rounding] + (
+      [f"{self.schedule} schedule"] if self.schedule else []
+    )
     return f"{head} / {' / '.join(tail)}"
 
   @property
   def tier(self) -> str:
     """The rounding tier's description."""
     return {
-        "tf_cpu": "tf_cpu (TF's CPU kernels: every op rounded, no FMA)",
-        "tf_xla": "tf_xla (TF's XLA lowering, fused by XLA)",
-        "jit": "jit (XLA-fused on the replay device)",
-        "op_by_op": "op by op (every jnp op rounded)",
+      "tf_cpu": "tf_cpu (TF's CPU kernels: every op rounded, no FMA)",
+      "tf_xla": "tf_xla (TF's XLA lowering, fused by XLA)",
+      "jit": "jit (XLA-fused on the replay device)",
+      "op_by_op": "op by op (every jnp op rounded)",
     }[self.rounding]
 
   def epsilon_inside(self, config: dict[str, Any]) -> bool:
@@ -129,7 +140,7 @@ class Candidate:
   @property
   def initial_ms(self) -> float:
     if self.family == "optax":
-      return float(self.initial_scale)
+      return float(self.initial_scale or 0.0)
     return base.SEMANTICS[self.family].initial_ms
 
   def one_minus_rho_in_double(self) -> bool:
@@ -138,15 +149,20 @@ class Candidate:
       return not self.decay_float32
     return base.SEMANTICS[self.family].one_minus_rho_in_double
 
-  def not_applicable(self, config: dict[str, Any]) -> Optional[str]:
+  def not_applicable(self, config: dict[str, Any]) -> str | None:
     """Why this candidate cannot express ``config``, or None."""
-    extras = [k for k in ("clipnorm", "clipvalue", "global_clipnorm")
-              if config.get(k) is not None]
+    extras = [
+      k
+      for k in ("clipnorm", "clipvalue", "global_clipnorm")
+      if config.get(k) is not None
+    ]
     if config.get("decay"):
       extras.append("decay")
     if self.family != "keras_legacy" and extras:
-      return (f"{self.family} has no {', '.join(extras)} (Keras' "
-              "inverse-time decay and clipping are tf_keras options)")
+      return (
+        f"{self.family} has no {', '.join(extras)} (Keras' "
+        "inverse-time decay and clipping are tf_keras options)"
+      )
     return None
 
   def code(self, config: dict[str, Any]) -> str:
@@ -160,32 +176,48 @@ class Candidate:
       lr_code = repr(nominal(lr))
     fmt = lambda x: repr(nominal(x))
     if self.family == "optax":
-      decay = (f"jnp.float32({fmt(config['rho'])})" if self.decay_float32
-               else fmt(config["rho"]))
-      momentum = (None if not config["momentum"] else
-                  nominal(config["momentum"]))
-      args = [f"learning_rate={lr_code}", f"decay={decay}",
-              f"eps={fmt(config['epsilon'])}",
-              f"initial_scale={self.initial_scale:g}",
-              f"eps_in_sqrt={self.eps_in_sqrt}",
-              f"centered={config['centered']}", f"momentum={momentum}"]
+      decay = (
+        f"jnp.float32({fmt(config['rho'])})"
+        if self.decay_float32
+        else fmt(config["rho"])
+      )
+      momentum = None if not config["momentum"] else nominal(config["momentum"])
+      args = [
+        f"learning_rate={lr_code}",
+        f"decay={decay}",
+        f"eps={fmt(config['epsilon'])}",
+        f"initial_scale={self.initial_scale:g}",
+        f"eps_in_sqrt={self.eps_in_sqrt}",
+        f"centered={config['centered']}",
+        f"momentum={momentum}",
+      ]
       opts = config.get("optax") or {}
       for key in ("nesterov", "bias_correction"):
         if opts.get(key):
           args.append(f"{key}=True")
       head = "optax.rmsprop"
-      tail = "  # under jax.jit" if self.rounding == "jit" else (
-          "  # not jit-compiled")
+      tail = (
+        "  # under jax.jit"
+        if self.rounding == "jit"
+        else ("  # not jit-compiled")
+      )
       return f"{head}({', '.join(args)}){tail}"
     rho_name = "decay" if self.family == "tf1" else "rho"
     momentum = nominal(config["momentum"])
     momentum_code = repr(momentum)
-    if (self.family == "keras_legacy" and config.get("momentum_path")
-        and not momentum):
+    if (
+      self.family == "keras_legacy"
+      and config.get("momentum_path")
+      and not momentum
+    ):
       momentum_code = "jnp.asarray(0.0)"
-    args = [f"learning_rate={lr_code}", f"{rho_name}={fmt(config['rho'])}",
-            f"momentum={momentum_code}", f"epsilon={fmt(config['epsilon'])}",
-            f"centered={config['centered']}"]
+    args = [
+      f"learning_rate={lr_code}",
+      f"{rho_name}={fmt(config['rho'])}",
+      f"momentum={momentum_code}",
+      f"epsilon={fmt(config['epsilon'])}",
+      f"centered={config['centered']}",
+    ]
     if self.family == "keras_legacy":
       if config.get("decay"):
         args.append(f"decay={fmt(config['decay'])}")
@@ -198,45 +230,57 @@ class Candidate:
   def build(self, rec: record_lib.Record) -> optax.GradientTransformation:
     """This semantics for the record's config (see :meth:`not_applicable`)."""
     config = rec.config
-    lr = _learning_rate(rec, self.schedule, self.family)
+    lr: Any = _learning_rate(rec, self.schedule, self.family)
     if self.family == "optax":
       rho = nominal(config["rho"])
       opts = config.get("optax") or {}
       return optax.rmsprop(
-          learning_rate=lr,
-          decay=jnp.float32(rho) if self.decay_float32 else rho,
-          eps=config["epsilon"], initial_scale=self.initial_scale,
-          eps_in_sqrt=self.eps_in_sqrt, centered=config["centered"],
-          momentum=(nominal(config["momentum"]) if config["momentum"]
-                    else None),
-          nesterov=bool(opts.get("nesterov")),
-          bias_correction=bool(opts.get("bias_correction")))
+        learning_rate=lr,
+        decay=jnp.float32(rho) if self.decay_float32 else rho,
+        eps=config["epsilon"],
+        initial_scale=float(self.initial_scale or 0.0),
+        eps_in_sqrt=bool(self.eps_in_sqrt),
+        centered=config["centered"],
+        momentum=(nominal(config["momentum"]) if config["momentum"] else None),
+        nesterov=bool(opts.get("nesterov")),
+        bias_correction=bool(opts.get("bias_correction")),
+      )
     momentum = nominal(config["momentum"])
-    common = dict(epsilon=config["epsilon"], centered=config["centered"],
-                  rounding=self.rounding)
+    common: dict[str, Any] = dict(
+      epsilon=config["epsilon"],
+      centered=config["centered"],
+      rounding=self.rounding,
+    )
     rho = nominal(config["rho"])
     if self.family == "keras_legacy":
       if config.get("momentum_path") and not momentum:
         momentum = jnp.asarray(0.0, jnp.float32)  # TF's tensor momentum.
-      clips = {k: config[k] for k in ("clipnorm", "clipvalue",
-                                      "global_clipnorm")
-               if config.get(k) is not None}
-      return alias.rmsprop(lr, rho, momentum, decay=config.get("decay", 0.0),
-                           **clips, **common)
+      clips = {
+        k: config[k]
+        for k in ("clipnorm", "clipvalue", "global_clipnorm")
+        if config.get(k) is not None
+      }
+      return alias.rmsprop(
+        lr, rho, momentum, decay=config.get("decay", 0.0), **clips, **common
+      )
     if self.family == "tf1":
       return alias.tf1_rmsprop(lr, decay=rho, momentum=momentum, **common)
     return alias.keras3_rmsprop(lr, rho, momentum, **common)
 
-  def slots(self, state) -> dict[str, Optional[list[Any]]]:
+  def slots(self, state) -> dict[str, list[Any] | None]:
     """The canonical slots of a state of this candidate (TF's convention)."""
     if self.family == "optax":
       get = lambda key: optax.tree_utils.tree_get(state, key, default=None)
       trace = get("trace")
-      return {"ms": list(get("nu")),
-              "mg": None if get("mu") is None else list(get("mu")),
-              "mom": None if trace is None else [-t for t in trace]}
-    return {f: None if getattr(state, f) is None else list(getattr(state, f))
-            for f in record_lib.SLOTS}
+      return {
+        "ms": list(get("nu")),
+        "mg": None if get("mu") is None else list(get("mu")),
+        "mom": None if trace is None else [-t for t in trace],
+      }
+    return {
+      f: None if getattr(state, f) is None else list(getattr(state, f))
+      for f in record_lib.SLOTS
+    }
 
   def state_from(self, opt, params, slots: dict[str, list[Any]], count: int):
     """This candidate's state holding the recorded ``slots`` (not fresh)."""
@@ -249,22 +293,31 @@ class Candidate:
           sign = -1 if field == "mom" else 1
           values[key] = [sign * jnp.asarray(s) for s in slots[field]]
       return optax.tree_utils.tree_set(state, **values)
-    values = {f: [jnp.asarray(s) for s in slots[f]] for f in present
-              if present[f] is not None and f in slots}
+    values = {
+      f: [jnp.asarray(s) for s in slots[f]]
+      for f in present
+      if present[f] is not None and f in slots
+    }
     return state.replace(count=jnp.asarray(count, jnp.int32), **values)
 
 
-def _schedule_code(serialized: dict[str, Any],
-                   evaluation: Optional[str]) -> str:
+def _schedule_code(serialized: dict[str, Any], evaluation: str | None) -> str:
   """Code building a serialised Keras schedule with this package's port."""
-  ev = (f", evaluation={evaluation!r}"
-        if evaluation and len(schedule_evaluations()) > 1 else "")
+  ev = (
+    f", evaluation={evaluation!r}"
+    if evaluation and len(schedule_evaluations()) > 1
+    else ""
+  )
   name = serialized.get("class_name")
   if name in schedules.KERAS_SCHEDULES and serialized.get("module") in (
-      None, "keras.optimizers.schedules"):
-    args = ", ".join(f"{k}={v!r}" for k, v in (
-        serialized.get("config") or {}).items() if not (
-            k == "name" and v is None))
+    None,
+    "keras.optimizers.schedules",
+  ):
+    args = ", ".join(
+      f"{k}={v!r}"
+      for k, v in (serialized.get("config") or {}).items()
+      if not (k == "name" and v is None)
+    )
     return f"optax_tfrmsprop.keras.schedules.{name}({args}{ev})"
   return f"optax_tfrmsprop.keras.schedules.deserialize(<config>{ev})"
 
@@ -284,8 +337,7 @@ def nominal(x: Any) -> Any:
   return x
 
 
-def _learning_rate(rec: record_lib.Record, evaluation: Optional[str],
-                   family: str):
+def _learning_rate(rec: record_lib.Record, evaluation: str | None, family: str):
   lr = rec.config["learning_rate"]
   if isinstance(lr, dict):
     return build_schedule(lr["schedule"], evaluation)
@@ -303,8 +355,9 @@ def _learning_rate(rec: record_lib.Record, evaluation: Optional[str],
   return nominal(float(lr))
 
 
-def candidates(rec: record_lib.Record,
-               families: Optional[Sequence[str]] = None) -> list[Candidate]:
+def candidates(
+  rec: record_lib.Record, families: Sequence[str] | None = None
+) -> list[Candidate]:
   """The semantics the doctor tries on ``rec``, the record's own first.
 
   Args:
@@ -324,8 +377,11 @@ def candidates(rec: record_lib.Record,
   if own in families:
     families.remove(own)
     families.insert(0, own)
-  evaluations = (schedule_evaluations() if isinstance(
-      rec.config["learning_rate"], dict) else (None,))
+  evaluations = (
+    schedule_evaluations()
+    if isinstance(rec.config["learning_rate"], dict)
+    else (None,)
+  )
   found = []
   for family in families:
     if family == "optax":
@@ -334,8 +390,16 @@ def candidates(rec: record_lib.Record,
           for eps_in_sqrt in (True, False):
             for initial_scale in (0.0, 1.0):
               for decay_float32 in (False, True):
-                found.append(Candidate("optax", rounding, ev, eps_in_sqrt,
-                                       initial_scale, decay_float32))
+                found.append(
+                  Candidate(
+                    "optax",
+                    rounding,
+                    ev,
+                    eps_in_sqrt,
+                    initial_scale,
+                    decay_float32,
+                  )
+                )
     else:
       for rounding in TF_ROUNDINGS:
         for ev in evaluations:
@@ -400,15 +464,19 @@ class Replay:
   candidate: Candidate
   ulps: np.ndarray
   structure: list[str]
-  error: Optional[str] = None
-  first: Optional[Divergence] = None
+  error: str | None = None
+  first: Divergence | None = None
   steps: int = 0
 
   @property
   def exact(self) -> bool:
     """0 ULP on every variable and slot at every step, with the same slots."""
-    return (self.error is None and not self.structure
-            and self.steps > 0 and int(self.ulps.max(initial=0)) == 0)
+    return (
+      self.error is None
+      and not self.structure
+      and self.steps > 0
+      and int(self.ulps.max(initial=0)) == 0
+    )
 
   @property
   def max_ulp(self) -> int:
@@ -443,7 +511,7 @@ def _compare(replayed: np.ndarray, recorded: np.ndarray):
 
 
 def _grads_at(rec: record_lib.Record, k: int, dense_only: bool):
-  out = []
+  out: list[Any] = []
   for i in range(len(rec.grads)):
     g = rec.grad(k, i)
     if isinstance(g, tuple):
@@ -453,9 +521,11 @@ def _grads_at(rec: record_lib.Record, k: int, dense_only: bool):
         np.add.at(dense, indices, values)
         out.append(jnp.asarray(dense))
       else:
-        out.append(sparse.IndexedSlices(jnp.asarray(values),
-                                        jnp.asarray(indices, jnp.int32),
-                                        shape))
+        out.append(
+          sparse.IndexedSlices(
+            jnp.asarray(values), jnp.asarray(indices, jnp.int32), shape
+          )
+        )
     else:
       out.append(jnp.asarray(g))
   return out
@@ -479,7 +549,9 @@ def replay(rec: record_lib.Record, candidate: Candidate) -> Replay:
   try:
     with precision(rec):
       return _replay(rec, candidate, ulps)
-  except Exception as e:  # pylint: disable=broad-except
+  # One semantics failing on a record (an unsupported dtype, a schedule it
+  # cannot build) is reported for that semantics; the others still run.
+  except Exception as e:  # noqa: BLE001
     return Replay(candidate, ulps, [], error=f"{type(e).__name__}: {e}")
 
 
@@ -487,8 +559,10 @@ class precision:
   """Enables 64-bit jax types while replaying a float64 (complex128) record."""
 
   def __init__(self, rec):
-    self._wide = any(np.dtype(p.dtype).itemsize * (
-        1 if not np.iscomplexobj(p) else 0.5) == 8 for p in rec.params)
+    self._wide = any(
+      np.dtype(p.dtype).itemsize * (1 if not np.iscomplexobj(p) else 0.5) == 8
+      for p in rec.params
+    )
     self._ctx = None
 
   def __enter__(self):
@@ -509,8 +583,9 @@ def _replay(rec, candidate, ulps):
   else:
     count = 0 if rec.iterations is None else int(rec.iterations[0])
     state = candidate.state_from(opt, params, rec.initial_slots, count)
-  apply = (optax.apply_updates if candidate.family == "optax"
-           else sparse.apply_updates)
+  apply = (
+    optax.apply_updates if candidate.family == "optax" else sparse.apply_updates
+  )
 
   def step(params, state, grads):
     updates, state = opt.update(grads, state, params)
@@ -524,8 +599,7 @@ def _replay(rec, candidate, ulps):
     in_record = field in rec.slots
     in_candidate = present[field] is not None
     if in_record != in_candidate:
-      structure.append(
-          f"{field} ({'record' if in_record else 'replay'} only)")
+      structure.append(f"{field} ({'record' if in_record else 'replay'} only)")
   dense_only = candidate.family in ("optax",)
   first = None
   for k in range(rec.num_steps):
@@ -533,16 +607,28 @@ def _replay(rec, candidate, ulps):
     params, state, slots = step(params, state, grads)
     host_params, host_slots = jax.device_get((params, slots))
     for i in range(len(rec.params)):
-      row = [(QUANTITIES.index("var"), host_params[i], rec.params[i][k + 1],
-              rec.params[i][k])]
+      row = [
+        (
+          QUANTITIES.index("var"),
+          host_params[i],
+          rec.params[i][k + 1],
+          rec.params[i][k],
+        )
+      ]
       for field in record_lib.SLOTS:
         if field in rec.slots and host_slots[field] is not None:
-          row.append((QUANTITIES.index(field), host_slots[field][i],
-                      rec.slots[field][i][k], _slot_before(rec, field, i, k)))
-      for q, mine, theirs, before in row:
-        mine = _float_view(np.asarray(mine))
-        theirs = _float_view(np.asarray(theirs))
-        ulp, index = _compare(mine, theirs)
+          row.append(
+            (
+              QUANTITIES.index(field),
+              host_slots[field][i],
+              rec.slots[field][i][k],
+              _slot_before(rec, field, i, k),
+            )
+          )
+      for q, replayed, recorded, before in row:
+        mine = _float_view(np.asarray(replayed))
+        theirs = _float_view(np.asarray(recorded))
+        ulp, _ = _compare(mine, theirs)
         ulps[k, i, q] = ulp
         if ulp > 0 and (first is None or first.step == k + 1):
           found = _divergence(k, i, QUANTITIES[q], ulp, mine, theirs, before)
@@ -564,25 +650,33 @@ def _divergence(k, i, quantity, ulp, mine, theirs, before) -> "Divergence":
   """The element of one quantity whose error is largest against its step."""
   a = np.asarray(mine, np.float64)
   b = np.asarray(theirs, np.float64)
-  prev = (np.zeros_like(b) if before is None
-          else np.asarray(_float_view(np.asarray(before)), np.float64))
+  prev = (
+    np.zeros_like(b)
+    if before is None
+    else np.asarray(_float_view(np.asarray(before)), np.float64)
+  )
   if quantity == "var":  # Against the step: the variable may dwarf it.
     scale = np.abs(b - prev)
   else:  # Against the slot's size: it may cross zero (mg, mom).
     scale = np.maximum(np.abs(b), np.abs(prev))
   with np.errstate(divide="ignore", invalid="ignore"):
     error = np.abs(a - b)
-    relative = np.where(error == 0, 0.0, error / np.where(scale > 0, scale,
-                                                           np.inf))
+    relative = np.where(
+      error == 0, 0.0, error / np.where(scale > 0, scale, np.inf)
+    )
   relative = np.where(np.isnan(relative), np.inf, relative)
   flat = int(np.argmax(relative)) if relative.size else 0
   index = np.unravel_index(flat, relative.shape) if relative.size else ()
   return Divergence(
-      step=k + 1, variable=i, quantity=quantity, ulp=ulp,
-      index=tuple(int(j) for j in index), recorded=_scalar(theirs, index),
-      replayed=_scalar(mine, index),
-      step_relative=float(relative.reshape(-1)[flat]) if relative.size
-      else 0.0)
+    step=k + 1,
+    variable=i,
+    quantity=quantity,
+    ulp=ulp,
+    index=tuple(int(j) for j in index),
+    recorded=_scalar(theirs, index),
+    replayed=_scalar(mine, index),
+    step_relative=float(relative.reshape(-1)[flat]) if relative.size else 0.0,
+  )
 
 
 def _scalar(a: np.ndarray, index) -> float:
