@@ -1,4 +1,9 @@
-"""Keras learning-rate schedules: bit-identical to tf_keras at every step."""
+"""Keras learning-rate schedules, evaluated eagerly: bit-identical to tf_keras.
+
+These tests compare ``evaluation="eager"`` with tf_keras' schedules called
+eagerly. The default, ``evaluation="graph"`` (what ``Model.fit`` computes), is
+tested in ``test_schedules_graph.py``.
+"""
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +39,15 @@ CASES = [
     ("CosineDecayRestarts", dict(initial_learning_rate=0.1,
                                  first_decay_steps=13, t_mul=1.0, m_mul=0.9,
                                  alpha=0.05)),
+    # Exponents that XLA or LLVM would specialise if they could see them
+    # (pow(x, -1) is not 1 / x in the C library, e.g. at step 366 here).
+    ("PolynomialDecay", dict(initial_learning_rate=0.1, decay_steps=12,
+                             end_learning_rate=0.0001, power=-1.0,
+                             cycle=True)),
+    ("PolynomialDecay", dict(initial_learning_rate=0.01, decay_steps=23,
+                             end_learning_rate=0.0, power=3.0, cycle=True)),
+    ("CosineDecayRestarts", dict(initial_learning_rate=0.1,
+                                 first_decay_steps=13)),
 ]
 IDS = [f"{name}-{i}" for i, (name, _) in enumerate(CASES)]
 
@@ -46,7 +60,7 @@ def _keras_values(name, config, steps, step_dtype):
 
 
 def _ours(name, config, steps, step_dtype):
-  schedule = jax.jit(getattr(schedules, name)(**config))
+  schedule = jax.jit(getattr(schedules, name)(**config, evaluation="eager"))
   return np.array([schedule(jnp.asarray(s, step_dtype)) for s in steps])
 
 
@@ -87,22 +101,24 @@ def test_spec_values():
   assert ints.dtype == jnp.int32 and ints == 4
 
 
-@pytest.mark.parametrize("name, config", [CASES[0], CASES[8], CASES[9]],
-                         ids=["exp", "cosine-warmup", "restarts"])
+@pytest.mark.parametrize("name, config",
+                         [CASES[0], CASES[5], CASES[8], CASES[9]],
+                         ids=["exp", "inverse-time", "cosine-warmup",
+                              "restarts"])
 def test_optimizer_with_schedule_and_decay_matches_tf(name, config):
   rng = np.random.RandomState(0)
   values = [rng.randn(4, 3).astype(np.float32)]
   grads = [[rng.randn(4, 3).astype(np.float32)] for _ in range(40)]
   keras_schedule = getattr(tf_keras.optimizers.schedules, name)(**config)
-  # TF eager: inside tf.function grappler turns divisions by constants into
-  # reciprocal multiplies, and TF's graph values leave its eager ones.
+  # TF eager: inside tf.function grappler rewrites the schedule's arithmetic
+  # (see test_schedules_graph.py for the graph evaluation).
   tf_opt = tf_keras.optimizers.legacy.RMSprop(
       learning_rate=keras_schedule, momentum=0.5, decay=0.01)
   tf_var = tf.Variable(values[0])
   for g in grads:
     tf_opt.apply_gradients([(g[0], tf_var)])
   # Built from the config TF serialises, like a restored Keras run.
-  opt = otr.RMSprop.from_config(tf_opt.get_config())
+  opt = otr.RMSprop.from_config(tf_opt.get_config(), evaluation="eager")
   var = otr.Variable(values[0])
   for g in grads:
     opt.apply_gradients([(g[0], var)])

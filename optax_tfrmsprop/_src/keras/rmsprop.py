@@ -552,13 +552,17 @@ class RMSprop:
     return value
 
   @classmethod
-  def from_config(cls, config, custom_objects=None) -> "RMSprop":
+  def from_config(cls, config, custom_objects=None, *,
+                  evaluation="graph") -> "RMSprop":
     """Creates an optimizer from a config, e.g. a TF RMSprop's ``get_config()``.
 
     Args:
       config: the config dict; ``lr`` is taken as ``learning_rate``, and a
         dict ``learning_rate`` as a serialised Keras schedule.
       custom_objects: maps class names to custom schedule classes.
+      evaluation: how a serialised Keras schedule is evaluated: ``"graph"``
+        (default), the values ``Model.fit`` computes, or ``"eager"``, those
+        of TF's eager execution (see ``schedules.deserialize``).
 
     Returns:
       An optimizer instance.
@@ -571,7 +575,8 @@ class RMSprop:
       config["learning_rate"] = config.pop("lr")
     if isinstance(config.get("learning_rate"), dict):
       config["learning_rate"] = schedules.deserialize(
-          config["learning_rate"], custom_objects=custom_objects)
+          config["learning_rate"], custom_objects=custom_objects,
+          evaluation=evaluation)
     return cls(**config)
 
 
