@@ -1,9 +1,10 @@
 """Measures the package against ``Model.fit`` with each Keras schedule.
 
-For every case of ``tests/model_fit_reference.py`` (all six schedules, every
-argument, float32 and float64, with and without ``decay``): trains a tf_keras
-model with ``Model.fit`` and ``tf_keras.optimizers.legacy.RMSprop(
-learning_rate=<schedule>)`` for ``--steps`` steps, feeds the same gradients
+For every case of ``tests/model_fit_reference.py`` (``CASES`` and
+``MORE_CASES``: all six schedules, every argument, float32 and float64, with
+and without ``decay``): trains a tf_keras model with ``Model.fit`` and
+``tf_keras.optimizers.legacy.RMSprop(learning_rate=<schedule>)`` for
+``--steps`` steps, feeds the same gradients
 to the package's three entry points (``rmsprop(learning_rate=<port>)``,
 ``RMSprop.from_config(<TF config>)``, ``RMSprop(learning_rate=<port>)``) and
 prints the largest ULP distance over the variables and slots.
@@ -44,7 +45,7 @@ def main():
   print(f"| case | dtype | {' | '.join(('rmsprop', 'from_config', 'RMSprop'))}"
         " |")
   print("|---|---|---|---|---|")
-  for case_id, name, config, opt_config, dtype in ref.CASES:
+  for case_id, name, config, opt_config, dtype in ref.CASES + ref.MORE_CASES:
     if args.cases and case_id not in args.cases:
       continue
     init, grads = ref.problem(args.steps, dtype)

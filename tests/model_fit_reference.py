@@ -169,6 +169,32 @@ CASES = [
 ]
 
 
+# More cases, measured by scripts/measure_schedule_ulps.py; their arguments
+# are covered by CASES and by the tf.function tests.
+MORE_CASES = [
+    ("poly-sqrt", "PolynomialDecay",
+     dict(initial_learning_rate=0.1, decay_steps=1300, power=0.5),
+     dict(decay=0.003), "float32"),
+    ("cosine-alpha0", "CosineDecay",
+     dict(initial_learning_rate=0.1, decay_steps=2500), dict(), "float32"),
+    ("piecewise-f64", "PiecewiseConstantDecay",
+     dict(boundaries=[10, 500, 2000],
+          values=[_F64(0.1), _F64(0.05), _F64(0.01), _F64(0.003)]),
+     dict(), "float64"),
+    ("poly-f64", "PolynomialDecay",
+     dict(initial_learning_rate=_F64(0.1), decay_steps=2000,
+          end_learning_rate=0.001, power=0.7), dict(centered=True),
+     "float64"),
+    ("cosine-warmup-f64", "CosineDecay",
+     dict(initial_learning_rate=_F64(0.01), decay_steps=2000, alpha=0.13,
+          warmup_target=0.1, warmup_steps=230), dict(), "float64"),
+    ("restarts-f64", "CosineDecayRestarts",
+     dict(initial_learning_rate=_F64(0.1), first_decay_steps=130, t_mul=1.7,
+          m_mul=0.9, alpha=0.05), dict(momentum=0.9, centered=True),
+     "float64"),
+]
+
+
 def run_entry_points(name, config, initial_values, gradients, tf_config,
                      optimizer_config, **evaluation):
   """Runs the package's three entry points over the same gradients.

@@ -278,6 +278,8 @@ def test_evaluation_errors():
   with pytest.raises(ValueError, match="evaluation must be one of"):
     schedules.deserialize({"class_name": "ExponentialDecay", "config": {}},
                           evaluation="Graph")
+  with pytest.raises(ValueError, match="evaluation must be one of"):
+    otr.RMSprop.from_config({"learning_rate": 0.1}, evaluation="eagerly")
   with pytest.raises(AttributeError):
     schedules.ExponentialDecay(0.1, 10, 0.5).evaluation = "eager"
 

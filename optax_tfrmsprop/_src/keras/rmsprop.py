@@ -569,8 +569,10 @@ class RMSprop:
 
     Raises:
       TypeError: for an unknown key or schedule class.
+      ValueError: for an unknown ``evaluation``.
     """
     config = dict(config)
+    schedules.check_evaluation(evaluation)
     if "lr" in config:
       config["learning_rate"] = config.pop("lr")
     if isinstance(config.get("learning_rate"), dict):

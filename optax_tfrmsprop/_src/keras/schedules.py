@@ -59,7 +59,8 @@ Evaluation = Literal["graph", "eager"]
 EVALUATIONS: tuple[str, ...] = ("graph", "eager")
 
 
-def _check_evaluation(evaluation: Any) -> Evaluation:
+def check_evaluation(evaluation: Any) -> Evaluation:
+  """Returns ``evaluation`` if it is ``"graph"`` or ``"eager"``, else raises."""
   if evaluation not in EVALUATIONS:
     raise ValueError(
         f"evaluation must be one of {EVALUATIONS}, got "
@@ -333,7 +334,7 @@ class ExponentialDecay(_KerasSchedule):
     self.decay_rate = decay_rate
     self.staircase = staircase
     self.name = name
-    self._evaluation = _check_evaluation(evaluation)
+    self._evaluation = check_evaluation(evaluation)
 
   def _eager(self, step):
     lr0 = _tensor(self.initial_learning_rate)
@@ -391,7 +392,7 @@ class PiecewiseConstantDecay(_KerasSchedule):
     self.boundaries = boundaries
     self.values = values
     self.name = name
-    self._evaluation = _check_evaluation(evaluation)
+    self._evaluation = check_evaluation(evaluation)
 
   def _eager(self, step):
     bounds = [_tensor(b).astype(step.dtype) for b in self.boundaries]
@@ -420,8 +421,10 @@ class PolynomialDecay(_KerasSchedule):
   multiplier's ``ceil(step / decay_steps)`` is), and a ``power`` of 2, 3, 1,
   0.5, 0, -0.5 or -1 is computed as TF's arithmetic optimizer rewrites it
   (square, ``q**2 * ((lr0 - end) * q)``, identity, sqrt, one, ``1 / sqrt``,
-  reciprocal). After ``decay_steps``, ``1 - ds * (1 / ds)`` can be a tiny
-  negative number, which a fractional ``power`` turns into NaN, in TF as here.
+  reciprocal). After ``decay_steps``, ``ds * (1 / ds)`` can round to just
+  below 1 (``decay_steps=41`` in float32), so the graph's rate never reaches
+  ``end_learning_rate``: with ``(0.1, 41, 0.001, power=0.5)`` it stays at
+  0.00102417, in TF's graph as here.
 
   Args:
     initial_learning_rate: the learning rate at step 0; its dtype (float32
@@ -455,7 +458,7 @@ class PolynomialDecay(_KerasSchedule):
     self.power = power
     self.cycle = cycle
     self.name = name
-    self._evaluation = _check_evaluation(evaluation)
+    self._evaluation = check_evaluation(evaluation)
 
   def _eager(self, step):
     lr0 = _tensor(self.initial_learning_rate)
@@ -545,7 +548,7 @@ class InverseTimeDecay(_KerasSchedule):
     self.decay_rate = decay_rate
     self.staircase = staircase
     self.name = name
-    self._evaluation = _check_evaluation(evaluation)
+    self._evaluation = check_evaluation(evaluation)
 
   def _eager(self, step):
     lr0 = _tensor(self.initial_learning_rate)
@@ -619,7 +622,7 @@ class CosineDecay(_KerasSchedule):
     self.name = name
     self.warmup_target = warmup_target
     self.warmup_steps = warmup_steps
-    self._evaluation = _check_evaluation(evaluation)
+    self._evaluation = check_evaluation(evaluation)
 
   def _decay(self, s, ds, decay_from, dtype):
     fraction = _divide(s, ds)
@@ -717,7 +720,7 @@ class CosineDecayRestarts(_KerasSchedule):
     self.m_mul = m_mul
     self.alpha = alpha
     self.name = name
-    self._evaluation = _check_evaluation(evaluation)
+    self._evaluation = check_evaluation(evaluation)
 
   def _eager(self, step):
     lr0 = _tensor(self.initial_learning_rate)
@@ -866,7 +869,7 @@ def deserialize(
     ...     "decay_rate": 0.5}}, evaluation="eager").evaluation
     'eager'
   """
-  _check_evaluation(evaluation)
+  check_evaluation(evaluation)
   if not isinstance(config, Mapping) or "class_name" not in config:
     raise ValueError(
         "A serialized learning rate schedule must be a dict with "
