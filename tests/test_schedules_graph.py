@@ -306,3 +306,12 @@ def test_custom_schedules_deserialize_without_evaluation():
   slower = schedules.deserialize(schedules.serialize(Slower(0.1, 10, 0.5)),
                                  {"Slower": Slower}, evaluation="eager")
   assert type(slower) is Slower and slower.evaluation == "eager"
+
+
+@pytest.mark.parametrize("evaluation", ["graph", "eager"])
+def test_integer_steps_as_optax_passes_them(evaluation):
+  # optax (and keras3_rmsprop) call a schedule with the integer count.
+  for name, config in _VALUE_CASES[:12]:
+    schedule = getattr(schedules, name)(**config, evaluation=evaluation)
+    for step in (0, 5, 17):
+      assert jax.jit(schedule)(jnp.int32(step)) == schedule(float(step))

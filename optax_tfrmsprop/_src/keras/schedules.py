@@ -127,6 +127,9 @@ def _hidden(c: Any, step: jax.Array) -> jax.Array:
     ``c``, as an array of its dtype.
   """
   c = jnp.asarray(c)
+  step = jnp.asarray(step)
+  if not jnp.issubdtype(step.dtype, jnp.floating):
+    step = step.astype(jnp.float32)  # An integer step (optax's count).
   return jnp.where(numerics.is_nan(step), jnp.asarray(jnp.nan, c.dtype), c)
 
 
