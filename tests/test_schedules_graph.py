@@ -52,6 +52,21 @@ def test_model_fit_equals_all_entry_points(request, name, config, opt_config,
     assert all(u == 0 for u in ulps.values()), (entry, ulps)
 
 
+@pytest.mark.slow
+def test_model_fit_steps_in_a_graph_loop():
+  """steps_per_execution > 1 runs the steps in a while loop: same values."""
+  _, name, config, opt_config, dtype = next(
+      case for case in ref.CASES if case[0] == "restarts")
+  init, grads = ref.problem(_FIT_STEPS, dtype)
+  keras_schedule = getattr(tf_keras.optimizers.schedules, name)(**config)
+  tf_values, tf_slots, tf_config = ref.fit(
+      keras_schedule, init, grads, steps_per_execution=50, **opt_config)
+  ours = ref.run_entry_points(name, config, init, grads, tf_config,
+                              opt_config)
+  ulps = ref.max_ulps(ours["rmsprop"], (tf_values, tf_slots))
+  assert all(u == 0 for u in ulps.values()), ulps
+
+
 def test_eager_evaluation_is_not_model_fit():
   """The option matters: eagerly evaluated, the port leaves Model.fit."""
   name, config = "ExponentialDecay", dict(initial_learning_rate=0.1,
@@ -314,4 +329,6 @@ def test_integer_steps_as_optax_passes_them(evaluation):
   for name, config in _VALUE_CASES[:12]:
     schedule = getattr(schedules, name)(**config, evaluation=evaluation)
     for step in (0, 5, 17):
-      assert jax.jit(schedule)(jnp.int32(step)) == schedule(float(step))
+      # NaN where TF gives NaN too (t_mul < 1 runs out of restarts).
+      assert otr.ulp_distance(jax.jit(schedule)(jnp.int32(step)),
+                              schedule(float(step))) == 0
