@@ -113,9 +113,9 @@ def _hidden(c: Any, step: jax.Array) -> jax.Array:
 
   TF calls the C library's ``pow`` and ``log`` on its constants at run time
   (or folds them with the same kernels). XLA and LLVM would instead see a
-  constant operand and specialise the call (``pow(x, -1)`` becomes ``1 / x``,
-  ``pow(2, x)`` ``exp2(x)``, ``log(c)`` is folded at compile time), which
-  rounds differently; an optimisation barrier does not survive until LLVM.
+  constant operand and specialise or fold the call (LLVM turns ``pow(x, -1)``
+  into ``1 / x`` and ``pow(x, 3)`` into products), which rounds differently;
+  an optimisation barrier does not survive until LLVM.
   Selecting ``c`` on the step's NaN-ness keeps it opaque; the optimizer's
   step, a cast integer, is never NaN.
 
