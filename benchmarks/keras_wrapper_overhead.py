@@ -1,18 +1,34 @@
 """Per-step cost of the Keras-style class vs the raw jitted step vs Keras.
 
-``python -m benchmarks.keras_wrapper_overhead [--small] [--out DIR]`` times
-one optimizer step on two small MLPs (16-32-10 and 784-256-128-10, float32,
-4 and 6 variables) with fixed gradients, and writes
-``keras_wrapper_overhead.{md,json}`` into ``DIR``. The tiny MLP shows the
-fixed per-step overhead, the larger one how it compares with a step's
-arithmetic:
+``python -m benchmarks.keras_wrapper_overhead [--small] [--out DIR]`` writes
+``keras_wrapper_overhead.{md,json}`` into ``DIR``. Two parts, float32,
+``RMSprop(learning_rate=0.001, momentum=0.9, centered=True)``:
 
-* ``raw``: ``jax.jit`` of ``rmsprop_update`` + ``optax.apply_updates``, with
-  params and state carried by the caller (the functional floor);
-* ``class``: ``optax_tfrmsprop.RMSprop.apply_gradients`` on Variables;
-* ``tf_keras eager`` / ``tf_keras tf.function``:
-  ``tf_keras.optimizers.legacy.RMSprop``'s own ``apply_gradients``;
-* ``keras3 eager``: Keras 3's ``RMSprop.apply_gradients`` on the JAX backend.
+1. **Optimizer step** with fixed gradients, on MLPs of 16-32-10 (fixed
+   overhead) and 784-64-64-10 (the model of TF's guide "Writing a training
+   loop from scratch", the benchmark MLP):
+
+   * ``raw``: ``jax.jit`` of ``rmsprop_apply``, params and state carried by
+     the caller (the functional floor);
+   * ``class``: ``optax_tfrmsprop.keras.RMSprop.apply_gradients``;
+   * ``tf_keras eager`` / ``tf_keras tf.function``: the legacy RMSprop's own
+     ``apply_gradients``;
+   * ``keras3 eager``: Keras 3's ``apply_gradients`` on the JAX backend.
+
+2. **Training step** of the guide's loop (forward, backward, update; batch
+   64 of random MNIST-shaped data, 8 batches in turn) on the 784-64-64-10
+   MLP, and (full run) on a 32-layer 16-wide MLP (64 Variables):
+
+   * ``raw train``: one ``jax.jit`` of ``value_and_grad`` + ``rmsprop_apply``;
+   * ``class apply + jit grad``: a jitted ``value_and_grad`` of the loss,
+     then ``apply_gradients``;
+   * ``class minimize``: ``minimize(lambda: loss, variables)``, the loss
+     reading the Variables;
+   * ``tf_keras tf.function`` / ``tf_keras eager``: the guide's
+     ``GradientTape`` step.
+
+Rounds are interleaved; ``class - raw`` is the median of the round-by-round
+differences, so that a burst of load cancels out.
 """
 
 import statistics
@@ -25,34 +41,44 @@ from benchmarks.contenders import Unavailable
 
 MLPS = {
     "16-32-10": [(16, 32), (32,), (32, 10), (10,)],
-    "784-256-128-10": [(784, 256), (256,), (256, 128), (128,), (128, 10),
-                       (10,)],
+    "784-64-64-10": [(784, 64), (64,), (64, 64), (64,), (64, 10), (10,)],
 }
+TRAIN_MODELS = {
+    "784-64-64-10": [784, 64, 64, 10],
+    "32x16 (64 Variables)": [16] * 33,
+}
+BENCHMARK_MLP = "784-64-64-10"
 CONFIG = dict(learning_rate=0.001, momentum=0.9, centered=True)
+BATCH, BATCHES = 64, 8
 RAW, CLASS = "raw", "class"
+MINIMIZE, APPLY_GRAD = "class minimize", "class apply + jit grad"
+TF_FUNCTION = "tf_keras tf.function"
 
 
 def _settings(small: bool) -> dict:
   if small:
-    return dict(calls_per_rep=10, warmup=1, reps=3, mlps=list(MLPS)[:1])
-  return dict(calls_per_rep=100, warmup=1, reps=21, mlps=list(MLPS))
+    return dict(calls_per_rep=10, warmup=1, reps=3, mlps=list(MLPS)[:1],
+                train=list(TRAIN_MODELS)[:1], train_calls=5)
+  return dict(calls_per_rep=100, warmup=2, reps=21, mlps=list(MLPS),
+              train=list(TRAIN_MODELS), train_calls=20)
+
+
+# --- Part 1: the optimizer step with fixed gradients. ---
 
 
 def _jax_steps(values, grads_np) -> dict:
   """The raw jitted step and the class' ``apply_gradients``."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import optax  # pylint: disable=g-import-not-at-top
   import optax_tfrmsprop as otr  # pylint: disable=g-import-not-at-top
 
   grads = [jnp.asarray(g) for g in grads_np]
 
   @jax.jit
   def raw_step(params, state, grads):
-    updates, state = otr.rmsprop_update(
-        grads, state, learning_rate=CONFIG["learning_rate"], rho=0.9,
-        momentum=CONFIG["momentum"])
-    return optax.apply_updates(params, updates), state
+    return otr.rmsprop_apply(
+        params, grads, state, learning_rate=CONFIG["learning_rate"],
+        rho=0.9, momentum=CONFIG["momentum"])
 
   carry = [[jnp.asarray(v) for v in values]]
   carry.append(otr.rmsprop_init(carry[0], centered=CONFIG["centered"],
@@ -62,8 +88,8 @@ def _jax_steps(values, grads_np) -> dict:
     carry[:] = raw_step(carry[0], carry[1], grads)
     jax.block_until_ready(carry[0])
 
-  variables = [otr.Variable(v) for v in values]
-  opt = otr.RMSprop(**CONFIG)
+  variables = [otr.keras.Variable(v) for v in values]
+  opt = otr.keras.RMSprop(**CONFIG)
   pairs = list(zip(grads, variables))
 
   def wrapped():
@@ -91,7 +117,7 @@ def _tf_keras_steps(values, grads_np) -> dict:
   return {
       "tf_keras eager": lambda: eager_opt.apply_gradients(
           zip(tf_grads, eager_vars)),
-      "tf_keras tf.function": lambda: function_step(tf_grads),
+      TF_FUNCTION: lambda: function_step(tf_grads),
   }
 
 
@@ -113,37 +139,181 @@ def _keras3_steps(values, grads_np) -> dict:
   return {"keras3 eager": step}
 
 
+# --- Part 2: the guide's training step. ---
+
+
+def _init(widths: list, rng) -> list:
+  """Glorot-uniform kernels and zero biases, as Keras' Dense layers."""
+  values = []
+  for fan_in, fan_out in zip(widths[:-1], widths[1:]):
+    limit = np.sqrt(6.0 / (fan_in + fan_out))
+    values.append(rng.uniform(-limit, limit, (fan_in, fan_out)).astype(
+        np.float32))
+    values.append(np.zeros(fan_out, np.float32))
+  return values
+
+
+def _jax_train_steps(values, batches) -> dict:
+  """The guide's step in JAX: raw, class + jitted grad, class minimize."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  import optax_tfrmsprop as otr  # pylint: disable=g-import-not-at-top
+
+  batches = [(jnp.asarray(x), jnp.asarray(y)) for x, y in batches]
+
+  def forward(weights, x):
+    for i in range(0, len(weights) - 2, 2):
+      x = jax.nn.relu(x @ weights[i] + weights[i + 1])
+    return x @ weights[-2] + weights[-1]
+
+  def loss_fn(weights, x, y):
+    logits = forward(weights, x)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+  value_and_grad = jax.jit(jax.value_and_grad(loss_fn))
+
+  @jax.jit
+  def raw_train(params, state, x, y):
+    loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
+    params, state = otr.rmsprop_apply(
+        params, grads, state, learning_rate=CONFIG["learning_rate"],
+        momentum=CONFIG["momentum"])
+    return loss, params, state
+
+  params = [jnp.asarray(v) for v in values]
+  carry = [params, otr.rmsprop_init(params, centered=True, use_momentum=True)]
+  step = [0]
+
+  def batch():
+    step[0] += 1
+    return batches[step[0] % len(batches)]
+
+  def raw():
+    x, y = batch()
+    _, carry[0], carry[1] = raw_train(carry[0], carry[1], x, y)
+    jax.block_until_ready(carry[0])
+
+  def make_class():
+    return ([otr.keras.Variable(v) for v in values],
+            otr.keras.RMSprop(**CONFIG))
+
+  apply_vars, apply_opt = make_class()
+
+  def apply_with_grad():
+    x, y = batch()
+    _, grads = value_and_grad([v.value for v in apply_vars], x, y)
+    apply_opt.apply_gradients(zip(grads, apply_vars))
+    jax.block_until_ready(apply_vars[0].value)
+
+  min_vars, min_opt = make_class()
+
+  def model(x):
+    # The loss reads the Variables themselves, as TF code does.
+    for i in range(0, len(min_vars) - 2, 2):
+      x = jax.nn.relu(x @ min_vars[i] + min_vars[i + 1])
+    return x @ min_vars[-2] + min_vars[-1]
+
+  def minimize():
+    x, y = batch()
+    min_opt.minimize(
+        lambda: optax.softmax_cross_entropy_with_integer_labels(
+            model(x), y).mean(), min_vars)
+    jax.block_until_ready(min_vars[0].value)
+
+  return {"raw train": raw, APPLY_GRAD: apply_with_grad, MINIMIZE: minimize}
+
+
+def _tf_train_steps(values, batches) -> dict:
+  """The guide's ``GradientTape`` step with tf_keras, eager and compiled."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tf_keras  # pylint: disable=g-import-not-at-top
+
+  batches = [(tf.constant(x), tf.constant(y)) for x, y in batches]
+  loss_fn = tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+  step = [0]
+
+  def make(compile_step: bool):
+    weights = [tf.Variable(v) for v in values]
+    opt = tf_keras.optimizers.legacy.RMSprop(**CONFIG)
+
+    def train_step(x, y):
+      with tf.GradientTape() as tape:
+        h = x
+        for i in range(0, len(weights) - 2, 2):
+          h = tf.nn.relu(h @ weights[i] + weights[i + 1])
+        loss = loss_fn(y, h @ weights[-2] + weights[-1])
+      grads = tape.gradient(loss, weights)
+      opt.apply_gradients(zip(grads, weights))
+      return loss
+
+    train_step = tf.function(train_step) if compile_step else train_step
+
+    def run():
+      step[0] += 1
+      train_step(*batches[step[0] % len(batches)])
+
+    return run
+
+  return {TF_FUNCTION: make(True), "tf_keras eager": make(False)}
+
+
+def _timed(steps, settings, calls) -> dict:
+  return harness.time_interleaved(
+      steps, warmup=settings["warmup"], min_reps=settings["reps"],
+      max_reps=settings["reps"], budget_s=0.0, calls_per_rep=calls)
+
+
+def _collect(records, part, workload, steps, calls, makers, *args):
+  for framework, make in makers:
+    try:
+      steps.update(make(*args))
+    except (ImportError, Unavailable) as e:
+      records.append(dict(part=part, mlp=workload, contender=framework,
+                          skipped=str(e)))
+
+
 def measure(small: bool) -> list:
-  """Times every contender on each MLP; one record each."""
+  """Times every contender of both parts; one record each."""
   settings = _settings(small)
   records = []
   for mlp in settings["mlps"]:
-    shapes = MLPS[mlp]
     rng = np.random.RandomState(0)
-    values = [rng.randn(*s).astype(np.float32) * 0.1 for s in shapes]
-    grads = [rng.randn(*s).astype(np.float32) for s in shapes]
+    values = [rng.randn(*s).astype(np.float32) * 0.1 for s in MLPS[mlp]]
+    grads = [rng.randn(*s).astype(np.float32) for s in MLPS[mlp]]
     steps = {}
-    for framework, make in (("optax_tfrmsprop", _jax_steps),
-                            ("tf_keras", _tf_keras_steps),
-                            ("keras3", _keras3_steps)):
-      try:
-        steps.update(make(values, grads))
-      except (ImportError, Unavailable) as e:
-        records.append(dict(mlp=mlp, contender=framework, skipped=str(e)))
-    times = harness.time_interleaved(
-        steps, warmup=settings["warmup"], min_reps=settings["reps"],
-        max_reps=settings["reps"], budget_s=0.0,
-        calls_per_rep=settings["calls_per_rep"])
+    _collect(records, "step", mlp, steps, settings["calls_per_rep"],
+             (("optax_tfrmsprop", _jax_steps), ("tf_keras", _tf_keras_steps),
+              ("keras3", _keras3_steps)), values, grads)
+    times = _timed(steps, settings, settings["calls_per_rep"])
     # Round by round, so that a burst of load cancels out of the difference.
     times["class - raw"] = [c - r for c, r in zip(times[CLASS], times[RAW])]
-    for name, samples in times.items():
-      records.append(dict(mlp=mlp, contender=name,
-                          step=harness.summary(samples),
-                          calls_per_rep=settings["calls_per_rep"]))
-    print(f"MLP {mlp}: " + ", ".join(
-        f"{k} {1e6 * statistics.median(v):.1f} us" for k, v in times.items()),
-          flush=True)
+    _record(records, "step", mlp, times, settings["calls_per_rep"])
+  for model in settings["train"]:
+    rng = np.random.RandomState(1)
+    widths = TRAIN_MODELS[model]
+    values = _init(widths, rng)
+    batches = [(rng.rand(BATCH, widths[0]).astype(np.float32),
+                rng.randint(0, widths[-1], BATCH).astype(np.int32))
+               for _ in range(BATCHES)]
+    steps = {}
+    _collect(records, "train", model, steps, settings["train_calls"],
+             (("optax_tfrmsprop", _jax_train_steps),
+              ("tf_keras", _tf_train_steps)), values, batches)
+    times = _timed(steps, settings, settings["train_calls"])
+    times["minimize / (apply + jit grad)"] = [
+        m / a for m, a in zip(times[MINIMIZE], times[APPLY_GRAD])]
+    _record(records, "train", model, times, settings["train_calls"])
   return records
+
+
+def _record(records, part, workload, times, calls) -> None:
+  for name, samples in times.items():
+    records.append(dict(part=part, mlp=workload, contender=name,
+                        step=harness.summary(samples), calls_per_rep=calls))
+  print(f"{part} {workload}: " + ", ".join(
+      f"{k} {statistics.median(v) * (1 if '/' in k else 1e6):.2f}"
+      for k, v in times.items()), flush=True)
 
 
 def _us(stats: dict) -> str:
@@ -151,29 +321,69 @@ def _us(stats: dict) -> str:
           f"{1e6 * stats['max']:.1f})")
 
 
+def _ratio(stats: dict) -> str:
+  return f"{stats['median']:.2f} ({stats['min']:.2f}–{stats['max']:.2f})"
+
+
 def markdown(records: list, info: dict, command: str) -> str:
-  """The report: machine, command, table and targets."""
+  """The report: machine, command, both tables and the targets."""
   timed = [r for r in records if "step" in r]
-  medians = {(r["mlp"], r["contender"]): r["step"]["median"] for r in timed}
+  medians = {(r["part"], r["mlp"], r["contender"]): r["step"]["median"]
+             for r in timed}
   lines = harness.report_head(
-      "Per-step overhead of the Keras-style RMSprop class", command, info) + [
-          f"`RMSprop({', '.join(f'{k}={v}' for k, v in CONFIG.items())})` on"
-          " float32 MLPs with fixed gradients. Times are per step in µs: "
-          "median (min–max) over interleaved rounds of "
-          f"{timed[0]['calls_per_rep']} steps each; `class - raw` is the "
-          "round-by-round difference; `x/class` is x's median over the "
-          "class' (> 1: the class is faster).", ""]
+      "Per-step cost of the Keras-style RMSprop class", command, info)
+  lines += [
+      f"`RMSprop({', '.join(f'{k}={v}' for k, v in CONFIG.items())})`, "
+      "float32. Times are per step in µs: median (min–max) over interleaved "
+      "rounds; `x/class` is x's median over the class' (> 1: the class is "
+      "faster).", "", "## Optimizer step (fixed gradients)", ""]
   rows = [[r["mlp"], r["contender"], _us(r["step"]), r["step"]["reps"],
-           f"{r['step']['median'] / medians[(r['mlp'], CLASS)]:.2f}"
-           if r["contender"] != "class - raw" else "–"] for r in timed]
+           f"{r['step']['median'] / medians[('step', r['mlp'], CLASS)]:.2f}"
+           if r["contender"] != "class - raw" else "–"]
+          for r in timed if r["part"] == "step"]
   lines += harness.table(["MLP", "contender", "µs per step", "rounds",
                           "x/class"], rows) + [""]
+  train = [r for r in timed if r["part"] == "train"]
+  if train:
+    lines += ["## Training step (the guide's loop: forward, backward, "
+              "update)", "",
+              f"Batch {BATCH}, {BATCHES} batches of random data in turn; "
+              "`x/minimize` is x's median over `class minimize`'s.", ""]
+    rows = []
+    for r in train:
+      if "/" in r["contender"]:
+        rows.append([r["mlp"], r["contender"], _ratio(r["step"]),
+                     r["step"]["reps"], "–"])
+      else:
+        base = medians[("train", r["mlp"], MINIMIZE)]
+        rows.append([r["mlp"], r["contender"], _us(r["step"]),
+                     r["step"]["reps"], f"{r['step']['median'] / base:.2f}"])
+    lines += harness.table(["model", "contender", "µs per step", "rounds",
+                            "x/minimize"], rows) + [""]
   lines += harness.skipped_lines(records)
-  overhead = medians.get(("16-32-10", "class - raw"))
-  if overhead is not None:
-    lines += harness.targets_table([(
-        6, "the class adds <= 40 µs per step over the raw jitted step "
-        "(16-32-10 MLP)", f"{1e6 * overhead:.1f} µs", overhead <= 40e-6)])
+  targets = []
+  for mlp in (BENCHMARK_MLP, "16-32-10"):
+    overhead = medians.get(("step", mlp, "class - raw"))
+    if overhead is not None:
+      targets.append((15, "the class adds <= 40 µs per step over the raw "
+                      f"jitted step ({mlp} MLP)", f"{1e6 * overhead:.1f} µs",
+                      overhead <= 40e-6))
+      break
+  for model in TRAIN_MODELS:
+    ratio = medians.get(("train", model, "minimize / (apply + jit grad)"))
+    if ratio is not None:
+      targets.append((15, "`minimize` <= 1.3x `apply_gradients` + jitted "
+                      f"`value_and_grad` ({model})", f"{ratio:.2f}x",
+                      ratio <= 1.3))
+  tf_function = medians.get(("train", BENCHMARK_MLP, TF_FUNCTION))
+  minimize = medians.get(("train", BENCHMARK_MLP, MINIMIZE))
+  if tf_function is not None and minimize is not None:
+    targets.append((15, "`minimize` faster than tf_keras in `tf.function` "
+                    f"({BENCHMARK_MLP})",
+                    f"{1e6 * minimize:.0f} vs {1e6 * tf_function:.0f} µs",
+                    minimize < tf_function))
+  if targets:
+    lines += harness.targets_table(targets)
   return "\n".join(lines)
 
 
