@@ -28,11 +28,13 @@
      ``GradientTape`` step.
 
 Rounds are interleaved; ``class - raw`` is the median of the round-by-round
-differences, so that a burst of load cancels out.
+differences, so that a burst of load cancels out. Each time is reported as
+wall time and as the process' CPU time.
 """
 
 import statistics
 import sys
+import time
 
 import numpy as np
 
@@ -258,10 +260,32 @@ def _tf_train_steps(values, batches) -> dict:
   return {TF_FUNCTION: make(True), "tf_keras eager": make(False)}
 
 
-def _timed(steps, settings, calls) -> dict:
-  return harness.time_interleaved(
-      steps, warmup=settings["warmup"], min_reps=settings["reps"],
+def _timed(steps, settings, calls) -> tuple[dict, dict]:
+  """Wall and CPU seconds per call of each step, one sample per round.
+
+  The CPU time is the process' (all its threads), so it counts what a step
+  costs, not the time the step waited for a core that another process held:
+  on a loaded machine it is the steadier of the two.
+  """
+  cpu_calls = {name: [] for name in steps}
+
+  def counted(name, step):
+    def run():
+      start = time.process_time()
+      step()
+      cpu_calls[name].append(time.process_time() - start)
+    return run
+
+  wall = harness.time_interleaved(
+      {name: counted(name, step) for name, step in steps.items()},
+      warmup=settings["warmup"], min_reps=settings["reps"],
       max_reps=settings["reps"], budget_s=0.0, calls_per_rep=calls)
+  cpu = {}
+  for name, samples in cpu_calls.items():
+    samples = samples[settings["warmup"]:]
+    cpu[name] = [sum(samples[i:i + calls]) / calls
+                 for i in range(0, len(samples), calls)]
+  return wall, cpu
 
 
 def _collect(records, part, workload, steps, calls, makers, *args):
@@ -285,10 +309,13 @@ def measure(small: bool) -> list:
     _collect(records, "step", mlp, steps, settings["calls_per_rep"],
              (("optax_tfrmsprop", _jax_steps), ("tf_keras", _tf_keras_steps),
               ("keras3", _keras3_steps)), values, grads)
-    times = _timed(steps, settings, settings["calls_per_rep"])
-    # Round by round, so that a burst of load cancels out of the difference.
-    times["class - raw"] = [c - r for c, r in zip(times[CLASS], times[RAW])]
-    _record(records, "step", mlp, times, settings["calls_per_rep"])
+    for clock, times in zip(("wall", "cpu"), _timed(
+        steps, settings, settings["calls_per_rep"])):
+      # Round by round, so that a burst of load cancels out of the
+      # difference.
+      times["class - raw"] = [c - r for c, r in zip(times[CLASS],
+                                                    times[RAW])]
+      _record(records, "step", mlp, times, settings["calls_per_rep"], clock)
   for model in settings["train"]:
     rng = np.random.RandomState(1)
     widths = TRAIN_MODELS[model]
@@ -300,18 +327,20 @@ def measure(small: bool) -> list:
     _collect(records, "train", model, steps, settings["train_calls"],
              (("optax_tfrmsprop", _jax_train_steps),
               ("tf_keras", _tf_train_steps)), values, batches)
-    times = _timed(steps, settings, settings["train_calls"])
-    times["minimize / (apply + jit grad)"] = [
-        m / a for m, a in zip(times[MINIMIZE], times[APPLY_GRAD])]
-    _record(records, "train", model, times, settings["train_calls"])
+    for clock, times in zip(("wall", "cpu"), _timed(
+        steps, settings, settings["train_calls"])):
+      times["minimize / (apply + jit grad)"] = [
+          m / a for m, a in zip(times[MINIMIZE], times[APPLY_GRAD])]
+      _record(records, "train", model, times, settings["train_calls"],
+              clock)
   return records
 
 
-def _record(records, part, workload, times, calls) -> None:
+def _record(records, part, workload, times, calls, clock) -> None:
   for name, samples in times.items():
-    records.append(dict(part=part, mlp=workload, contender=name,
+    records.append(dict(part=part, mlp=workload, contender=name, clock=clock,
                         step=harness.summary(samples), calls_per_rep=calls))
-  print(f"{part} {workload}: " + ", ".join(
+  print(f"{part} {workload} ({clock}): " + ", ".join(
       f"{k} {statistics.median(v) * (1 if '/' in k else 1e6):.2f}"
       for k, v in times.items()), flush=True)
 
@@ -325,58 +354,68 @@ def _ratio(stats: dict) -> str:
   return f"{stats['median']:.2f} ({stats['min']:.2f}–{stats['max']:.2f})"
 
 
+def _cell(stats: dict, contender: str) -> str:
+  return _ratio(stats) if "/" in contender else _us(stats)
+
+
 def markdown(records: list, info: dict, command: str) -> str:
   """The report: machine, command, both tables and the targets."""
   timed = [r for r in records if "step" in r]
-  medians = {(r["part"], r["mlp"], r["contender"]): r["step"]["median"]
-             for r in timed}
+  by_key = {(r["part"], r["mlp"], r["contender"], r["clock"]): r["step"]
+            for r in timed}
+  median = lambda *key: by_key[key]["median"] if key in by_key else None
   lines = harness.report_head(
       "Per-step cost of the Keras-style RMSprop class", command, info)
   lines += [
       f"`RMSprop({', '.join(f'{k}={v}' for k, v in CONFIG.items())})`, "
-      "float32. Times are per step in µs: median (min–max) over interleaved "
-      "rounds; `x/class` is x's median over the class' (> 1: the class is "
-      "faster).", "", "## Optimizer step (fixed gradients)", ""]
-  rows = [[r["mlp"], r["contender"], _us(r["step"]), r["step"]["reps"],
-           f"{r['step']['median'] / medians[('step', r['mlp'], CLASS)]:.2f}"
-           if r["contender"] != "class - raw" else "–"]
-          for r in timed if r["part"] == "step"]
-  lines += harness.table(["MLP", "contender", "µs per step", "rounds",
-                          "x/class"], rows) + [""]
-  train = [r for r in timed if r["part"] == "train"]
-  if train:
-    lines += ["## Training step (the guide's loop: forward, backward, "
-              "update)", "",
-              f"Batch {BATCH}, {BATCHES} batches of random data in turn; "
-              "`x/minimize` is x's median over `class minimize`'s.", ""]
+      "float32. Times are per step in µs, median (min–max) over interleaved "
+      "rounds: wall time, and the process' CPU time (all its threads), "
+      "which does not count waiting for a core held by another process and "
+      "so is the steadier measure on a loaded machine. `x/class` and "
+      "`x/minimize` divide wall-time medians (> 1: x is slower).", ""]
+  for part, title, base, header in (
+      ("step", "Optimizer step (fixed gradients)", CLASS, "x/class"),
+      ("train", "Training step (the guide's loop: forward, backward, "
+       "update)", MINIMIZE, "x/minimize")):
     rows = []
-    for r in train:
-      if "/" in r["contender"]:
-        rows.append([r["mlp"], r["contender"], _ratio(r["step"]),
-                     r["step"]["reps"], "–"])
-      else:
-        base = medians[("train", r["mlp"], MINIMIZE)]
-        rows.append([r["mlp"], r["contender"], _us(r["step"]),
-                     r["step"]["reps"], f"{r['step']['median'] / base:.2f}"])
-    lines += harness.table(["model", "contender", "µs per step", "rounds",
-                            "x/minimize"], rows) + [""]
+    for r in timed:
+      if r["part"] != part or r["clock"] != "wall":
+        continue
+      name, workload = r["contender"], r["mlp"]
+      cpu = by_key.get((part, workload, name, "cpu"))
+      ratio = "–"
+      if "/" not in name and " - " not in name:
+        ratio = f"{r['step']['median'] / median(part, workload, base, 'wall'):.2f}"
+      rows.append([workload, name, _cell(r["step"], name),
+                   _cell(cpu, name) if cpu else "–", r["step"]["reps"],
+                   ratio])
+    if rows:
+      lines += [f"## {title}", ""]
+      if part == "train":
+        lines += [f"Batch {BATCH}, {BATCHES} batches of random data in "
+                  "turn.", ""]
+      lines += harness.table(["MLP" if part == "step" else "model",
+                              "contender", "wall µs", "CPU µs", "rounds",
+                              header], rows) + [""]
   lines += harness.skipped_lines(records)
   targets = []
   for mlp in (BENCHMARK_MLP, "16-32-10"):
-    overhead = medians.get(("step", mlp, "class - raw"))
-    if overhead is not None:
+    if median("step", mlp, "class - raw", "wall") is None:
+      continue
+    for clock in ("wall", "cpu"):
+      overhead = median("step", mlp, "class - raw", clock)
       targets.append((15, "the class adds <= 40 µs per step over the raw "
-                      f"jitted step ({mlp} MLP)", f"{1e6 * overhead:.1f} µs",
-                      overhead <= 40e-6))
-      break
+                      f"jitted step ({mlp} MLP, {clock} time)",
+                      f"{1e6 * overhead:.1f} µs", overhead <= 40e-6))
+    break
   for model in TRAIN_MODELS:
-    ratio = medians.get(("train", model, "minimize / (apply + jit grad)"))
+    ratio = median("train", model, "minimize / (apply + jit grad)", "wall")
     if ratio is not None:
       targets.append((15, "`minimize` <= 1.3x `apply_gradients` + jitted "
                       f"`value_and_grad` ({model})", f"{ratio:.2f}x",
                       ratio <= 1.3))
-  tf_function = medians.get(("train", BENCHMARK_MLP, TF_FUNCTION))
-  minimize = medians.get(("train", BENCHMARK_MLP, MINIMIZE))
+  tf_function = median("train", BENCHMARK_MLP, TF_FUNCTION, "wall")
+  minimize = median("train", BENCHMARK_MLP, MINIMIZE, "wall")
   if tf_function is not None and minimize is not None:
     targets.append((15, "`minimize` faster than tf_keras in `tf.function` "
                     f"({BENCHMARK_MLP})",

@@ -607,3 +607,60 @@ def test_tf_docstring_example_and_steps_through_minimize_never_retrace(
     for _ in range(6):
       opt.minimize(lambda: jnp.sum(var ** 2) / 2.0, [var])
   assert len(count_traces) == 1 and int(opt.iterations) == 6
+
+
+def test_float16_variables_with_a_new_epsilon_match_tf():
+  """A Python epsilon reaches float16 directly, as TF converts it."""
+  tf, tf_keras = _tf()
+  values, grads = _problem(9, 6, dtype=np.float16)
+  tf_vars = [tf.Variable(v) for v in values]
+  tf_opt = tf_keras.optimizers.legacy.RMSprop(0.01, centered=True)
+  variables = [Variable(v) for v in values]
+  opt = RMSprop(0.01, centered=True)
+  for i, step_grads in enumerate(grads):
+    if i == 3:
+      tf_opt.epsilon = opt.epsilon = 3.3e-5
+    tf_opt.apply_gradients(zip(step_grads, tf_vars))
+    opt.apply_gradients(zip(step_grads, variables))
+  for ours, theirs in zip(variables, tf_vars):
+    _assert_bits_equal(ours.numpy(), theirs.numpy())
+
+
+@pytest.mark.parametrize("rounding, backend", [("tf_xla", "auto"),
+                                               ("tf_cpu", "xla")])
+def test_rounding_and_backend_reach_the_core(rounding, backend):
+  values, grads = _problem(10, 5)
+  config = dict(learning_rate=0.01, momentum=0.9, centered=True)
+  variables = [Variable(v) for v in values]
+  opt = RMSprop(**config, rounding=rounding, backend=backend)
+  transformation = otr.rmsprop(**config, rounding=rounding, backend=backend)
+  params = [jnp.asarray(v) for v in values]
+  state = transformation.init(params)
+  update = jax.jit(transformation.update)
+  for step_grads in grads:
+    opt.apply_gradients(zip(step_grads, variables))
+    updates, state = update([jnp.asarray(g) for g in step_grads], state)
+    params = otr.apply_updates(params, updates)
+  for ours, theirs in zip(variables, params):
+    _assert_bits_equal(ours.numpy(), theirs)
+  assert "rounding" not in opt.get_config()
+  with pytest.raises(ValueError, match="rounding"):
+    RMSprop(rounding="tf_gpu")
+  with pytest.raises(TypeError, match="positional"):
+    RMSprop(0.1, 0.9, 0.0, 1e-7, False, "name", "tf_xla")  # pylint: disable=too-many-function-args
+
+
+def test_a_deep_copy_is_an_independent_optimizer():
+  import copy  # pylint: disable=g-import-not-at-top
+  values, grads = _problem(11, 3)
+  variables = [Variable(v) for v in values]
+  opt = RMSprop(0.01, momentum=0.5)
+  opt.apply_gradients(zip(grads[0], variables))
+  twin = copy.deepcopy(opt)
+  other = copy.deepcopy(variables)
+  assert all(a._unique_id != b._unique_id  # pylint: disable=protected-access
+             for a, b in zip(variables, other))
+  twin.apply_gradients(zip(grads[1], variables))
+  assert int(opt.iterations) == 1 and int(twin.iterations) == 2
+  opt.apply_gradients(zip(grads[1], variables))
+  assert int(opt.iterations) == 2

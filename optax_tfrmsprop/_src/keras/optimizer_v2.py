@@ -11,6 +11,7 @@ declares its slots, prepares its hyperparameters and applies one step: see
 :class:`~optax_tfrmsprop.keras.RMSprop`.
 """
 
+import copy
 import threading
 import warnings
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
@@ -98,6 +99,20 @@ class OptimizerV2:
           "Cannot accept both `clipnorm` and `global_clipnorm`. Received: "
           f"`clipnorm`={self.clipnorm}, "
           f"`global_clipnorm`={self.global_clipnorm}.")
+
+  def __deepcopy__(self, memo):
+    # As tf_keras: a copy of every attribute, but a lock of its own.
+    new = type(self).__new__(type(self))
+    memo[id(self)] = new
+    for key, value in self.__dict__.items():
+      if key == "_lock":
+        value = threading.RLock()
+      elif key == "_gradient_cache":
+        value = loss_gradients.GradientCache()
+      else:
+        value = copy.deepcopy(value, memo)
+      new.__dict__[key] = value
+    return new
 
   # -- Clip options: TF's properties.
 

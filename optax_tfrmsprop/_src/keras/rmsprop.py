@@ -146,7 +146,8 @@ class RMSprop(optimizer_v2.OptimizerV2):
       raise ValueError(
           "`momentum` must be between [0, 1]. Received: "
           f"momentum={momentum} (of type {type(momentum)}).")
-    epsilon = epsilon or numerics.KERAS_EPSILON
+    if _SEMANTICS.zero_epsilon_is_default:
+      epsilon = epsilon or numerics.KERAS_EPSILON
     self._check_hyperparameters(
         learning_rate=kwargs.get("lr", learning_rate), rho=rho,
         momentum=momentum, epsilon=epsilon)
@@ -218,17 +219,13 @@ class RMSprop(optimizer_v2.OptimizerV2):
 
     Python numbers are float32 (TF's hyper variables, and the float32 tensor
     it makes of a callable's number); arrays and Variables keep their dtype
-    and reach each variable's dtype by one cast, as in TF.
+    and reach each variable's dtype by one cast, as in TF. A callable is
+    called now, at every step.
     """
     if self._derived is None:
       self._derived = self._static_config()
-    config, schedule, epsilon = self._derived
-    hypers = {"rho": _traced(self._get_hyper("rho")),
-              "momentum": _traced(self._get_hyper("momentum"))}
-    if schedule is None:
-      hypers["learning_rate"] = _traced(self._get_hyper("learning_rate"))
-    if config.decay is None:
-      hypers["decay"] = _traced(self._initial_decay)
+    config, readers, epsilon = self._derived
+    hypers = {name: read() for name, read in readers}
     if callable(epsilon):
       epsilon = epsilon()
     if isinstance(epsilon, Variable):
@@ -245,21 +242,32 @@ class RMSprop(optimizer_v2.OptimizerV2):
     return hypers, config
 
   def _static_config(self):
-    """``(config, schedule, epsilon)``: what changes only by attribute sets."""
+    """What changes only by attribute assignments, derived once.
+
+    Returns:
+      ``(config, readers, epsilon)``: the :class:`_StepConfig` (epsilon not
+      yet decided), ``(name, read)`` pairs whose ``read()`` gives the
+      traced hyperparameter, and the epsilon attribute.
+    """
     learning_rate = self._hyper["learning_rate"]
     schedule = (learning_rate if isinstance(
         learning_rate, schedules.LearningRateSchedule) else None)
+    names = ["rho", "momentum"] + (["learning_rate"] if schedule is None
+                                   else [])
+    readers = [(name, _reader(self._hyper[name])) for name in names]
     decay = self._initial_decay
     static_decay = None
     if isinstance(decay, numbers.Real):
       static_decay = float(decay) if decay > 0 else 0.0
+    else:
+      readers.append(("decay", _reader(decay)))
     config = _StepConfig(
         schedule=schedule, decay=static_decay, epsilon=None,
         clipvalue=_static_float(self.clipvalue),
         clipnorm=_static_float(self.clipnorm),
         global_clipnorm=_static_float(self.global_clipnorm),
         rounding=self._rounding, backend=self._backend)
-    return config, schedule, self._epsilon
+    return config, tuple(readers), self._epsilon
 
   def _apply_step(self, values, grads, slots, iterations, prepared):
     hypers, config = prepared
@@ -295,21 +303,33 @@ class RMSprop(optimizer_v2.OptimizerV2):
     return optimizer_v2._jsonable(config)  # pylint: disable=protected-access
 
 
+def _reader(value) -> Any:
+  """A function that reads a hyperparameter as the compiled step takes it."""
+  if isinstance(value, Variable):
+    return lambda: value._value  # pylint: disable=protected-access
+  if callable(value):
+    return lambda: _traced(value())
+  traced = _traced(value)
+  return lambda: traced
+
+
 def _traced(value) -> Any:
-  """A hyperparameter as the compiled step takes it (a traced argument)."""
+  """A hyperparameter as the compiled step takes it (a traced argument).
+
+  Variables and arrays keep their dtype (one cast to each variable's dtype
+  follows, as TF's ``tf.cast``); a number becomes TF's float32 tensor.
+  """
   if type(value) is Variable:  # pylint: disable=unidiomatic-typecheck
     return value._value  # pylint: disable=protected-access
   if isinstance(value, Variable):
     return value._value  # pylint: disable=protected-access
-  if isinstance(value, jax.Array):
+  if isinstance(value, jax.Array) or (
+      isinstance(value, np.ndarray) and value.dtype.kind == "f"):
     return value
-  if isinstance(value, np.ndarray) and value.dtype.kind == "f":
-    return value
-  # Python numbers (and numpy scalars): TF's float32 tensor.
   if isinstance(value, bool) or not isinstance(
       value, (numbers.Real, np.generic, np.ndarray)):
     raise TypeError(f"Expected a number or an array, got {value!r}.")
-  return np.float32(value)
+  return numerics.as_dtype(value, jnp.float32, through_float32=True)
 
 
 _16_BIT_FLOATS = frozenset(map(np.dtype, (np.float16, jnp.bfloat16)))

@@ -103,6 +103,17 @@ class Variable:
     var._unique_id, var.constraint = next(_ids), None
     return var
 
+  def __copy__(self) -> "Variable":
+    # A copy is another Variable: its own unique id, so its own slots.
+    new = Variable._wrap(self._value, self._shared_name)
+    new.trainable, new.constraint = self.trainable, self.constraint
+    return new
+
+  def __deepcopy__(self, memo) -> "Variable":
+    new = self.__copy__()
+    memo[id(self)] = new
+    return new
+
   def _read(self) -> jax.Array:
     """The value, or what ``minimize``'s trace substitutes for it."""
     override = getattr(_tracing, "read", None)
