@@ -551,6 +551,15 @@ def test_minimize_gradients_are_none_where_tf_gives_none():
     opt.get_gradients(loss, [unused])
   with pytest.raises(ValueError, match="zero-argument callable"):
     opt.minimize(jnp.float32(1.0), variables)
+  steps = int(opt.iterations)
+
+  def assigning_loss():
+    counter.assign_add(1)  # TF's eager tape would run this at every call.
+    return jnp.sum(variables[0].value)
+
+  with pytest.raises(RuntimeError, match="may only read Variables"):
+    opt.minimize(assigning_loss, variables[:1])
+  assert int(counter) == 3 and int(opt.iterations) == steps
 
 
 def test_minimize_with_python_control_flow_on_values_differentiates_eagerly():

@@ -422,7 +422,8 @@ class OptimizerV2:
     (``gradient_transformers``), then one compiled step updates every
     variable, its slots and ``iterations``; then each variable's
     ``constraint``, if any, is applied to its new value. Steps from several
-    threads run one after the other.
+    threads run one after the other. Every error below is raised before
+    anything changes.
 
     Args:
       grads_and_vars: (gradient, :class:`Variable`) pairs; a gradient is an
@@ -441,7 +442,6 @@ class OptimizerV2:
       ValueError: if no variable has a gradient, or a gradient does not fit
         its variable (an out-of-range ``IndexedSlices`` index included).
       RuntimeError: for a sparse gradient of a variable with a constraint.
-      Nothing is changed when an error is raised.
     """
     del name
     with self._lock:
@@ -700,15 +700,13 @@ def _check_unique(variables: list[Variable]) -> None:
     seen.add(v._unique_id)  # pylint: disable=protected-access
 
 
-_ARRAY_IMPL = type(jnp.zeros(()))
-
-
 def _check_gradients(pairs) -> list:
   """The gradients as the step takes them; raises if one does not fit."""
   grads = []
   for g, var in pairs:
     value = var._value  # pylint: disable=protected-access
-    if (type(g) is not _ARRAY_IMPL or g.shape != value.shape  # pylint: disable=unidiomatic-typecheck
+    # A jax array of the value's own type: checked quickly.
+    if (type(g) is not type(value) or g.shape != value.shape  # pylint: disable=unidiomatic-typecheck
         or g.dtype != value.dtype):
       g = _check_gradient(g, var)  # Anything but the common case.
     grads.append(g)

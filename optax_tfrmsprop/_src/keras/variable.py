@@ -176,13 +176,14 @@ class Variable:
       The Variable, or ``None`` when ``read_value`` is False.
     """
     del use_locking, name
+    if getattr(_tracing, "read", None) is not None:
+      # The loss is traced once and its compiled gradient reused: an
+      # assignment in it would not happen at every call, as in TF.
+      raise RuntimeError(
+          f"The loss given to minimize assigns {self.name}: a loss may only "
+          "read Variables (it is traced once, not run at every call).")
     if isinstance(value, Variable):
       value = value.value
-    if getattr(_tracing, "read", None) is not None and isinstance(
-        value, jax.core.Tracer):
-      raise RuntimeError(
-          f"The loss given to minimize assigns {self.name}: a loss must only "
-          "read Variables.")
     new = jnp.asarray(value, self.dtype)
     if new.shape != self.shape:
       raise ValueError(
