@@ -9,9 +9,9 @@ from optax_tfrmsprop._src.base import TF1RMSpropState
 from optax_tfrmsprop._src.checkpoint import check_checkpoint
 from optax_tfrmsprop._src.checkpoint import checkpoint_target
 from optax_tfrmsprop._src.cpu_kernel import is_built as cpu_kernel_is_built
-from optax_tfrmsprop._src.interop.tf1_keras3 import keras3_state_from_optimizer
-from optax_tfrmsprop._src.interop.tf1_keras3 import tf1_slot_names
-from optax_tfrmsprop._src.interop.tf1_keras3 import tf1_state_from_checkpoint
+from optax_tfrmsprop._src.interop.keras3 import keras3_state_from_optimizer
+from optax_tfrmsprop._src.interop.tf1_saver import tf1_slot_names
+from optax_tfrmsprop._src.interop.tf1_saver import tf1_state_from_checkpoint
 from optax_tfrmsprop._src.keras.rmsprop import RMSprop
 from optax_tfrmsprop._src.interop.keras_weights import state_from_keras_weights
 from optax_tfrmsprop._src.interop.keras_weights import state_to_keras_weights
@@ -23,7 +23,7 @@ from optax_tfrmsprop._src.sparse import apply_updates
 from optax_tfrmsprop._src.sparse import IndexedSlices
 from optax_tfrmsprop._src.sparse import sparse_embedding_value_and_grad
 from optax_tfrmsprop._src.interop.tf2_checkpoint import restore_rmsprop_from_tf_checkpoint
-from optax_tfrmsprop._src.interop.tf2_checkpoint import RestoredRMSprop
+from optax_tfrmsprop._src.interop.common import RestoredRMSprop
 from optax_tfrmsprop._src.transform import rmsprop_apply
 from optax_tfrmsprop._src.transform import rmsprop_init
 from optax_tfrmsprop._src.transform import rmsprop_update

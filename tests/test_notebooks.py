@@ -13,7 +13,7 @@ NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 
 def test_notebooks_are_found():
   assert {"quickstart.ipynb", "porting_from_keras.ipynb",
-          "sparse_embeddings.ipynb"} <= {
+          "sparse_embeddings.ipynb", "interchange_flax_keras.ipynb"} <= {
       path.name for path in NOTEBOOKS}
 
 

@@ -91,7 +91,9 @@ def test_mapping_override_and_errors(tmp_path):
     otr.restore_rmsprop_from_tf_checkpoint(prefix, {"dense": jnp.zeros(2)})
   wrong = _template()
   wrong["layer_with_weights-0"]["bias"] = jnp.zeros(4)
-  with pytest.raises(ValueError, match="has shape"):
+  with pytest.raises(ValueError, match=(
+      r"The value of param 'layer_with_weights-0/bias' is float32\(5,\); "
+      r"the param is float32\(4,\)")):
     otr.restore_rmsprop_from_tf_checkpoint(prefix, wrong)
   with pytest.raises(ValueError, match="no entry"):
     otr.restore_rmsprop_from_tf_checkpoint(prefix, params, mapping={})

@@ -21,6 +21,8 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec
 
+from optax_tfrmsprop._src import base
+
 
 def _sharding_of(leaf: Any) -> jax.sharding.Sharding:
   sharding = getattr(leaf, "sharding", None)
@@ -50,12 +52,23 @@ def checkpoint_target(
   Slots get the shape, dtype and sharding of their parameter; every other leaf
   (the step ``count``, injected hyperparameters) is replicated over the
   devices of the params. No array is allocated, so the params may themselves be
-  :class:`jax.ShapeDtypeStruct` with shardings. Works for any optax
-  transformation that contains :func:`~optax_tfrmsprop.rmsprop` (chains,
-  ``inject_hyperparams``), since it follows ``optimizer.init``.
+  :class:`jax.ShapeDtypeStruct` with shardings. Works for any optax state that
+  contains an :class:`~optax_tfrmsprop.RMSpropState` (of any flavor):
+  ``optax.chain``, ``optax.masked`` and ``optax.multi_transform`` (whose
+  slots cover only some params), ``optax.inject_hyperparams``,
+  ``optax.MultiSteps`` (its accumulated gradients get their param's
+  sharding too), since it follows ``optimizer.init``:
+
+  * each slot of an ``RMSpropState`` takes the sharding of the param at the
+    same tree path (a masked-out param has no slot);
+  * any other subtree shaped like the whole params (``MultiSteps``'
+    ``acc_grads``, another transformation's trace) takes the params'
+    shardings;
+  * every other leaf is replicated.
 
   Args:
-    optimizer: the transformation whose state was saved.
+    optimizer: the transformation whose state was saved (anything with an
+      ``init``, e.g. ``optax.MultiSteps``).
     params: the params (arrays or :class:`jax.ShapeDtypeStruct`), laid out as
       the restored state should be.
 
@@ -63,26 +76,67 @@ def checkpoint_target(
     A tree of :class:`jax.ShapeDtypeStruct` with the structure and types of
     ``optimizer.init(params)``: pass it to orbax's ``StandardRestore``.
 
+  Raises:
+    ValueError: if a slot's path is not a path of the params.
+
   Example:
     >>> import jax.numpy as jnp
+    >>> import optax
     >>> import optax_tfrmsprop
-    >>> opt = optax_tfrmsprop.rmsprop(momentum=0.9)
-    >>> target = optax_tfrmsprop.checkpoint_target(opt, {"w": jnp.ones(3)})
-    >>> type(target).__name__, target.mom["w"].shape, target.mg
-    ('RMSpropState', (3,), None)
+    >>> opt = optax.masked(optax_tfrmsprop.rmsprop(momentum=0.9),
+    ...                    {"w": True, "b": False})
+    >>> target = optax_tfrmsprop.checkpoint_target(
+    ...     opt, {"w": jnp.ones(3), "b": jnp.ones(2)})
+    >>> target.inner_state.mom["w"].shape, target.inner_state.mom["b"]
+    ((3,), MaskedNode())
   """
   shapes = jax.eval_shape(optimizer.init, params)
-  shardings = jax.tree.map(_sharding_of, params)
-  first = jax.tree.leaves(shardings)
+  flat, params_def = jax.tree_util.tree_flatten_with_path(params)
+  shardings = [_sharding_of(leaf) for _, leaf in flat]
+  by_path = {tuple(path): (sharding, np.shape(leaf))
+             for (path, leaf), sharding in zip(flat, shardings)}
   replicated = _replicated_like(
-      first[0] if first else _sharding_of(None))
+      shardings[0] if shardings else _sharding_of(None))
 
   def with_sharding(leaf, sharding):
     return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding)
 
-  return optax.tree_map_params(
-      optimizer, with_sharding, shapes, shardings,
-      transform_non_params=lambda leaf: with_sharding(leaf, replicated))
+  def slot_target(field, tree):
+    def one(path, leaf):
+      if tuple(path) not in by_path:
+        raise ValueError(
+            f"The {field!r} slot at {_path_name(path)!r} matches no param; "
+            "pass the params the optimizer was initialised with.")
+      return with_sharding(leaf, by_path[tuple(path)][0])
+
+    return jax.tree_util.tree_map_with_path(one, tree)
+
+  param_shapes = [np.shape(leaf) for _, leaf in flat]
+
+  def params_shaped(node) -> bool:
+    if isinstance(node, jax.ShapeDtypeStruct) and (
+        params_def.num_nodes != 1 or node.shape == ()):
+      return False  # A leaf is params-shaped only if the params are one array.
+    leaves, treedef = jax.tree.flatten(node)
+    return (treedef == params_def and bool(leaves) and all(
+        np.shape(a) == b for a, b in zip(leaves, param_shapes)))
+
+  def is_node(node) -> bool:
+    return isinstance(node, base.RMSpropState) or params_shaped(node)
+
+  def target(node):
+    if isinstance(node, base.RMSpropState):
+      return node.replace(
+          count=with_sharding(node.count, replicated),
+          **{field: slot_target(field, getattr(node, field))
+             for field in ("ms", "mg", "mom")})
+    if is_node(node):
+      return jax.tree.unflatten(params_def, [
+          with_sharding(leaf, sharding)
+          for leaf, sharding in zip(jax.tree.leaves(node), shardings)])
+    return with_sharding(node, replicated)
+
+  return jax.tree.map(target, shapes, is_leaf=is_node)
 
 
 def _path_name(path) -> str:

@@ -1,25 +1,30 @@
-"""Keras' optimizer weight lists to and from :class:`RMSpropState`.
+"""A tf_keras optimizer's weight list to and from :class:`RMSpropState`.
 
 ``tf_keras.optimizers.legacy.RMSprop.get_weights()`` lists the iteration count
-(int64), then ``rms`` for every variable, then ``momentum``, then ``mg``;
-:func:`state_to_keras_weights` and :func:`state_from_keras_weights` convert
-between that list and the functional state, and the Keras-style class
+(int64), then ``rms`` for every variable, then ``momentum``, then ``mg``
+(the slot order of ``base.SEMANTICS["keras_legacy"]``), variables in the
+order the optimizer first saw them (``model.trainable_variables``).
+:func:`state_from_optimizer_weights` and :func:`state_to_optimizer_weights`
+convert between that list and the functional state; the Keras-style class
 validates ``set_weights`` with the same checks.
 """
 
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence, Union
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
 from optax_tfrmsprop._src import base
-from optax_tfrmsprop._src import transform
+from optax_tfrmsprop._src.interop import common
+from optax_tfrmsprop._src.interop import correspondence as correspondence_lib
 
-# The slots of the update, in TF's creation order, and their state fields.
-SLOT_FIELDS = (("rms", "ms"), ("momentum", "mom"), ("mg", "mg"))
-_INT32_MAX = np.iinfo(np.int32).max
+# (TF slot name, state field) of tf_keras' legacy RMSprop, in creation order.
+SLOT_FIELDS = tuple(
+    (tf_name, field) for field, tf_name in common.slot_names("keras_legacy"))
+
+ParamsOrCorrespondence = Union[optax.Params,
+                               correspondence_lib.Correspondence]
 
 
 def expected_signature(arrays) -> list[tuple[tuple[int, ...], np.dtype]]:
@@ -39,7 +44,8 @@ def check_weights(weights: Sequence[Any], slot_signature, *, owner: str):
     iterations is 0 for the one-shorter form, as in Keras.
 
   Raises:
-    ValueError: naming the position of the first wrong entry.
+    ValueError: naming the position of the first wrong entry; an iteration
+      count outside int32 is refused, never wrapped.
   """
   weights = list(weights)
   expected = len(slot_signature) + 1
@@ -47,15 +53,8 @@ def check_weights(weights: Sequence[Any], slot_signature, *, owner: str):
     weights = [np.int64(0)] + weights
   if len(weights) != expected:
     raise length_error(owner, weights, expected)
-  iterations = np.asarray(weights[0])
-  if iterations.shape != () or iterations.dtype.kind not in "iu":
-    raise ValueError(
-        "Weight 0 (the iteration count) must be an integer scalar, got shape "
-        f"{iterations.shape} and dtype {iterations.dtype}.")
-  if not 0 <= int(iterations) <= _INT32_MAX:
-    raise ValueError(
-        f"Weight 0 (the iteration count) must be in [0, {_INT32_MAX}], got "
-        f"{int(iterations)}.")
+  iterations = int(common.checked_count(
+      weights[0], "Weight 0 (the iteration count)"))
   slots = []
   for position, (w, (shape, dtype)) in enumerate(
       zip(weights[1:], slot_signature), start=1):
@@ -69,7 +68,7 @@ def check_weights(weights: Sequence[Any], slot_signature, *, owner: str):
           f"Weight {position}: optimizer weight dtype {dtype} differs from "
           f"provided weight dtype {w.dtype}.")
     slots.append(w)
-  return int(iterations), slots
+  return iterations, slots
 
 
 def length_error(owner: str, weights: list[Any], expected: int):
@@ -80,22 +79,112 @@ def length_error(owner: str, weights: list[Any], expected: int):
       f"{str(weights)[:50]}...")
 
 
-def _present_fields(state: base.RMSpropState) -> list[str]:
-  """The slot fields ``state`` has, in TF's creation order."""
-  return [field for _, field in SLOT_FIELDS
-          if getattr(state, field) is not None]
+def as_correspondence(params: ParamsOrCorrespondence
+                      ) -> correspondence_lib.Correspondence:
+  """``params`` itself, or the correspondence of a tree in Keras order."""
+  if isinstance(params, correspondence_lib.Correspondence):
+    return params
+  return correspondence_lib.Correspondence.from_tree(params)
+
+
+def state_to_optimizer_weights(
+    state: base.RMSpropState,
+    correspondence: Optional[correspondence_lib.Correspondence] = None,
+) -> list[np.ndarray]:
+  """The weight list ``tf_keras.optimizers.legacy.RMSprop`` would hold.
+
+  TF lists the iteration count (int64), then ``rms`` for every variable, then
+  ``momentum`` for every variable, then ``mg`` for every variable. Variables
+  come in Keras order: the ``correspondence``'s, else the leaf order of the
+  state's trees (a list in ``model.trainable_variables`` order).
+
+  Args:
+    state: an :class:`RMSpropState`.
+    correspondence: the :class:`~optax_tfrmsprop.interop.Correspondence` of
+      the params, when their leaf order is not Keras' (a flax tree).
+
+  Returns:
+    A list of numpy arrays for ``tf_keras`` ``optimizer.set_weights``.
+
+  Raises:
+    TypeError: if ``state`` is not a (tf_keras legacy) ``RMSpropState``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from optax_tfrmsprop import rmsprop_init
+    >>> w = state_to_optimizer_weights(
+    ...     rmsprop_init([jnp.ones(2)], centered=True))
+    >>> [a.shape for a in w], w[0].dtype
+    ([(), (2,), (2,)], dtype('int64'))
+  """
+  common.check_state(state, "keras_legacy")
+  weights = [np.int64(state.count)]
+  for field in common.present_fields(state):
+    tree = getattr(state, field)
+    leaves = (correspondence.to_keras(tree) if correspondence is not None
+              else jax.tree.leaves(tree))
+    weights.extend(np.asarray(a) for a in leaves)
+  return weights
+
+
+def state_from_optimizer_weights(
+    weights: Sequence[Any], params: ParamsOrCorrespondence, *,
+    centered: bool = False, use_momentum: bool = False,
+) -> common.RestoredRMSprop:
+  """Builds an :class:`RMSpropState` from a ``tf_keras`` optimizer weight list.
+
+  The inverse of :func:`state_to_optimizer_weights`. ``params`` gives the
+  tree, shapes and dtypes: a tree whose leaf order is Keras' (a list in
+  ``model.trainable_variables`` order), or a
+  :class:`~optax_tfrmsprop.interop.Correspondence` for any other tree (flax
+  linen, nnx). ``centered`` and ``use_momentum`` give the slots TF created
+  (see :func:`~optax_tfrmsprop._src.alias.uses_momentum`). The Keras-1 form
+  without the iteration count is accepted and starts at 0, as in Keras.
+
+  Args:
+    weights: ``optimizer.get_weights()`` of a tf_keras legacy RMSprop.
+    params: the parameter tree the state is for, or its correspondence.
+    centered: whether the TF optimizer was centered.
+    use_momentum: whether it took the momentum path.
+
+  Returns:
+    A :class:`~optax_tfrmsprop.interop.RestoredRMSprop` whose ``params`` is
+    ``None`` (the list holds none) and ``hyperparams`` empty.
+
+  Raises:
+    ValueError: naming the position of a weight of the wrong length, shape
+      or dtype, or an iteration count beyond int32.
+
+  Example:
+    >>> import jax.numpy as jnp, numpy as np
+    >>> restored = state_from_optimizer_weights(
+    ...     [np.int64(3), np.ones(2, np.float32)], [jnp.zeros(2)])
+    >>> int(restored.state.count), restored.state.ms[0]
+    (3, Array([1., 1.], dtype=float32))
+  """
+  pairs = as_correspondence(params)
+  fields = [field for field, _ in common.slot_names("keras_legacy")
+            if field == "ms" or (field == "mom" and use_momentum)
+            or (field == "mg" and centered)]
+  signature = [(s, d) for _ in fields for s, d in zip(pairs.shapes,
+                                                        pairs.dtypes)]
+  iterations, slots = check_weights(weights, signature, owner="RMSprop")
+  n = len(pairs)
+  state = common.make_state(
+      "keras_legacy", common.checked_count(iterations, "The iteration count"),
+      {field: pairs.from_keras(slots[k * n:(k + 1) * n], f"{field!r} slot")
+       for k, field in enumerate(fields)})
+  return common.RestoredRMSprop(None, state, {})
 
 
 def state_to_keras_weights(state: base.RMSpropState) -> list[np.ndarray]:
   """The weight list ``tf_keras.optimizers.legacy.RMSprop`` would hold.
 
-  TF lists the iteration count (int64), then ``rms`` for every variable, then
-  ``momentum`` for every variable, then ``mg`` for every variable. Variables
-  come in the leaf order of the state's trees: build the params as a list in
-  the model's ``trainable_variables`` order to match a Keras model.
+  Kept for backward compatibility: :func:`state_to_optimizer_weights` in
+  :mod:`optax_tfrmsprop.interop` does the same and takes a correspondence.
 
   Args:
-    state: an :class:`RMSpropState`.
+    state: an :class:`RMSpropState`, variables in its leaf order.
 
   Returns:
     A list of numpy arrays for ``tf_keras`` ``optimizer.set_weights``.
@@ -107,10 +196,7 @@ def state_to_keras_weights(state: base.RMSpropState) -> list[np.ndarray]:
     >>> [a.shape for a in w], w[0].dtype
     ([(), (2,), (2,)], dtype('int64'))
   """
-  weights = [np.int64(state.count)]
-  for field in _present_fields(state):
-    weights.extend(np.asarray(a) for a in jax.tree.leaves(getattr(state, field)))
-  return weights
+  return state_to_optimizer_weights(state)
 
 
 def state_from_keras_weights(
@@ -119,24 +205,18 @@ def state_from_keras_weights(
 ) -> base.RMSpropState:
   """Builds an :class:`RMSpropState` from a ``tf_keras`` weight list.
 
-  The inverse of :func:`state_to_keras_weights`. ``params`` gives the tree,
-  shapes and dtypes (variables in its leaf order); ``centered`` and
-  ``use_momentum`` give the slots TF created (see
-  :func:`~optax_tfrmsprop._src.alias.uses_momentum`). The Keras-1 form
-  without the iteration count is accepted and starts at 0, as in Keras.
+  Kept for backward compatibility: it returns the ``state`` of
+  :func:`state_from_optimizer_weights` in :mod:`optax_tfrmsprop.interop`.
 
   Args:
     weights: ``optimizer.get_weights()`` of a TF RMSprop.
-    params: the parameter tree the state is for.
+    params: the parameter tree the state is for (leaves in Keras order), or
+      its :class:`~optax_tfrmsprop.interop.Correspondence`.
     centered: whether the TF optimizer was centered.
     use_momentum: whether it took the momentum path.
 
   Returns:
     The state.
-
-  Raises:
-    ValueError: naming the position of a weight of the wrong length, shape
-      or dtype.
 
   Example:
     >>> import jax.numpy as jnp, numpy as np
@@ -145,19 +225,5 @@ def state_from_keras_weights(
     >>> int(s.count), s.ms[0]
     (3, Array([1., 1.], dtype=float32))
   """
-  template = transform.rmsprop_init(
-      params, centered=centered, use_momentum=use_momentum)
-  fields = _present_fields(template)
-  signature = [
-      sig for field in fields
-      for sig in expected_signature(jax.tree.leaves(getattr(template, field)))
-  ]
-  iterations, slots = check_weights(weights, signature, owner="RMSprop")
-  new_slots = {}
-  remaining = iter(slots)
-  for field in fields:
-    leaves, treedef = jax.tree.flatten(getattr(template, field))
-    new_slots[field] = treedef.unflatten(
-        [jnp.asarray(next(remaining)) for _ in leaves])
-  return template.replace(count=jnp.asarray(iterations, jnp.int32),
-                          **new_slots)
+  return state_from_optimizer_weights(
+      weights, params, centered=centered, use_momentum=use_momentum).state
