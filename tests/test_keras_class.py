@@ -132,6 +132,10 @@ def test_hyperparameters_are_float32_variables_like_tf():
       k: float(v) if isinstance(v, np.floating) else v
       for k, v in theirs.get_config().items()}
   assert ours.weights == [] and theirs.weights == []
+  # TF's config holds np.float32 values now; they make Variables too.
+  rebuilt = RMSprop(**theirs.get_config())
+  assert isinstance(rebuilt.lr, Variable) and isinstance(rebuilt.rho, Variable)
+  _assert_bits_equal(rebuilt.rho.numpy(), theirs.rho.numpy())
   # A callable is called; a schedule is returned, as TF's attributes do.
   assert RMSprop(learning_rate=lambda: 0.25).lr == 0.25
   schedule = otr.schedules.ExponentialDecay(0.1, 10, 0.5)

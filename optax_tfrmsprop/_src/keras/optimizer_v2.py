@@ -177,11 +177,15 @@ class OptimizerV2:
     return value
 
   def _create_hypers(self) -> None:
-    """Python numbers become float32 Variables, as TF's hyper variables."""
+    """Numbers become float32 Variables, as TF's hyper variables.
+
+    As in TF, everything but a tensor (a jax array here), a Variable and a
+    callable (or schedule): Python and NumPy numbers.
+    """
     if self._hypers_created:
       return
     for name, value in sorted(self._hyper.items()):
-      if isinstance(value, (bool, int, float)):
+      if not (isinstance(value, (Variable, jax.Array)) or callable(value)):
         self._hyper[name] = self.add_weight(
             name, shape=[], dtype=jnp.float32, initializer=value)
     self._hypers_created = True
