@@ -458,15 +458,14 @@ class OptimizerV2:
         pairs = self._aggregate_gradients(
             self._transform_unaggregated_gradients(pairs))
       pairs = self._transform_gradients(pairs)
-      variables = [v for _, v in pairs]
-      grads = _check_gradients(pairs)
-      plan = self._plans.get(tuple(v._unique_id for v in variables))  # pylint: disable=protected-access
+      grads, variables, values, key = _check_gradients(pairs)
+      plan = self._plans.get(key)
       if plan is None:
         _check_unique(variables)
         plan = self._plan(variables)  # Creates the weights, as TF does here.
       prepared = self._prepare(variables)  # Calls callables: may raise.
       values, slots, count = self._apply_step(
-          [v._value for v in variables], grads,  # pylint: disable=protected-access
+          values, grads,
           {k: [s._value for s in vs] for k, vs in plan.items()},  # pylint: disable=protected-access
           self._iterations._value, prepared)  # pylint: disable=protected-access
       for var, value in zip(variables, values):
@@ -704,9 +703,17 @@ def _check_unique(variables: list[Variable]) -> None:
     seen.add(v._unique_id)  # pylint: disable=protected-access
 
 
-def _check_gradients(pairs) -> list:
-  """The gradients as the step takes them; raises if one does not fit."""
-  grads = []
+def _check_gradients(pairs) -> tuple[list, list, list, tuple[int, ...]]:
+  """Checks every gradient against its variable, in one pass.
+
+  Returns:
+    ``(gradients as the step takes them, variables, their values, their
+    unique ids)``.
+
+  Raises:
+    ValueError: for a gradient that does not fit its variable.
+  """
+  grads, variables, values, ids = [], [], [], []
   for g, var in pairs:
     value = var._value  # pylint: disable=protected-access
     # A jax array of the value's own type: checked quickly.
@@ -714,7 +721,10 @@ def _check_gradients(pairs) -> list:
         or g.dtype != value.dtype):
       g = _check_gradient(g, var)  # Anything but the common case.
     grads.append(g)
-  return grads
+    variables.append(var)
+    values.append(value)
+    ids.append(var._unique_id)  # pylint: disable=protected-access
+  return grads, variables, values, tuple(ids)
 
 
 def _check_gradient(g, var: Variable):
