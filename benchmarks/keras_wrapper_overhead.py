@@ -29,7 +29,7 @@
 
 Rounds are interleaved; ``class - raw`` is the median of the round-by-round
 differences, so that a burst of load cancels out. Each time is reported as
-wall time and as the process' CPU time.
+wall time, the process' CPU time and the calling thread's CPU time.
 """
 
 import statistics
@@ -260,32 +260,42 @@ def _tf_train_steps(values, batches) -> dict:
   return {TF_FUNCTION: make(True), "tf_keras eager": make(False)}
 
 
-def _timed(steps, settings, calls) -> tuple[dict, dict]:
-  """Wall and CPU seconds per call of each step, one sample per round.
+CLOCKS = ("wall", "process CPU", "thread CPU")
 
-  The CPU time is the process' (all its threads), so it counts what a step
-  costs, not the time the step waited for a core that another process held:
-  on a loaded machine it is the steadier of the two.
+
+def _timed(steps, settings, calls) -> list[dict]:
+  """Per call, one sample per round, of each step: the three clocks' times.
+
+  Wall time; the process' CPU time (all its threads: the Python, XLA's
+  threads and TF's), which does not count waiting for a core that another
+  process holds; and the calling thread's CPU time (the Python and the
+  dispatch, not the computation XLA runs on its own threads). On a loaded
+  machine the CPU times are the steadier ones.
   """
-  cpu_calls = {name: [] for name in steps}
+  cpu_calls = {name: ([], []) for name in steps}
 
   def counted(name, step):
+    process, thread = cpu_calls[name]
+
     def run():
-      start = time.process_time()
+      p0, t0 = time.process_time(), time.thread_time()
       step()
-      cpu_calls[name].append(time.process_time() - start)
+      thread.append(time.thread_time() - t0)
+      process.append(time.process_time() - p0)
+
     return run
 
   wall = harness.time_interleaved(
       {name: counted(name, step) for name, step in steps.items()},
       warmup=settings["warmup"], min_reps=settings["reps"],
       max_reps=settings["reps"], budget_s=0.0, calls_per_rep=calls)
-  cpu = {}
-  for name, samples in cpu_calls.items():
-    samples = samples[settings["warmup"]:]
-    cpu[name] = [sum(samples[i:i + calls]) / calls
-                 for i in range(0, len(samples), calls)]
-  return wall, cpu
+  results = [wall, {}, {}]
+  for name, clocks in cpu_calls.items():
+    for result, samples in zip(results[1:], clocks):
+      samples = samples[settings["warmup"]:]
+      result[name] = [sum(samples[i:i + calls]) / calls
+                      for i in range(0, len(samples), calls)]
+  return results
 
 
 def _collect(records, part, workload, steps, calls, makers, *args):
@@ -309,7 +319,7 @@ def measure(small: bool) -> list:
     _collect(records, "step", mlp, steps, settings["calls_per_rep"],
              (("optax_tfrmsprop", _jax_steps), ("tf_keras", _tf_keras_steps),
               ("keras3", _keras3_steps)), values, grads)
-    for clock, times in zip(("wall", "cpu"), _timed(
+    for clock, times in zip(CLOCKS, _timed(
         steps, settings, settings["calls_per_rep"])):
       # Round by round, so that a burst of load cancels out of the
       # difference.
@@ -327,7 +337,7 @@ def measure(small: bool) -> list:
     _collect(records, "train", model, steps, settings["train_calls"],
              (("optax_tfrmsprop", _jax_train_steps),
               ("tf_keras", _tf_train_steps)), values, batches)
-    for clock, times in zip(("wall", "cpu"), _timed(
+    for clock, times in zip(CLOCKS, _timed(
         steps, settings, settings["train_calls"])):
       times["minimize / (apply + jit grad)"] = [
           m / a for m, a in zip(times[MINIMIZE], times[APPLY_GRAD])]
@@ -369,9 +379,11 @@ def markdown(records: list, info: dict, command: str) -> str:
   lines += [
       f"`RMSprop({', '.join(f'{k}={v}' for k, v in CONFIG.items())})`, "
       "float32. Times are per step in µs, median (min–max) over interleaved "
-      "rounds: wall time, and the process' CPU time (all its threads), "
-      "which does not count waiting for a core held by another process and "
-      "so is the steadier measure on a loaded machine. `x/class` and "
+      "rounds, by three clocks: wall time; the process' CPU time (all its "
+      "threads); and the calling thread's CPU time (the Python and the "
+      "dispatch, not what XLA computes on its own threads). CPU times do "
+      "not count waiting for a core held by another process, so they are "
+      "the steadier measures on a loaded machine. `x/class` and "
       "`x/minimize` divide wall-time medians (> 1: x is slower).", ""]
   for part, title, base, header in (
       ("step", "Optimizer step (fixed gradients)", CLASS, "x/class"),
@@ -382,27 +394,28 @@ def markdown(records: list, info: dict, command: str) -> str:
       if r["part"] != part or r["clock"] != "wall":
         continue
       name, workload = r["contender"], r["mlp"]
-      cpu = by_key.get((part, workload, name, "cpu"))
+      cpu = [by_key.get((part, workload, name, clock))
+             for clock in CLOCKS[1:]]
       ratio = "–"
       if "/" not in name and " - " not in name:
         ratio = f"{r['step']['median'] / median(part, workload, base, 'wall'):.2f}"
-      rows.append([workload, name, _cell(r["step"], name),
-                   _cell(cpu, name) if cpu else "–", r["step"]["reps"],
-                   ratio])
+      rows.append([workload, name, _cell(r["step"], name)] +
+                  [_cell(c, name) if c else "–" for c in cpu] +
+                  [r["step"]["reps"], ratio])
     if rows:
       lines += [f"## {title}", ""]
       if part == "train":
         lines += [f"Batch {BATCH}, {BATCHES} batches of random data in "
                   "turn.", ""]
       lines += harness.table(["MLP" if part == "step" else "model",
-                              "contender", "wall µs", "CPU µs", "rounds",
-                              header], rows) + [""]
+                              "contender", "wall µs", "process CPU µs",
+                              "thread CPU µs", "rounds", header], rows) + [""]
   lines += harness.skipped_lines(records)
   targets = []
   for mlp in (BENCHMARK_MLP, "16-32-10"):
     if median("step", mlp, "class - raw", "wall") is None:
       continue
-    for clock in ("wall", "cpu"):
+    for clock in CLOCKS:
       overhead = median("step", mlp, "class - raw", clock)
       targets.append((15, "the class adds <= 40 µs per step over the raw "
                       f"jitted step ({mlp} MLP, {clock} time)",

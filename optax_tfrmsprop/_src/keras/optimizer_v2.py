@@ -14,7 +14,7 @@ declares its slots, prepares its hyperparameters and applies one step: see
 import copy
 import threading
 import warnings
-from typing import Any, Callable, Iterable, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, NamedTuple, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -86,8 +86,8 @@ class OptimizerV2:
     self._iterations: Optional[Variable] = None
     self._initial_decay = kwargs.pop("decay", 0.0)
     self._hypers_created = False
-    # One entry per variable set: its slot Variables (see _plan).
-    self._plans: dict[tuple[int, ...], dict[str, list[Variable]]] = {}
+    # One entry per variable set: its slot Variables and dtypes (see _plan).
+    self._plans: dict[tuple[int, ...], _Plan] = {}
     self._gradient_cache = loss_gradients.GradientCache()
     self.gradient_aggregator = gradient_aggregator
     self.gradient_transformers = list(gradient_transformers or [])
@@ -209,9 +209,10 @@ class OptimizerV2:
         self._set_hyper(name, value)
     else:
       object.__setattr__(self, name, value)
-    if name != "_derived":
-      # What a subclass derives from its attributes is derived again.
+    if name not in ("_derived", "_plans"):
+      # What is derived from the attributes is derived again.
       self.__dict__["_derived"] = None
+      self.__dict__.get("_plans", {}).clear()
 
   def __dir__(self):
     names = set(super().__dir__()) | set(self._hyper)
@@ -410,12 +411,21 @@ class OptimizerV2:
       grads_and_vars = _pairs(fn(grads_and_vars), "a gradient transformer")
     return grads_and_vars
 
-  def _prepare(self, var_list: list[Variable]) -> Any:
-    """Subclasses evaluate the step's hyperparameters (TF's ``_prepare``)."""
+  def _prepare(self, var_list: list[Variable], dtypes: frozenset) -> Any:
+    """Subclasses evaluate the step's hyperparameters (TF's ``_prepare``).
+
+    Args:
+      var_list: the variables of this step.
+      dtypes: their dtypes (TF prepares the hyperparameters per dtype).
+    """
     raise NotImplementedError
 
   def _apply_step(self, values, grads, slots, iterations, prepared):
-    """Subclasses apply one step: ``(values, slots, iterations)`` after it."""
+    """Subclasses apply one step: ``(values, slots, iterations)`` after it.
+
+    ``slots`` holds one list of slot values per name of
+    ``_step_slot_names()``, in that order, and so does the result.
+    """
     raise NotImplementedError
 
   def apply_gradients(self, grads_and_vars, name=None,
@@ -463,15 +473,16 @@ class OptimizerV2:
       if plan is None:
         _check_unique(variables)
         plan = self._plan(variables)  # Creates the weights, as TF does here.
-      prepared = self._prepare(variables)  # Calls callables: may raise.
+      # Calls callables: may raise.
+      prepared = self._prepare(variables, plan.dtypes)
       values, slots, count = self._apply_step(
           values, grads,
-          {k: [s._value for s in vs] for k, vs in plan.items()},  # pylint: disable=protected-access
+          [[s._value for s in vs] for vs in plan.slots],  # pylint: disable=protected-access
           self._iterations._value, prepared)  # pylint: disable=protected-access
       for var, value in zip(variables, values):
         var._value = value  # pylint: disable=protected-access
-      for slot_name, slot_vars in plan.items():
-        for slot, value in zip(slot_vars, slots[slot_name]):
+      for slot_vars, new in zip(plan.slots, slots):
+        for slot, value in zip(slot_vars, new):
           slot._value = value  # pylint: disable=protected-access
       for var in variables:
         if var.constraint is not None:
@@ -479,11 +490,13 @@ class OptimizerV2:
       self._iterations._value = count  # pylint: disable=protected-access
       return Variable._wrap(count, f"{self._name}/iter")  # pylint: disable=protected-access
 
-  def _plan(self, variables: list[Variable]) -> dict[str, list[Variable]]:
-    """Creates the weights of ``variables``; returns their slots by name."""
+  def _plan(self, variables: list[Variable]) -> "_Plan":
+    """Creates the weights of ``variables``; returns their slots and dtypes."""
     self.build(variables)
-    plan = {n: [self._slots[v._unique_id][n] for v in variables]  # pylint: disable=protected-access
-            for n in self._step_slot_names()}
+    plan = _Plan(
+        slots=[[self._slots[v._unique_id][n] for v in variables]  # pylint: disable=protected-access
+               for n in self._step_slot_names()],
+        dtypes=frozenset(np.dtype(v.dtype) for v in variables))
     if len(self._plans) >= _MAX_PLANS:
       self._plans.clear()
     self._plans[tuple(v._unique_id for v in variables)] = plan  # pylint: disable=protected-access
@@ -614,6 +627,13 @@ class OptimizerV2:
       config["learning_rate"] = schedules.deserialize(
           config["learning_rate"], custom_objects=custom_objects)
     return cls(**config)
+
+
+class _Plan(NamedTuple):
+  """What ``apply_gradients`` keeps per variable set."""
+
+  slots: list[list[Variable]]  # Per name of ``_step_slot_names()``.
+  dtypes: frozenset
 
 
 def _is_negative(value) -> bool:

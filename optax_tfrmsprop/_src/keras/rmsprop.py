@@ -26,6 +26,7 @@ from optax_tfrmsprop._src.keras import schedules
 from optax_tfrmsprop._src.keras.variable import Variable
 
 _SEMANTICS = base.SEMANTICS["keras_legacy"]
+_16_BIT_FLOATS = frozenset(map(np.dtype, (np.float16, jnp.bfloat16)))
 
 
 class _StepConfig(NamedTuple):
@@ -214,7 +215,7 @@ class RMSprop(optimizer_v2.OptimizerV2):
 
   # -- The step.
 
-  def _prepare(self, var_list):
+  def _prepare(self, var_list, dtypes):
     """The step's traced hyperparameters and its static configuration.
 
     Python numbers are float32 (TF's hyper variables, and the float32 tensor
@@ -222,32 +223,36 @@ class RMSprop(optimizer_v2.OptimizerV2):
     and reach each variable's dtype by one cast, as in TF. A callable is
     called now, at every step.
     """
+    del var_list
     if self._derived is None:
       self._derived = self._static_config()
-    config, readers, epsilon = self._derived
+    config, readers, epsilon, _ = self._derived
     hypers = {name: read() for name, read in readers}
-    if callable(epsilon):
-      epsilon = epsilon()
-    if isinstance(epsilon, Variable):
-      epsilon = epsilon.value
-    if isinstance(epsilon, jax.Array):
-      hypers["epsilon"] = epsilon  # A tensor: cast to each dtype, as TF.
-    elif _narrower_than_widest_float(var_list):
+    x64 = jax.config.jax_enable_x64
+    if type(epsilon) is not float:  # pylint: disable=unidiomatic-typecheck
+      if callable(epsilon):
+        epsilon = epsilon()
+      if isinstance(epsilon, Variable):
+        epsilon = epsilon.value
+      if isinstance(epsilon, jax.Array):
+        hypers["epsilon"] = epsilon  # A tensor: cast to each dtype, as TF.
+        return hypers, config
+    if not x64 and not dtypes.isdisjoint(_16_BIT_FLOATS):
       # TF converts a Python float straight to a 16-bit dtype; through the
       # widest float first it could round twice.
       config = config._replace(epsilon=float(epsilon))
     else:
-      hypers["epsilon"] = _widest_float(
-          float(epsilon), jax.config.jax_enable_x64)
+      hypers["epsilon"] = _widest_float(float(epsilon), x64)
     return hypers, config
 
   def _static_config(self):
     """What changes only by attribute assignments, derived once.
 
     Returns:
-      ``(config, readers, epsilon)``: the :class:`_StepConfig` (epsilon not
-      yet decided), ``(name, read)`` pairs whose ``read()`` gives the
-      traced hyperparameter, and the epsilon attribute.
+      ``(config, readers, epsilon, fields)``: the :class:`_StepConfig`
+      (epsilon not yet decided), ``(name, read)`` pairs whose ``read()``
+      gives the traced hyperparameter, the epsilon attribute, and the state
+      fields of the step's slots.
     """
     learning_rate = self._hyper["learning_rate"]
     schedule = (learning_rate if isinstance(
@@ -267,15 +272,16 @@ class RMSprop(optimizer_v2.OptimizerV2):
         clipnorm=_static_float(self.clipnorm),
         global_clipnorm=_static_float(self.global_clipnorm),
         rounding=self._rounding, backend=self._backend)
-    return config, tuple(readers), self._epsilon
+    fields = tuple(field for field, _ in self._slot_fields())
+    return config, tuple(readers), self._epsilon, fields
 
   def _apply_step(self, values, grads, slots, iterations, prepared):
     hypers, config = prepared
-    fields = self._slot_fields()
+    fields = self._derived[3]
     new_values, new_slots, count = _compiled_step(
-        values, grads, {field: slots[name] for field, name in fields},
-        iterations, hypers, config=config)
-    return new_values, {name: new_slots[f] for f, name in fields}, count
+        values, grads, dict(zip(fields, slots)), iterations, hypers,
+        config=config)
+    return new_values, [new_slots[f] for f in fields], count
 
   # -- Config.
 
@@ -330,16 +336,6 @@ def _traced(value) -> Any:
       value, (numbers.Real, np.generic, np.ndarray)):
     raise TypeError(f"Expected a number or an array, got {value!r}.")
   return numerics.as_dtype(value, jnp.float32, through_float32=True)
-
-
-_16_BIT_FLOATS = frozenset(map(np.dtype, (np.float16, jnp.bfloat16)))
-
-
-def _narrower_than_widest_float(var_list) -> bool:
-  """Whether a float16/bfloat16 variable meets a float32 widest float (no x64)."""
-  if jax.config.jax_enable_x64:
-    return False
-  return any(v._value.dtype in _16_BIT_FLOATS for v in var_list)  # pylint: disable=protected-access
 
 
 @functools.lru_cache(maxsize=16)
