@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from importlib import metadata
-from typing import Callable
+from typing import Callable, Optional
 
 
 # Environment of every suite and worker process: Keras 3 on the JAX backend
@@ -20,7 +20,7 @@ WORKER_ENV = {"KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 def time_interleaved(steps: dict, *, warmup: int, min_reps: int,
                      max_reps: int, budget_s: float,
-                     calls_per_rep: int = 1) -> dict:
+                     calls_per_rep: int = 1, clocks: Optional[dict] = None):
   """Times ``steps`` round-robin; returns ``{name: [seconds per call]}``.
 
   Each round runs every step ``calls_per_rep`` times in a row, starting one
@@ -36,26 +36,32 @@ def time_interleaved(steps: dict, *, warmup: int, min_reps: int,
     budget_s: wall time after which no new round starts past ``min_reps``.
     calls_per_rep: calls timed together in a round (for steps of
       microseconds, where one call is too short to time alone).
+    clocks: optional ``{clock name: clock function}`` (e.g.
+      ``time.process_time``) to read, besides the wall clock, around each
+      step's calls of a round.
 
   Returns:
-    The wall time per call of each step, one sample per round.
+    The wall time per call of each step, one sample per round; with
+    ``clocks``, ``{clock name: that dict}`` with ``"wall"`` among them.
   """
   names = list(steps)
+  clocks = {"wall": time.perf_counter, **(clocks or {})}
   for _ in range(warmup):
     for name in names:
       steps[name]()
-  times = {name: [] for name in names}
+  times = {clock: {name: [] for name in names} for clock in clocks}
   start = time.perf_counter()
   for rep in range(max_reps):
     for i in range(len(names)):
       name = names[(rep + i) % len(names)]
-      t0 = time.perf_counter()
+      t0 = [clock() for clock in clocks.values()]
       for _ in range(calls_per_rep):
         steps[name]()
-      times[name].append((time.perf_counter() - t0) / calls_per_rep)
+      for clock, read, begin in zip(clocks, clocks.values(), t0):
+        times[clock][name].append((read() - begin) / calls_per_rep)
     if rep + 1 >= min_reps and time.perf_counter() - start > budget_s:
       break
-  return times
+  return times if len(clocks) > 1 else times["wall"]
 
 
 def timed(fn: Callable[[], object]) -> tuple:

@@ -272,30 +272,12 @@ def _timed(steps, settings, calls) -> list[dict]:
   dispatch, not the computation XLA runs on its own threads). On a loaded
   machine the CPU times are the steadier ones.
   """
-  cpu_calls = {name: ([], []) for name in steps}
-
-  def counted(name, step):
-    process, thread = cpu_calls[name]
-
-    def run():
-      p0, t0 = time.process_time(), time.thread_time()
-      step()
-      thread.append(time.thread_time() - t0)
-      process.append(time.process_time() - p0)
-
-    return run
-
-  wall = harness.time_interleaved(
-      {name: counted(name, step) for name, step in steps.items()},
-      warmup=settings["warmup"], min_reps=settings["reps"],
-      max_reps=settings["reps"], budget_s=0.0, calls_per_rep=calls)
-  results = [wall, {}, {}]
-  for name, clocks in cpu_calls.items():
-    for result, samples in zip(results[1:], clocks):
-      samples = samples[settings["warmup"]:]
-      result[name] = [sum(samples[i:i + calls]) / calls
-                      for i in range(0, len(samples), calls)]
-  return results
+  times = harness.time_interleaved(
+      steps, warmup=settings["warmup"], min_reps=settings["reps"],
+      max_reps=settings["reps"], budget_s=0.0, calls_per_rep=calls,
+      clocks={"process CPU": time.process_time,
+              "thread CPU": time.thread_time})
+  return [times[clock] for clock in CLOCKS]
 
 
 def _collect(records, part, workload, steps, calls, makers, *args):
