@@ -30,7 +30,8 @@
      ``GradientTape`` step.
 
 Rounds are interleaved; ``class - raw`` is the median of the round-by-round
-differences, so that a burst of load cancels out. Each time is reported as
+differences in a second run of ``raw`` and ``class`` alone (61 rounds), so
+that a burst of load cancels out. Each time is reported as
 wall time, the process' CPU time and the calling thread's CPU time.
 """
 
@@ -62,10 +63,11 @@ TF_FUNCTION = "tf_keras tf.function"
 
 def _settings(small: bool) -> dict:
   if small:
-    return dict(calls_per_rep=10, warmup=1, reps=3, mlps=list(MLPS)[:1],
-                train=list(TRAIN_MODELS)[:1], train_calls=5)
-  return dict(calls_per_rep=100, warmup=2, reps=21, mlps=list(MLPS),
-              train=list(TRAIN_MODELS), train_calls=20)
+    return dict(calls_per_rep=10, warmup=1, reps=3, pair_reps=5,
+                mlps=list(MLPS)[:1], train=list(TRAIN_MODELS)[:1],
+                train_calls=5)
+  return dict(calls_per_rep=100, warmup=2, reps=21, pair_reps=61,
+              mlps=list(MLPS), train=list(TRAIN_MODELS), train_calls=20)
 
 
 # --- Part 1: the optimizer step with fixed gradients. ---
@@ -304,12 +306,15 @@ def measure(small: bool) -> list:
     _collect(records, "step", mlp, steps, settings["calls_per_rep"],
              (("optax_tfrmsprop", _jax_steps), ("tf_keras", _tf_keras_steps),
               ("keras3", _keras3_steps)), values, grads)
-    for clock, times in zip(CLOCKS, _timed(
-        steps, settings, settings["calls_per_rep"])):
-      # Round by round, so that a burst of load cancels out of the
-      # difference.
-      times["class - raw"] = [c - r for c, r in zip(times[CLASS],
-                                                    times[RAW])]
+    every = _timed(steps, settings, settings["calls_per_rep"])
+    # The overhead from raw and class alone, in many short rounds, each
+    # right after the other: a burst of load cancels out of the difference.
+    pair = _timed({RAW: steps[RAW], CLASS: steps[CLASS]},
+                  dict(settings, reps=settings["pair_reps"]),
+                  settings["calls_per_rep"])
+    for clock, times, paired in zip(CLOCKS, every, pair):
+      times["class - raw"] = [c - r for c, r in zip(paired[CLASS],
+                                                    paired[RAW])]
       _record(records, "step", mlp, times, settings["calls_per_rep"], clock)
   for model in settings["train"]:
     rng = np.random.RandomState(1)
