@@ -211,7 +211,9 @@ class _Entry:
         jnp.issubdtype(v.dtype, jnp.inexact) for v in var_list]
     self.extras: list[Variable] = []  # Read, but not in var_list.
     self.used: list[bool] = []
-    self.compiled = None
+    self.function = None  # (diff, fixed, leaves, grad_loss) -> used grads.
+    self.compiled = None  # Its jit.
+    self.fused = None  # A caller's jit of the gradients and its update.
     self.eager = False
 
   def _split_vars(self, var_list):
@@ -283,13 +285,18 @@ class _Entry:
       (grads,) = vjp(_cotangent(out, grad_loss))
       return [g for g, k in zip(grads, keep) if k]
 
+    self.function = gradients
     self.compiled = jax.jit(gradients)
+
+  def inputs(self, var_list, leaves, grad_loss) -> tuple:
+    """The arguments of :attr:`function` at this call."""
+    diff, fixed = self._inputs(var_list)
+    return diff, fixed, list(leaves), grad_loss
 
   def gradients(self, var_list, leaves, grad_loss) -> list[Optional[jax.Array]]:
     if self.eager:
       return self._eager(var_list, leaves, grad_loss)
-    diff, fixed = self._inputs(var_list)
-    grads = iter(self.compiled(diff, fixed, list(leaves), grad_loss))
+    grads = iter(self.compiled(*self.inputs(var_list, leaves, grad_loss)))
     return [next(grads) if u else None for u in self.used]
 
   def _eager(self, var_list, leaves, grad_loss):
@@ -359,6 +366,27 @@ class GradientCache:
       One gradient per Variable; ``None`` for a Variable the loss does not
       use or that is not floating-point (TF's ``None`` gradient).
     """
+    return self.run(loss, var_list, grad_loss,
+                    lambda entry, leaves, grad_loss: entry.gradients(
+                        var_list, leaves, grad_loss))
+
+  def run(self, loss: Callable[[], Any], var_list: Sequence[Variable],
+          grad_loss, use: Callable[["_Entry", list, Any], Any]) -> Any:
+    """``use(entry, leaves, grad_loss)`` with the entry of this loss.
+
+    The entry is traced at the first call with a loss and variable set; if
+    ``use`` meets a Variable that the trace did not see (the loss took
+    another Python path), the loss is traced again.
+
+    Args:
+      loss: a zero-argument callable.
+      var_list: the Variables to differentiate.
+      grad_loss: the cotangent of the loss, or ``None``.
+      use: what to do with the entry (e.g. :meth:`_Entry.gradients`).
+
+    Returns:
+      What ``use`` returns.
+    """
     if grad_loss is not None:
       grad_loss = jnp.asarray(grad_loss)
     for attempt in range(3):
@@ -380,7 +408,7 @@ class GradientCache:
           while len(self._entries) > self._maxsize:
             self._entries.popitem(last=False)
       try:
-        return entry.gradients(var_list, parts.leaves, grad_loss)
+        return use(entry, parts.leaves, grad_loss)
       except _UnknownRead:
         # The loss took another Python path than in the first trace and read
         # a new Variable: trace again.

@@ -12,6 +12,7 @@ declares its slots, prepares its hyperparameters and applies one step: see
 """
 
 import copy
+import functools
 import threading
 import warnings
 from typing import Any, Callable, Iterable, NamedTuple, Optional, Sequence, Union
@@ -417,6 +418,10 @@ class OptimizerV2:
     Args:
       var_list: the variables of this step.
       dtypes: their dtypes (TF prepares the hyperparameters per dtype).
+
+    Returns:
+      ``(traced, static)``: arrays for the compiled step, and what it is
+      specialised on (hashable).
     """
     raise NotImplementedError
 
@@ -424,7 +429,8 @@ class OptimizerV2:
     """Subclasses apply one step: ``(values, slots, iterations)`` after it.
 
     ``slots`` holds one list of slot values per name of
-    ``_step_slot_names()``, in that order, and so does the result.
+    ``_step_slot_names()``, in that order, and so does the result. It may
+    run inside a jax trace (``minimize`` compiles it with the gradients).
     """
     raise NotImplementedError
 
@@ -469,26 +475,42 @@ class OptimizerV2:
             self._transform_unaggregated_gradients(pairs))
       pairs = self._transform_gradients(pairs)
       grads, variables, values, key = _check_gradients(pairs)
-      plan = self._plans.get(key)
-      if plan is None:
-        _check_unique(variables)
-        plan = self._plan(variables)  # Creates the weights, as TF does here.
-      # Calls callables: may raise.
-      prepared = self._prepare(variables, plan.dtypes)
-      values, slots, count = self._apply_step(
-          values, grads,
-          [[s._value for s in vs] for vs in plan.slots],  # pylint: disable=protected-access
-          self._iterations._value, prepared)  # pylint: disable=protected-access
-      for var, value in zip(variables, values):
-        var._value = value  # pylint: disable=protected-access
-      for slot_vars, new in zip(plan.slots, slots):
-        for slot, value in zip(slot_vars, new):
-          slot._value = value  # pylint: disable=protected-access
-      for var in variables:
-        if var.constraint is not None:
-          _apply_constraint(var)
-      self._iterations._value = count  # pylint: disable=protected-access
-      return Variable._wrap(count, f"{self._name}/iter")  # pylint: disable=protected-access
+      return self._step(
+          variables, key, lambda slots, iterations, prepared: self._apply_step(
+              values, grads, slots, iterations, prepared))
+
+  def _step(self, variables: list[Variable], key: tuple[int, ...],
+            update: Callable) -> Variable:
+    """Creates the weights if new, updates, writes the results back.
+
+    Args:
+      variables: the variables of the step, without repeats.
+      key: their unique ids.
+      update: ``update(slots, iterations, prepared) -> (values, slots,
+        iterations)``: the step (``_apply_step`` or minimize's fused one).
+
+    Returns:
+      A Variable holding the new iteration count.
+    """
+    plan = self._plans.get(key)
+    if plan is None:
+      _check_unique(variables)
+      plan = self._plan(variables)  # Creates the weights, as TF does here.
+    # Calls callables: may raise.
+    prepared = self._prepare(variables, plan.dtypes)
+    values, slots, count = update(
+        [[s._value for s in vs] for vs in plan.slots],  # pylint: disable=protected-access
+        self._iterations._value, prepared)  # pylint: disable=protected-access
+    for var, value in zip(variables, values):
+      var._value = value  # pylint: disable=protected-access
+    for slot_vars, new in zip(plan.slots, slots):
+      for slot, value in zip(slot_vars, new):
+        slot._value = value  # pylint: disable=protected-access
+    for var in variables:
+      if var.constraint is not None:
+        _apply_constraint(var)
+    self._iterations._value = count  # pylint: disable=protected-access
+    return Variable._wrap(count, f"{self._name}/iter")  # pylint: disable=protected-access
 
   def _plan(self, variables: list[Variable]) -> "_Plan":
     """Creates the weights of ``variables``; returns their slots and dtypes."""
@@ -533,16 +555,46 @@ class OptimizerV2:
           "GradientTape); with gradients computed elsewhere, call "
           f"apply_gradients. Received: loss={loss!r}, tape={tape!r}.")
     with self._lock:
+      var_list = _variable_list(var_list)
+      if self.gradient_aggregator is None and not self.gradient_transformers:
+        iterations = self._gradient_cache.run(
+            loss, var_list, grad_loss, functools.partial(
+                self._fused_minimize, var_list))
+        if iterations is not None:
+          return iterations
       grads_and_vars = self._compute_gradients(loss, var_list, grad_loss)
       return self.apply_gradients(grads_and_vars, name=name)
 
+  def _fused_minimize(self, var_list, entry, leaves, grad_loss):
+    """The gradients and the step in one compiled call, when it is the same.
+
+    That is when every Variable of ``var_list`` gets a gradient (no TF
+    warning to give, nothing to skip) and no aggregator or transformer runs
+    Python between the two. The step is ``_apply_step`` traced inside.
+
+    Returns:
+      The new iteration count, or ``None`` where :meth:`apply_gradients`
+      must run instead.
+    """
+    if entry.eager or not all(entry.used):
+      return None
+    if entry.fused is None:
+
+      def fused(inputs, slots, iterations, traced, static):
+        grads = entry.function(*inputs)
+        return self._apply_step(inputs[0], grads, slots, iterations,
+                                (traced, static))
+
+      entry.fused = jax.jit(fused, static_argnames="static")
+    inputs = entry.inputs(var_list, leaves, grad_loss)
+    key = tuple(v._unique_id for v in var_list)  # pylint: disable=protected-access
+    return self._step(
+        var_list, key, lambda slots, iterations, prepared: entry.fused(
+            inputs, slots, iterations, prepared[0], static=prepared[1]))
+
   def _compute_gradients(self, loss, var_list, grad_loss=None):
     """``(gradient, variable)`` pairs of ``loss``; ``None`` where TF's is."""
-    if callable(var_list):
-      var_list = var_list()
-    var_list = list(var_list)
-    for var in var_list:
-      _check_variable(var)
+    var_list = _variable_list(var_list)
     grads = self._gradient_cache.gradients(loss, var_list, grad_loss)
     return list(zip(grads, var_list))
 
@@ -643,6 +695,16 @@ def _is_negative(value) -> bool:
     return bool(np.any(np.asarray(value) < 0))
   except TypeError:
     raise TypeError(f"Expected a number, received: {value!r}") from None
+
+
+def _variable_list(var_list) -> list[Variable]:
+  """``var_list`` (or what it returns, if callable) as a checked list."""
+  if callable(var_list):
+    var_list = var_list()
+  var_list = list(var_list)
+  for var in var_list:
+    _check_variable(var)
+  return var_list
 
 
 def _check_variable(var) -> None:
