@@ -677,3 +677,23 @@ def test_a_deep_copy_is_an_independent_optimizer():
   assert int(opt.iterations) == 1 and int(twin.iterations) == 2
   opt.apply_gradients(zip(grads[1], variables))
   assert int(opt.iterations) == 2
+
+
+def test_minimize_with_gradient_transformers_transforms_its_gradients():
+  """Transformers run between the gradients and the step, as in TF."""
+  values, batches = _mlp()
+  x, y = batches[0]
+  loss_of = lambda w: jnp.mean((_forward(w, x) - y) ** 2)
+  double = lambda gv: [(2.0 * g, v) for g, v in gv]
+  variables = [Variable(v) for v in values]
+  opt = RMSprop(0.01, gradient_transformers=[double])
+  for _ in range(3):
+    opt.minimize(lambda: loss_of(variables), variables)
+  expected = [Variable(v) for v in values]
+  reference = RMSprop(0.01)
+  for _ in range(3):
+    grads = jax.grad(loss_of)([v.value for v in expected])
+    reference.apply_gradients(zip([2.0 * g for g in grads], expected))
+  for ours, theirs in zip(variables, expected):
+    np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=2e-6,
+                               atol=1e-7)
