@@ -25,7 +25,10 @@ setuptools.setup(
                 "optax_tfrmsprop/_src/csrc/dense_kernel.cc",
                 "optax_tfrmsprop/_src/csrc/sparse_kernel.cc",
             ],
-            depends=["optax_tfrmsprop/_src/csrc/dense_loops.h"],
+            depends=[
+                "optax_tfrmsprop/_src/csrc/dense_loops.h",
+                "optax_tfrmsprop/_src/csrc/tfrmsprop.h",
+            ],
             include_dirs=[jax.ffi.include_dir()],
             language="c++",
             extra_compile_args=_COMPILE_ARGS,

@@ -193,7 +193,7 @@ def test_sharded_params_update_shard_by_shard():
 
   ffi_step = jax.jit(functools.partial(step, "ffi"))
   hlo = ffi_step.lower(params, grads).compile().as_text()
-  assert "tfrmsprop_dense_f32" in hlo
+  assert "tfrmsprop_dense" in hlo
   assert "all-gather" not in hlo and "all-reduce" not in hlo
   # Each device runs the kernel on its own 16x16 block.
   assert "f32[16,16]" in hlo
@@ -228,7 +228,7 @@ def test_other_platforms_lower_to_jnp():
   for platform, has_kernel in (("cpu", True), ("cuda", False), ("tpu", False)):
     exported = jax.export.export(
         jax.jit(update), platforms=[platform], disabled_checks=[
-            jax.export.DisabledSafetyCheck.custom_call("tfrmsprop_dense_f32")
+            jax.export.DisabledSafetyCheck.custom_call("tfrmsprop_dense")
         ])(params, state)
     assert ("tfrmsprop_dense" in exported.mlir_module()) == has_kernel
 

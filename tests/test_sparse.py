@@ -437,7 +437,7 @@ def test_kernel_updates_the_touched_rows_in_place(centered):
       donate_argnums=(0, 1))
   compiled = step.lower(params, state, grad).compile()
   hlo = compiled.as_text()
-  assert "tfrmsprop_sparse_f32" in hlo and " copy(" not in hlo
+  assert "tfrmsprop_sparse" in hlo and " copy(" not in hlo
   table_bytes = params.size * params.dtype.itemsize
   assert compiled.memory_analysis().temp_size_in_bytes < table_bytes // 100
 
@@ -451,7 +451,7 @@ def test_sparse_kernel_lowers_to_jnp_off_cpu():
   for platform, has_kernel in (("cpu", True), ("cuda", False), ("tpu", False)):
     exported = jax.export.export(
         update, platforms=[platform], disabled_checks=[
-            jax.export.DisabledSafetyCheck.custom_call("tfrmsprop_sparse_f32")
+            jax.export.DisabledSafetyCheck.custom_call("tfrmsprop_sparse")
         ])(grad, state)
     assert ("tfrmsprop_sparse" in exported.mlir_module()) == has_kernel
 

@@ -20,6 +20,13 @@ gradient touches, with TF's float32 packet rsqrt (:func:`sparse_update`).
 
 The kernel serves only CPU lowerings: the same jitted function lowers to the
 jnp path on GPU and TPU (``jax.lax.platform_dependent``).
+
+The library has two FFI targets, :data:`DENSE_TARGET` and
+:data:`SPARSE_TARGET`, each dispatching on the element type of its operands;
+``csrc/tfrmsprop.h`` holds what they share (the hyperparameter record
+:data:`HYPER_ORDER`, the constants, the dense operand layout). Every operand
+is checked here, naming it, before the call, and again in C++; ``vmap``
+works on both calls and equals a loop over the batch.
 """
 
 import ctypes
@@ -32,22 +39,25 @@ from typing import Literal, Optional
 
 import jax
 from jax.experimental import custom_partitioning as cp
+import jax.numpy as jnp
 import numpy as np
+
+from optax_tfrmsprop._src import numerics
 
 Backend = Literal["auto", "ffi", "xla"]
 BACKENDS = ("auto", "ffi", "xla")
 BACKEND_ENV_VAR = "OPTAX_TFRMSPROP_BACKEND"
 
-# The kernel's float types and their FFI targets; other dtypes use jnp.
-_TARGETS = {
-    np.dtype(np.float32): ("tfrmsprop_dense_f32", "TfRmspropDenseF32"),
-    np.dtype(np.float64): ("tfrmsprop_dense_f64", "TfRmspropDenseF64"),
-}
-# The sparse momentum paths (P7/P8), the same two float types.
-_SPARSE_TARGETS = {
-    np.dtype(np.float32): ("tfrmsprop_sparse_f32", "TfRmspropSparseF32"),
-    np.dtype(np.float64): ("tfrmsprop_sparse_f64", "TfRmspropSparseF64"),
-}
+# The two FFI targets and their handler symbols in the library. Each
+# dispatches on the element type of its operands (float32 or float64).
+DENSE_TARGET = "tfrmsprop_dense"
+SPARSE_TARGET = "tfrmsprop_sparse"
+_HANDLERS = {DENSE_TARGET: "TfRmspropDense", SPARSE_TARGET: "TfRmspropSparse"}
+# The kernel's float types; other dtypes use jnp.
+DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+# The hyperparameter operand of both targets, in this order: mirrors
+# csrc/tfrmsprop.h::HyperIndex (the library's count is checked on loading).
+HYPER_ORDER = ("lr", "rho", "one_minus_rho", "momentum", "epsilon")
 
 
 def _library_path() -> Optional[pathlib.Path]:
@@ -67,11 +77,18 @@ def _library() -> ctypes.CDLL | str:
     return "the C++ extension was not built at install time"
   try:
     library = ctypes.CDLL(str(path))
-  except OSError as e:
-    return f"it could not be loaded ({e})"
-  for target, symbol in (*_TARGETS.values(), *_SPARSE_TARGETS.values()):
+    constants = (library.TfRmspropEigenPacketBytes(),
+                 library.TfRmspropNumHypers())
+    handlers = {t: getattr(library, symbol) for t, symbol in _HANDLERS.items()}
+  except (OSError, AttributeError) as e:
+    return f"it could not be loaded ({e}); rebuild it"
+  if constants != (numerics.EIGEN_PACKET_BYTES, len(HYPER_ORDER)):
+    return (f"it was built from other sources (packet bytes and "
+            f"hyperparameter count {constants}, expected "
+            f"{(numerics.EIGEN_PACKET_BYTES, len(HYPER_ORDER))}); rebuild it")
+  for target, handler in handlers.items():
     jax.ffi.register_ffi_target(
-        target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
+        target, jax.ffi.pycapsule(handler), platform="cpu")
   return library
 
 
@@ -140,7 +157,7 @@ def use_kernel(backend: Backend) -> bool:
 
 def handles(dtype) -> bool:
   """Whether the kernel has loops for leaves of ``dtype``."""
-  return np.dtype(dtype) in _TARGETS
+  return np.dtype(dtype) in DTYPES
 
 
 @functools.cache
@@ -151,14 +168,119 @@ def handles_sparse(dtype) -> bool:
   without it (and on ARM) float32 leaves keep the jnp path and its bound.
   """
   dtype = np.dtype(dtype)
-  if dtype not in _SPARSE_TARGETS or _load() is not None:
+  if dtype not in DTYPES or _load() is not None:
     return False
   return dtype != np.float32 or bool(_library().TfRmspropSparseF32Supported())
 
 
+# Operand checks. The handlers check every operand again (csrc/tfrmsprop.h);
+# these name the argument first, at trace time, before anything runs.
+
+
+def _describe(x) -> str:
+  return f"shape {tuple(jnp.shape(x))} and dtype {jnp.result_type(x)}"
+
+
+def _check_hypers(where: str, hypers) -> np.dtype:
+  """Returns the leaf dtype that the hyperparameter operand selects."""
+  if (jnp.shape(hypers) != (len(HYPER_ORDER),)
+      or jnp.result_type(hypers) not in DTYPES):
+    raise ValueError(
+        f"{where}: hypers must be a ({len(HYPER_ORDER)},) float32 or float64 "
+        f"array [{', '.join(HYPER_ORDER)}], got {_describe(hypers)}.")
+  return jnp.result_type(hypers)
+
+
+def _check_like(where: str, what: str, x, shape, dtype, like: str) -> None:
+  if tuple(jnp.shape(x)) != tuple(shape) or jnp.result_type(x) != dtype:
+    raise ValueError(
+        f"{where}: {what} has {_describe(x)}, but {like} has shape "
+        f"{tuple(shape)} and dtype {dtype}.")
+
+
+def _check_dtype(where: str, what: str, x, dtype) -> None:
+  if jnp.result_type(x) != dtype:
+    raise ValueError(
+        f"{where}: {what} has {_describe(x)}, but the hyperparameters (which "
+        f"select the loops) have dtype {dtype}.")
+
+
+def _check_present(where: str, what: str, x, wanted: bool, path: str) -> None:
+  if wanted and x is None:
+    raise ValueError(f"{where}: {what} is missing; {path} needs it.")
+  if not wanted and x is not None:
+    raise ValueError(f"{where}: {what} is given, but {path} has none.")
+
+
+def _check_dense(leaves, hypers, centered, momentum, apply) -> None:
+  """Raises a ValueError naming the first operand the dense call cannot take."""
+  where = "cpu_kernel.dense_update"
+  if not apply and not momentum:
+    raise ValueError(
+        f"{where}: the momentum-free paths (P1/P2) run only with apply=True.")
+  dtype = _check_hypers(where, hypers)
+  path = f"the path centered={centered}, momentum={momentum}, apply={apply}"
+  wanted = dict(gradient=True, params=apply, ms=True, mg=centered,
+                mom=momentum)
+  for k, leaf in enumerate(leaves):
+    if len(leaf) != 5:
+      raise ValueError(f"{where}: leaves[{k}] must be (g, var, ms, mg, mom), "
+                       f"got {len(leaf)} entries.")
+    for (role, present), x in zip(wanted.items(), leaf):
+      _check_present(where, f"leaves[{k}] {role}", x, present, path)
+    ms = leaf[2]
+    _check_dtype(where, f"leaves[{k}] ms", ms, dtype)
+    for role, x in zip(wanted, leaf):
+      if x is not None:
+        _check_like(where, f"leaves[{k}] {role}", x, jnp.shape(ms), dtype,
+                    f"leaves[{k}] ms")
+
+
+def _check_sparse(values, indices, var, ms, mg, mom, hypers, apply) -> None:
+  """Raises a ValueError naming the first operand the sparse call cannot take."""
+  where = "cpu_kernel.sparse_update"
+  dtype = _check_hypers(where, hypers)
+  path = f"the path centered={mg is not None}, apply={apply}"
+  _check_present(where, "ms", ms, True, path)
+  _check_present(where, "mom", mom, True, "a sparse momentum path")
+  _check_present(where, "var (params)", var, apply, path)
+  if jnp.ndim(ms) < 1:
+    raise ValueError(f"{where}: ms must be a table of rows (rank >= 1), got "
+                     f"{_describe(ms)}.")
+  _check_dtype(where, "ms", ms, dtype)
+  table = tuple(jnp.shape(ms))
+  for what, x in (("mom", mom), ("mg", mg), ("var (params)", var)):
+    if x is not None:
+      _check_like(where, what, x, table, dtype, "ms")
+  num_rows = table[0]
+  if num_rows >= np.iinfo(np.int32).max:
+    raise ValueError(f"{where}: the table has {num_rows} rows; int32 indices "
+                     "reach fewer than 2**31 - 1.")
+  if jnp.ndim(indices) != 1 or jnp.result_type(indices) != np.int32:
+    raise ValueError(f"{where}: indices must be a 1-D int32 array, got "
+                     f"{_describe(indices)}.")
+  rows = (jnp.shape(indices)[0], *table[1:])
+  _check_like(where, "values (one row per index)", values, rows, dtype,
+              "indices and ms, (len(indices), *ms.shape[1:]),")
+  if not isinstance(indices, jax.core.Tracer):
+    concrete = np.asarray(indices)
+    bad = (concrete < 0) | (concrete > num_rows)
+    if bad.any():
+      k = int(np.argmax(bad))
+      raise ValueError(
+          f"{where}: indices[{k}] = {concrete[k]} is not in [0, {num_rows}] "
+          f"({num_rows} marks an invalid index).")
+
+
+# The dense call: all leaves of one dtype in one custom call, partitioned
+# shard by shard under a mesh and batched as one call under vmap.
+
+
 def _call_kernel(centered, momentum, apply, hypers, leaves):
-  """One FFI call on local (unsharded) arrays; see :func:`dense_update`."""
-  target = _TARGETS[np.dtype(hypers.dtype)][0]
+  """One FFI call on local (unsharded) arrays; see :func:`dense_update`.
+
+  The operands are laid out as ``csrc/tfrmsprop.h::DenseLayout`` says.
+  """
   operands, results, aliases = [hypers], [], {}
 
   def add(x, *, alias):
@@ -178,14 +300,12 @@ def _call_kernel(centered, momentum, apply, hypers, leaves):
       if slot is not None:
         add(slot, alias=True)
   flat = jax.ffi.ffi_call(
-      target, results, input_output_aliases=aliases,
+      DENSE_TARGET, results, input_output_aliases=aliases,
       vmap_method="sequential")(
           *operands, centered=centered, momentum=momentum, apply=apply)
   flat = iter(flat)
   present = _leaf_outputs(centered, momentum, apply)
   return [tuple(next(flat) if p else None for p in present) for _ in leaves]
-
-
 @functools.partial(cp.custom_partitioning, static_argnums=(0, 1, 2))
 def _partitioned_call(centered, momentum, apply, hypers, leaves):
   return _call_kernel(centered, momentum, apply, hypers, leaves)
@@ -242,14 +362,46 @@ _partitioned_call.def_partition(
     partition=_partition, sharding_rule=_sharding_rule)
 
 
+@functools.cache
+def _dense_call(centered: bool, momentum: bool, apply: bool):
+  """The partitioned dense call of one path, with a batching rule.
+
+  ``custom_partitioning`` has no batching rule of its own. The update is
+  elementwise, so under ``vmap`` with shared hyperparameters one call on the
+  batched leaves (unbatched ones broadcast) gives the same bits as a loop over
+  the batch; with batched hyperparameters (a schedule over a batched count)
+  the batch runs as a loop of calls.
+  """
+
+  @jax.custom_batching.custom_vmap
+  def call(hypers, leaves):
+    return _partitioned_call(centered, momentum, apply, hypers, leaves)
+
+  @call.def_vmap
+  def _batched(axis_size, in_batched, hypers, leaves):
+    hypers_batched, leaves_batched = in_batched
+    leaves = jax.tree.map(
+        lambda x, b: x if b else jnp.broadcast_to(x, (axis_size, *x.shape)),
+        leaves, leaves_batched)
+    if hypers_batched:
+      out = jax.lax.map(lambda args: call(*args), (hypers, leaves))
+    else:
+      out = call(hypers, leaves)
+    return out, jax.tree.map(lambda _: True, out)
+
+  return call
+
+
 def dense_update(leaves, hypers, *, centered: bool, momentum: bool,
                  apply: bool):
   """Runs TF's dense update on ``leaves`` of one dtype in one kernel call.
 
   Args:
     leaves: ``(g, var, ms, mg, mom)`` per leaf, absent arrays ``None``
-      (``var`` is used only with ``apply``).
-    hypers: ``[lr, rho, 1 - rho, momentum, epsilon]`` in the leaves' dtype.
+      (``var`` is used only with ``apply``), all of one shape each and of the
+      dtype of ``hypers``.
+    hypers: ``[lr, rho, 1 - rho, momentum, epsilon]`` (:data:`HYPER_ORDER`)
+      in the leaves' dtype, float32 or float64.
     centered: the ``mg`` slot is present.
     momentum: the ``mom`` slot is present (TF's kernel paths P3/P4).
     apply: update ``var`` in place instead of returning optax updates.
@@ -259,8 +411,14 @@ def dense_update(leaves, hypers, *, centered: bool, momentum: bool,
   Returns:
     Per leaf ``(first, ms, mg, mom)``: ``first`` is the new variable with
     ``apply``, else ``None`` (the P3/P4 update is ``-mom``).
+
+  Raises:
+    ValueError: naming the first operand whose presence, shape or dtype does
+      not fit the path.
   """
-  return _partitioned_call(centered, momentum, apply, hypers, leaves)
+  leaves = [tuple(leaf) for leaf in leaves]
+  _check_dense(leaves, hypers, centered, momentum, apply)
+  return _dense_call(centered, momentum, apply)(hypers, leaves)
 
 
 def sparse_update(values, indices, var, ms, mg, mom, hypers, *, apply: bool):
@@ -270,13 +428,14 @@ def sparse_update(values, indices, var, ms, mg, mom, hypers, *, apply: bool):
   ``unsorted_segment_sum``: ``csrc/sparse_kernel.cc`` mirrors
   ``sparse.deduplicate`` and the momentum branch of ``update_rules.sparse_leaf``
   (``"tf_cpu"``), with TF's float32 packet rsqrt. Only the rows listed
-  change, in place (operands aliased to results).
+  change, in place (operands aliased to results). Under ``vmap`` the batch
+  runs as a loop of calls.
 
   Args:
     values: ``(n, ...)`` gradient rows, duplicates allowed.
     indices: ``(n,)`` int32 row indices in ``[0, ms.shape[0]]``, where
       ``ms.shape[0]`` stands for every invalid index and changes nothing.
-    var: the variable, used only with ``apply``.
+    var: the variable, used only with ``apply`` (else ``None``).
     ms: the ``ms`` slot.
     mg: the ``mg`` slot, or ``None`` (P7).
     mom: the ``mom`` slot.
@@ -289,20 +448,34 @@ def sparse_update(values, indices, var, ms, mg, mom, hypers, *, apply: bool):
     ``-mom`` and their ``(n,)`` distinct indices, laid out as
     ``sparse.deduplicate`` lays them out (padding: index ``ms.shape[0]``,
     rows ``-0``).
+
+  Raises:
+    ValueError: naming the first operand whose presence, shape or dtype does
+      not fit (and, when the indices are concrete, the first index outside
+      ``[0, ms.shape[0]]``).
   """
-  target = _SPARSE_TARGETS[np.dtype(ms.dtype)][0]
-  slots = [x for x in (ms, mg, mom) if x is not None]
-  operands = [hypers, values, indices] + ([var] if apply else []) + slots
-  first = [var] if apply else [values, indices]
-  results = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in first + slots]
-  aliases = {3 + apply + k: len(first) + k for k in range(len(slots))}
+  _check_sparse(values, indices, var, ms, mg, mom, hypers, apply)
+  dtype = ms.dtype
+  # The handler takes a fixed operand list; an absent one is an empty array.
+  empty = jnp.zeros((0,), dtype)
+  operands = (hypers, values, indices, var if apply else empty, ms,
+              empty if mg is None else mg, mom)
+  like = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype)
+  results = (
+      like(var if apply else values),
+      jax.ShapeDtypeStruct((0,) if apply else indices.shape, np.int32),
+      like(ms),
+      like(empty if mg is None else mg),
+      like(mom),
+  )
+  aliases = {4: 2, 6: 4}  # ms, mom
   if apply:
-    aliases[3] = 0
-  out = iter(jax.ffi.ffi_call(
-      target, results, input_output_aliases=aliases,
+    aliases[3] = 0  # var
+  if mg is not None:
+    aliases[5] = 3
+  first, unique, ms, new_mg, mom = jax.ffi.ffi_call(
+      SPARSE_TARGET, results, input_output_aliases=aliases,
       vmap_method="sequential")(*operands, centered=mg is not None,
-                                apply=apply))
-  first = next(out) if apply else (next(out), next(out))
-  ms = next(out)
-  mg = None if mg is None else next(out)
-  return first, ms, mg, next(out)
+                                apply=apply)
+  first = first if apply else (first, unique)
+  return first, ms, None if mg is None else new_mg, mom

@@ -155,8 +155,11 @@ def ulp_distance(a, b) -> np.ndarray:
 
 
 # Eigen's full-reduction layout on x86-64 TF wheels (AVX): 32-byte packets,
-# tree-split above ``packet * 1024`` elements.
-_EIGEN_PACKET_BYTES = 32
+# tree-split above ``packet * 1024`` elements. The packet size is the one
+# Python definition (also of update_rules.PACKET); it mirrors
+# csrc/tfrmsprop.h::kEigenPacketBytes, and cpu_kernel checks on loading the
+# library that both agree.
+EIGEN_PACKET_BYTES = 32
 _EIGEN_LEAF_PACKETS = 1024
 
 
@@ -200,7 +203,7 @@ def eigen_sum(x: jax.Array) -> jax.Array:
   """
   x = x.reshape(-1)
   n = x.shape[0]
-  packet = _EIGEN_PACKET_BYTES // x.dtype.itemsize
+  packet = EIGEN_PACKET_BYTES // x.dtype.itemsize
   if n == 0:
     return jnp.zeros((), x.dtype)
   tree = _eigen_leaves(0, n, packet)

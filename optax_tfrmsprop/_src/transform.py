@@ -252,6 +252,32 @@ def _check_matches(grads, state: base.RMSpropState):
       )
 
 
+def _check_slots_and_params(state: base.RMSpropState, params) -> None:
+  """Raises a ValueError naming the first slot or param unlike its ``ms``.
+
+  TF's variable and its slots share shape and dtype; both backends update
+  them leaf by leaf in ``ms``'s layout (the CPU kernel in place), so a
+  mismatch must stop here rather than reach the kernel.
+  """
+  ms_def = jax.tree.structure(state.ms)
+  ms_leaves = jax.tree_util.tree_leaves_with_path(state.ms)
+  trees = [(f"state.{name}", getattr(state, name)) for name in ("mg", "mom")
+           if getattr(state, name) is not None]
+  if params is not None:
+    trees.append(("params", params))
+  for name, tree in trees:
+    if jax.tree.structure(tree) != ms_def:
+      raise ValueError(
+          f"{name} does not match the optimizer state's structure.\n"
+          f"  {name}: {jax.tree.structure(tree)}\n  state.ms: {ms_def}")
+    for (path, ms), x in zip(ms_leaves, jax.tree.leaves(tree)):
+      if jnp.shape(x) != ms.shape or jnp.result_type(x) != ms.dtype:
+        raise ValueError(
+            f"{name} at {jax.tree_util.keystr(path) or 'the root'} has shape "
+            f"{jnp.shape(x)} and dtype {jnp.result_type(x)}, but state.ms "
+            f"there has shape {ms.shape} and dtype {ms.dtype}.")
+
+
 def rmsprop_update(
     grads: optax.Updates,
     state: base.RMSpropState,
@@ -400,6 +426,7 @@ def _step(grads, state, params, *, learning_rate=0.001, rho=0.9, momentum=0.0,
           f"state with rmsprop_init(..., flavor={flavor!r}).")
   flavor = state.flavor
   _check_matches(grads, state)
+  _check_slots_and_params(state, params)
   round_ = numerics.rounder(rounding)
   leaves, treedef = jax.tree.flatten(grads, is_leaf=sparse.is_indexed_slices)
   # TF clips the rows of a sparse gradient before de-duplicating them.

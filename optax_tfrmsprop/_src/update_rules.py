@@ -15,10 +15,10 @@ from optax_tfrmsprop._src import base
 from optax_tfrmsprop._src import numerics
 from optax_tfrmsprop._src import sparse
 
-# Eigen's float packets on the AVX build TF ships: the first
+# Eigen's float packets on the AVX build TF ships (8 lanes): the first
 # ``PACKET * (row_width // PACKET)`` elements of each row of
 # ResourceSparseApply[Centered]RMSProp take the vectorised rsqrt.
-PACKET = 8
+PACKET = numerics.EIGEN_PACKET_BYTES // np.dtype(np.float32).itemsize
 
 
 

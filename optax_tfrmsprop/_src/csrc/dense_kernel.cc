@@ -1,11 +1,15 @@
-// XLA FFI handlers: TF-exact RMSprop over every leaf of one dtype in one pass.
+// The XLA FFI handler tfrmsprop_dense: TF-exact RMSprop over every leaf of
+// one dtype in one pass.
 //
-// One custom call updates all float32 (or float64) leaves of a step: each
-// element of gradient, variable and slots is read once and written once, the
-// slots (and the variable, in apply mode) in place through XLA's
-// input/output aliasing. The work is split evenly over the OpenMP threads
-// across leaf boundaries, so a tree of many small leaves still uses every
-// core. The arithmetic lives in dense_loops.h.
+// One custom call updates all float32 (or float64: the element type of the
+// hyperparameters picks the loops) leaves of a step: each element of
+// gradient, variable and slots is read once and written once, the slots (and
+// the variable, in apply mode) in place through XLA's input/output aliasing.
+// The work is split evenly over the OpenMP threads across leaf boundaries, so
+// a tree of many small leaves still uses every core. The operand layout and
+// the hyperparameter record are in tfrmsprop.h; the arithmetic, which mirrors
+// update_rules.dense_leaf ("tf_cpu") line by line, in dense_loops.h. Every
+// operand is checked before anything is read or written.
 
 #include <omp.h>
 
@@ -13,9 +17,11 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+#include <sstream>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
+#include "tfrmsprop.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define TFRMSPROP_ISA_NAMESPACE avx512
@@ -39,13 +45,6 @@ namespace ffi = xla::ffi;
 
 namespace tfrmsprop {
 namespace {
-
-// Below this many elements in a call, waking the other threads costs more
-// than it saves.
-constexpr std::size_t kMinParallelElements = std::size_t{1} << 15;
-// Thread ranges start on 64-byte boundaries (16 floats, 8 doubles), so no two
-// threads write the same cache line.
-constexpr std::size_t kAlignBytes = 64;
 
 template <typename T>
 struct Leaf {
@@ -80,21 +79,19 @@ Isa ChosenIsa() {
 
 template <typename T, bool kCentered, bool kMomentum, bool kApply>
 void RunRange(const Leaf<T>& l, std::size_t lo, std::size_t hi,
-              const T* hypers) {
-  const T lr = hypers[0], rho = hypers[1], c = hypers[2], mu = hypers[3],
-          eps = hypers[4];
+              const Hypers<T>& h) {
   switch (ChosenIsa()) {
 #if defined(__x86_64__) && defined(__GNUC__)
     case Isa::kAvx512:
       return avx512::DenseRange<T, kCentered, kMomentum, kApply>(
-          l.g, l.out, l.ms, l.mg, l.mom, lo, hi, lr, rho, c, mu, eps);
+          l.g, l.out, l.ms, l.mg, l.mom, lo, hi, h);
     case Isa::kAvx2:
       return avx2::DenseRange<T, kCentered, kMomentum, kApply>(
-          l.g, l.out, l.ms, l.mg, l.mom, lo, hi, lr, rho, c, mu, eps);
+          l.g, l.out, l.ms, l.mg, l.mom, lo, hi, h);
 #endif
     default:
       return baseline::DenseRange<T, kCentered, kMomentum, kApply>(
-          l.g, l.out, l.ms, l.mg, l.mom, lo, hi, lr, rho, c, mu, eps);
+          l.g, l.out, l.ms, l.mg, l.mom, lo, hi, h);
   }
 }
 
@@ -102,7 +99,7 @@ void RunRange(const Leaf<T>& l, std::size_t lo, std::size_t hi,
 // cut at aligned offsets, and runs them.
 template <typename T, bool kCentered, bool kMomentum, bool kApply>
 void RunShare(const std::vector<Leaf<T>>& leaves, std::size_t total, int t,
-              int n, const T* hypers) {
+              int n, const Hypers<T>& h) {
   constexpr std::size_t kAlign = kAlignBytes / sizeof(T);
   auto cut = [&](int k) {
     std::size_t at = total / n * k + std::min<std::size_t>(k, total % n);
@@ -114,8 +111,7 @@ void RunShare(const std::vector<Leaf<T>>& leaves, std::size_t total, int t,
     const std::size_t end = start + leaf.size;
     if (end > lo && start < hi) {
       RunRange<T, kCentered, kMomentum, kApply>(
-          leaf, std::max(lo, start) - start, std::min(hi, end) - start,
-          hypers);
+          leaf, std::max(lo, start) - start, std::min(hi, end) - start, h);
     }
     if (end >= hi) break;
     start = end;
@@ -123,102 +119,125 @@ void RunShare(const std::vector<Leaf<T>>& leaves, std::size_t total, int t,
 }
 
 template <typename T, bool kCentered, bool kMomentum, bool kApply>
-void RunAll(const std::vector<Leaf<T>>& leaves, const T* hypers) {
+void RunAll(const std::vector<Leaf<T>>& leaves, const Hypers<T>& h) {
   std::size_t total = 0;
   for (const Leaf<T>& leaf : leaves) total += leaf.size;
   const int threads =
       total < kMinParallelElements ? 1 : omp_get_max_threads();
   if (threads == 1) {
-    RunShare<T, kCentered, kMomentum, kApply>(leaves, total, 0, 1, hypers);
+    RunShare<T, kCentered, kMomentum, kApply>(leaves, total, 0, 1, h);
     return;
   }
 #pragma omp parallel num_threads(threads)
   RunShare<T, kCentered, kMomentum, kApply>(
-      leaves, total, omp_get_thread_num(), omp_get_num_threads(), hypers);
+      leaves, total, omp_get_thread_num(), omp_get_num_threads(), h);
 }
 
-// Operands: hypers [lr, rho, 1 - rho, momentum, epsilon] in T, then per leaf
-// g, [var], ms, [mg], [mom]. Results per leaf: [var], ms, [mg], [mom]. The
-// momentum-free paths (P1/P2) run only with apply.
-template <typename T, ffi::DataType kDtype>
-ffi::Error DenseImpl(ffi::RemainingArgs args, ffi::RemainingRets rets,
-                     bool centered, bool momentum, bool apply) {
-  const std::size_t ins = 2 + apply + centered + momentum;
-  const std::size_t outs = 1 + apply + centered + momentum;
-  if (!apply && !momentum) {
-    return ffi::Error::InvalidArgument(
-        "tfrmsprop: the momentum-free paths run only with apply=true.");
+// Checks every operand and result of the layout (tfrmsprop.h) and collects
+// the leaves' pointers; nothing is read or written yet.
+template <typename T>
+ffi::Error CollectLeaves(const DenseLayout& layout, ffi::DataType type,
+                         const ffi::RemainingArgs& args,
+                         const ffi::RemainingRets& rets,
+                         std::vector<Leaf<T>>& leaves) {
+  const std::size_t ins = layout.Operands(), outs = layout.Results();
+  if (args.size() % ins != 0 || rets.size() != args.size() / ins * outs) {
+    return Invalid("the dense call has ", args.size(), " leaf operands and ",
+                   rets.size(), " results; this path takes ", ins,
+                   " operands and ", outs, " results per leaf.");
   }
-  if (args.size() < 1 || (args.size() - 1) % ins != 0 ||
-      rets.size() != (args.size() - 1) / ins * outs) {
-    return ffi::Error::InvalidArgument(
-        "tfrmsprop: operand and result counts do not match the path.");
-  }
-  auto hypers = args.get<ffi::Buffer<kDtype>>(0);
-  if (!hypers.has_value() || hypers->element_count() != 5) {
-    return ffi::Error::InvalidArgument(
-        "tfrmsprop: the first operand must hold the 5 hyperparameters.");
-  }
-  const std::size_t n_leaves = (args.size() - 1) / ins;
-  std::vector<Leaf<T>> leaves(n_leaves);
-  for (std::size_t k = 0; k < n_leaves; ++k) {
-    std::size_t a = 1 + k * ins, r = k * outs;
-    auto in = [&](std::size_t i) -> ffi::ErrorOr<ffi::Buffer<kDtype>> {
-      return args.get<ffi::Buffer<kDtype>>(i);
-    };
-    auto out = [&](std::size_t i) -> T* {
-      auto buf = rets.get<ffi::Buffer<kDtype>>(i);
-      return buf.has_value() ? (*buf)->typed_data() : nullptr;
-    };
-    auto g = in(a++);
-    if (!g.has_value()) {
-      return ffi::Error::InvalidArgument("tfrmsprop: bad gradient operand.");
+  // The roles of a leaf's results r = 0, 1, ..., which alias operands r + 1.
+  const char* roles[4];
+  std::size_t n_roles = 0;
+  if (layout.apply) roles[n_roles++] = "var";
+  roles[n_roles++] = "ms";
+  if (layout.centered) roles[n_roles++] = "mg";
+  if (layout.momentum) roles[n_roles++] = "mom";
+  leaves.resize(args.size() / ins);
+  for (std::size_t k = 0; k < leaves.size(); ++k) {
+    const auto leaf_k = static_cast<std::int64_t>(k);
+    auto g = args.get<ffi::AnyBuffer>(k * ins);
+    if (!g.has_value()) return g.error();
+    const auto dims = g->dimensions();
+    TFRMSPROP_RETURN_IF_ERROR(
+        CheckBuffer(*g, {"g", "operand", leaf_k}, type, dims));
+    T* slots[4] = {nullptr, nullptr, nullptr, nullptr};
+    for (std::size_t r = 0; r < outs; ++r) {
+      auto in = args.get<ffi::AnyBuffer>(k * ins + 1 + r);
+      if (!in.has_value()) return in.error();
+      auto out = rets.get<ffi::AnyBuffer>(k * outs + r);
+      if (!out.has_value()) return out.error();
+      const Where operand{roles[r], "operand", leaf_k};
+      const Where result{roles[r], "result", leaf_k};
+      TFRMSPROP_RETURN_IF_ERROR(CheckBuffer(*in, operand, type, dims));
+      TFRMSPROP_RETURN_IF_ERROR(CheckBuffer(**out, result, type, dims));
+      TFRMSPROP_RETURN_IF_ERROR(CheckAliased(**out, *in, result));
+      slots[r] = (*out)->typed_data<T>();
     }
-    Leaf<T>& leaf = leaves[k];
-    leaf.size = g->element_count();
-    leaf.g = g->typed_data();
     // The variable and slots are read through their results, which XLA
     // aliases to the operands (copying first if it cannot donate them).
-    if (apply) a++;
-    leaf.out = apply ? out(r++) : nullptr;
-    a++;
-    leaf.ms = out(r++);
-    if (centered) a++, leaf.mg = out(r++);
-    if (momentum) a++, leaf.mom = out(r++);
+    Leaf<T>& leaf = leaves[k];
+    std::size_t r = 0;
+    leaf.g = g->typed_data<T>();
+    leaf.size = g->element_count();
+    leaf.out = layout.apply ? slots[r++] : nullptr;
+    leaf.ms = slots[r++];
+    leaf.mg = layout.centered ? slots[r++] : nullptr;
+    leaf.mom = layout.momentum ? slots[r++] : nullptr;
   }
-  const T* h = hypers->typed_data();
-#define TFRMSPROP_RUN(C, M, A) \
-  if (centered == C && momentum == M && apply == A) \
-    return RunAll<T, C, M, A>(leaves, h), ffi::Error::Success();
-  TFRMSPROP_RUN(false, false, true)
-  TFRMSPROP_RUN(true, false, true)
-  TFRMSPROP_RUN(false, true, false)
-  TFRMSPROP_RUN(false, true, true)
-  TFRMSPROP_RUN(true, true, false)
-  TFRMSPROP_RUN(true, true, true)
-#undef TFRMSPROP_RUN
   return ffi::Error::Success();
+}
+
+ffi::Error Dense(ffi::AnyBuffer hypers, ffi::RemainingArgs args,
+                 ffi::RemainingRets rets, bool centered, bool momentum,
+                 bool apply) {
+  const DenseLayout layout{centered, momentum, apply};
+  if (!apply && !momentum) {
+    return Invalid("the momentum-free paths (P1/P2) run only with apply.");
+  }
+  TFRMSPROP_RETURN_IF_ERROR(CheckHypers(hypers));
+  return DispatchFloat(hypers.element_type(), [&](auto zero) {
+    using T = decltype(zero);
+    std::vector<Leaf<T>> leaves;
+    TFRMSPROP_RETURN_IF_ERROR(
+        CollectLeaves(layout, hypers.element_type(), args, rets, leaves));
+    const Hypers<T> h = ReadHypers<T>(hypers);
+    return DispatchFlags(
+        [&](auto kCentered, auto kMomentum, auto kApply) {
+          if constexpr (kApply || kMomentum) {
+            RunAll<T, kCentered, kMomentum, kApply>(leaves, h);
+          }
+          return ffi::Error::Success();
+        },
+        centered, momentum, apply);
+  });
 }
 
 }  // namespace
 }  // namespace tfrmsprop
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
-    TfRmspropDenseF32,
-    (tfrmsprop::DenseImpl<float, ffi::DataType::F32>),
+    TfRmspropDense, tfrmsprop::Dense,
     ffi::Ffi::Bind()
+        // [lr, rho, 1 - rho, momentum, epsilon] in the leaves' dtype, float32
+        // or float64 (tfrmsprop.h::HyperIndex); its dtype picks the loops.
+        .Arg<ffi::AnyBuffer>()
+        // Per leaf: g, [var], ms, [mg], [mom] (tfrmsprop.h::DenseLayout).
         .RemainingArgs()
+        // Per leaf: [var], ms, [mg], [mom], each aliased to its operand.
         .RemainingRets()
+        // The mg slot is present (TF's centered=True: P2/P4).
         .Attr<bool>("centered")
+        // The mom slot is present (TF's kernel paths P3/P4).
         .Attr<bool>("momentum")
+        // Update var in place; without it (P3/P4 only) the optax update is
+        // -mom, negated in JAX.
         .Attr<bool>("apply"));
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(
-    TfRmspropDenseF64,
-    (tfrmsprop::DenseImpl<double, ffi::DataType::F64>),
-    ffi::Ffi::Bind()
-        .RemainingArgs()
-        .RemainingRets()
-        .Attr<bool>("centered")
-        .Attr<bool>("momentum")
-        .Attr<bool>("apply"));
+// The constants of tfrmsprop.h, for cpu_kernel.py to check against its own.
+extern "C" int TfRmspropEigenPacketBytes() {
+  return static_cast<int>(tfrmsprop::kEigenPacketBytes);
+}
+extern "C" int TfRmspropNumHypers() {
+  return static_cast<int>(tfrmsprop::kNumHypers);
+}

@@ -13,6 +13,8 @@
 #include <cmath>
 #include <cstddef>
 
+#include "tfrmsprop.h"
+
 namespace tfrmsprop {
 namespace TFRMSPROP_ISA_NAMESPACE {
 
@@ -23,8 +25,11 @@ template <typename T, bool kCentered, bool kMomentum, bool kApply>
 TFRMSPROP_ISA_TARGET void DenseRange(
     const T* __restrict g, T* __restrict out,
     T* __restrict ms, T* __restrict mg, T* __restrict mom, std::size_t lo,
-    std::size_t hi, T lr, T rho, T c, T mu, T eps) {
+    std::size_t hi, const Hypers<T>& h) {
   static_assert(kApply || kMomentum, "P1/P2 run only in apply mode");
+  // The names of update_rules.dense_leaf.
+  const T lr = h.lr, rho = h.rho, c = h.one_minus_rho, mu = h.momentum,
+          eps = h.epsilon;
 #pragma GCC ivdep
   for (std::size_t i = lo; i < hi; ++i) {
     const T gi = g[i];

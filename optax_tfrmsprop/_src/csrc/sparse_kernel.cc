@@ -1,10 +1,13 @@
-// XLA FFI handlers: TF's sparse momentum paths P7/P8 on the rows touched.
+// The XLA FFI handler tfrmsprop_sparse: TF's sparse momentum paths P7/P8 on
+// the rows touched.
 //
 // tf_keras first de-duplicates an IndexedSlices gradient (summing the rows of
 // each index), then ResourceSparseApply[Centered]RMSProp updates one row of
-// the variable and of its slots per distinct index. These handlers do both,
+// the variable and of its slots per distinct index. This handler does both,
 // in place through XLA's input/output aliasing, so a step costs O(rows
-// touched).
+// touched). The element type of the hyperparameters (float32 or float64)
+// picks the loops; every operand, and every index against the table, is
+// checked before anything is read or written.
 //
 // EVERY EXPRESSION MIRRORS optax_tfrmsprop/_src/sparse.py::deduplicate (the
 // order of the sums) and the momentum branch of
@@ -22,6 +25,8 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
+#include <type_traits>
 #include <vector>
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -30,22 +35,25 @@
 #endif
 
 #include "xla/ffi/api/ffi.h"
+#include "tfrmsprop.h"
 
 namespace ffi = xla::ffi;
 
 namespace tfrmsprop {
+
+// Row indices, and the distinct indices of the update rows.
+using Indices = ffi::Buffer<ffi::S32, 1>;
+
 namespace {
 
 // Eigen's float packets on the AVX build TF ships: the first
 // kPacket * (width / kPacket) elements of a row take the packet rsqrt, the
 // remaining width % kPacket take 1 / sqrt.
-constexpr std::size_t kPacket = 8;
+constexpr std::size_t kPacket = kFloatPacket;
 // A row is processed in chunks of this many elements (a multiple of kPacket,
 // so packet lanes stay aligned to the row start) through stack buffers.
 constexpr std::size_t kChunk = 512;
-// Below this many elements in a call, waking the other threads costs more
-// than it saves.
-constexpr std::size_t kMinParallelElements = std::size_t{1} << 15;
+static_assert(kChunk % kPacket == 0);
 
 #ifdef TFRMSPROP_PACKET_RSQRT
 bool HasPacketRsqrt() {
@@ -91,14 +99,10 @@ void RowRsqrt(const T* x, T* y, std::size_t lo, std::size_t n,
   for (std::size_t j = packets; j < n; ++j) y[j] = T(1) / std::sqrt(x[j]);
 }
 
-template <typename T>
-struct Hypers {
-  T lr, rho, c, mu, eps;
-};
-
-// The gradient of one distinct row: the input rows values[ks[0]], values[ks[1]],
-// ... (ks ascending) summed from zero in input order, as tf_keras'
-// unsorted_segment_sum does (and sparse.py::deduplicate on the jnp side).
+// The gradient of one distinct row: the input rows values[ks[0]],
+// values[ks[1]], ... (ks ascending) summed from zero in input order, as
+// tf_keras' unsorted_segment_sum does (and sparse.py::deduplicate on the jnp
+// side).
 template <typename T>
 struct RowGradient {
   const T* values;
@@ -123,6 +127,9 @@ template <typename T, bool kCentered, bool kApply>
 void UpdateRow(const RowGradient<T>& grad, T* __restrict out,
                T* __restrict ms, T* __restrict mg, T* __restrict mom,
                const Hypers<T>& h) {
+  // The names of update_rules.sparse_leaf.
+  const T lr = h.lr, rho = h.rho, c = h.one_minus_rho, mu = h.momentum,
+          eps = h.epsilon;
   const std::size_t width = grad.width;
   const std::size_t packet_end = kPacket * (width / kPacket);
   T g[kChunk], denom[kChunk], scale[kChunk];
@@ -130,11 +137,11 @@ void UpdateRow(const RowGradient<T>& grad, T* __restrict out,
     const std::size_t n = std::min(kChunk, width - lo);
     grad.Sum(lo, n, g);
     for (std::size_t j = 0, i = lo; j < n; ++j, ++i) {
-      const T ms_i = (ms[i] * h.rho) + ((g[j] * g[j]) * h.c);
+      const T ms_i = (ms[i] * rho) + ((g[j] * g[j]) * c);
       ms[i] = ms_i;
-      T d = ms_i + h.eps;
+      T d = ms_i + eps;
       if constexpr (kCentered) {
-        const T mg_i = (mg[i] * h.rho) + (g[j] * h.c);
+        const T mg_i = (mg[i] * rho) + (g[j] * c);
         mg[i] = mg_i;
         d = d - (mg_i * mg_i);
       }
@@ -142,7 +149,7 @@ void UpdateRow(const RowGradient<T>& grad, T* __restrict out,
     }
     RowRsqrt(denom, scale, lo, n, packet_end);
     for (std::size_t j = 0, i = lo; j < n; ++j, ++i) {
-      const T mom_i = (mom[i] * h.mu) + ((scale[j] * h.lr) * g[j]);
+      const T mom_i = (mom[i] * mu) + ((scale[j] * lr) * g[j]);
       mom[i] = mom_i;
       if constexpr (kApply) {
         out[i] = out[i] - mom_i;
@@ -155,14 +162,14 @@ void UpdateRow(const RowGradient<T>& grad, T* __restrict out,
 
 // tf_keras' de-duplication (tf.unique + unsorted_segment_sum), then the rows.
 //
-// `indices` are in [0, num_rows]; num_rows stands for every invalid index
-// (sparse.py::_valid_rows) and changes nothing. The distinct indices, in
-// order of first occurrence, get the slots 0..u-1 of the optax outputs
-// (`update` rows and `unique` indices, as sparse.py::deduplicate orders
-// them); slots u..n-1 are padding: index num_rows and update rows -0, what
-// the jnp path gives them. The invalid group's update row is -0 too (the jnp
-// path computes it from zero slots; it is dropped either way). Distinct rows
-// are independent, so they run in parallel.
+// `indices` are in [0, num_rows] (checked by the caller); num_rows stands for
+// every invalid index (sparse.py::valid_rows) and changes nothing. The
+// distinct indices, in order of first occurrence, get the slots 0..u-1 of the
+// optax outputs (`update` rows and `unique` indices, as sparse.py::deduplicate
+// orders them); slots u..n-1 are padding: index num_rows and update rows -0,
+// what the jnp path gives them. The invalid group's update row is -0 too (the
+// jnp path computes it from zero slots; it is dropped either way). Distinct
+// rows are independent, so they run in parallel.
 template <typename T, bool kCentered, bool kApply>
 void RunRows(const T* values, const std::int32_t* indices, std::size_t n,
              std::int64_t num_rows, std::size_t width, T* out,
@@ -196,7 +203,7 @@ void RunRows(const T* values, const std::int32_t* indices, std::size_t n,
     const std::int64_t row = indices[first];
     const std::int64_t slot = slot_of_position[first];
     if constexpr (!kApply) unique[slot] = static_cast<std::int32_t>(row);
-    if (row < 0 || row >= num_rows) return;
+    if (row == num_rows) return;  // The invalid group.
     const RowGradient<T> grad{values, ks.data() + starts[g],
                               starts[g + 1] - starts[g], width};
     const std::size_t at = static_cast<std::size_t>(row) * width;
@@ -212,103 +219,167 @@ void RunRows(const T* values, const std::int32_t* indices, std::size_t n,
   for (std::size_t g = 0; g < groups; ++g) run(g);
 }
 
-// Operands: hypers [lr, rho, 1 - rho, momentum, epsilon] in T, the clipped
-// gradient rows (n, ...), their indices (n,) int32 in [0, num_rows] (with
-// duplicates), then [var], ms, [mg], mom. Results: var (apply, aliased) or
-// the update rows (n, ...) and their distinct indices (n,) int32, then ms,
-// [mg], mom, aliased to their operands.
-template <typename T, ffi::DataType kDtype>
-ffi::Error SparseImpl(ffi::RemainingArgs args, ffi::RemainingRets rets,
-                      bool centered, bool apply) {
-  if constexpr (sizeof(T) == sizeof(float)) {
-    if (!HasPacketRsqrt()) {
-      return ffi::Error::InvalidArgument(
-          "tfrmsprop: the float32 sparse kernel needs AVX (TF's packet "
-          "rsqrt).");
+// Checks every operand and result (see the binding below) and every index
+// against the table; nothing is read or written before this returns success.
+ffi::Error CheckSparse(ffi::DataType type, ffi::AnyBuffer values,
+                       Indices indices, ffi::AnyBuffer var,
+                       ffi::AnyBuffer ms, ffi::AnyBuffer mg,
+                       ffi::AnyBuffer mom, ffi::AnyBuffer first,
+                       Indices unique, ffi::AnyBuffer ms_out,
+                       ffi::AnyBuffer mg_out, ffi::AnyBuffer mom_out,
+                       bool centered, bool apply) {
+  const auto table = ms.dimensions();
+  if (table.size() == 0) {
+    return Invalid("the sparse slots must have rows (rank >= 1), got ms of "
+                   "shape ", table, ".");
+  }
+  const std::int64_t num_rows = table[0];
+  if (num_rows >= std::numeric_limits<std::int32_t>::max()) {
+    return Invalid("the table has ", num_rows, " rows; the sparse kernel "
+                   "takes int32 indices, so fewer than 2**31 - 1.");
+  }
+  TFRMSPROP_RETURN_IF_ERROR(CheckBuffer(ms, {"ms", "operand"}, type, table));
+  TFRMSPROP_RETURN_IF_ERROR(CheckBuffer(mom, {"mom", "operand"}, type, table));
+  TFRMSPROP_RETURN_IF_ERROR(CheckBuffer(ms_out, {"ms", "result"}, type, table));
+  TFRMSPROP_RETURN_IF_ERROR(
+      CheckBuffer(mom_out, {"mom", "result"}, type, table));
+  TFRMSPROP_RETURN_IF_ERROR(CheckAliased(ms_out, ms, {"ms", "result"}));
+  TFRMSPROP_RETURN_IF_ERROR(CheckAliased(mom_out, mom, {"mom", "result"}));
+  if (centered) {
+    TFRMSPROP_RETURN_IF_ERROR(CheckBuffer(mg, {"mg", "operand"}, type, table));
+    TFRMSPROP_RETURN_IF_ERROR(
+        CheckBuffer(mg_out, {"mg", "result"}, type, table));
+    TFRMSPROP_RETURN_IF_ERROR(CheckAliased(mg_out, mg, {"mg", "result"}));
+  } else {
+    TFRMSPROP_RETURN_IF_ERROR(CheckEmpty(mg, {"mg operand (not centered)"}));
+    TFRMSPROP_RETURN_IF_ERROR(CheckEmpty(mg_out, {"mg result (not centered)"}));
+  }
+  // values: (n, *table[1:]).
+  const std::int64_t n = indices.dimensions()[0];
+  std::vector<std::int64_t> rows(table.begin(), table.end());
+  rows[0] = n;
+  const ffi::AnyBuffer::Dimensions row_dims(rows.data(), rows.size());
+  TFRMSPROP_RETURN_IF_ERROR(
+      CheckBuffer(values, {"gradient values (one row per index)"}, type,
+                  row_dims));
+  if (apply) {
+    TFRMSPROP_RETURN_IF_ERROR(
+        CheckBuffer(var, {"var", "operand"}, type, table));
+    TFRMSPROP_RETURN_IF_ERROR(
+        CheckBuffer(first, {"var", "result"}, type, table));
+    TFRMSPROP_RETURN_IF_ERROR(CheckAliased(first, var, {"var", "result"}));
+    if (unique.element_count() != 0) {
+      return Invalid("the unique result must be empty with apply.");
+    }
+  } else {
+    TFRMSPROP_RETURN_IF_ERROR(CheckEmpty(var, {"var operand (not apply)"}));
+    TFRMSPROP_RETURN_IF_ERROR(
+        CheckBuffer(first, {"update rows", "result"}, type, row_dims));
+    if (unique.dimensions()[0] != n) {
+      return Invalid("the unique result has ", unique.dimensions()[0],
+                     " indices, expected ", n, ".");
     }
   }
-  const std::size_t ins = 5 + apply + centered;
-  const std::size_t outs = 3 + !apply + centered;
-  if (args.size() != ins || rets.size() != outs) {
-    return ffi::Error::InvalidArgument(
-        "tfrmsprop: operand and result counts do not match the path.");
-  }
-  auto hypers = args.get<ffi::Buffer<kDtype>>(0);
-  auto g = args.get<ffi::Buffer<kDtype>>(1);
-  auto indices = args.get<ffi::Buffer<ffi::DataType::S32>>(2);
-  auto ms_in = args.get<ffi::Buffer<kDtype>>(3 + apply);
-  if (!hypers.has_value() || hypers->element_count() != 5 ||
-      !g.has_value() || !indices.has_value() || !ms_in.has_value()) {
-    return ffi::Error::InvalidArgument("tfrmsprop: bad sparse operands.");
-  }
-  auto out = [&](std::size_t i) -> T* {
-    auto buf = rets.get<ffi::Buffer<kDtype>>(i);
-    return buf.has_value() ? (*buf)->typed_data() : nullptr;
-  };
-  // The variable and slots are read through their results, which XLA aliases
-  // to the operands (copying first if it cannot donate them).
-  std::size_t r = 0;
-  T* first = out(r++);
-  std::int32_t* unique = nullptr;
-  if (!apply) {
-    auto buf = rets.get<ffi::Buffer<ffi::DataType::S32>>(r++);
-    if (!buf.has_value()) {
-      return ffi::Error::InvalidArgument("tfrmsprop: bad indices result.");
+  const std::int32_t* index = indices.typed_data();
+  for (std::int64_t k = 0; k < n; ++k) {
+    if (index[k] < 0 || index[k] > num_rows) {
+      return Invalid("indices[", k, "] = ", index[k], " is not in [0, ",
+                     num_rows, "] (", num_rows, " marks an invalid index).");
     }
-    unique = (*buf)->typed_data();
   }
-  T* ms = out(r++);
-  T* mg = centered ? out(r++) : nullptr;
-  T* mom = out(r++);
-  const auto dims = ms_in->dimensions();
-  const std::int64_t num_rows = dims.size() == 0 ? 1 : dims[0];
-  const std::size_t width =
-      num_rows == 0 ? 0 : ms_in->element_count() / num_rows;
-  const std::size_t n = indices->element_count();
-  if (g->element_count() != n * width) {
-    return ffi::Error::InvalidArgument(
-        "tfrmsprop: the gradient rows do not match the indices.");
-  }
-  const T* hp = hypers->typed_data();
-  const Hypers<T> h{hp[0], hp[1], hp[2], hp[3], hp[4]};
-  const T* gp = g->typed_data();
-  const std::int32_t* ip = indices->typed_data();
-#define TFRMSPROP_RUN(C, A)                                                   \
-  if (centered == C && apply == A)                                            \
-    return RunRows<T, C, A>(gp, ip, n, num_rows, width, first, unique, ms, mg, \
-                            mom, h),                                          \
-           ffi::Error::Success();
-  TFRMSPROP_RUN(false, false)
-  TFRMSPROP_RUN(false, true)
-  TFRMSPROP_RUN(true, false)
-  TFRMSPROP_RUN(true, true)
-#undef TFRMSPROP_RUN
   return ffi::Error::Success();
+}
+
+ffi::Error Sparse(ffi::AnyBuffer hypers, ffi::AnyBuffer values,
+                  Indices indices, ffi::AnyBuffer var,
+                  ffi::AnyBuffer ms, ffi::AnyBuffer mg, ffi::AnyBuffer mom,
+                  ffi::Result<ffi::AnyBuffer> first,
+                  ffi::Result<Indices> unique,
+                  ffi::Result<ffi::AnyBuffer> ms_out,
+                  ffi::Result<ffi::AnyBuffer> mg_out,
+                  ffi::Result<ffi::AnyBuffer> mom_out, bool centered,
+                  bool apply) {
+  TFRMSPROP_RETURN_IF_ERROR(CheckHypers(hypers));
+  const ffi::DataType type = hypers.element_type();
+  return DispatchFloat(type, [&](auto zero) {
+    using T = decltype(zero);
+    if constexpr (std::is_same_v<T, float>) {
+      if (!HasPacketRsqrt()) {
+        return Invalid("the float32 sparse kernel needs AVX (TF's packet "
+                       "rsqrt).");
+      }
+    }
+    TFRMSPROP_RETURN_IF_ERROR(CheckSparse(
+        type, values, indices, var, ms, mg, mom, *first, *unique, *ms_out,
+        *mg_out, *mom_out, centered, apply));
+    const auto table = ms.dimensions();
+    const std::int64_t num_rows = table[0];
+    std::size_t width = 1;  // Elements per row (an empty table has rows too).
+    for (std::size_t d = 1; d < table.size(); ++d) width *= table[d];
+    const std::size_t n = indices.element_count();
+    const Hypers<T> h = ReadHypers<T>(hypers);
+    const T* gp = values.typed_data<T>();
+    const std::int32_t* ip = indices.typed_data();
+    // The variable and slots are read through their results, which XLA
+    // aliases to the operands (copying first if it cannot donate them).
+    T* out = first->typed_data<T>();
+    std::int32_t* unique_p = apply ? nullptr : unique->typed_data();
+    T* ms_p = ms_out->typed_data<T>();
+    T* mg_p = centered ? mg_out->typed_data<T>() : nullptr;
+    T* mom_p = mom_out->typed_data<T>();
+    return DispatchFlags(
+        [&](auto kCentered, auto kApply) {
+          RunRows<T, kCentered, kApply>(gp, ip, n, num_rows, width, out,
+                                        unique_p, ms_p, mg_p, mom_p, h);
+          return ffi::Error::Success();
+        },
+        centered, apply);
+  });
 }
 
 }  // namespace
 }  // namespace tfrmsprop
 
-// Whether this CPU can run the float32 handler (x86-64 with AVX); elsewhere
-// the package keeps float32 sparse leaves on the jnp path.
+// Whether this CPU can run float32 leaves (x86-64 with AVX, for TF's packet
+// rsqrt); elsewhere the package keeps float32 sparse leaves on the jnp path.
 extern "C" int TfRmspropSparseF32Supported() {
   return tfrmsprop::HasPacketRsqrt() ? 1 : 0;
 }
 
+// An absent optional operand or result is an empty array of the leaf dtype.
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
-    TfRmspropSparseF32,
-    (tfrmsprop::SparseImpl<float, ffi::DataType::F32>),
+    TfRmspropSparse, tfrmsprop::Sparse,
     ffi::Ffi::Bind()
-        .RemainingArgs()
-        .RemainingRets()
+        // [lr, rho, 1 - rho, momentum, epsilon] in the leaf dtype, float32 or
+        // float64 (tfrmsprop.h::HyperIndex); its dtype picks the loops.
+        .Arg<ffi::AnyBuffer>()
+        // values: the clipped gradient rows (n, *table[1:]), duplicates
+        // allowed.
+        .Arg<ffi::AnyBuffer>()
+        // indices: (n,) rows of the table in [0, num_rows]; num_rows marks
+        // an invalid index, which changes nothing.
+        .Arg<tfrmsprop::Indices>()
+        // var: the variable (apply), else empty.
+        .Arg<ffi::AnyBuffer>()
+        // ms: the ms slot, (num_rows, ...); its shape is the table's.
+        .Arg<ffi::AnyBuffer>()
+        // mg: the mg slot (centered), else empty.
+        .Arg<ffi::AnyBuffer>()
+        // mom: the mom slot.
+        .Arg<ffi::AnyBuffer>()
+        // The new variable (apply, aliased to var), else the update rows
+        // (n, *table[1:]): -mom on the distinct indices, then -0 padding.
+        .Ret<ffi::AnyBuffer>()
+        // The distinct indices (n,) of the update rows, padded with
+        // num_rows (not apply), else empty.
+        .Ret<tfrmsprop::Indices>()
+        // The new ms, aliased to ms.
+        .Ret<ffi::AnyBuffer>()
+        // The new mg (centered, aliased to mg), else empty.
+        .Ret<ffi::AnyBuffer>()
+        // The new mom, aliased to mom.
+        .Ret<ffi::AnyBuffer>()
+        // The mg slot is present (P8; else P7).
         .Attr<bool>("centered")
-        .Attr<bool>("apply"));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(
-    TfRmspropSparseF64,
-    (tfrmsprop::SparseImpl<double, ffi::DataType::F64>),
-    ffi::Ffi::Bind()
-        .RemainingArgs()
-        .RemainingRets()
-        .Attr<bool>("centered")
+        // Update var in place instead of returning the update rows.
         .Attr<bool>("apply"));
