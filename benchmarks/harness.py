@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from importlib import metadata
-from typing import Callable, Optional
+from typing import Callable
 
 
 # Environment of every suite and worker process: Keras 3 on the JAX backend
@@ -20,7 +20,7 @@ WORKER_ENV = {"KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 def time_interleaved(steps: dict, *, warmup: int, min_reps: int,
                      max_reps: int, budget_s: float,
-                     calls_per_rep: int = 1, clocks: Optional[dict] = None):
+                     calls_per_rep: int = 1, clocks: dict | None = None):
   """Times ``steps`` round-robin; returns ``{name: [seconds per call]}``.
 
   Each round runs every step ``calls_per_rep`` times in a row, starting one

@@ -45,13 +45,13 @@ from benchmarks import harness
 from benchmarks.contenders import Unavailable
 
 MLPS = {
-    "16-32-10": [(16, 32), (32,), (32, 10), (10,)],
-    "64-64-64-10": [(64, 64), (64,), (64, 64), (64,), (64, 10), (10,)],
+  "16-32-10": [(16, 32), (32,), (32, 10), (10,)],
+  "64-64-64-10": [(64, 64), (64,), (64, 64), (64,), (64, 10), (10,)],
 }
 TRAIN_MODELS = {
-    "64-64-64-10": [64, 64, 64, 10],
-    "784-64-64-10": [784, 64, 64, 10],
-    "32x16 (64 Variables)": [16] * 33,
+  "64-64-64-10": [64, 64, 64, 10],
+  "784-64-64-10": [784, 64, 64, 10],
+  "32x16 (64 Variables)": [16] * 33,
 }
 BENCHMARK_MLP = "64-64-64-10"
 CONFIG = dict(learning_rate=0.001, momentum=0.9, centered=True)
@@ -63,11 +63,24 @@ TF_FUNCTION = "tf_keras tf.function"
 
 def _settings(small: bool) -> dict:
   if small:
-    return dict(calls_per_rep=10, warmup=1, reps=3, pair_reps=5,
-                mlps=list(MLPS)[:1], train=list(TRAIN_MODELS)[:1],
-                train_calls=5)
-  return dict(calls_per_rep=100, warmup=2, reps=21, pair_reps=61,
-              mlps=list(MLPS), train=list(TRAIN_MODELS), train_calls=20)
+    return dict(
+      calls_per_rep=10,
+      warmup=1,
+      reps=3,
+      pair_reps=5,
+      mlps=list(MLPS)[:1],
+      train=list(TRAIN_MODELS)[:1],
+      train_calls=5,
+    )
+  return dict(
+    calls_per_rep=100,
+    warmup=2,
+    reps=21,
+    pair_reps=61,
+    mlps=list(MLPS),
+    train=list(TRAIN_MODELS),
+    train_calls=20,
+  )
 
 
 # --- Part 1: the optimizer step with fixed gradients. ---
@@ -77,6 +90,7 @@ def _jax_steps(values, grads_np) -> dict:
   """The raw jitted step and the class' ``apply_gradients``."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
   import optax_tfrmsprop as otr  # pylint: disable=g-import-not-at-top
 
   grads = [jnp.asarray(g) for g in grads_np]
@@ -84,12 +98,18 @@ def _jax_steps(values, grads_np) -> dict:
   @jax.jit
   def raw_step(params, state, grads):
     return otr.rmsprop_apply(
-        params, grads, state, learning_rate=CONFIG["learning_rate"],
-        rho=0.9, momentum=CONFIG["momentum"])
+      params,
+      grads,
+      state,
+      learning_rate=CONFIG["learning_rate"],
+      rho=0.9,
+      momentum=CONFIG["momentum"],
+    )
 
   carry = [[jnp.asarray(v) for v in values]]
-  carry.append(otr.rmsprop_init(carry[0], centered=CONFIG["centered"],
-                                use_momentum=True))
+  carry.append(
+    otr.rmsprop_init(carry[0], centered=CONFIG["centered"], use_momentum=True)
+  )
 
   def raw():
     carry[:] = raw_step(carry[0], carry[1], grads)
@@ -122,9 +142,10 @@ def _tf_keras_steps(values, grads_np) -> dict:
     function_opt.apply_gradients(zip(grads, function_vars))
 
   return {
-      "tf_keras eager": lambda: eager_opt.apply_gradients(
-          zip(tf_grads, eager_vars)),
-      TF_FUNCTION: lambda: function_step(tf_grads),
+    "tf_keras eager": lambda: eager_opt.apply_gradients(
+      zip(tf_grads, eager_vars)
+    ),
+    TF_FUNCTION: lambda: function_step(tf_grads),
   }
 
 
@@ -154,8 +175,9 @@ def _init(widths: list, rng) -> list:
   values = []
   for fan_in, fan_out in zip(widths[:-1], widths[1:]):
     limit = np.sqrt(6.0 / (fan_in + fan_out))
-    values.append(rng.uniform(-limit, limit, (fan_in, fan_out)).astype(
-        np.float32))
+    values.append(
+      rng.uniform(-limit, limit, (fan_in, fan_out)).astype(np.float32)
+    )
     values.append(np.zeros(fan_out, np.float32))
   return values
 
@@ -165,6 +187,7 @@ def _jax_train_steps(values, batches) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
+
   import optax_tfrmsprop as otr  # pylint: disable=g-import-not-at-top
 
   batches = [(jnp.asarray(x), jnp.asarray(y)) for x, y in batches]
@@ -184,8 +207,12 @@ def _jax_train_steps(values, batches) -> dict:
   def raw_train(params, state, x, y):
     loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
     params, state = otr.rmsprop_apply(
-        params, grads, state, learning_rate=CONFIG["learning_rate"],
-        momentum=CONFIG["momentum"])
+      params,
+      grads,
+      state,
+      learning_rate=CONFIG["learning_rate"],
+      momentum=CONFIG["momentum"],
+    )
     return loss, params, state
 
   params = [jnp.asarray(v) for v in values]
@@ -202,8 +229,10 @@ def _jax_train_steps(values, batches) -> dict:
     jax.block_until_ready(carry[0])
 
   def make_class():
-    return ([otr.keras.Variable(v) for v in values],
-            otr.keras.RMSprop(**CONFIG))
+    return (
+      [otr.keras.Variable(v) for v in values],
+      otr.keras.RMSprop(**CONFIG),
+    )
 
   apply_vars, apply_opt = make_class()
 
@@ -224,8 +253,11 @@ def _jax_train_steps(values, batches) -> dict:
   def minimize():
     x, y = batch()
     min_opt.minimize(
-        lambda: optax.softmax_cross_entropy_with_integer_labels(
-            model(x), y).mean(), min_vars)
+      lambda: optax.softmax_cross_entropy_with_integer_labels(
+        model(x), y
+      ).mean(),
+      min_vars,
+    )
     jax.block_until_ready(min_vars[0].value)
 
   return {"raw train": raw, APPLY_GRAD: apply_with_grad, MINIMIZE: minimize}
@@ -278,10 +310,14 @@ def _timed(steps, settings, calls) -> list[dict]:
   machine the CPU times are the steadier ones.
   """
   times = harness.time_interleaved(
-      steps, warmup=settings["warmup"], min_reps=settings["reps"],
-      max_reps=settings["reps"], budget_s=0.0, calls_per_rep=calls,
-      clocks={"process CPU": time.process_time,
-              "thread CPU": time.thread_time})
+    steps,
+    warmup=settings["warmup"],
+    min_reps=settings["reps"],
+    max_reps=settings["reps"],
+    budget_s=0.0,
+    calls_per_rep=calls,
+    clocks={"process CPU": time.process_time, "thread CPU": time.thread_time},
+  )
   return [times[clock] for clock in CLOCKS]
 
 
@@ -290,8 +326,9 @@ def _collect(records, part, workload, steps, calls, makers, *args):
     try:
       steps.update(make(*args))
     except (ImportError, Unavailable) as e:
-      records.append(dict(part=part, mlp=workload, contender=framework,
-                          skipped=str(e)))
+      records.append(
+        dict(part=part, mlp=workload, contender=framework, skipped=str(e))
+      )
 
 
 def measure(small: bool) -> list:
@@ -303,51 +340,90 @@ def measure(small: bool) -> list:
     values = [rng.randn(*s).astype(np.float32) * 0.1 for s in MLPS[mlp]]
     grads = [rng.randn(*s).astype(np.float32) for s in MLPS[mlp]]
     steps = {}
-    _collect(records, "step", mlp, steps, settings["calls_per_rep"],
-             (("optax_tfrmsprop", _jax_steps), ("tf_keras", _tf_keras_steps),
-              ("keras3", _keras3_steps)), values, grads)
+    _collect(
+      records,
+      "step",
+      mlp,
+      steps,
+      settings["calls_per_rep"],
+      (
+        ("optax_tfrmsprop", _jax_steps),
+        ("tf_keras", _tf_keras_steps),
+        ("keras3", _keras3_steps),
+      ),
+      values,
+      grads,
+    )
     every = _timed(steps, settings, settings["calls_per_rep"])
     # The overhead from raw and class alone, in many short rounds, each
     # right after the other: a burst of load cancels out of the difference.
-    pair = _timed({RAW: steps[RAW], CLASS: steps[CLASS]},
-                  dict(settings, reps=settings["pair_reps"]),
-                  settings["calls_per_rep"])
+    pair = _timed(
+      {RAW: steps[RAW], CLASS: steps[CLASS]},
+      dict(settings, reps=settings["pair_reps"]),
+      settings["calls_per_rep"],
+    )
     for clock, times, paired in zip(CLOCKS, every, pair):
-      times["class - raw"] = [c - r for c, r in zip(paired[CLASS],
-                                                    paired[RAW])]
+      times["class - raw"] = [c - r for c, r in zip(paired[CLASS], paired[RAW])]
       _record(records, "step", mlp, times, settings["calls_per_rep"], clock)
   for model in settings["train"]:
     rng = np.random.RandomState(1)
     widths = TRAIN_MODELS[model]
     values = _init(widths, rng)
-    batches = [(rng.rand(BATCH, widths[0]).astype(np.float32),
-                rng.randint(0, widths[-1], BATCH).astype(np.int32))
-               for _ in range(BATCHES)]
+    batches = [
+      (
+        rng.rand(BATCH, widths[0]).astype(np.float32),
+        rng.randint(0, widths[-1], BATCH).astype(np.int32),
+      )
+      for _ in range(BATCHES)
+    ]
     steps = {}
-    _collect(records, "train", model, steps, settings["train_calls"],
-             (("optax_tfrmsprop", _jax_train_steps),
-              ("tf_keras", _tf_train_steps)), values, batches)
-    for clock, times in zip(CLOCKS, _timed(
-        steps, settings, settings["train_calls"])):
+    _collect(
+      records,
+      "train",
+      model,
+      steps,
+      settings["train_calls"],
+      (("optax_tfrmsprop", _jax_train_steps), ("tf_keras", _tf_train_steps)),
+      values,
+      batches,
+    )
+    for clock, times in zip(
+      CLOCKS, _timed(steps, settings, settings["train_calls"])
+    ):
       times["minimize / (apply + jit grad)"] = [
-          m / a for m, a in zip(times[MINIMIZE], times[APPLY_GRAD])]
-      _record(records, "train", model, times, settings["train_calls"],
-              clock)
+        m / a for m, a in zip(times[MINIMIZE], times[APPLY_GRAD])
+      ]
+      _record(records, "train", model, times, settings["train_calls"], clock)
   return records
 
 
 def _record(records, part, workload, times, calls, clock) -> None:
   for name, samples in times.items():
-    records.append(dict(part=part, mlp=workload, contender=name, clock=clock,
-                        step=harness.summary(samples), calls_per_rep=calls))
-  print(f"{part} {workload} ({clock}): " + ", ".join(
+    records.append(
+      dict(
+        part=part,
+        mlp=workload,
+        contender=name,
+        clock=clock,
+        step=harness.summary(samples),
+        calls_per_rep=calls,
+      )
+    )
+  print(
+    f"{part} {workload} ({clock}): "
+    + ", ".join(
       f"{k} {statistics.median(v) * (1 if '/' in k else 1e6):.2f}"
-      for k, v in times.items()), flush=True)
+      for k, v in times.items()
+    ),
+    flush=True,
+  )
 
 
 def _us(stats: dict) -> str:
-  return (f"{1e6 * stats['median']:.1f} ({1e6 * stats['min']:.1f}–"
-          f"{1e6 * stats['max']:.1f})")
+  return (
+    f"{1e6 * stats['median']:.1f} ({1e6 * stats['min']:.1f}–"
+    f"{1e6 * stats['max']:.1f})"
+  )
 
 
 def _ratio(stats: dict) -> str:
@@ -361,45 +437,68 @@ def _cell(stats: dict, contender: str) -> str:
 def markdown(records: list, info: dict, command: str) -> str:
   """The report: machine, command, both tables and the targets."""
   timed = [r for r in records if "step" in r]
-  by_key = {(r["part"], r["mlp"], r["contender"], r["clock"]): r["step"]
-            for r in timed}
+  by_key = {
+    (r["part"], r["mlp"], r["contender"], r["clock"]): r["step"] for r in timed
+  }
   median = lambda *key: by_key[key]["median"] if key in by_key else None
   lines = harness.report_head(
-      "Per-step cost of the Keras-style RMSprop class", command, info)
+    "Per-step cost of the Keras-style RMSprop class", command, info
+  )
   lines += [
-      f"`RMSprop({', '.join(f'{k}={v}' for k, v in CONFIG.items())})`, "
-      "float32. Times are per step in µs, median (min–max) over interleaved "
-      "rounds, by three clocks: wall time; the process' CPU time (all its "
-      "threads); and the calling thread's CPU time (the Python and the "
-      "dispatch, not what XLA computes on its own threads). CPU times do "
-      "not count waiting for a core held by another process, so they are "
-      "the steadier measures on a loaded machine. `x/class` and "
-      "`x/minimize` divide wall-time medians (> 1: x is slower).", ""]
+    f"`RMSprop({', '.join(f'{k}={v}' for k, v in CONFIG.items())})`, "
+    "float32. Times are per step in µs, median (min–max) over interleaved "
+    "rounds, by three clocks: wall time; the process' CPU time (all its "
+    "threads); and the calling thread's CPU time (the Python and the "
+    "dispatch, not what XLA computes on its own threads). CPU times do "
+    "not count waiting for a core held by another process, so they are "
+    "the steadier measures on a loaded machine. `x/class` and "
+    "`x/minimize` divide wall-time medians (> 1: x is slower).",
+    "",
+  ]
   for part, title, base, header in (
-      ("step", "Optimizer step (fixed gradients)", CLASS, "x/class"),
-      ("train", "Training step (the guide's loop: forward, backward, "
-       "update)", MINIMIZE, "x/minimize")):
+    ("step", "Optimizer step (fixed gradients)", CLASS, "x/class"),
+    (
+      "train",
+      "Training step (the guide's loop: forward, backward, update)",
+      MINIMIZE,
+      "x/minimize",
+    ),
+  ):
     rows = []
     for r in timed:
       if r["part"] != part or r["clock"] != "wall":
         continue
       name, workload = r["contender"], r["mlp"]
-      cpu = [by_key.get((part, workload, name, clock))
-             for clock in CLOCKS[1:]]
+      cpu = [by_key.get((part, workload, name, clock)) for clock in CLOCKS[1:]]
       ratio = "–"
       if "/" not in name and " - " not in name:
-        ratio = f"{r['step']['median'] / median(part, workload, base, 'wall'):.2f}"
-      rows.append([workload, name, _cell(r["step"], name)] +
-                  [_cell(c, name) if c else "–" for c in cpu] +
-                  [r["step"]["reps"], ratio])
+        ratio = (
+          f"{r['step']['median'] / median(part, workload, base, 'wall'):.2f}"
+        )
+      rows.append(
+        [workload, name, _cell(r["step"], name)]
+        + [_cell(c, name) if c else "–" for c in cpu]
+        + [r["step"]["reps"], ratio]
+      )
     if rows:
       lines += [f"## {title}", ""]
       if part == "train":
-        lines += [f"Batch {BATCH}, {BATCHES} batches of random data in "
-                  "turn.", ""]
-      lines += harness.table(["MLP" if part == "step" else "model",
-                              "contender", "wall µs", "process CPU µs",
-                              "thread CPU µs", "rounds", header], rows) + [""]
+        lines += [
+          f"Batch {BATCH}, {BATCHES} batches of random data in turn.",
+          "",
+        ]
+      lines += harness.table(
+        [
+          "MLP" if part == "step" else "model",
+          "contender",
+          "wall µs",
+          "process CPU µs",
+          "thread CPU µs",
+          "rounds",
+          header,
+        ],
+        rows,
+      ) + [""]
   lines += harness.skipped_lines(records)
   targets = []
   for mlp in (BENCHMARK_MLP, "16-32-10"):
@@ -407,31 +506,48 @@ def markdown(records: list, info: dict, command: str) -> str:
       continue
     for clock in CLOCKS:
       overhead = median("step", mlp, "class - raw", clock)
-      targets.append((15, "the class adds <= 40 µs per step over the raw "
-                      f"jitted step ({mlp} MLP, {clock} time)",
-                      f"{1e6 * overhead:.1f} µs", overhead <= 40e-6))
+      targets.append(
+        (
+          15,
+          "the class adds <= 40 µs per step over the raw "
+          f"jitted step ({mlp} MLP, {clock} time)",
+          f"{1e6 * overhead:.1f} µs",
+          overhead <= 40e-6,
+        )
+      )
     break
   for model in TRAIN_MODELS:
     ratio = median("train", model, "minimize / (apply + jit grad)", "wall")
     if ratio is not None:
-      targets.append((15, "`minimize` <= 1.3x `apply_gradients` + jitted "
-                      f"`value_and_grad` ({model})", f"{ratio:.2f}x",
-                      ratio <= 1.3))
+      targets.append(
+        (
+          15,
+          "`minimize` <= 1.3x `apply_gradients` + jitted "
+          f"`value_and_grad` ({model})",
+          f"{ratio:.2f}x",
+          ratio <= 1.3,
+        )
+      )
   tf_function = median("train", BENCHMARK_MLP, TF_FUNCTION, "wall")
   minimize = median("train", BENCHMARK_MLP, MINIMIZE, "wall")
   if tf_function is not None and minimize is not None:
-    targets.append((15, "`minimize` faster than tf_keras in `tf.function` "
-                    f"({BENCHMARK_MLP})",
-                    f"{1e6 * minimize:.0f} vs {1e6 * tf_function:.0f} µs",
-                    minimize < tf_function))
+    targets.append(
+      (
+        15,
+        f"`minimize` faster than tf_keras in `tf.function` ({BENCHMARK_MLP})",
+        f"{1e6 * minimize:.0f} vs {1e6 * tf_function:.0f} µs",
+        minimize < tf_function,
+      )
+    )
   if targets:
     lines += harness.targets_table(targets)
   return "\n".join(lines)
 
 
 def main(argv=None) -> int:
-  return harness.run_suite("keras_wrapper_overhead",
-                           __doc__.splitlines()[0], measure, markdown, argv)
+  return harness.run_suite(
+    "keras_wrapper_overhead", __doc__.splitlines()[0], measure, markdown, argv
+  )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Hyperparameters (float32 Variables, assignable between steps), ``Variable``
 compiled gradient of ``minimize``.
 """
 
+import functools
 import gc
 import itertools
 import threading
@@ -24,6 +25,7 @@ from optax_tfrmsprop.keras import Variable
 
 def _tf():
   from tests import tf_reference  # pylint: disable=g-import-not-at-top
+
   return tf_reference.tf, tf_reference.tf_keras
 
 
@@ -36,8 +38,7 @@ def _assert_bits_equal(actual, expected):
 def _problem(seed, steps, shapes=((3, 4), (4,)), dtype=np.float32):
   rng = np.random.RandomState(seed)
   values = [rng.randn(*s).astype(dtype) for s in shapes]
-  grads = [[rng.randn(*s).astype(dtype) for s in shapes]
-           for _ in range(steps)]
+  grads = [[rng.randn(*s).astype(dtype) for s in shapes] for _ in range(steps)]
   return values, grads
 
 
@@ -61,14 +62,14 @@ def count_traces(monkeypatch):
 def _assignments(schedule):
   """Between-step changes a TF user makes, by step index."""
   return {
-      2: lambda o: setattr(o, "lr", 0.05),
-      4: lambda o: o.lr.assign(0.02),
-      5: lambda o: setattr(o, "rho", 0.8),
-      6: lambda o: o.momentum.assign(0.3),
-      7: lambda o: setattr(o, "learning_rate", schedule),
-      9: lambda o: setattr(o, "learning_rate", 0.01),
-      10: lambda o: setattr(o, "epsilon", 1e-4),
-      11: lambda o: setattr(o, "decay", 0.5),  # TF: changes nothing.
+    2: lambda o: setattr(o, "lr", 0.05),
+    4: lambda o: o.lr.assign(0.02),
+    5: lambda o: setattr(o, "rho", 0.8),
+    6: lambda o: o.momentum.assign(0.3),
+    7: lambda o: setattr(o, "learning_rate", schedule),
+    9: lambda o: setattr(o, "learning_rate", 0.01),
+    10: lambda o: setattr(o, "epsilon", 1e-4),
+    11: lambda o: setattr(o, "decay", 0.5),  # TF: changes nothing.
   }
 
 
@@ -80,26 +81,35 @@ def _run_with_assignments(opt, variables, grads, schedule):
     opt.apply_gradients(zip(step_grads, variables))
 
 
-@pytest.mark.parametrize("config", [
+@pytest.mark.parametrize(
+  "config",
+  [
     dict(momentum=0.9, centered=True, decay=0.01),
     dict(momentum=0.5),
-])
+  ],
+)
 def test_hyperparameter_assignments_between_steps_match_tf(
-    config, count_traces):
+  config, count_traces
+):
   tf, tf_keras = _tf()
   values, grads = _problem(0, 13, shapes=((5, 9), (9,)))  # Only used here.
   # PiecewiseConstantDecay: the same values in TF eager and in graphs.
   tf_vars = [tf.Variable(v) for v in values]
   tf_opt = tf_keras.optimizers.legacy.RMSprop(0.1, **config)
   _run_with_assignments(
-      tf_opt, tf_vars, grads,
-      tf_keras.optimizers.schedules.PiecewiseConstantDecay(
-          [8], [0.03, 0.015]))
+    tf_opt,
+    tf_vars,
+    grads,
+    tf_keras.optimizers.schedules.PiecewiseConstantDecay([8], [0.03, 0.015]),
+  )
   variables = [Variable(v) for v in values]
   opt = RMSprop(0.1, **config)
   _run_with_assignments(
-      opt, variables, grads,
-      otr.schedules.PiecewiseConstantDecay([8], [0.03, 0.015]))
+    opt,
+    variables,
+    grads,
+    otr.schedules.PiecewiseConstantDecay([8], [0.03, 0.015]),
+  )
   for ours, theirs in zip(variables, tf_vars):
     _assert_bits_equal(ours.numpy(), theirs.numpy())
   # New values reach the compiled step as arguments: one trace for the
@@ -115,7 +125,8 @@ def test_hyperparameters_are_float32_variables_like_tf():
   del tf
   ours = RMSprop(learning_rate=0.1, rho=0.85, momentum=0.5, decay=0.01)
   theirs = tf_keras.optimizers.legacy.RMSprop(
-      learning_rate=0.1, rho=0.85, momentum=0.5, decay=0.01)
+    learning_rate=0.1, rho=0.85, momentum=0.5, decay=0.01
+  )
   for name in ("learning_rate", "lr", "rho", "momentum", "decay"):
     assert name in dir(ours) and name in dir(theirs)
     a, b = getattr(ours, name), getattr(theirs, name)
@@ -129,8 +140,9 @@ def test_hyperparameters_are_float32_variables_like_tf():
   # Reading them created TF's hyper variables: the config now holds their
   # float32 values (TF's np.float32; JSON-safe Python floats here).
   assert ours.get_config() == {
-      k: float(v) if isinstance(v, np.floating) else v
-      for k, v in theirs.get_config().items()}
+    k: float(v) if isinstance(v, np.floating) else v
+    for k, v in theirs.get_config().items()
+  }
   assert ours.weights == [] and theirs.weights == []
   # TF's config holds np.float32 values now; they make Variables too.
   rebuilt = RMSprop(**theirs.get_config())
@@ -165,8 +177,9 @@ def test_a_variable_hyperparameter_is_read_at_every_step_like_tf(hyper):
   later = {"learning_rate": 0.0, "momentum": 0.0, "rho": 0.5}[hyper]
   # Without momentum for the learning rate: then lr = 0 stops the variables
   # (with momentum they coast on the momentum slot, in TF too).
-  config = dict(learning_rate=0.1,
-                momentum=0.0 if hyper == "learning_rate" else 0.5)
+  config = dict(
+    learning_rate=0.1, momentum=0.0 if hyper == "learning_rate" else 0.5
+  )
   tf_hyper = tf.Variable(start)
   tf_vars = [tf.Variable(v) for v in values]
   tf_opt = tf_keras.optimizers.legacy.RMSprop(**{**config, hyper: tf_hyper})
@@ -212,11 +225,20 @@ def test_variable_arithmetic_returns_jax_arrays_on_both_sides():
   x = np.arange(6, dtype=np.float32).reshape(2, 3)
   v = Variable(np.ones((3, 2), np.float32), name="w")
   results = {
-      "numpy @ v": x @ v, "v.T @ numpy.T": v.T @ x.T, "jax @ v": jnp.asarray(
-          x) @ v, "v + numpy": v + np.ones(2, np.float32),
-      "numpy scalar * v": np.float32(2.0) * v, "2 - v": 2 - v,
-      "v / v": v / v, "-v": -v, "v ** 2": v ** 2, "np.tanh(v)": np.tanh(v),
-      "v[0]": v[0], "v.value": v.value, "v == 1": v == 1}
+    "numpy @ v": x @ v,
+    "v.T @ numpy.T": v.T @ x.T,
+    "jax @ v": jnp.asarray(x) @ v,
+    "v + numpy": v + np.ones(2, np.float32),
+    "numpy scalar * v": np.float32(2.0) * v,
+    "2 - v": 2 - v,
+    "v / v": v / v,
+    "-v": -v,
+    "v ** 2": v**2,
+    "np.tanh(v)": np.tanh(v),
+    "v[0]": v[0],
+    "v.value": v.value,
+    "v == 1": v == 1,
+  }
   for what, result in results.items():
     assert isinstance(result, jax.Array), what
   np.testing.assert_array_equal(x @ v, x @ np.ones((3, 2), np.float32))
@@ -230,20 +252,35 @@ def test_variable_arithmetic_returns_jax_arrays_on_both_sides():
   assert {v.ref(): 1}[v.ref()] == 1 and v.ref().deref() is v
 
 
-@pytest.mark.parametrize("call", [
-    lambda v: jnp.sum(v), lambda v: jnp.tanh(v), lambda v: jax.nn.relu(v),
-    lambda v: jax.grad(lambda w: jnp.sum(w ** 2))(v),
+@pytest.mark.parametrize(
+  "call",
+  [
+    jnp.sum,
+    jnp.tanh,
+    jax.nn.relu,
+    jax.grad(lambda w: jnp.sum(w**2)),
     lambda v: jax.grad(lambda ws: jnp.sum(ws[0]))([v]),
-    lambda v: jax.jit(lambda w: w)(v), lambda v: np.add.reduce(v)],
-                         ids=["jnp.sum", "jnp.tanh", "jax.nn.relu", "jax.grad",
-                              "jax.grad of a list", "jax.jit", "np.add.reduce"])
+    jax.jit(lambda w: w),
+    np.add.reduce,
+  ],
+  ids=[
+    "jnp.sum",
+    "jnp.tanh",
+    "jax.nn.relu",
+    "jax.grad",
+    "jax.grad of a list",
+    "jax.jit",
+    "np.add.reduce",
+  ],
+)
 def test_jax_refuses_a_variable_with_an_error_that_says_value(call):
   v = Variable(np.ones(3, np.float32), name="v")
   with pytest.raises(TypeError, match=r"v\.value"):
     call(v)
   # The pattern the error gives works.
-  np.testing.assert_array_equal(jax.grad(lambda w: jnp.sum(w ** 2))(v.value),
-                                np.full(3, 2.0, np.float32))
+  np.testing.assert_array_equal(
+    jax.grad(lambda w: jnp.sum(w**2))(v.value), np.full(3, 2.0, np.float32)
+  )
 
 
 def test_numpy_matmul_inside_minimize_is_differentiated():
@@ -267,11 +304,12 @@ def test_constraints_run_after_each_dense_step_like_tf():
   tf, tf_keras = _tf()
   values, grads = _problem(5, 8)
   constraint = lambda w: jnp.clip(w, -0.5, 0.5)
-  tf_vars = [tf.Variable(values[0], constraint=lambda w: tf.clip_by_value(
-      w, -0.5, 0.5)), tf.Variable(values[1])]
+  tf_vars = [
+    tf.Variable(values[0], constraint=lambda w: tf.clip_by_value(w, -0.5, 0.5)),
+    tf.Variable(values[1]),
+  ]
   tf_opt = tf_keras.optimizers.legacy.RMSprop(0.05, momentum=0.9)
-  variables = [Variable(values[0], constraint=constraint),
-               Variable(values[1])]
+  variables = [Variable(values[0], constraint=constraint), Variable(values[1])]
   opt = RMSprop(0.05, momentum=0.9)
   for step_grads in grads:
     tf_opt.apply_gradients(zip(step_grads, tf_vars))
@@ -287,16 +325,20 @@ def test_a_sparse_gradient_of_a_constrained_variable_raises_like_tf():
   tf, tf_keras = _tf()
   rows = np.ones((1, 2), np.float32)
   tf_table = tf.Variable(np.ones((4, 2), np.float32), constraint=lambda w: w)
-  with pytest.raises(RuntimeError, match="Cannot use a constraint function "
-                     "on a sparse variable"):
-    tf_keras.optimizers.legacy.RMSprop().apply_gradients([(tf.IndexedSlices(
-        tf.constant(rows), tf.constant([1])), tf_table)])
+  with pytest.raises(
+    RuntimeError, match="Cannot use a constraint function on a sparse variable"
+  ):
+    tf_keras.optimizers.legacy.RMSprop().apply_gradients(
+      [(tf.IndexedSlices(tf.constant(rows), tf.constant([1])), tf_table)]
+    )
   table = Variable(np.ones((4, 2), np.float32), constraint=lambda w: w)
   opt = RMSprop()
-  with pytest.raises(RuntimeError, match="Cannot use a constraint function "
-                     "on a sparse variable"):
-    opt.apply_gradients([(otr.IndexedSlices(rows, np.array([1]), (4, 2)),
-                          table)])
+  with pytest.raises(
+    RuntimeError, match="Cannot use a constraint function on a sparse variable"
+  ):
+    opt.apply_gradients(
+      [(otr.IndexedSlices(rows, np.array([1]), (4, 2)), table)]
+    )
   assert opt.weights == []
 
 
@@ -312,36 +354,47 @@ def test_gradient_aggregator_and_transformers_match_tf():
     def aggregate(grads_and_vars):
       calls[who] += 1
       return list(grads_and_vars)
+
     return aggregate
 
   double = lambda gv: [(2.0 * g, v) for g, v in gv]
-  halve_first = lambda gv: [(g * 0.5 if i == 0 else g, v)
-                            for i, (g, v) in enumerate(gv)]
+  halve_first = lambda gv: [
+    (g * 0.5 if i == 0 else g, v) for i, (g, v) in enumerate(gv)
+  ]
   tf_vars = [tf.Variable(v) for v in values]
   tf_opt = tf_keras.optimizers.legacy.RMSprop(
-      0.01, momentum=0.5, gradient_aggregator=aggregator("tf"),
-      gradient_transformers=[double, halve_first])
+    0.01,
+    momentum=0.5,
+    gradient_aggregator=aggregator("tf"),
+    gradient_transformers=[double, halve_first],
+  )
   variables = [Variable(v) for v in values]
-  opt = RMSprop(0.01, momentum=0.5, gradient_aggregator=aggregator("ours"),
-                gradient_transformers=[double, halve_first])
+  opt = RMSprop(
+    0.01,
+    momentum=0.5,
+    gradient_aggregator=aggregator("ours"),
+    gradient_transformers=[double, halve_first],
+  )
   for step_grads in grads:
     tf_opt.apply_gradients(zip(step_grads, tf_vars))
     opt.apply_gradients(zip(step_grads, variables))
   for ours, theirs in zip(variables, tf_vars):
     _assert_bits_equal(ours.numpy(), theirs.numpy())
   assert calls == {"tf": 5, "ours": 5}
-  opt.apply_gradients(zip(grads[0], variables),
-                      experimental_aggregate_gradients=False)
+  opt.apply_gradients(
+    zip(grads[0], variables), experimental_aggregate_gradients=False
+  )
   assert calls["ours"] == 5
   assert opt.get_config() == {
-      k: float(v) if isinstance(v, np.floating) else v
-      for k, v in tf_opt.get_config().items()}
+    k: float(v) if isinstance(v, np.floating) else v
+    for k, v in tf_opt.get_config().items()
+  }
   for clip in ("clipnorm", "clipvalue", "global_clipnorm"):
-    message = (f"`{clip}` cannot be set when `gradient_transformers` is "
-               "set")
+    message = f"`{clip}` cannot be set when `gradient_transformers` is set"
     with pytest.raises(ValueError, match=message):
       tf_keras.optimizers.legacy.RMSprop(
-          gradient_transformers=[double], **{clip: 1.0})
+        gradient_transformers=[double], **{clip: 1.0}
+      )
     with pytest.raises(ValueError, match=message):
       RMSprop(gradient_transformers=[double], **{clip: 1.0})
     with pytest.raises(ValueError, match=message):
@@ -389,7 +442,7 @@ def test_threads_serialise_their_steps():
     try:
       for _ in range(300):
         opt.apply_gradients(zip(grads[0], variables))
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:  # noqa: BLE001 (reported by the main thread)
       errors.append(e)
 
   threads = [threading.Thread(target=steps) for _ in range(2)]
@@ -417,19 +470,25 @@ def test_an_out_of_range_sparse_index_raises_like_tf(momentum):
   indices = np.array([7, 1], np.int32)
   tf_table = tf.Variable(np.ones((4, 2), np.float32))
   tf_opt = tf_keras.optimizers.legacy.RMSprop(0.1, momentum=momentum)
-  with pytest.raises(tf.errors.InvalidArgumentError,
-                     match=r"7 .*(is not in \[0, 4\)|out of range)"):
-    tf_opt.apply_gradients([(tf.IndexedSlices(
-        tf.constant(rows), tf.constant(indices)), tf_table)])
+  with pytest.raises(
+    tf.errors.InvalidArgumentError,
+    match=r"7 .*(is not in \[0, 4\)|out of range)",
+  ):
+    tf_opt.apply_gradients(
+      [(tf.IndexedSlices(tf.constant(rows), tf.constant(indices)), tf_table)]
+    )
   table = Variable(np.ones((4, 2), np.float32))
   other = Variable(np.ones(3, np.float32))
   opt = RMSprop(0.1, momentum=momentum)
   opt.apply_gradients([(np.ones(3, np.float32), other)])
   before, other_before = opt.get_weights(), other.numpy()
   with pytest.raises(ValueError, match=r"indices\[0\] = 7 is not in \[0, 4\)"):
-    opt.apply_gradients([
+    opt.apply_gradients(
+      [
         (np.ones(3, np.float32), other),
-        (otr.IndexedSlices(rows, indices, (4, 2)), table)])
+        (otr.IndexedSlices(rows, indices, (4, 2)), table),
+      ]
+    )
   assert int(opt.iterations) == 1 and len(opt.weights) == len(before)
   np.testing.assert_array_equal(table.numpy(), np.ones((4, 2), np.float32))
   _assert_bits_equal(other.numpy(), other_before)
@@ -444,10 +503,17 @@ def _mlp(seed=8, widths=(5, 4, 3)):
   rng = np.random.RandomState(seed)
   values = []
   for fan_in, fan_out in zip(widths[:-1], widths[1:]):
-    values += [rng.randn(fan_in, fan_out).astype(np.float32) * 0.5,
-               rng.randn(fan_out).astype(np.float32) * 0.1]
-  batches = [(rng.randn(6, widths[0]).astype(np.float32),
-              rng.randn(6, widths[-1]).astype(np.float32)) for _ in range(4)]
+    values += [
+      rng.randn(fan_in, fan_out).astype(np.float32) * 0.5,
+      rng.randn(fan_out).astype(np.float32) * 0.1,
+    ]
+  batches = [
+    (
+      rng.randn(6, widths[0]).astype(np.float32),
+      rng.randn(6, widths[-1]).astype(np.float32),
+    )
+    for _ in range(4)
+  ]
   return values, batches
 
 
@@ -460,11 +526,11 @@ def _reference(values, batches, config):
   """``apply_gradients`` with ``jax.grad`` of the same loss."""
   variables = [Variable(v) for v in values]
   opt = RMSprop(**config)
-  grad = jax.jit(jax.grad(
-      lambda w, x, y: jnp.mean((_forward(w, x) - y) ** 2)))
+  grad = jax.jit(jax.grad(lambda w, x, y: jnp.mean((_forward(w, x) - y) ** 2)))
   for x, y in batches:
-    opt.apply_gradients(zip(grad([v.value for v in variables], x, y),
-                            variables))
+    opt.apply_gradients(
+      zip(grad([v.value for v in variables], x, y), variables)
+    )
   return variables
 
 
@@ -480,8 +546,11 @@ def test_minimize_traces_once_and_sees_new_data_every_step():
   # 1. A new lambda per step closing over the batch (closure cells).
   variables, opt = [Variable(v) for v in values], RMSprop(**config)
   for x, y in batches * 3:
-    opt.minimize(lambda: jnp.mean((_forward(variables, x) - y) ** 2),
-                 variables)
+    # The point: the loop's current x and y, read at every call.
+    opt.minimize(
+      lambda: jnp.mean((_forward(variables, x) - y) ** 2),  # noqa: B023
+      variables,
+    )
   runs["closure"] = (variables, opt)
 
   # 2. One loss reading module-level names that change.
@@ -508,8 +577,9 @@ def test_minimize_traces_once_and_sees_new_data_every_step():
     assert int(opt.iterations) == 12
     for ours, reference in zip(variables, expected):
       # One compiled program vs another: equal up to XLA's fusion choices.
-      np.testing.assert_allclose(ours.numpy(), reference.numpy(),
-                                 rtol=2e-6, atol=1e-7, err_msg=name)
+      np.testing.assert_allclose(
+        ours.numpy(), reference.numpy(), rtol=2e-6, atol=1e-7, err_msg=name
+      )
 
 
 def test_minimize_traces_again_only_when_the_loss_or_variables_change():
@@ -543,8 +613,7 @@ def test_minimize_gradients_are_none_where_tf_gives_none():
   counter = Variable(3, name="counter")  # int32: no gradient, as in TF.
   opt = RMSprop(0.01)
   x, y = batches[0]
-  loss = lambda: (jnp.mean((_forward(variables, x) - y) ** 2)
-                  + 0.0 * counter)
+  loss = lambda: jnp.mean((_forward(variables, x) - y) ** 2) + 0.0 * counter
   with pytest.warns(UserWarning, match=r"\['unused:0', 'counter:0'\]"):
     opt.minimize(loss, variables + [unused, counter])
   with pytest.raises(KeyError):
@@ -572,7 +641,7 @@ def test_minimize_with_python_control_flow_on_values_differentiates_eagerly():
 
   def loss():
     if var > 0:  # Needs a concrete value: not traceable.
-      return var ** 2
+      return var**2
     return -var
 
   for _ in range(3):
@@ -593,32 +662,38 @@ def test_minimize_grad_loss_and_partial_losses():
 
   variables = [Variable(v) for v in values]
   opt = RMSprop(0.01)
-  import functools  # pylint: disable=g-import-not-at-top
+
   for xb, yb in batches:
-    opt.minimize(functools.partial(loss_of, variables, xb, yb), variables,
-                 grad_loss=np.array([1.0, 2.0, 0.5], np.float32))
+    opt.minimize(
+      functools.partial(loss_of, variables, xb, yb),
+      variables,
+      grad_loss=np.array([1.0, 2.0, 0.5], np.float32),
+    )
   assert opt._gradient_cache.traces == 1  # pylint: disable=protected-access
   expected = [Variable(v) for v in values]
   reference = RMSprop(0.01)
   for xb, yb in batches:
-    _, vjp = jax.vjp(lambda w: loss_of(w, xb, yb),
-                     [v.value for v in expected])
+    _, vjp = jax.vjp(
+      functools.partial(loss_of, x=xb, y=yb), [v.value for v in expected]
+    )
     (grads,) = vjp(jnp.array([1.0, 2.0, 0.5], jnp.float32))
     reference.apply_gradients(zip(grads, expected))
   for ours, theirs in zip(variables, expected):
-    np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=2e-6,
-                               atol=1e-7)
+    np.testing.assert_allclose(
+      ours.numpy(), theirs.numpy(), rtol=2e-6, atol=1e-7
+    )
 
 
 def test_tf_docstring_example_and_steps_through_minimize_never_retrace(
-    count_traces):
+  count_traces,
+):
   lr = itertools.cycle([0.1, 0.05, 0.02])
   opt = RMSprop(learning_rate=lambda: next(lr), momentum=0.5)
   var = Variable(np.full((1, 3), 10.0, np.float32))  # Only used here.
   with warnings.catch_warnings():
     warnings.simplefilter("error")
     for _ in range(6):
-      opt.minimize(lambda: jnp.sum(var ** 2) / 2.0, [var])
+      opt.minimize(lambda: jnp.sum(var**2) / 2.0, [var])
   assert len(count_traces) == 1 and int(opt.iterations) == 6
 
 
@@ -639,8 +714,9 @@ def test_float16_variables_with_a_new_epsilon_match_tf():
     _assert_bits_equal(ours.numpy(), theirs.numpy())
 
 
-@pytest.mark.parametrize("rounding, backend", [("tf_xla", "auto"),
-                                               ("tf_cpu", "xla")])
+@pytest.mark.parametrize(
+  "rounding, backend", [("tf_xla", "auto"), ("tf_cpu", "xla")]
+)
 def test_rounding_and_backend_reach_the_core(rounding, backend):
   values, grads = _problem(10, 5)
   config = dict(learning_rate=0.01, momentum=0.9, centered=True)
@@ -665,14 +741,17 @@ def test_rounding_and_backend_reach_the_core(rounding, backend):
 
 def test_a_deep_copy_is_an_independent_optimizer():
   import copy  # pylint: disable=g-import-not-at-top
+
   values, grads = _problem(11, 3)
   variables = [Variable(v) for v in values]
   opt = RMSprop(0.01, momentum=0.5)
   opt.apply_gradients(zip(grads[0], variables))
   twin = copy.deepcopy(opt)
   other = copy.deepcopy(variables)
-  assert all(a._unique_id != b._unique_id  # pylint: disable=protected-access
-             for a, b in zip(variables, other))
+  assert all(
+    a._unique_id != b._unique_id  # pylint: disable=protected-access
+    for a, b in zip(variables, other)
+  )
   twin.apply_gradients(zip(grads[1], variables))
   assert int(opt.iterations) == 1 and int(twin.iterations) == 2
   opt.apply_gradients(zip(grads[1], variables))
@@ -695,5 +774,6 @@ def test_minimize_with_gradient_transformers_transforms_its_gradients():
     grads = jax.grad(loss_of)([v.value for v in expected])
     reference.apply_gradients(zip([2.0 * g for g in grads], expected))
   for ours, theirs in zip(variables, expected):
-    np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=2e-6,
-                               atol=1e-7)
+    np.testing.assert_allclose(
+      ours.numpy(), theirs.numpy(), rtol=2e-6, atol=1e-7
+    )

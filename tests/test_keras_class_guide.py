@@ -1,4 +1,4 @@
-"""The port of TF's "Writing a training loop from scratch" in docs/keras_api.md runs.
+"""The port of TF's "training loop from scratch" in docs/keras_api.md runs.
 
 The block after ``<!-- guide-port -->`` runs as written; the TF script it
 ports, on the same weights and batches, ends where it ends (up to the two
@@ -19,7 +19,7 @@ _DOC = pathlib.Path(__file__).resolve().parents[1] / "docs" / "keras_api.md"
 
 def _blocks_after(marker: str) -> list[str]:
   text = _DOC.read_text()
-  tail = text[text.index(marker):]
+  tail = text[text.index(marker) :]
   return re.findall(r"```python\n(.*?)```", tail, flags=re.S)
 
 
@@ -33,7 +33,7 @@ def _run(source: str, namespace: dict) -> str:
 @pytest.mark.slow
 def test_the_guide_port_runs_and_trains_like_the_tf_script():
   port, minimize_variant = _blocks_after("<!-- guide-port -->")[:2]
-  setup = port[:port.index("epochs = 2")]
+  setup = port[: port.index("epochs = 2")]
   start = {}
   _run(setup, start)  # The initial weights and the batches.
   initial = [w.numpy() for w in start["trainable_weights"]]
@@ -44,7 +44,9 @@ def test_the_guide_port_runs_and_trains_like_the_tf_script():
   final = [w.numpy() for w in namespace["trainable_weights"]]
   assert int(namespace["optimizer"].iterations) == 2 * 32
 
-  from tests.tf_reference import tf, tf_keras  # pylint: disable=g-import-not-at-top
+  from tests.tf_reference import tf  # pylint: disable=g-import-not-at-top
+  from tests.tf_reference import tf_keras  # pylint: disable=g-import-not-at-top
+
   weights = [tf.Variable(w) for w in initial]
   optimizer = tf_keras.optimizers.legacy.RMSprop(learning_rate=1e-3)
   loss_fn = tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True)

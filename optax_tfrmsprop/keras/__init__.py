@@ -6,8 +6,8 @@ from optax_tfrmsprop._src.keras.variable import Variable
 from optax_tfrmsprop.keras import schedules
 
 __all__ = (
-    "OptimizerV2",
-    "RMSprop",
-    "Variable",
-    "schedules",
+  "OptimizerV2",
+  "RMSprop",
+  "Variable",
+  "schedules",
 )

@@ -29,12 +29,13 @@ class did before the cache existed.
 """
 
 import collections
+from collections.abc import Callable, Sequence
 import contextlib
 import functools
 import threading
 import types
+from typing import Any
 import warnings
-from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -48,10 +49,12 @@ _ARRAY_TYPES = (jax.Array, np.ndarray, np.generic)
 _VALUE_TYPES = (bool, int, float, complex, str, bytes, type(None))
 _CONTAINERS = (list, tuple, dict)
 # jax errors that mean "this Python needs concrete values".
-_CONCRETE_ERRORS = (jax.errors.ConcretizationTypeError,
-                    jax.errors.TracerArrayConversionError,
-                    jax.errors.TracerBoolConversionError,
-                    jax.errors.TracerIntegerConversionError)
+_CONCRETE_ERRORS = (
+  jax.errors.ConcretizationTypeError,
+  jax.errors.TracerArrayConversionError,
+  jax.errors.TracerBoolConversionError,
+  jax.errors.TracerIntegerConversionError,
+)
 
 
 class _UnknownRead(Exception):
@@ -115,8 +118,14 @@ class _Parts:
       statics.append(("variable", obj._unique_id))  # pylint: disable=protected-access
       return lambda it: obj
     if isinstance(obj, _ARRAY_TYPES):
-      statics.append(("array", np.shape(obj), np.result_type(obj),
-                      getattr(obj, "weak_type", False)))
+      statics.append(
+        (
+          "array",
+          np.shape(obj),
+          np.result_type(obj),
+          getattr(obj, "weak_type", False),
+        )
+      )
       self.leaves.append(obj)
       return next
     if isinstance(obj, _VALUE_TYPES):
@@ -150,8 +159,10 @@ class _Parts:
       args = [self._split(a) for a in fn.args]
       keywords = [self._split(fn.keywords[k]) for k in names]
       return lambda it: functools.partial(
-          func(it), *[a(it) for a in args],
-          **dict(zip(names, [k(it) for k in keywords])))
+        func(it),
+        *[a(it) for a in args],
+        **dict(zip(names, [k(it) for k in keywords])),
+      )
     if isinstance(fn, types.MethodType):
       statics.append(("method",))
       func = self._callable(fn.__func__)
@@ -178,10 +189,15 @@ class _Parts:
       kw_values = [k(it) for k in kw_parts]
       new_globals = dict(namespace)
       new_globals.update(zip(names, [g(it) for g in globals_]))
-      closure = tuple(types.CellType() if v is _EMPTY else types.CellType(v)
-                      for v in values) or None
-      new = types.FunctionType(code, new_globals, fn.__name__,
-                               default_values, closure)
+      closure = (
+        tuple(
+          types.CellType() if v is _EMPTY else types.CellType(v) for v in values
+        )
+        or None
+      )
+      new = types.FunctionType(
+        code, new_globals, fn.__name__, default_values, closure
+      )
       new.__kwdefaults__ = dict(zip(kw_names, kw_values)) or None
       return new
 
@@ -208,7 +224,8 @@ class _Entry:
     self.objects = parts.objects
     self.rebuild = parts.rebuild
     self.differentiable = [
-        jnp.issubdtype(v.dtype, jnp.inexact) for v in var_list]
+      jnp.issubdtype(v.dtype, jnp.inexact) for v in var_list
+    ]
     self.extras: list[Variable] = []  # Read, but not in var_list.
     self.used: list[bool] = []
     self.function = None  # (diff, fixed, leaves, grad_loss) -> used grads.
@@ -260,28 +277,32 @@ class _Entry:
 
   def _inputs(self, var_list):
     diff_vars, fixed_vars = self._split_vars(var_list)
-    return ([v._value for v in diff_vars],  # pylint: disable=protected-access
-            [v._value for v in fixed_vars])  # pylint: disable=protected-access
+    return (
+      [v._value for v in diff_vars],  # pylint: disable=protected-access
+      [v._value for v in fixed_vars],
+    )  # pylint: disable=protected-access
 
   def build(self, var_list, leaves) -> None:
     """Traces the loss, finds the Variables it reads, compiles the gradient."""
     diff, fixed = self._inputs(var_list)
     try:
       jaxpr = jax.make_jaxpr(
-          lambda d, l: self._loss(var_list, d, fixed, l, "add"))(diff, leaves)
+        lambda d, arrays: self._loss(var_list, d, fixed, arrays, "add")
+      )(diff, leaves)
     except _CONCRETE_ERRORS:
       self.eager = True
       return
     # A Variable whose value no equation uses gets TF's None gradient.
     referenced = {id(x) for eqn in jaxpr.jaxpr.eqns for x in eqn.invars}
     referenced |= {id(x) for x in jaxpr.jaxpr.outvars}
-    used = iter([id(x) in referenced for x in jaxpr.jaxpr.invars[:len(diff)]])
+    used = iter([id(x) in referenced for x in jaxpr.jaxpr.invars[: len(diff)]])
     self.used = [next(used) if d else False for d in self.differentiable]
     keep = [u for u, d in zip(self.used, self.differentiable) if d]
 
     def gradients(diff, fixed, leaves, grad_loss):
       out, vjp = jax.vjp(
-          lambda d: self._loss(var_list, d, fixed, leaves, "raise"), diff)
+        lambda d: self._loss(var_list, d, fixed, leaves, "raise"), diff
+      )
       (grads,) = vjp(_cotangent(out, grad_loss))
       return [g for g, k in zip(grads, keep) if k]
 
@@ -293,10 +314,12 @@ class _Entry:
     diff, fixed = self._inputs(var_list)
     return diff, fixed, list(leaves), grad_loss
 
-  def gradients(self, var_list, leaves, grad_loss) -> list[Optional[jax.Array]]:
+  def gradients(self, var_list, leaves, grad_loss) -> list[jax.Array | None]:
     if self.eager:
       return self._eager(var_list, leaves, grad_loss)
-    grads = iter(self.compiled(*self.inputs(var_list, leaves, grad_loss)))
+    compiled = self.compiled
+    assert compiled is not None  # Built unless eager.
+    grads = iter(compiled(*self.inputs(var_list, leaves, grad_loss)))
     return [next(grads) if u else None for u in self.used]
 
   def _eager(self, var_list, leaves, grad_loss):
@@ -320,9 +343,13 @@ class _Entry:
     del fixed
     out, vjp = jax.vjp(loss_of, diff)
     grads = iter(vjp(_cotangent(out, grad_loss))[0])
-    return [(g if v._unique_id in read else None) if d else None  # pylint: disable=protected-access
-            for v, d, g in ((v, d, next(grads) if d else None)
-                            for v, d in zip(var_list, self.differentiable))]
+    return [
+      (g if v._unique_id in read else None) if d else None  # pylint: disable=protected-access
+      for v, d, g in (
+        (v, d, next(grads) if d else None)
+        for v, d in zip(var_list, self.differentiable)
+      )
+    ]
 
 
 def _cotangent(out: jax.Array, grad_loss) -> jax.Array:
@@ -333,7 +360,7 @@ def _cotangent(out: jax.Array, grad_loss) -> jax.Array:
 
 
 class GradientCache:
-  """Compiled gradients of zero-argument losses, the least recently used dropped.
+  """Compiled gradients of zero-argument losses; the least recently used go.
 
   Args:
     maxsize: how many (loss, variable set) entries to keep.
@@ -353,8 +380,9 @@ class GradientCache:
     with self._lock:
       self._entries.clear()
 
-  def gradients(self, loss: Callable[[], Any], var_list: Sequence[Variable],
-                grad_loss=None) -> list[Optional[jax.Array]]:
+  def gradients(
+    self, loss: Callable[[], Any], var_list: Sequence[Variable], grad_loss=None
+  ) -> list[jax.Array | None]:
     """The gradients of ``loss()`` with respect to ``var_list``.
 
     Args:
@@ -366,12 +394,22 @@ class GradientCache:
       One gradient per Variable; ``None`` for a Variable the loss does not
       use or that is not floating-point (TF's ``None`` gradient).
     """
-    return self.run(loss, var_list, grad_loss,
-                    lambda entry, leaves, grad_loss: entry.gradients(
-                        var_list, leaves, grad_loss))
+    return self.run(
+      loss,
+      var_list,
+      grad_loss,
+      lambda entry, leaves, grad_loss: entry.gradients(
+        var_list, leaves, grad_loss
+      ),
+    )
 
-  def run(self, loss: Callable[[], Any], var_list: Sequence[Variable],
-          grad_loss, use: Callable[["_Entry", list, Any], Any]) -> Any:
+  def run(
+    self,
+    loss: Callable[[], Any],
+    var_list: Sequence[Variable],
+    grad_loss,
+    use: Callable[["_Entry", list, Any], Any],
+  ) -> Any:
     """``use(entry, leaves, grad_loss)`` with the entry of this loss.
 
     The entry is traced at the first call with a loss and variable set; if
@@ -391,8 +429,11 @@ class GradientCache:
       grad_loss = jnp.asarray(grad_loss)
     for attempt in range(3):
       parts = _Parts(loss)
-      key = (parts.key, tuple(v._unique_id for v in var_list),  # pylint: disable=protected-access
-             None if grad_loss is None else (grad_loss.shape, grad_loss.dtype))
+      key = (
+        parts.key,
+        tuple(v._unique_id for v in var_list),  # pylint: disable=protected-access
+        None if grad_loss is None else (grad_loss.shape, grad_loss.dtype),
+      )
       with self._lock:
         entry = self._entries.get(key)
         if entry is not None:
@@ -424,9 +465,11 @@ class GradientCache:
       count = self._traces_by_code[code]
     if code is not None and count == self._RETRACE_WARNING:
       warnings.warn(
-          f"minimize traced the loss {getattr(loss, '__qualname__', loss)} "
-          f"{count} times: something it names changes at every call (a "
-          "Python number, an object or a container's structure are part "
-          "of the compiled gradient's key; arrays and Variables are not), "
-          "or var_list does. Keep what changes in arrays or Variables.",
-          UserWarning, stacklevel=4)
+        f"minimize traced the loss {getattr(loss, '__qualname__', loss)} "
+        f"{count} times: something it names changes at every call (a "
+        "Python number, an object or a container's structure are part "
+        "of the compiled gradient's key; arrays and Variables are not), "
+        "or var_list does. Keep what changes in arrays or Variables.",
+        UserWarning,
+        stacklevel=4,
+      )

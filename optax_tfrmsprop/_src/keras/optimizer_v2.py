@@ -1,4 +1,4 @@
-"""The generic machinery of a tf_keras legacy optimizer (``OptimizerV2``), on JAX.
+"""Generic machinery of a tf_keras legacy optimizer (``OptimizerV2``), on JAX.
 
 :class:`OptimizerV2` holds what every optimizer of TF 2.0's
 ``tf.keras.optimizers`` shares: hyperparameters (float32 Variables, read and
@@ -11,11 +11,15 @@ declares its slots, prepares its hyperparameters and applies one step: see
 :class:`~optax_tfrmsprop.keras.RMSprop`.
 """
 
+from collections.abc import Callable, Iterable, Sequence
 import copy
 import functools
 import threading
+from typing import (
+  Any,
+  NamedTuple,
+)
 import warnings
-from typing import Any, Callable, Iterable, NamedTuple, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -34,7 +38,7 @@ _MAX_PLANS = 64
 
 
 class OptimizerV2:
-  """tf_keras' legacy ``OptimizerV2`` over :class:`Variable`\\ s.
+  """tf_keras' legacy ``OptimizerV2`` over Variables.
 
   Subclasses implement ``_create_slots(var_list)``, ``_prepare(var_list)``
   (the step's hyperparameters) and ``_apply_step(values, grads, slots,
@@ -62,29 +66,36 @@ class OptimizerV2:
     (True, 'RMSprop/learning_rate:0')
   """
 
-  def __init__(self, name: str,
-               gradient_aggregator: Optional[Callable[[list], list]] = None,
-               gradient_transformers: Optional[Sequence[Callable]] = None,
-               **kwargs):
+  def __init__(
+    self,
+    name: str,
+    gradient_aggregator: Callable[[list], list] | None = None,
+    gradient_transformers: Sequence[Callable] | None = None,
+    **kwargs,
+  ):
     for key, value in kwargs.items():
       if key not in _ALLOWED_KWARGS:
         raise TypeError(
-            "Unexpected keyword argument passed to optimizer: "
-            f"{key}. Allowed kwargs are {set(_ALLOWED_KWARGS)}.")
+          "Unexpected keyword argument passed to optimizer: "
+          f"{key}. Allowed kwargs are {set(_ALLOWED_KWARGS)}."
+        )
       if value is not None and _is_negative(value):
         raise ValueError(f"Expected {key} >= 0, received: {value}")
       if key == "lr":
         warnings.warn(
-            "The `lr` argument is deprecated, use `learning_rate` instead.",
-            UserWarning, stacklevel=3)
+          "The `lr` argument is deprecated, use `learning_rate` instead.",
+          UserWarning,
+          stacklevel=3,
+        )
     object.__setattr__(self, "_hyper", {})
-    self._derived = None  # A subclass' cache, cleared by every __setattr__.
+    # A subclass' cache, cleared by every __setattr__.
+    self._derived: Any = None
     self._lock = threading.RLock()
     self._name = name
     self._slots: dict[int, dict[str, Variable]] = {}  # By Variable unique id.
     self._slot_names: list[str] = []
     self._weights: list[Variable] = []
-    self._iterations: Optional[Variable] = None
+    self._iterations: Variable | None = None
     self._initial_decay = kwargs.pop("decay", 0.0)
     self._hypers_created = False
     # One entry per variable set: its slot Variables and dtypes (see _plan).
@@ -97,22 +108,19 @@ class OptimizerV2:
       self._set_clip(key, kwargs.pop(key, None), check=False)
     if self.clipnorm is not None and self.global_clipnorm is not None:
       raise ValueError(
-          "Cannot accept both `clipnorm` and `global_clipnorm`. Received: "
-          f"`clipnorm`={self.clipnorm}, "
-          f"`global_clipnorm`={self.global_clipnorm}.")
+        "Cannot accept both `clipnorm` and `global_clipnorm`. Received: "
+        f"`clipnorm`={self.clipnorm}, "
+        f"`global_clipnorm`={self.global_clipnorm}."
+      )
 
   def __deepcopy__(self, memo):
     # As tf_keras: a copy of every attribute, but a lock of its own.
     new = type(self).__new__(type(self))
     memo[id(self)] = new
+    fresh = {"_lock": threading.RLock, "_gradient_cache": _new_cache}
     for key, value in self.__dict__.items():
-      if key == "_lock":
-        value = threading.RLock()
-      elif key == "_gradient_cache":
-        value = loss_gradients.GradientCache()
-      else:
-        value = copy.deepcopy(value, memo)
-      new.__dict__[key] = value
+      make = fresh.get(key)
+      new.__dict__[key] = make() if make else copy.deepcopy(value, memo)
     return new
 
   # -- Clip options: TF's properties.
@@ -120,26 +128,30 @@ class OptimizerV2:
   def _set_clip(self, name: str, value, check: bool = True) -> None:
     if value is not None and self.gradient_transformers:
       raise ValueError(
-          f"`{name}` cannot be set when `gradient_transformers` is set. "
-          "Instead, use the `gradient_transformers` to specify clipping and "
-          f"other transformations. Received: val={value}, "
-          f"gradient_transformers={self.gradient_transformers}.")
+        f"`{name}` cannot be set when `gradient_transformers` is set. "
+        "Instead, use the `gradient_transformers` to specify clipping and "
+        f"other transformations. Received: val={value}, "
+        f"gradient_transformers={self.gradient_transformers}."
+      )
     if check:
       self._check_hyperparameters(**{name: value})
     self._clip[name] = value
 
   clipnorm = property(
-      lambda self: self._clip["clipnorm"],
-      lambda self, value: self._set_clip("clipnorm", value),
-      doc="`float` or `None`. If set, clips gradients to a maximum norm.")
+    lambda self: self._clip["clipnorm"],
+    lambda self, value: self._set_clip("clipnorm", value),
+    doc="`float` or `None`. If set, clips gradients to a maximum norm.",
+  )
   clipvalue = property(
-      lambda self: self._clip["clipvalue"],
-      lambda self, value: self._set_clip("clipvalue", value),
-      doc="`float` or `None`. If set, clips gradients to a maximum value.")
+    lambda self: self._clip["clipvalue"],
+    lambda self, value: self._set_clip("clipvalue", value),
+    doc="`float` or `None`. If set, clips gradients to a maximum value.",
+  )
   global_clipnorm = property(
-      lambda self: self._clip["global_clipnorm"],
-      lambda self, value: self._set_clip("global_clipnorm", value),
-      doc="`float` or `None`. If set, clips gradients to a global norm.")
+    lambda self: self._clip["global_clipnorm"],
+    lambda self, value: self._set_clip("global_clipnorm", value),
+    doc="`float` or `None`. If set, clips gradients to a global norm.",
+  )
 
   def _check_hyperparameters(self, **changes) -> None:
     """Raises before a hyperparameter changes to an invalid value.
@@ -158,7 +170,8 @@ class OptimizerV2:
       return
     previous = self._hyper[name]
     if not isinstance(previous, Variable) or (
-        callable(value) and not isinstance(value, Variable)):
+      callable(value) and not isinstance(value, Variable)
+    ):
       # A schedule (TF) or a callable (TF cannot assign one into its
       # variable) replaces the hyperparameter.
       self._hyper[name] = value
@@ -173,7 +186,8 @@ class OptimizerV2:
       self._create_hypers()
     value = self._hyper[name]
     if callable(value) and not isinstance(
-        value, schedules.LearningRateSchedule):
+      value, schedules.LearningRateSchedule
+    ):
       value = value()
     return value
 
@@ -188,7 +202,8 @@ class OptimizerV2:
     for name, value in sorted(self._hyper.items()):
       if not (isinstance(value, (Variable, jax.Array)) or callable(value)):
         self._hyper[name] = self.add_weight(
-            name, shape=[], dtype=jnp.float32, initializer=value)
+          name, shape=[], dtype=jnp.float32, initializer=value
+        )
     self._hypers_created = True
 
   def __getattr__(self, name: str) -> Any:
@@ -199,7 +214,8 @@ class OptimizerV2:
       if key in hyper:
         return self._get_hyper(key)
     raise AttributeError(
-        f"'{type(self).__name__}' object has no attribute '{name}'")
+      f"'{type(self).__name__}' object has no attribute '{name}'"
+    )
 
   def __setattr__(self, name: str, value: Any) -> None:
     if name == "lr":
@@ -232,15 +248,17 @@ class OptimizerV2:
     return self._iterations
 
   @iterations.setter
-  def iterations(self, variable: Union[Variable, int]):
+  def iterations(self, variable: Variable | int):
     if self._iterations is not None:
       raise RuntimeError(
-          "Cannot set `iterations` to a new Variable after the Optimizer "
-          "weights have been created. Here it is attempting to set "
-          f"`iterations` to {variable}.")
+        "Cannot set `iterations` to a new Variable after the Optimizer "
+        "weights have been created. Here it is attempting to set "
+        f"`iterations` to {variable}."
+      )
     if not isinstance(variable, Variable):
-      variable = Variable(variable, name=f"{self._name}/iter",
-                          dtype=jnp.int32, trainable=False)
+      variable = Variable(
+        variable, name=f"{self._name}/iter", dtype=jnp.int32, trainable=False
+      )
     self._iterations = variable
     self._weights.append(variable)
 
@@ -253,8 +271,16 @@ class OptimizerV2:
     """Returns variables of this Optimizer based on the order created."""
     return list(self._weights)
 
-  def add_weight(self, name, shape, dtype=None, initializer="zeros",
-                 trainable=None, synchronization=None, aggregation=None):
+  def add_weight(
+    self,
+    name,
+    shape,
+    dtype=None,
+    initializer="zeros",
+    trainable=None,
+    synchronization=None,
+    aggregation=None,
+  ):
     """Creates a Variable named ``<optimizer>/<name>`` (not added to weights).
 
     Args:
@@ -273,12 +299,16 @@ class OptimizerV2:
     """
     del synchronization, aggregation
     dtype = jnp.float32 if dtype is None else dtype
-    return Variable(_initial_value(initializer, tuple(shape), dtype),
-                    name=f"{self._name}/{name}", dtype=dtype,
-                    trainable=bool(trainable))
+    return Variable(
+      _initial_value(initializer, tuple(shape), dtype),
+      name=f"{self._name}/{name}",
+      dtype=dtype,
+      trainable=bool(trainable),
+    )
 
-  def add_slot(self, var: Variable, slot_name: str, initializer="zeros",
-               shape=None) -> Variable:
+  def add_slot(
+    self, var: Variable, slot_name: str, initializer="zeros", shape=None
+  ) -> Variable:
     """Adds (or returns the existing) slot ``slot_name`` of ``var``.
 
     Slots are keyed by the Variable's unique id (TF's ``_unique_id``), never
@@ -302,9 +332,11 @@ class OptimizerV2:
       if slot_name not in slots:
         shape = var.shape if shape is None else tuple(shape)
         slots[slot_name] = Variable(
-            _initial_value(initializer, shape, var.dtype),
-            name=f"{self._name}/{var._shared_name}/{slot_name}",  # pylint: disable=protected-access
-            dtype=var.dtype, trainable=False)
+          _initial_value(initializer, shape, var.dtype),
+          name=f"{self._name}/{var._shared_name}/{slot_name}",  # pylint: disable=protected-access
+          dtype=var.dtype,
+          trainable=False,
+        )
         self._weights.append(slots[slot_name])
       return slots[slot_name]
 
@@ -314,9 +346,10 @@ class OptimizerV2:
       return self._slots[var._unique_id][slot_name]  # pylint: disable=protected-access
     except (KeyError, AttributeError):
       raise KeyError(
-          f"No slot {slot_name!r} for variable {getattr(var, 'name', var)}; "
-          f"slots are created at the first step or by build(). Slot names: "
-          f"{self._slot_names}.") from None
+        f"No slot {slot_name!r} for variable {getattr(var, 'name', var)}; "
+        f"slots are created at the first step or by build(). Slot names: "
+        f"{self._slot_names}."
+      ) from None
 
   def get_slot_names(self) -> list[str]:
     """A list of names for this optimizer's slots."""
@@ -351,11 +384,13 @@ class OptimizerV2:
 
   # -- Weights.
 
-  def get_weights(self) -> list[np.ndarray]:
+  def get_weights(self) -> list[Any]:
     """The optimizer's weights as numpy arrays: iterations (int64) first."""
     with self._lock:
-      return [np.int64(w.numpy()) if w is self._iterations else w.numpy()
-              for w in self._weights]
+      return [
+        np.int64(w.numpy()) if w is self._iterations else w.numpy()
+        for w in self._weights
+      ]
 
   def set_weights(self, weights: Sequence[Any]) -> None:
     """Sets the weights from a list in :meth:`get_weights`' (TF's) layout.
@@ -379,14 +414,16 @@ class OptimizerV2:
         return
       if params[0] is not self._iterations:
         raise ValueError(
-            "The optimizer's first weight must be its iterations: call "
-            "build(var_list) before adding slots by hand.")
+          "The optimizer's first weight must be its iterations: call "
+          "build(var_list) before adding slots by hand."
+        )
       others = params[1:]
       iterations, values = keras_weights.check_weights(
-          weights,
-          keras_weights.expected_signature([w.value for w in others]),
-          owner=self._name)
-      self._iterations.assign(iterations)
+        weights,
+        keras_weights.expected_signature([w.value for w in others]),
+        owner=self._name,
+      )
+      self.iterations.assign(iterations)
       for var, value in zip(others, values):
         var.assign(value)
 
@@ -434,8 +471,9 @@ class OptimizerV2:
     """
     raise NotImplementedError
 
-  def apply_gradients(self, grads_and_vars, name=None,
-                      experimental_aggregate_gradients=True):
+  def apply_gradients(
+    self, grads_and_vars, name=None, experimental_aggregate_gradients=True
+  ):
     """Apply gradients to variables.
 
     The gradients are aggregated (``gradient_aggregator``) and transformed
@@ -472,15 +510,21 @@ class OptimizerV2:
         return None
       if experimental_aggregate_gradients:
         pairs = self._aggregate_gradients(
-            self._transform_unaggregated_gradients(pairs))
+          self._transform_unaggregated_gradients(pairs)
+        )
       pairs = self._transform_gradients(pairs)
       grads, variables, values, key = _check_gradients(pairs)
       return self._step(
-          variables, key, lambda slots, iterations, prepared: self._apply_step(
-              values, grads, slots, iterations, prepared))
+        variables,
+        key,
+        lambda slots, iterations, prepared: self._apply_step(
+          values, grads, slots, iterations, prepared
+        ),
+      )
 
-  def _step(self, variables: list[Variable], key: tuple[int, ...],
-            update: Callable) -> Variable:
+  def _step(
+    self, variables: list[Variable], key: tuple[int, ...], update: Callable
+  ) -> Variable:
     """Creates the weights if new, updates, writes the results back.
 
     Args:
@@ -496,11 +540,14 @@ class OptimizerV2:
     if plan is None:
       _check_unique(variables)
       plan = self._plan(variables)  # Creates the weights, as TF does here.
+    iterations = self.iterations
     # Calls callables: may raise.
     prepared = self._prepare(variables, plan.dtypes)
     values, slots, count = update(
-        [[s._value for s in vs] for vs in plan.slots],  # pylint: disable=protected-access
-        self._iterations._value, prepared)  # pylint: disable=protected-access
+      [[s._value for s in vs] for vs in plan.slots],  # pylint: disable=protected-access
+      iterations._value,  # pylint: disable=protected-access
+      prepared,
+    )
     for var, value in zip(variables, values):
       var._value = value  # pylint: disable=protected-access
     for slot_vars, new in zip(plan.slots, slots):
@@ -509,23 +556,32 @@ class OptimizerV2:
     for var in variables:
       if var.constraint is not None:
         _apply_constraint(var)
-    self._iterations._value = count  # pylint: disable=protected-access
+    iterations._value = count  # pylint: disable=protected-access
     return Variable._wrap(count, f"{self._name}/iter")  # pylint: disable=protected-access
 
   def _plan(self, variables: list[Variable]) -> "_Plan":
     """Creates the weights of ``variables``; returns their slots and dtypes."""
     self.build(variables)
     plan = _Plan(
-        slots=[[self._slots[v._unique_id][n] for v in variables]  # pylint: disable=protected-access
-               for n in self._step_slot_names()],
-        dtypes=frozenset(np.dtype(v.dtype) for v in variables))
+      slots=[
+        [self._slots[v._unique_id][n] for v in variables]  # pylint: disable=protected-access
+        for n in self._step_slot_names()
+      ],
+      dtypes=frozenset(np.dtype(v.dtype) for v in variables),
+    )
     if len(self._plans) >= _MAX_PLANS:
       self._plans.clear()
     self._plans[tuple(v._unique_id for v in variables)] = plan  # pylint: disable=protected-access
     return plan
 
-  def minimize(self, loss: Callable[[], Any], var_list, grad_loss=None,
-               name=None, tape=None):
+  def minimize(
+    self,
+    loss: Callable[[], Any],
+    var_list,
+    grad_loss=None,
+    name=None,
+    tape=None,
+  ):
     """Minimize ``loss`` by updating ``var_list``.
 
     Computes the gradients with jax and calls :meth:`apply_gradients`. The
@@ -551,15 +607,19 @@ class OptimizerV2:
     """
     if tape is not None or not callable(loss):
       raise ValueError(
-          "minimize needs `loss` as a zero-argument callable (jax has no "
-          "GradientTape); with gradients computed elsewhere, call "
-          f"apply_gradients. Received: loss={loss!r}, tape={tape!r}.")
+        "minimize needs `loss` as a zero-argument callable (jax has no "
+        "GradientTape); with gradients computed elsewhere, call "
+        f"apply_gradients. Received: loss={loss!r}, tape={tape!r}."
+      )
     with self._lock:
       var_list = _variable_list(var_list)
       if self.gradient_aggregator is None and not self.gradient_transformers:
         iterations = self._gradient_cache.run(
-            loss, var_list, grad_loss, functools.partial(
-                self._fused_minimize, var_list))
+          loss,
+          var_list,
+          grad_loss,
+          functools.partial(self._fused_minimize, var_list),
+        )
         if iterations is not None:
           return iterations
       grads_and_vars = self._compute_gradients(loss, var_list, grad_loss)
@@ -582,15 +642,20 @@ class OptimizerV2:
 
       def fused(inputs, slots, iterations, traced, static):
         grads = entry.function(*inputs)
-        return self._apply_step(inputs[0], grads, slots, iterations,
-                                (traced, static))
+        return self._apply_step(
+          inputs[0], grads, slots, iterations, (traced, static)
+        )
 
       entry.fused = jax.jit(fused, static_argnames="static")
     inputs = entry.inputs(var_list, leaves, grad_loss)
     key = tuple(v._unique_id for v in var_list)  # pylint: disable=protected-access
     return self._step(
-        var_list, key, lambda slots, iterations, prepared: entry.fused(
-            inputs, slots, iterations, prepared[0], static=prepared[1]))
+      var_list,
+      key,
+      lambda slots, iterations, prepared: entry.fused(
+        inputs, slots, iterations, prepared[0], static=prepared[1]
+      ),
+    )
 
   def _compute_gradients(self, loss, var_list, grad_loss=None):
     """``(gradient, variable)`` pairs of ``loss``; ``None`` where TF's is."""
@@ -616,10 +681,11 @@ class OptimizerV2:
     for grad, param in pairs:
       if grad is None:
         raise ValueError(
-            f"Variable {param} has `None` for gradient. Please make sure that "
-            "all of your ops have a gradient defined (i.e. are "
-            "differentiable). Common ops without gradient: K.argmax, "
-            "K.round, K.eval.")
+          f"Variable {param} has `None` for gradient. Please make sure that "
+          "all of your ops have a gradient defined (i.e. are "
+          "differentiable). Common ops without gradient: K.argmax, "
+          "K.round, K.eval."
+        )
     return [g for g, _ in pairs]
 
   def get_updates(self, loss: Callable[[], Any], params):
@@ -659,7 +725,7 @@ class OptimizerV2:
 
   @classmethod
   def from_config(cls, config, custom_objects=None):
-    """Creates an optimizer from a config, e.g. a TF optimizer's ``get_config()``.
+    """Creates an optimizer from a config, e.g. a TF optimizer's config.
 
     Args:
       config: the config dict; ``lr`` is taken as ``learning_rate``, and a
@@ -677,7 +743,8 @@ class OptimizerV2:
       config["learning_rate"] = config.pop("lr")
     if isinstance(config.get("learning_rate"), dict):
       config["learning_rate"] = schedules.deserialize(
-          config["learning_rate"], custom_objects=custom_objects)
+        config["learning_rate"], custom_objects=custom_objects
+      )
     return cls(**config)
 
 
@@ -697,6 +764,10 @@ def _is_negative(value) -> bool:
     raise TypeError(f"Expected a number, received: {value!r}") from None
 
 
+def _new_cache() -> loss_gradients.GradientCache:
+  return loss_gradients.GradientCache()
+
+
 def _variable_list(var_list) -> list[Variable]:
   """``var_list`` (or what it returns, if callable) as a checked list."""
   if callable(var_list):
@@ -710,8 +781,9 @@ def _variable_list(var_list) -> list[Variable]:
 def _check_variable(var) -> None:
   if not isinstance(var, Variable):
     raise TypeError(
-        f"Expected an optax_tfrmsprop.Variable, got {type(var).__name__}: "
-        f"{var!r}.")
+      f"Expected an optax_tfrmsprop.Variable, got {type(var).__name__}: "
+      f"{var!r}."
+    )
 
 
 def _initial_value(initializer, shape, dtype):
@@ -719,8 +791,9 @@ def _initial_value(initializer, shape, dtype):
     fills = {"zeros": jnp.zeros, "ones": jnp.ones}
     if initializer not in fills:
       raise ValueError(
-          f"Unknown initializer {initializer!r}; use 'zeros', 'ones', a "
-          "value, or a callable (shape, dtype) -> value.")
+        f"Unknown initializer {initializer!r}; use 'zeros', 'ones', a "
+        "value, or a callable (shape, dtype) -> value."
+      )
     return fills[initializer](shape, dtype)
   if callable(initializer):
     return initializer(shape=shape, dtype=dtype)
@@ -731,10 +804,14 @@ def _pairs(grads_and_vars, what: str) -> list:
   """A transformation's result as a list of (gradient, Variable) pairs."""
   pairs = list(grads_and_vars)
   for pair in pairs:
-    if (not isinstance(pair, (tuple, list)) or len(pair) != 2
-        or not isinstance(pair[1], Variable)):
+    if (
+      not isinstance(pair, (tuple, list))
+      or len(pair) != 2
+      or not isinstance(pair[1], Variable)
+    ):
       raise TypeError(
-          f"{what} must return (gradient, Variable) pairs, got {pair!r}.")
+        f"{what} must return (gradient, Variable) pairs, got {pair!r}."
+      )
   return [tuple(p) for p in pairs]
 
 
@@ -744,34 +821,42 @@ def _filter_empty_gradients(grads_and_vars) -> list[tuple[Any, Variable]]:
     pairs = list(grads_and_vars)
   except TypeError:
     raise TypeError(
-        "grads_and_vars must be an iterable of (gradient, variable) pairs, "
-        f"got {grads_and_vars!r}.") from None
+      "grads_and_vars must be an iterable of (gradient, variable) pairs, "
+      f"got {grads_and_vars!r}."
+    ) from None
   kept = []
-  for i, pair in enumerate(pairs):
+  for i, item in enumerate(pairs):
+    pair = item
     if type(pair) is not tuple or len(pair) != 2:  # pylint: disable=unidiomatic-typecheck
       if not isinstance(pair, (tuple, list)) or len(pair) != 2:
         raise TypeError(
-            "grads_and_vars must be (gradient, variable) pairs; item "
-            f"{i} is {pair!r}.")
+          "grads_and_vars must be (gradient, variable) pairs; item "
+          f"{i} is {pair!r}."
+        )
       pair = tuple(pair)
-    if type(pair[1]) is not Variable and not isinstance(pair[1], Variable):  # pylint: disable=unidiomatic-typecheck
+    if not isinstance(pair[1], Variable):
       raise TypeError(
-          f"grads_and_vars item {i}: the second element must be an "
-          f"optax_tfrmsprop.Variable, got {type(pair[1]).__name__}.")
+        f"grads_and_vars item {i}: the second element must be an "
+        f"optax_tfrmsprop.Variable, got {type(pair[1]).__name__}."
+      )
     if pair[0] is not None:
       kept.append(pair)
   if not pairs or len(kept) == len(pairs):
     return kept
   if not kept:
     raise ValueError(
-        "No gradients provided for any variable: "
-        f"({[v.name for _, v in pairs]},). Provided `grads_and_vars` is "
-        f"{tuple(pairs)}.")
+      "No gradients provided for any variable: "
+      f"({[v.name for _, v in pairs]},). Provided `grads_and_vars` is "
+      f"{tuple(pairs)}."
+    )
   warnings.warn(
-      "Gradients do not exist for variables "
-      f"{[v.name for g, v in pairs if g is None]} when minimizing the loss. "
-      "If you're using `model.compile()`, did you forget to provide a "
-      "`loss` argument?", UserWarning, stacklevel=4)
+    "Gradients do not exist for variables "
+    f"{[v.name for g, v in pairs if g is None]} when minimizing the loss. "
+    "If you're using `model.compile()`, did you forget to provide a "
+    "`loss` argument?",
+    UserWarning,
+    stacklevel=4,
+  )
   return kept
 
 
@@ -780,8 +865,9 @@ def _check_unique(variables: list[Variable]) -> None:
   for v in variables:
     if v._unique_id in seen:  # pylint: disable=protected-access
       raise ValueError(
-          f"Variable {v.name} appears twice in grads_and_vars; sum its "
-          "gradients into one.")
+        f"Variable {v.name} appears twice in grads_and_vars; sum its "
+        "gradients into one."
+      )
     seen.add(v._unique_id)  # pylint: disable=protected-access
 
 
@@ -796,13 +882,16 @@ def _check_gradients(pairs) -> tuple[list, list, list, tuple[int, ...]]:
     ValueError: for a gradient that does not fit its variable.
   """
   grads, variables, values, ids = [], [], [], []
-  for g, var in pairs:
+  for grad, var in pairs:
     value = var._value  # pylint: disable=protected-access
-    # A jax array of the value's own type: checked quickly.
-    if (type(g) is not type(value) or g.shape != value.shape  # pylint: disable=unidiomatic-typecheck
-        or g.dtype != value.dtype):
-      g = _check_gradient(g, var)  # Anything but the common case.
-    grads.append(g)
+    # A jax array of the value's own type: checked quickly; anything else
+    # (NumPy, Python numbers, IndexedSlices, errors) the slow way.
+    common = (
+      type(grad) is type(value)  # pylint: disable=unidiomatic-typecheck
+      and grad.shape == value.shape
+      and grad.dtype == value.dtype
+    )
+    grads.append(grad if common else _check_gradient(grad, var))
     variables.append(var)
     values.append(value)
     ids.append(var._unique_id)  # pylint: disable=protected-access
@@ -817,8 +906,9 @@ def _check_gradient(g, var: Variable):
   if isinstance(g, sparse.IndexedSlices):
     if var.constraint is not None:
       raise RuntimeError(
-          "Cannot use a constraint function on a sparse variable. Received: "
-          f"grad={g}, var.constraint={var.constraint}.")
+        "Cannot use a constraint function on a sparse variable. Received: "
+        f"grad={g}, var.constraint={var.constraint}."
+      )
     # Shapes, dtypes and (concrete) indices: TF's InvalidArgumentError for
     # an index out of range, before anything changes.
     sparse.check_sparse_grad(f"the gradient of {var.name}", g, var._value)  # pylint: disable=protected-access
@@ -829,20 +919,24 @@ def _check_gradient(g, var: Variable):
   # variable (as in TF), not something to truncate.
   if g.shape != value.shape or g.dtype != value.dtype:
     raise ValueError(
-        f"The gradient of variable {var.name} has shape {tuple(g.shape)} and "
-        f"dtype {np.dtype(g.dtype)}, but the variable has shape "
-        f"{var.shape} and dtype {var.dtype}.")
+      f"The gradient of variable {var.name} has shape {tuple(g.shape)} and "
+      f"dtype {np.dtype(g.dtype)}, but the variable has shape "
+      f"{var.shape} and dtype {var.dtype}."
+    )
   return g
 
 
 def _apply_constraint(var: Variable) -> None:
   """``var.assign(var.constraint(value))``, as TF after a dense update."""
   value = var._value  # pylint: disable=protected-access
-  new = jnp.asarray(var.constraint(value))
+  constraint = var.constraint
+  assert constraint is not None
+  new = jnp.asarray(constraint(value))
   if new.shape != value.shape:
     raise ValueError(
-        f"The constraint of {var.name} returned shape {new.shape}; the "
-        f"variable has shape {value.shape}.")
+      f"The constraint of {var.name} returned shape {new.shape}; the "
+      f"variable has shape {value.shape}."
+    )
   var._value = new.astype(value.dtype)  # pylint: disable=protected-access
 
 

@@ -1,4 +1,4 @@
-"""The Keras-style ``RMSprop``: tf_keras' legacy RMSprop over the functional core.
+"""The Keras-style ``RMSprop``: tf_keras' legacy RMSprop over the core.
 
 As tf_keras' ``rmsprop.py`` does over ``OptimizerV2``, this module only
 declares the slots, prepares the hyperparameters and applies one step: the
@@ -10,7 +10,7 @@ hyperparameters are cast, the epsilon rule) come from
 
 import functools
 import numbers
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -32,12 +32,12 @@ _16_BIT_FLOATS = frozenset(map(np.dtype, (np.float16, jnp.bfloat16)))
 class _StepConfig(NamedTuple):
   """What a compiled step is specialised on (changing it compiles again)."""
 
-  schedule: Optional[schedules.LearningRateSchedule]
-  decay: Optional[float]  # None: traced (an array or Variable decay).
-  epsilon: Optional[float]  # None: traced.
-  clipvalue: Optional[float]
-  clipnorm: Optional[float]
-  global_clipnorm: Optional[float]
+  schedule: schedules.LearningRateSchedule | None
+  decay: float | None  # None: traced (an array or Variable decay).
+  epsilon: float | None  # None: traced.
+  clipvalue: float | None
+  clipnorm: float | None
+  global_clipnorm: float | None
   rounding: str
   backend: str
 
@@ -59,18 +59,25 @@ def _compiled_step(values, grads, slots, count, hypers, *, config):
     ``(new values, new slots, new count)``.
   """
   state = base.STATE_CLASSES[_SEMANTICS.flavor](
-      count=count, ms=slots["ms"], mg=slots.get("mg"), mom=slots.get("mom"))
+    count=count, ms=slots["ms"], mg=slots.get("mg"), mom=slots.get("mom")
+  )
   values, state = transform.rmsprop_apply(
-      values, grads, state,
-      learning_rate=(hypers["learning_rate"] if config.schedule is None
-                     else config.schedule),
-      rho=hypers["rho"], momentum=hypers["momentum"],
-      epsilon=(hypers["epsilon"] if config.epsilon is None
-               else config.epsilon),
-      decay=hypers["decay"] if config.decay is None else config.decay,
-      clipvalue=config.clipvalue, clipnorm=config.clipnorm,
-      global_clipnorm=config.global_clipnorm, rounding=config.rounding,
-      backend=config.backend)
+    values,
+    grads,
+    state,
+    learning_rate=(
+      hypers["learning_rate"] if config.schedule is None else config.schedule
+    ),
+    rho=hypers["rho"],
+    momentum=hypers["momentum"],
+    epsilon=(hypers["epsilon"] if config.epsilon is None else config.epsilon),
+    decay=hypers["decay"] if config.decay is None else config.decay,
+    clipvalue=config.clipvalue,
+    clipnorm=config.clipnorm,
+    global_clipnorm=config.global_clipnorm,
+    rounding=config.rounding,
+    backend=config.backend,
+  )
   return values, {field: getattr(state, field) for field in slots}, state.count
 
 
@@ -133,25 +140,41 @@ class RMSprop(optimizer_v2.OptimizerV2):
     9.683772 2
   """
 
-  def __init__(self, learning_rate=0.001, rho=0.9, momentum=0.0,
-               epsilon=1e-07, centered=False, name="RMSprop", *,
-               rounding: base.Rounding = "tf_cpu",
-               backend: cpu_kernel.Backend = "auto", **kwargs):
+  def __init__(
+    self,
+    learning_rate=0.001,
+    rho=0.9,
+    momentum=0.0,
+    epsilon=1e-07,
+    centered=False,
+    name="RMSprop",
+    *,
+    rounding: base.Rounding = "tf_cpu",
+    backend: cpu_kernel.Backend = "auto",
+    **kwargs,
+  ):
     super().__init__(name, **kwargs)
     numerics.rounder(rounding)  # Validates the names.
     cpu_kernel.check_backend(backend)
     self._rounding = rounding
     self._backend = backend
-    if (isinstance(momentum, (int, float)) and not isinstance(momentum, bool)
-        and not 0 <= momentum <= 1):
+    if (
+      isinstance(momentum, (int, float))
+      and not isinstance(momentum, bool)
+      and not 0 <= momentum <= 1
+    ):
       raise ValueError(
-          "`momentum` must be between [0, 1]. Received: "
-          f"momentum={momentum} (of type {type(momentum)}).")
+        "`momentum` must be between [0, 1]. Received: "
+        f"momentum={momentum} (of type {type(momentum)})."
+      )
     if _SEMANTICS.zero_epsilon_is_default:
       epsilon = epsilon or numerics.KERAS_EPSILON
     self._check_hyperparameters(
-        learning_rate=kwargs.get("lr", learning_rate), rho=rho,
-        momentum=momentum, epsilon=epsilon)
+      learning_rate=kwargs.get("lr", learning_rate),
+      rho=rho,
+      momentum=momentum,
+      epsilon=epsilon,
+    )
     self._set_hyper("learning_rate", kwargs.get("lr", learning_rate))
     self._set_hyper("decay", self._initial_decay)
     self._set_hyper("rho", rho)
@@ -171,9 +194,10 @@ class RMSprop(optimizer_v2.OptimizerV2):
       # TF substitutes 1e-7 for a falsy epsilon only at construction; the
       # core always does, so a later 0 is refused rather than changed.
       raise ValueError(
-          "epsilon=0 after construction: TF then computes with 0, which this "
-          "class does not reproduce; construct the optimizer with the "
-          f"epsilon you want. Received: epsilon={value!r}.")
+        "epsilon=0 after construction: TF then computes with 0, which this "
+        "class does not reproduce; construct the optimizer with the "
+        f"epsilon you want. Received: epsilon={value!r}."
+      )
     self._check_hyperparameters(epsilon=value)
     self._epsilon = value
 
@@ -185,10 +209,13 @@ class RMSprop(optimizer_v2.OptimizerV2):
     """
     hyper = self.__dict__.get("_hyper", {})
     current = dict(
-        learning_rate=hyper.get("learning_rate", 0.0),
-        rho=hyper.get("rho", 0.0), momentum=hyper.get("momentum", 0.0),
-        epsilon=self.__dict__.get("_epsilon", numerics.KERAS_EPSILON),
-        decay=self._initial_decay, **self._clip)
+      learning_rate=hyper.get("learning_rate", 0.0),
+      rho=hyper.get("rho", 0.0),
+      momentum=hyper.get("momentum", 0.0),
+      epsilon=self.__dict__.get("_epsilon", numerics.KERAS_EPSILON),
+      decay=self._initial_decay,
+      **self._clip,
+    )
     current.update(changes)
     for key, value in current.items():
       if isinstance(value, Variable):
@@ -201,8 +228,11 @@ class RMSprop(optimizer_v2.OptimizerV2):
 
   def _slot_fields(self) -> list[tuple[str, str]]:
     """``(state field, TF slot name)`` of the slots this configuration uses."""
-    used = {"ms": True, "mg": bool(self.centered),
-            "mom": self._momentum or _SEMANTICS.always_momentum}
+    used = {
+      "ms": True,
+      "mg": bool(self.centered),
+      "mom": self._momentum or _SEMANTICS.always_momentum,
+    }
     return [(field, name) for field, name in _SEMANTICS.slots if used[field]]
 
   def _create_slots(self, var_list):
@@ -228,7 +258,7 @@ class RMSprop(optimizer_v2.OptimizerV2):
       self._derived = self._static_config()
     config, readers, epsilon, _ = self._derived
     hypers = {name: read() for name, read in readers}
-    x64 = jax.config.jax_enable_x64
+    x64 = jax.dtypes.canonicalize_dtype(np.float64) == np.float64
     if type(epsilon) is not float:  # pylint: disable=unidiomatic-typecheck
       if callable(epsilon):
         epsilon = epsilon()
@@ -255,23 +285,31 @@ class RMSprop(optimizer_v2.OptimizerV2):
       fields of the step's slots.
     """
     learning_rate = self._hyper["learning_rate"]
-    schedule = (learning_rate if isinstance(
-        learning_rate, schedules.LearningRateSchedule) else None)
-    names = ["rho", "momentum"] + (["learning_rate"] if schedule is None
-                                   else [])
+    schedule = (
+      learning_rate
+      if isinstance(learning_rate, schedules.LearningRateSchedule)
+      else None
+    )
+    names = ["rho", "momentum"] + (
+      ["learning_rate"] if schedule is None else []
+    )
     readers = [(name, _reader(self._hyper[name])) for name in names]
     decay = self._initial_decay
     static_decay = None
     if isinstance(decay, numbers.Real):
-      static_decay = float(decay) if decay > 0 else 0.0
+      static_decay = float(decay) if float(decay) > 0 else 0.0
     else:
       readers.append(("decay", _reader(decay)))
     config = _StepConfig(
-        schedule=schedule, decay=static_decay, epsilon=None,
-        clipvalue=_static_float(self.clipvalue),
-        clipnorm=_static_float(self.clipnorm),
-        global_clipnorm=_static_float(self.global_clipnorm),
-        rounding=self._rounding, backend=self._backend)
+      schedule=schedule,
+      decay=static_decay,
+      epsilon=None,
+      clipvalue=_static_float(self.clipvalue),
+      clipnorm=_static_float(self.clipnorm),
+      global_clipnorm=_static_float(self.global_clipnorm),
+      rounding=self._rounding,
+      backend=self._backend,
+    )
     fields = tuple(field for field, _ in self._slot_fields())
     return config, tuple(readers), self._epsilon, fields
 
@@ -279,8 +317,8 @@ class RMSprop(optimizer_v2.OptimizerV2):
     hypers, config = prepared
     fields = self._derived[3]
     new_values, new_slots, count = _compiled_step(
-        values, grads, dict(zip(fields, slots)), iterations, hypers,
-        config=config)
+      values, grads, dict(zip(fields, slots)), iterations, hypers, config=config
+    )
     return new_values, [new_slots[f] for f in fields], count
 
   # -- Config.
@@ -299,13 +337,15 @@ class RMSprop(optimizer_v2.OptimizerV2):
     config = super().get_config()
     epsilon = self._epsilon() if callable(self._epsilon) else self._epsilon
     config.update(
-        learning_rate=self._serialize_hyperparameter("learning_rate"),
-        decay=optimizer_v2._jsonable(self._initial_decay),  # pylint: disable=protected-access
-        rho=self._serialize_hyperparameter("rho"),
-        momentum=self._serialize_hyperparameter("momentum"),
-        epsilon=optimizer_v2._jsonable(  # pylint: disable=protected-access
-            epsilon.value if isinstance(epsilon, Variable) else epsilon),
-        centered=self.centered)
+      learning_rate=self._serialize_hyperparameter("learning_rate"),
+      decay=optimizer_v2._jsonable(self._initial_decay),  # pylint: disable=protected-access
+      rho=self._serialize_hyperparameter("rho"),
+      momentum=self._serialize_hyperparameter("momentum"),
+      epsilon=optimizer_v2._jsonable(  # pylint: disable=protected-access
+        epsilon.value if isinstance(epsilon, Variable) else epsilon
+      ),
+      centered=self.centered,
+    )
     return optimizer_v2._jsonable(config)  # pylint: disable=protected-access
 
 
@@ -330,10 +370,12 @@ def _traced(value) -> Any:
   if isinstance(value, Variable):
     return value._value  # pylint: disable=protected-access
   if isinstance(value, jax.Array) or (
-      isinstance(value, np.ndarray) and value.dtype.kind == "f"):
+    isinstance(value, np.ndarray) and value.dtype.kind == "f"
+  ):
     return value
   if isinstance(value, bool) or not isinstance(
-      value, (numbers.Real, np.generic, np.ndarray)):
+    value, (numbers.Real, np.generic, np.ndarray)
+  ):
     raise TypeError(f"Expected a number or an array, got {value!r}.")
   return numerics.as_dtype(value, jnp.float32, through_float32=True)
 
@@ -344,7 +386,7 @@ def _widest_float(value: float, x64: bool) -> jax.Array:
   return jax.device_put(np.asarray(value, np.float64 if x64 else np.float32))
 
 
-def _static_float(value) -> Optional[float]:
+def _static_float(value) -> float | None:
   if value is None:
     return None
   if isinstance(value, Variable):

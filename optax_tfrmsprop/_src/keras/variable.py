@@ -1,8 +1,9 @@
-"""``Variable``: the stand-in for ``tf.Variable`` that the Keras-style class updates."""
+"""``Variable``: the ``tf.Variable`` stand-in of the Keras-style class."""
 
+from collections.abc import Callable
 import itertools
 import threading
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -14,16 +15,23 @@ _ids = itertools.count()
 # The thread-local read override of ``minimize``'s trace (see ``_read``).
 _tracing = threading.local()
 _USE_VALUE = (
-    "pass its value instead: v.value (for example jnp.sum(v.value), "
-    "jax.grad(f)([v.value for v in variables]))")
+  "pass its value instead: v.value (for example jnp.sum(v.value), "
+  "jax.grad(f)([v.value for v in variables]))"
+)
+
+
+def _never_built(aux, children) -> "Variable":
+  del aux, children
+  raise AssertionError("a Variable is never flattened, so never rebuilt")
 
 
 def _not_a_jax_type(var: "Variable"):
-  """jax's flatten of a Variable: a TypeError that says to use ``.value``."""
+  """Jax's flatten of a Variable: a TypeError that says to use ``.value``."""
   raise TypeError(
-      f"{var.name} is an optax_tfrmsprop.Variable, a mutable holder that jax "
-      f"functions and transformations (jit, grad, vmap) do not take; "
-      f"{_USE_VALUE}.")
+    f"{var.name} is an optax_tfrmsprop.Variable, a mutable holder that jax "
+    f"functions and transformations (jit, grad, vmap) do not take; "
+    f"{_USE_VALUE}."
+  )
 
 
 class Variable:
@@ -70,23 +78,30 @@ class Variable:
   # NumPy routes its operators and ufuncs through ``__array_ufunc__`` instead
   # of converting the Variable to a NumPy array.
 
-  def __init__(self, initial_value: Any, name: Optional[str] = None,
-               dtype: Optional[jax.typing.DTypeLike] = None,
-               trainable: bool = True,
-               constraint: Optional[Callable[[jax.Array], Any]] = None):
+  def __init__(
+    self,
+    initial_value: Any,
+    name: str | None = None,
+    dtype: jax.typing.DTypeLike | None = None,
+    trainable: bool = True,
+    constraint: Callable[[jax.Array], Any] | None = None,
+  ):
     if constraint is not None and not callable(constraint):
       raise ValueError(
-          "The `constraint` argument must be a callable. Received: "
-          f"constraint={constraint!r}")
+        "The `constraint` argument must be a callable. Received: "
+        f"constraint={constraint!r}"
+      )
     if callable(initial_value):
       initial_value = initial_value()
     if isinstance(initial_value, Variable):
       initial_value = initial_value.value
     if dtype is None and not isinstance(
-        initial_value, (jax.Array, np.ndarray, np.generic)):
+      initial_value, (jax.Array, np.ndarray, np.generic)
+    ):
       # Like ``tf.Variable``: Python floats are float32, ints int32.
       dtype = {"f": np.float32, "i": np.int32}.get(
-          np.asarray(initial_value).dtype.kind)
+        np.asarray(initial_value).dtype.kind
+      )
     value = jnp.asarray(initial_value, dtype)
     # A weakly typed value would change type at the first update (retrace).
     self._value = jax.lax.convert_element_type(value, value.dtype)
@@ -161,8 +176,9 @@ class Variable:
     """A hashable reference to this Variable (TF's ``v.ref()``)."""
     return _Reference(self)
 
-  def assign(self, value: Any, use_locking=None, name=None,
-             read_value=True) -> Optional["Variable"]:
+  def assign(
+    self, value: Any, use_locking=None, name=None, read_value=True
+  ) -> Optional["Variable"]:
     """Replaces the value; the shape must stay, the dtype is kept.
 
     Args:
@@ -180,33 +196,45 @@ class Variable:
       # The loss is traced once and its compiled gradient reused: an
       # assignment in it would not happen at every call, as in TF.
       raise RuntimeError(
-          f"The loss given to minimize assigns {self.name}: a loss may only "
-          "read Variables (it is traced once, not run at every call).")
+        f"The loss given to minimize assigns {self.name}: a loss may only "
+        "read Variables (it is traced once, not run at every call)."
+      )
     if isinstance(value, Variable):
       value = value.value
     new = jnp.asarray(value, self.dtype)
     if new.shape != self.shape:
       raise ValueError(
-          f"Cannot assign a value of shape {new.shape} to variable "
-          f"{self.name} of shape {self.shape}.")
+        f"Cannot assign a value of shape {new.shape} to variable "
+        f"{self.name} of shape {self.shape}."
+      )
     self._value = new
     return self if read_value else None
 
-  def assign_add(self, delta: Any, use_locking=None, name=None,
-                 read_value=True) -> Optional["Variable"]:
+  def assign_add(
+    self, delta: Any, use_locking=None, name=None, read_value=True
+  ) -> Optional["Variable"]:
     """Adds ``delta`` to the value; see :meth:`assign`."""
     if isinstance(delta, Variable):
       delta = delta.value
-    return self.assign(self._value + jnp.asarray(delta, self.dtype),
-                       use_locking, name, read_value)
+    return self.assign(
+      self._value + jnp.asarray(delta, self.dtype),
+      use_locking,
+      name,
+      read_value,
+    )
 
-  def assign_sub(self, delta: Any, use_locking=None, name=None,
-                 read_value=True) -> Optional["Variable"]:
+  def assign_sub(
+    self, delta: Any, use_locking=None, name=None, read_value=True
+  ) -> Optional["Variable"]:
     """Subtracts ``delta`` from the value; see :meth:`assign`."""
     if isinstance(delta, Variable):
       delta = delta.value
-    return self.assign(self._value - jnp.asarray(delta, self.dtype),
-                       use_locking, name, read_value)
+    return self.assign(
+      self._value - jnp.asarray(delta, self.dtype),
+      use_locking,
+      name,
+      read_value,
+    )
 
   def __jax_array__(self):
     return self._read()
@@ -220,13 +248,16 @@ class Variable:
     function = getattr(jnp, ufunc.__name__, None)
     if method != "__call__" or kwargs or function is None:
       raise TypeError(
-          f"numpy.{ufunc.__name__}.{method} does not take an "
-          f"optax_tfrmsprop.Variable; {_USE_VALUE}.")
+        f"numpy.{ufunc.__name__}.{method} does not take an "
+        f"optax_tfrmsprop.Variable; {_USE_VALUE}."
+      )
     return function(*(_unwrap(x) for x in inputs))
 
   def __repr__(self):
-    return (f"<Variable '{self.name}' shape={self.shape} dtype={self.dtype}, "
-            f"numpy={self.numpy()!r}>")
+    return (
+      f"<Variable '{self.name}' shape={self.shape} dtype={self.dtype}, "
+      f"numpy={self.numpy()!r}>"
+    )
 
   def __len__(self):
     return len(self._value)
@@ -286,22 +317,36 @@ def _unary(op):
   return lambda self: op(self._read())  # pylint: disable=protected-access
 
 
-for _name, _op in (("add", jnp.add), ("sub", jnp.subtract),
-                   ("mul", jnp.multiply), ("truediv", jnp.true_divide),
-                   ("floordiv", jnp.floor_divide), ("mod", jnp.mod),
-                   ("pow", jnp.power), ("matmul", jnp.matmul)):
+for _name, _op in (
+  ("add", jnp.add),
+  ("sub", jnp.subtract),
+  ("mul", jnp.multiply),
+  ("truediv", jnp.true_divide),
+  ("floordiv", jnp.floor_divide),
+  ("mod", jnp.mod),
+  ("pow", jnp.power),
+  ("matmul", jnp.matmul),
+):
   setattr(Variable, f"__{_name}__", _binary(_op))
   setattr(Variable, f"__r{_name}__", _reflected(_op))
-for _name, _op in (("lt", jnp.less), ("le", jnp.less_equal),
-                   ("gt", jnp.greater), ("ge", jnp.greater_equal),
-                   ("eq", jnp.equal), ("ne", jnp.not_equal)):
+for _name, _op in (
+  ("lt", jnp.less),
+  ("le", jnp.less_equal),
+  ("gt", jnp.greater),
+  ("ge", jnp.greater_equal),
+  ("eq", jnp.equal),
+  ("ne", jnp.not_equal),
+):
   setattr(Variable, f"__{_name}__", _binary(_op))
-for _name, _op in (("neg", jnp.negative), ("pos", jnp.positive),
-                   ("abs", jnp.abs), ("invert", jnp.invert)):
+for _name, _op in (
+  ("neg", jnp.negative),
+  ("pos", jnp.positive),
+  ("abs", jnp.abs),
+  ("invert", jnp.invert),
+):
   setattr(Variable, f"__{_name}__", _unary(_op))
 
 # jax flattens the arguments of its jitted functions and transformations as
 # pytrees: a Variable there raises the TypeError above instead of jax's
 # message about ``__jax_array__``.
-jax.tree_util.register_pytree_node(
-    Variable, _not_a_jax_type, lambda aux, children: None)
+jax.tree_util.register_pytree_node(Variable, _not_a_jax_type, _never_built)
