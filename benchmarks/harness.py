@@ -20,7 +20,8 @@ WORKER_ENV = {"KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 def time_interleaved(steps: dict, *, warmup: int, min_reps: int,
                      max_reps: int, budget_s: float,
-                     calls_per_rep: int = 1, clocks: dict | None = None):
+                     calls_per_rep: int = 1,
+                     clocks: dict | None = None) -> dict:
   """Times ``steps`` round-robin; returns ``{name: [seconds per call]}``.
 
   Each round runs every step ``calls_per_rep`` times in a row, starting one
