@@ -14,26 +14,30 @@ import setuptools
 # No -march: the loops are compiled for AVX-512, AVX2 and the baseline ISA and
 # chosen at run time, so one wheel is correct and fast on any x86-64 or ARM.
 _COMPILE_ARGS = [
-    "-std=c++17", "-O3", "-fopenmp", "-ffp-contract=off", "-fno-math-errno",
+  "-std=c++17",
+  "-O3",
+  "-fopenmp",
+  "-ffp-contract=off",
+  "-fno-math-errno",
 ]
 
 setuptools.setup(
-    ext_modules=[
-        setuptools.Extension(
-            "optax_tfrmsprop._src._cpu_kernel",
-            sources=[
-                "optax_tfrmsprop/_src/csrc/dense_kernel.cc",
-                "optax_tfrmsprop/_src/csrc/sparse_kernel.cc",
-            ],
-            depends=[
-                "optax_tfrmsprop/_src/csrc/dense_loops.h",
-                "optax_tfrmsprop/_src/csrc/tfrmsprop.h",
-            ],
-            include_dirs=[jax.ffi.include_dir()],
-            language="c++",
-            extra_compile_args=_COMPILE_ARGS,
-            extra_link_args=["-fopenmp"],
-            optional=True,
-        )
-    ],
+  ext_modules=[
+    setuptools.Extension(
+      "optax_tfrmsprop._src._cpu_kernel",
+      sources=[
+        "optax_tfrmsprop/_src/csrc/dense_kernel.cc",
+        "optax_tfrmsprop/_src/csrc/sparse_kernel.cc",
+      ],
+      depends=[
+        "optax_tfrmsprop/_src/csrc/dense_loops.h",
+        "optax_tfrmsprop/_src/csrc/tfrmsprop.h",
+      ],
+      include_dirs=[jax.ffi.include_dir()],
+      language="c++",
+      extra_compile_args=_COMPILE_ARGS,
+      extra_link_args=["-fopenmp"],
+      optional=True,
+    )
+  ],
 )

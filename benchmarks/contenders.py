@@ -9,10 +9,10 @@ imports never meet another group's. Adding a backend is adding an entry to
 :data:`CONTENDERS`.
 """
 
+from collections.abc import Callable
 import dataclasses
 import functools
 import pathlib
-from typing import Callable
 
 import numpy as np
 
@@ -75,13 +75,18 @@ def _optax_step(opt, params, grads) -> Step:
 def _ours_fused(backend: str):
   def make(params, grads, path):
     import functools  # pylint: disable=g-import-not-at-top
+
     import optax_tfrmsprop  # pylint: disable=g-import-not-at-top
 
     state = optax_tfrmsprop.rmsprop_init(
-        params, centered=path.centered, use_momentum=path.momentum > 0)
-    apply = functools.partial(optax_tfrmsprop.rmsprop_apply,
-                              momentum=path.momentum, backend=backend,
-                              **HYPERPARAMS)
+      params, centered=path.centered, use_momentum=path.momentum > 0
+    )
+    apply = functools.partial(
+      optax_tfrmsprop.rmsprop_apply,
+      momentum=path.momentum,
+      backend=backend,
+      **HYPERPARAMS,
+    )
     return _jax_step(lambda p, s, g: apply(p, g, s), params, state, grads)
 
   return make
@@ -91,7 +96,8 @@ def _ours_optax_api(params, grads, path):
   import optax_tfrmsprop  # pylint: disable=g-import-not-at-top
 
   opt = optax_tfrmsprop.rmsprop(
-      momentum=path.momentum, centered=path.centered, **HYPERPARAMS)
+    momentum=path.momentum, centered=path.centered, **HYPERPARAMS
+  )
   return _optax_step(opt, params, grads)
 
 
@@ -101,9 +107,13 @@ def _optax(params, grads, path):
   # TF's epsilon sits outside the square root on the momentum-free paths and
   # inside on the kernel (momentum) paths; optax's initial_scale=0 is TF's.
   opt = optax.rmsprop(
-      HYPERPARAMS["learning_rate"], decay=HYPERPARAMS["rho"],
-      eps=HYPERPARAMS["epsilon"], eps_in_sqrt=path.momentum > 0,
-      centered=path.centered, momentum=path.momentum or None)
+    HYPERPARAMS["learning_rate"],
+    decay=HYPERPARAMS["rho"],
+    eps=HYPERPARAMS["epsilon"],
+    eps_in_sqrt=path.momentum > 0,
+    centered=path.centered,
+    momentum=path.momentum or None,
+  )
   return _optax_step(opt, params, grads)
 
 
@@ -117,7 +127,8 @@ def _keras3(params, grads, path):
   except ImportError as e:
     raise Unavailable(f"keras is not installed ({e})") from e
   opt = keras.optimizers.RMSprop(
-      momentum=path.momentum, centered=path.centered, **HYPERPARAMS)
+    momentum=path.momentum, centered=path.centered, **HYPERPARAMS
+  )
   names = list(params)
   variables = [keras.Variable(params[k]) for k in names]
   opt.build(variables)
@@ -126,8 +137,11 @@ def _keras3(params, grads, path):
     return opt.stateless_apply(opt_vars, grads, trainable)
 
   return _jax_step(
-      update_and_apply, [v.value for v in variables],
-      [v.value for v in opt.variables], [grads[k] for k in names])
+    update_and_apply,
+    [v.value for v in variables],
+    [v.value for v in opt.variables],
+    [grads[k] for k in names],
+  )
 
 
 def _tf_keras(params, grads, path):
@@ -137,7 +151,8 @@ def _tf_keras(params, grads, path):
   except ImportError as e:
     raise Unavailable(f"tensorflow/tf_keras is not installed ({e})") from e
   opt = tf_keras.optimizers.legacy.RMSprop(
-      momentum=path.momentum, centered=path.centered, **HYPERPARAMS)
+    momentum=path.momentum, centered=path.centered, **HYPERPARAMS
+  )
   variables = [tf.Variable(v) for v in params.values()]
   grads = [tf.constant(g) for g in grads.values()]
 
@@ -153,8 +168,8 @@ def _torch(params, grads, path):
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise Unavailable(
-        "torch is not installed (the CPU build is optional: the default "
-        f"package index may only offer the far larger CUDA build) ({e})"
+      "torch is not installed (the CPU build is optional: the default "
+      f"package index may only offer the far larger CUDA build) ({e})"
     ) from e
   tensors = []
   for name, value in params.items():
@@ -162,9 +177,14 @@ def _torch(params, grads, path):
     tensor.grad = torch.from_numpy(grads[name])
     tensors.append(tensor)
   opt = torch.optim.RMSprop(
-      tensors, lr=HYPERPARAMS["learning_rate"], alpha=HYPERPARAMS["rho"],
-      eps=HYPERPARAMS["epsilon"], momentum=path.momentum,
-      centered=path.centered, foreach=True)
+    tensors,
+    lr=HYPERPARAMS["learning_rate"],
+    alpha=HYPERPARAMS["rho"],
+    eps=HYPERPARAMS["epsilon"],
+    momentum=path.momentum,
+    centered=path.centered,
+    foreach=True,
+  )
   return opt.step
 
 
@@ -200,7 +220,7 @@ def _flat(tree: dict) -> np.ndarray:
   return np.concatenate([x.ravel() for x in tree.values()])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _roofline_library():
   """Compiles ``roofline.c`` into a temporary folder and loads it."""
   import ctypes  # pylint: disable=g-import-not-at-top
@@ -214,15 +234,32 @@ def _roofline_library():
   library = pathlib.Path(tempfile.mkdtemp(), "roofline.so")
   source = pathlib.Path(__file__).with_name("roofline.c")
   build = subprocess.run(
-      [compiler, "-O3", "-march=native", "-fopenmp", "-fno-math-errno",
-       "-ffp-contract=off", "-shared", "-fPIC", str(source), "-o",
-       str(library)], capture_output=True, text=True, check=False)
+    [
+      compiler,
+      "-O3",
+      "-march=native",
+      "-fopenmp",
+      "-fno-math-errno",
+      "-ffp-contract=off",
+      "-shared",
+      "-fPIC",
+      str(source),
+      "-o",
+      str(library),
+    ],
+    capture_output=True,
+    text=True,
+    check=False,
+  )
   if build.returncode:
     raise Unavailable(f"{compiler} failed: {build.stderr.strip()[-300:]}")
   lib = ctypes.CDLL(str(library))
   lib.step.restype = None
-  lib.step.argtypes = [ctypes.c_void_p] * 5 + [
-      ctypes.c_size_t, ctypes.c_int, ctypes.c_int] + [ctypes.c_float] * 4
+  lib.step.argtypes = (
+    [ctypes.c_void_p] * 5
+    + [ctypes.c_size_t, ctypes.c_int, ctypes.c_int]
+    + [ctypes.c_float] * 4
+  )
   return lib
 
 
@@ -231,12 +268,20 @@ def _c_roofline(params, grads, path):
   lib = _roofline_library()
   g, var = _flat(grads), _flat(params)
   # The slots a path does not use are never touched: one element stands in.
-  ms, mg, mom = (np.zeros(g.size if used else 1, np.float32) for used in
-                 (True, path.centered, path.momentum > 0))
+  ms, mg, mom = (
+    np.zeros(g.size if used else 1, np.float32)
+    for used in (True, path.centered, path.momentum > 0)
+  )
   arrays = (g, var, ms, mg, mom)
-  args = (g.size, path.centered, path.momentum > 0,
-          HYPERPARAMS["learning_rate"], HYPERPARAMS["rho"], path.momentum,
-          HYPERPARAMS["epsilon"])
+  args = (
+    g.size,
+    path.centered,
+    path.momentum > 0,
+    HYPERPARAMS["learning_rate"],
+    HYPERPARAMS["rho"],
+    path.momentum,
+    HYPERPARAMS["epsilon"],
+  )
 
   def step():
     lib.step(*(a.ctypes.data for a in arrays), *args)
@@ -251,33 +296,75 @@ ROOFLINE = "XLA roofline"
 C_ROOFLINE = "C roofline"
 
 CONTENDERS = (
-    Contender(OURS, "jax", _ours_fused("auto"), compiled=True,
-              description="rmsprop_apply(params, grads, state, ...) (update "
-              "and apply fused; the C++ kernel where built), jit, donated"),
-    Contender(OURS_OPTAX_API, "jax", _ours_optax_api, compiled=True,
-              description="rmsprop(...).update + optax.apply_updates "
-              '(backend="auto"), jit, donated'),
-    Contender(OURS_XLA, "jax", _ours_fused("xla"), compiled=True,
-              description='rmsprop_apply(..., backend="xla"): the pure XLA '
-              "path (what GPU/TPU run), jit, donated"),
-    Contender("optax", "jax", _optax, compiled=True,
-              description="optax.rmsprop(decay=rho, eps, eps_in_sqrt=momentum"
-              " path, momentum or None), jit, donated"),
-    Contender("keras3", "jax", _keras3, compiled=True,
-              description="keras.optimizers.RMSprop.stateless_apply (JAX "
-              "backend), jit, donated"),
-    Contender("tf_keras", "tf", _tf_keras, compiled=True,
-              description="tf_keras.optimizers.legacy.RMSprop.apply_gradients"
-              " in tf.function"),
-    Contender("torch", "torch", _torch,
-              description="torch.optim.RMSprop(foreach=True), CPU"),
-    Contender(ROOFLINE, "jax", _xla_roofline,
-              description="in-place jitted x*0.5+g over the path's arrays "
-              "interleaved: reads and writes each once (issue 6)"),
-    Contender(C_ROOFLINE, "jax", _c_roofline,
-              description="benchmarks/roofline.c: the path's RMSprop step as "
-              "one OpenMP/SIMD pass in C (-O3 -march=native), in place on "
-              "numpy arrays (issue 9)"),
+  Contender(
+    OURS,
+    "jax",
+    _ours_fused("auto"),
+    compiled=True,
+    description="rmsprop_apply(params, grads, state, ...) (update "
+    "and apply fused; the C++ kernel where built), jit, donated",
+  ),
+  Contender(
+    OURS_OPTAX_API,
+    "jax",
+    _ours_optax_api,
+    compiled=True,
+    description="rmsprop(...).update + optax.apply_updates "
+    '(backend="auto"), jit, donated',
+  ),
+  Contender(
+    OURS_XLA,
+    "jax",
+    _ours_fused("xla"),
+    compiled=True,
+    description='rmsprop_apply(..., backend="xla"): the pure XLA '
+    "path (what GPU/TPU run), jit, donated",
+  ),
+  Contender(
+    "optax",
+    "jax",
+    _optax,
+    compiled=True,
+    description="optax.rmsprop(decay=rho, eps, eps_in_sqrt=momentum"
+    " path, momentum or None), jit, donated",
+  ),
+  Contender(
+    "keras3",
+    "jax",
+    _keras3,
+    compiled=True,
+    description="keras.optimizers.RMSprop.stateless_apply (JAX "
+    "backend), jit, donated",
+  ),
+  Contender(
+    "tf_keras",
+    "tf",
+    _tf_keras,
+    compiled=True,
+    description="tf_keras.optimizers.legacy.RMSprop.apply_gradients"
+    " in tf.function",
+  ),
+  Contender(
+    "torch",
+    "torch",
+    _torch,
+    description="torch.optim.RMSprop(foreach=True), CPU",
+  ),
+  Contender(
+    ROOFLINE,
+    "jax",
+    _xla_roofline,
+    description="in-place jitted x*0.5+g over the path's arrays "
+    "interleaved: reads and writes each once (issue 6)",
+  ),
+  Contender(
+    C_ROOFLINE,
+    "jax",
+    _c_roofline,
+    description="benchmarks/roofline.c: the path's RMSprop step as "
+    "one OpenMP/SIMD pass in C (-O3 -march=native), in place on "
+    "numpy arrays (issue 9)",
+  ),
 )
 
 # Timed in every group, interleaved with its contenders, so that a contender

@@ -20,16 +20,18 @@ import test_tf_parity as parity  # pylint: disable=g-import-not-at-top
 
 def measure(config, dtype, steps, jit_compile):
   variables, grads = parity.random_problem(0, dtype, steps)
-  tf_vars, tf_slots, _ = parity.run_tf(variables, grads,
-                                       jit_compile=jit_compile, **config)
+  tf_vars, tf_slots, _ = parity.run_tf(
+    variables, grads, jit_compile=jit_compile, **config
+  )
   params, state = parity.run_jax(
-      variables, grads, rounding="tf_xla" if jit_compile else "tf_cpu",
-      **config)
+    variables, grads, rounding="tf_xla" if jit_compile else "tf_cpu", **config
+  )
   worst = parity.max_ulp(params, tf_vars)
   for slot, tf_name in (("ms", "rms"), ("mg", "mg"), ("mom", "momentum")):
     if getattr(state, slot) is not None:
-      worst = max(worst, parity.max_ulp(getattr(state, slot),
-                                        tf_slots[tf_name]))
+      worst = max(
+        worst, parity.max_ulp(getattr(state, slot), tf_slots[tf_name])
+      )
   return worst
 
 
@@ -45,8 +47,9 @@ def main():
         cells = []
         for jit_compile in (False, True):
           try:
-            cells.append(f"{measure(config, dtype, args.steps, jit_compile)}"
-                         " ULP")
+            cells.append(
+              f"{measure(config, dtype, args.steps, jit_compile)} ULP"
+            )
           except Exception as e:  # pylint: disable=broad-except
             cells.append(f"TF error: {type(e).__name__}")
       print(f"| {path} | {name} | {cells[0]} | {cells[1]} |")

@@ -20,15 +20,26 @@ SUITES = ("dense", "sparse_embedding", "keras_wrapper_overhead")
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--small", action="store_true",
-                      help="tiny sizes and few repetitions (CI smoke test)")
-  parser.add_argument("--out", default="benchmarks/results",
-                      help="directory for the tables, plots and raw results")
-  parser.add_argument("--suites", default=",".join(SUITES),
-                      help=f"comma-separated subset of {SUITES}")
+  parser.add_argument(
+    "--small",
+    action="store_true",
+    help="tiny sizes and few repetitions (CI smoke test)",
+  )
+  parser.add_argument(
+    "--out",
+    default="benchmarks/results",
+    help="directory for the tables, plots and raw results",
+  )
+  parser.add_argument(
+    "--suites",
+    default=",".join(SUITES),
+    help=f"comma-separated subset of {SUITES}",
+  )
   args = parser.parse_args(argv)
-  command = " ".join(["python -m benchmarks.run"] +
-                     (sys.argv[1:] if argv is None else list(argv)))
+  command = " ".join(
+    ["python -m benchmarks.run"]
+    + (sys.argv[1:] if argv is None else list(argv))
+  )
   failed = []
   for suite in args.suites.split(","):
     if suite not in SUITES:
@@ -36,8 +47,11 @@ def main(argv=None) -> int:
     suite_args = ["--out", args.out, "--command", command]
     suite_args += ["--small"] if args.small else []
     print(f"=== suite {suite}", flush=True)
-    status, took = harness.timed(functools.partial(
-        harness.run_worker, f"benchmarks.{suite}", suite_args, sys.stdout))
+    status, took = harness.timed(
+      functools.partial(
+        harness.run_worker, f"benchmarks.{suite}", suite_args, sys.stdout
+      )
+    )
     print(f"=== suite {suite}: {took:.0f} s", flush=True)
     if status:
       failed.append(suite)

@@ -29,10 +29,10 @@ class Path:
 
 
 PATHS = (
-    Path("plain", 0.0, False),
-    Path("momentum", 0.9, False),
-    Path("centered", 0.0, True),
-    Path("momentum+centered", 0.9, True),
+  Path("plain", 0.0, False),
+  Path("momentum", 0.9, False),
+  Path("centered", 0.0, True),
+  Path("momentum+centered", 0.9, True),
 )
 
 
@@ -68,8 +68,9 @@ class Workload:
     return params, grads
 
 
-def resnet50_shapes(layout: str, width_divisor: int = 1,
-                    blocks: tuple = (3, 4, 6, 3)) -> dict:
+def resnet50_shapes(
+  layout: str, width_divisor: int = 1, blocks: tuple = (3, 4, 6, 3)
+) -> dict:
   """The 161 trainable leaves of Keras' ResNet-50 (25.6M params).
 
   53 bias-free convolutions, a BatchNorm ``gamma``/``beta`` pair after each
@@ -97,7 +98,8 @@ def resnet50_shapes(layout: str, width_divisor: int = 1,
   conv("conv1", 7, 3, 64 // d)
   cin = 64 // d
   for stage, (blocks, width) in enumerate(
-      zip(blocks, (64, 128, 256, 512)), start=2):
+    zip(blocks, (64, 128, 256, 512)), start=2
+  ):
     width //= d
     for block in range(1, blocks + 1):
       name = f"conv{stage}_block{block}"
@@ -121,15 +123,17 @@ def dense_workloads(small: bool) -> list:
   """The workloads of a full run, or of a ``--small`` smoke run."""
   if small:
     return [
-        Workload("leaf 256K", {"w": (1 << 18,)}),
-        Workload("conv-mini OIHW", resnet50_shapes("OIHW", 16, (1, 0, 0, 0)),
-                 time_first_call=True),
+      Workload("leaf 256K", {"w": (1 << 18,)}),
+      Workload(
+        "conv-mini OIHW",
+        resnet50_shapes("OIHW", 16, (1, 0, 0, 0)),
+        time_first_call=True,
+      ),
     ]
   return [
-      Workload("leaf 1M", {"w": (1 << 20,)}),
-      Workload("leaf 16M", {"w": (1 << 24,)}),
-      Workload("leaf 64M", {"w": (1 << 26,)}, headline_only=True),
-      Workload("ResNet-50 HWIO", resnet50_shapes("HWIO"),
-               time_first_call=True),
-      Workload("ResNet-50 OIHW", resnet50_shapes("OIHW")),
+    Workload("leaf 1M", {"w": (1 << 20,)}),
+    Workload("leaf 16M", {"w": (1 << 24,)}),
+    Workload("leaf 64M", {"w": (1 << 26,)}, headline_only=True),
+    Workload("ResNet-50 HWIO", resnet50_shapes("HWIO"), time_first_call=True),
+    Workload("ResNet-50 OIHW", resnet50_shapes("OIHW")),
   ]

@@ -28,14 +28,13 @@ JAX (SLURM, Open MPI, Kubernetes, Cloud TPU pods); see docs/distributed.md.
 
 import argparse
 import sys
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+import numpy as np
+import optax
 
 import optax_tfrmsprop
 
@@ -56,10 +55,10 @@ def make_data(steps: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 def init_params(seed: int = 1) -> dict[str, np.ndarray]:
   rng = np.random.default_rng(seed)
   return {
-      "w1": (rng.standard_normal((FEATURES, HIDDEN)) / 3).astype(np.float32),
-      "b1": np.zeros(HIDDEN, np.float32),
-      "w2": (rng.standard_normal((HIDDEN, 1)) / 4).astype(np.float32),
-      "b2": np.zeros(1, np.float32),
+    "w1": (rng.standard_normal((FEATURES, HIDDEN)) / 3).astype(np.float32),
+    "b1": np.zeros(HIDDEN, np.float32),
+    "w2": (rng.standard_normal((HIDDEN, 1)) / 4).astype(np.float32),
+    "b2": np.zeros(1, np.float32),
   }
 
 
@@ -70,7 +69,8 @@ def loss_fn(params, x, y):
 
 def make_optimizer() -> optax.GradientTransformationExtraArgs:
   return optax_tfrmsprop.rmsprop(
-      learning_rate=0.01, momentum=0.9, centered=True, global_clipnorm=1.0)
+    learning_rate=0.01, momentum=0.9, centered=True, global_clipnorm=1.0
+  )
 
 
 def ordered_mean_grads(mesh: jax.sharding.Mesh):
@@ -79,8 +79,12 @@ def ordered_mean_grads(mesh: jax.sharding.Mesh):
 
   # The all-gathered sum is the same on every device, but shard_map cannot
   # infer that; hence check_vma=False.
-  @jax.shard_map(mesh=mesh, in_specs=(P(), P("data"), P("data")),
-                 out_specs=P(), check_vma=False)
+  @jax.shard_map(
+    mesh=mesh,
+    in_specs=(P(), P("data"), P("data")),
+    out_specs=P(),
+    check_vma=False,
+  )
   def grads(params, x, y):
     local = jax.grad(loss_fn)(params, x, y)  # the mean over local rows
     every = jax.lax.all_gather(local, "data")
@@ -101,8 +105,9 @@ def train(steps: int, reduction: str = "ordered") -> dict[str, np.ndarray]:
     The params after training, as numpy arrays (they are replicated, so every
     process can read them).
   """
-  mesh = jax.make_mesh((jax.device_count(),), ("data",),
-                       axis_types=(jax.sharding.AxisType.Auto,))
+  mesh = jax.make_mesh(
+    (jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,)
+  )
   replicated = NamedSharding(mesh, P())
   batch_sharding = NamedSharding(mesh, P("data"))
   optimizer = make_optimizer()
@@ -115,7 +120,8 @@ def train(steps: int, reduction: str = "ordered") -> dict[str, np.ndarray]:
     grad_fn = jax.grad(loss_fn)
   else:
     raise ValueError(
-        f"reduction must be 'ordered' or 'all-reduce', got {reduction!r}.")
+      f"reduction must be 'ordered' or 'all-reduce', got {reduction!r}."
+    )
 
   @jax.jit
   def step(params, opt_state, x, y):
@@ -133,28 +139,46 @@ def train(steps: int, reduction: str = "ordered") -> dict[str, np.ndarray]:
     y = jax.make_array_from_process_local_data(batch_sharding, y_all[t, local])
     params, opt_state, loss = step(params, opt_state, x, y)
   if jax.process_index() == 0:
-    print(f"final loss {float(loss):.6f} on {jax.device_count()} devices in "
-          f"{jax.process_count()} processes", flush=True)
+    print(
+      f"final loss {float(loss):.6f} on {jax.device_count()} devices in "
+      f"{jax.process_count()} processes",
+      flush=True,
+    )
   return jax.tree.map(np.asarray, params)
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--coordinator-address", default=None,
-                      help="host:port of process 0; omit where the cluster "
-                      "environment provides it")
+  parser.add_argument(
+    "--coordinator-address",
+    default=None,
+    help="host:port of process 0; omit where the cluster "
+    "environment provides it",
+  )
   parser.add_argument("--num-processes", type=int, default=None)
   parser.add_argument("--process-id", type=int, default=None)
-  parser.add_argument("--cpu-devices", type=int, default=None,
-                      help="run on this many CPU devices per process (gloo "
-                      "collectives), for machines without accelerators")
-  parser.add_argument("--initialization-timeout", type=int, default=300,
-                      help="seconds to wait for all processes to connect")
+  parser.add_argument(
+    "--cpu-devices",
+    type=int,
+    default=None,
+    help="run on this many CPU devices per process (gloo "
+    "collectives), for machines without accelerators",
+  )
+  parser.add_argument(
+    "--initialization-timeout",
+    type=int,
+    default=300,
+    help="seconds to wait for all processes to connect",
+  )
   parser.add_argument("--steps", type=int, default=20)
-  parser.add_argument("--reduction", choices=("ordered", "all-reduce"),
-                      default="ordered")
-  parser.add_argument("--output", default=None,
-                      help="process 0 saves the final params here (.npz)")
+  parser.add_argument(
+    "--reduction", choices=("ordered", "all-reduce"), default="ordered"
+  )
+  parser.add_argument(
+    "--output",
+    default=None,
+    help="process 0 saves the final params here (.npz)",
+  )
   args = parser.parse_args(argv)
 
   if args.cpu_devices is not None:
@@ -163,10 +187,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
   if args.num_processes != 1:
     jax.distributed.initialize(
-        coordinator_address=args.coordinator_address,
-        num_processes=args.num_processes,
-        process_id=args.process_id,
-        initialization_timeout=args.initialization_timeout,
+      coordinator_address=args.coordinator_address,
+      num_processes=args.num_processes,
+      process_id=args.process_id,
+      initialization_timeout=args.initialization_timeout,
     )
   params = train(args.steps, args.reduction)
   if args.output is not None and jax.process_index() == 0:

@@ -17,8 +17,8 @@ import pathlib
 import sys
 import time
 
-import nbformat
 from nbclient import NotebookClient
+import nbformat
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -27,8 +27,11 @@ def execute(path: pathlib.Path) -> None:
   notebook = nbformat.read(path, as_version=4)
   start = time.perf_counter()
   NotebookClient(
-      notebook, timeout=600, kernel_name="python3",
-      resources={"metadata": {"path": str(path.parent)}}).execute()
+    notebook,
+    timeout=600,
+    kernel_name="python3",
+    resources={"metadata": {"path": str(path.parent)}},
+  ).execute()
   for cell in notebook.cells:
     if cell.cell_type != "code":
       continue
@@ -37,8 +40,10 @@ def execute(path: pathlib.Path) -> None:
         print(f"  {path.name}: dropped stderr: {output.text.strip()[:200]}")
     cell.metadata.pop("execution", None)
     cell.outputs = [
-        o for o in cell.outputs
-        if not (o.output_type == "stream" and o.name == "stderr")]
+      o
+      for o in cell.outputs
+      if not (o.output_type == "stream" and o.name == "stderr")
+    ]
   nbformat.validate(notebook)
   nbformat.write(notebook, path)
   print(f"{path.name}: executed in {time.perf_counter() - start:.1f} s")
@@ -46,9 +51,11 @@ def execute(path: pathlib.Path) -> None:
 
 def main(argv: list[str]) -> None:
   os.environ["PYTHONPATH"] = os.pathsep.join(
-      filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-  paths = ([pathlib.Path(a).resolve() for a in argv]
-           or sorted((REPO / "notebooks").glob("*.ipynb")))
+    filter(None, [str(REPO), os.environ.get("PYTHONPATH")])
+  )
+  paths = [pathlib.Path(a).resolve() for a in argv] or sorted(
+    (REPO / "notebooks").glob("*.ipynb")
+  )
   for path in paths:
     execute(path)
 

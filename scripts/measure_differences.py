@@ -31,17 +31,18 @@ STEPS = 100
 SIZE = 4096
 LR, RHO, EPS = 0.01, 0.9, 1e-7
 CONFIGS = {
-    "P1 plain": dict(momentum=0.0, centered=False),
-    "P2 centered": dict(momentum=0.0, centered=True),
-    "P3 momentum 0.9": dict(momentum=0.9, centered=False),
-    "P4 momentum 0.9, centered": dict(momentum=0.9, centered=True),
+  "P1 plain": dict(momentum=0.0, centered=False),
+  "P2 centered": dict(momentum=0.0, centered=True),
+  "P3 momentum 0.9": dict(momentum=0.9, centered=False),
+  "P4 momentum 0.9, centered": dict(momentum=0.9, centered=True),
 }
 
 
 def tf_legacy(x0, grads, momentum, centered):
   var = tf.Variable(x0)
   opt = tf_keras.optimizers.legacy.RMSprop(
-      LR, rho=RHO, momentum=momentum, epsilon=EPS, centered=centered)
+    LR, rho=RHO, momentum=momentum, epsilon=EPS, centered=centered
+  )
 
   @tf.function
   def step(g):
@@ -55,7 +56,8 @@ def tf_legacy(x0, grads, momentum, centered):
 def keras3(x0, grads, momentum, centered):
   var = keras.Variable(x0)
   opt = keras.optimizers.RMSprop(
-      LR, rho=RHO, momentum=momentum, epsilon=EPS, centered=centered)
+    LR, rho=RHO, momentum=momentum, epsilon=EPS, centered=centered
+  )
 
   @tf.function
   def step(g):
@@ -82,7 +84,8 @@ def run_optax(opt, x0, grads):
 
 def this_package(x0, grads, momentum, centered):
   return run_optax(
-      optax_tfrmsprop.rmsprop(LR, RHO, momentum, EPS, centered), x0, grads)
+    optax_tfrmsprop.rmsprop(LR, RHO, momentum, EPS, centered), x0, grads
+  )
 
 
 def optax_closest(x0, grads, momentum, centered):
@@ -90,16 +93,27 @@ def optax_closest(x0, grads, momentum, centered):
   # square root without momentum, inside with it; decay as a float32 array so
   # that 1 - decay is computed in float32 as TF does.
   opt = optax.rmsprop(
-      LR, decay=jnp.float32(RHO), eps=EPS, eps_in_sqrt=momentum > 0,
-      centered=centered, momentum=momentum or None)
+    LR,
+    decay=jnp.float32(RHO),
+    eps=EPS,
+    eps_in_sqrt=momentum > 0,
+    centered=centered,
+    momentum=momentum or None,
+  )
   return run_optax(opt, x0, grads)
 
 
 def pytorch(x0, grads, momentum, centered):
   param = torch.nn.Parameter(torch.from_numpy(x0.copy()))
   opt = torch.optim.RMSprop(
-      [param], lr=LR, alpha=RHO, eps=EPS, momentum=momentum,
-      centered=centered, foreach=False)
+    [param],
+    lr=LR,
+    alpha=RHO,
+    eps=EPS,
+    momentum=momentum,
+    centered=centered,
+    foreach=False,
+  )
   for g in grads:
     param.grad = torch.from_numpy(g)
     opt.step()
@@ -109,24 +123,34 @@ def pytorch(x0, grads, momentum, centered):
 def compare(name, got, want):
   ulp = optax_tfrmsprop.ulp_distance(got, want)
   diff = np.max(np.abs(got.astype(np.float64) - want))
-  print(f"  {name:22s} max {int(ulp.max()):>10d} ULP, median "
-        f"{int(np.median(ulp)):>4d} ULP, max |difference| {diff:.1e}")
+  print(
+    f"  {name:22s} max {int(ulp.max()):>10d} ULP, median "
+    f"{int(np.median(ulp)):>4d} ULP, max |difference| {diff:.1e}"
+  )
 
 
 def main():
   rng = np.random.default_rng(0)
   x0 = rng.normal(size=SIZE).astype(np.float32)
-  grads = [(rng.normal(size=SIZE) * 10.0 ** rng.uniform(-3, 1, SIZE))
-           .astype(np.float32) for _ in range(STEPS)]
-  print(f"float32, {SIZE} parameters, {STEPS} steps, lr={LR}, rho={RHO}, "
-        f"epsilon={EPS}; distance from tf_keras.optimizers.legacy.RMSprop:")
+  grads = [
+    (rng.normal(size=SIZE) * 10.0 ** rng.uniform(-3, 1, SIZE)).astype(
+      np.float32
+    )
+    for _ in range(STEPS)
+  ]
+  print(
+    f"float32, {SIZE} parameters, {STEPS} steps, lr={LR}, rho={RHO}, "
+    f"epsilon={EPS}; distance from tf_keras.optimizers.legacy.RMSprop:"
+  )
   for label, config in CONFIGS.items():
     want = tf_legacy(x0, grads, **config)
     print(label)
-    for name, fn in (("optax_tfrmsprop (jit)", this_package),
-                     ("optax.rmsprop (jit)", optax_closest),
-                     ("Keras 3 RMSprop", keras3),
-                     ("torch.optim.RMSprop", pytorch)):
+    for name, fn in (
+      ("optax_tfrmsprop (jit)", this_package),
+      ("optax.rmsprop (jit)", optax_closest),
+      ("Keras 3 RMSprop", keras3),
+      ("torch.optim.RMSprop", pytorch),
+    ):
       compare(name, fn(x0, grads, **config), want)
 
   # Hyperparameter dtype: one step on a float64 parameter with lr = 0.1.
@@ -136,7 +160,9 @@ def main():
     x = np.ones(4, np.float64)
     g = np.full(4, 0.5)
     var = tf.Variable(x)
-    tf_keras.optimizers.legacy.RMSprop(0.1).apply_gradients([(tf.constant(g), var)])
+    tf_keras.optimizers.legacy.RMSprop(0.1).apply_gradients(
+      [(tf.constant(g), var)]
+    )
     want = x - var.numpy()
     params = jnp.asarray(x)
     state = optax_tfrmsprop.rmsprop(0.1).init(params)
@@ -151,8 +177,11 @@ def main():
     topt.step()
     torch_step = x - param.detach().numpy()
   print("float64 parameter, lr=0.1, first step size / TF's step size - 1:")
-  for name, step in (("optax_tfrmsprop", ours), ("optax.rmsprop", theirs),
-                     ("torch.optim.RMSprop", torch_step)):
+  for name, step in (
+    ("optax_tfrmsprop", ours),
+    ("optax.rmsprop", theirs),
+    ("torch.optim.RMSprop", torch_step),
+  ):
     print(f"  {name:24s} {step[0] / want[0] - 1:+.2e}")
 
   # Sparse gradients.

@@ -21,6 +21,7 @@ def x64():
 def both_backends(request, monkeypatch):
   """Runs the test on the CPU kernel and on the XLA path (backend="auto")."""
   from optax_tfrmsprop._src import cpu_kernel  # pylint: disable=g-import-not-at-top
+
   if request.param == "ffi" and not cpu_kernel.is_built():
     pytest.skip("the CPU kernel is not built")
   monkeypatch.setenv(cpu_kernel.BACKEND_ENV_VAR, request.param)

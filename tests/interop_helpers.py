@@ -13,7 +13,8 @@ import pytest
 
 import optax_tfrmsprop
 from optax_tfrmsprop import interop
-from tf_reference import tf, tf_keras
+from tf_reference import tf
+from tf_reference import tf_keras
 
 nn = pytest.importorskip("flax.linen")
 nnx = pytest.importorskip("flax.nnx")
@@ -31,19 +32,20 @@ def data(seed=0, n=16):
 def keras_model(seed=0, compile_config=CONFIG):
   """A compiled tf_keras MLP (names uniquified by tf_keras, as in a session)."""
   tf_keras.utils.set_random_seed(seed)
-  model = tf_keras.Sequential([
+  model = tf_keras.Sequential(
+    [
       tf_keras.Input((WIDTH,)),
       tf_keras.layers.Dense(WIDTH, activation="tanh"),
       tf_keras.layers.Dense(WIDTH, activation="tanh"),
       tf_keras.layers.Dense(OUT),
-  ])
+    ]
+  )
   if compile_config is not None:
     model.compile(tf_keras.optimizers.legacy.RMSprop(**compile_config), "mse")
   return model
 
 
 class LinenMLP(nn.Module):
-
   @nn.compact
   def __call__(self, x):
     x = jnp.tanh(nn.Dense(WIDTH)(x))
@@ -52,7 +54,6 @@ class LinenMLP(nn.Module):
 
 
 class NnxMLP(nnx.Module):
-
   def __init__(self, rngs):
     self.linear1 = nnx.Linear(WIDTH, WIDTH, rngs=rngs)
     self.linear2 = nnx.Linear(WIDTH, WIDTH, rngs=rngs)
@@ -116,12 +117,15 @@ def continue_both(model, optimizer, flax, pairs, params, state, steps, seed):
 
 def assert_same_as_keras(pairs, params, model):
   """Every param equals its Keras weight bit for bit."""
-  for name, ours, theirs in zip(pairs.keras_names, pairs.to_keras(params),
-                                model.trainable_variables):
+  for name, ours, theirs in zip(
+    pairs.keras_names, pairs.to_keras(params), model.trainable_variables
+  ):
     assert name == theirs.name[:-2]
     np.testing.assert_array_equal(
-        optax_tfrmsprop.ulp_distance(np.asarray(ours), theirs.numpy()), 0,
-        err_msg=name)
+      optax_tfrmsprop.ulp_distance(np.asarray(ours), theirs.numpy()),
+      0,
+      err_msg=name,
+    )
 
 
 def correspondence(model, flax):

@@ -36,21 +36,29 @@ def case(x64=False, error="ValueError", match=""):
   def register(fn):
     CASES[fn.__name__] = (fn, x64, error, match)
     return fn
+
   return register
 
 
 def api_case(x64=False, match=""):
   """Registers the case for both backends, as ``name[ffi]`` and ``name[xla]``."""
+
   def register(fn):
     for backend in ("ffi", "xla"):
       CASES[f"{fn.__name__}[{backend}]"] = (
-          lambda fn=fn, backend=backend: fn(backend), x64, "ValueError", match)
+        lambda fn=fn, backend=backend: fn(backend),
+        x64,
+        "ValueError",
+        match,
+      )
     return fn
+
   return register
 
 
 def _tx():
   import optax_tfrmsprop  # pylint: disable=g-import-not-at-top
+
   return optax_tfrmsprop
 
 
@@ -62,36 +70,48 @@ def apply_sparse_params_fewer_rows_than_state(backend):
   o = _tx()
   state = o.rmsprop_init(jnp.zeros((200000, 64)), use_momentum=True)
   grad = o.IndexedSlices(jnp.ones((1, 64)), jnp.array([199999]), (200000, 64))
-  return o.rmsprop_apply(jnp.zeros((2, 64)), grad, state, momentum=0.9,
-                         backend=backend)
+  return o.rmsprop_apply(
+    jnp.zeros((2, 64)), grad, state, momentum=0.9, backend=backend
+  )
 
 
 @api_case(match=r"params at \['e'\] has shape \(2, 8\)")
 def apply_small_sparse_params_fewer_rows_than_state(backend):
   # Before the checks this one returned normally after writing out of bounds.
   o = _tx()
-  state = o.rmsprop_init({"e": jnp.zeros((10, 8))}, use_momentum=True,
-                         centered=True)
+  state = o.rmsprop_init(
+    {"e": jnp.zeros((10, 8))}, use_momentum=True, centered=True
+  )
   grad = {"e": o.IndexedSlices(jnp.ones((1, 8)), jnp.array([9]), (10, 8))}
-  return o.rmsprop_apply({"e": jnp.zeros((2, 8))}, grad, state, momentum=0.9,
-                         backend=backend)
+  return o.rmsprop_apply(
+    {"e": jnp.zeros((2, 8))}, grad, state, momentum=0.9, backend=backend
+  )
 
 
 @api_case(match=r"params at the root has shape \(1000,\) and dtype int32")
 def apply_int32_params_over_float32_state(backend):
   o = _tx()
   state = o.rmsprop_init(jnp.zeros(1000), use_momentum=True)
-  return o.rmsprop_apply(jnp.zeros(1000, jnp.int32), jnp.ones(1000), state,
-                         momentum=0.9, backend=backend)
+  return o.rmsprop_apply(
+    jnp.zeros(1000, jnp.int32),
+    jnp.ones(1000),
+    state,
+    momentum=0.9,
+    backend=backend,
+  )
 
 
 @api_case(x64=True, match=r"params at the root .* dtype float64")
 def apply_float64_params_over_float32_state(backend):
   o = _tx()
   state = o.rmsprop_init(jnp.zeros(1000, jnp.float32), use_momentum=True)
-  return o.rmsprop_apply(jnp.zeros(1000, jnp.float64),
-                         jnp.ones(1000, jnp.float32), state, momentum=0.9,
-                         backend=backend)
+  return o.rmsprop_apply(
+    jnp.zeros(1000, jnp.float64),
+    jnp.ones(1000, jnp.float32),
+    state,
+    momentum=0.9,
+    backend=backend,
+  )
 
 
 @api_case(x64=True, match=r"state.mom at the root .* dtype float64")
@@ -100,8 +120,9 @@ def apply_float64_mom_over_float32_ms(backend):
   params = jnp.zeros(1000, jnp.float32)
   state = o.rmsprop_init(params, use_momentum=True)
   state = state.replace(mom=jnp.zeros(1000, jnp.float64))
-  return o.rmsprop_apply(params, jnp.ones(1000, jnp.float32), state,
-                         momentum=0.9, backend=backend)
+  return o.rmsprop_apply(
+    params, jnp.ones(1000, jnp.float32), state, momentum=0.9, backend=backend
+  )
 
 
 @api_case(match=r"state.mg at \['w'\] has shape \(5,\)")
@@ -117,8 +138,9 @@ def update_mg_shorter_than_ms(backend):
 def apply_dense_params_shorter_than_state(backend):
   o = _tx()
   state = o.rmsprop_init({"w": jnp.zeros(1000)})
-  return o.rmsprop_apply({"w": jnp.zeros(999)}, {"w": jnp.ones(1000)}, state,
-                         backend=backend)
+  return o.rmsprop_apply(
+    {"w": jnp.zeros(999)}, {"w": jnp.ones(1000)}, state, backend=backend
+  )
 
 
 # --- cpu_kernel's own operand checks, past the public API. ---
@@ -128,6 +150,7 @@ _H32 = lambda: jnp.array([0.01, 0.9, 0.1, 0.9, 1e-7], jnp.float32)
 
 def _kernel():
   from optax_tfrmsprop._src import cpu_kernel  # pylint: disable=g-import-not-at-top
+
   cpu_kernel.use_kernel("ffi")  # Registers the targets.
   return cpu_kernel
 
@@ -136,85 +159,139 @@ def _kernel():
 def dense_update_int32_var():
   x = jnp.zeros(4)
   return _kernel().dense_update(
-      [(x, x, x, None, x), (x, x.astype(jnp.int32), x, None, x)], _H32(),
-      centered=False, momentum=True, apply=True)
+    [(x, x, x, None, x), (x, x.astype(jnp.int32), x, None, x)],
+    _H32(),
+    centered=False,
+    momentum=True,
+    apply=True,
+  )
 
 
 @case(match=r"leaves\[0\] mom is missing")
 def dense_update_missing_mom():
   x = jnp.zeros(4)
-  return _kernel().dense_update([(x, x, x, None, None)], _H32(),
-                                centered=False, momentum=True, apply=True)
+  return _kernel().dense_update(
+    [(x, x, x, None, None)], _H32(), centered=False, momentum=True, apply=True
+  )
 
 
 @case(match=r"leaves\[0\] mg has shape \(3,\)")
 def dense_update_short_mg():
   x = jnp.zeros(4)
-  return _kernel().dense_update([(x, None, x, x[:3], x)], _H32(),
-                                centered=True, momentum=True, apply=False)
+  return _kernel().dense_update(
+    [(x, None, x, x[:3], x)], _H32(), centered=True, momentum=True, apply=False
+  )
 
 
 @case(match=r"hypers must be a \(5,\) float32 or float64 array")
 def dense_update_four_hypers():
   x = jnp.zeros(4)
-  return _kernel().dense_update([(x, x, x, None, x)], _H32()[:4],
-                                centered=False, momentum=True, apply=True)
+  return _kernel().dense_update(
+    [(x, x, x, None, x)], _H32()[:4], centered=False, momentum=True, apply=True
+  )
 
 
-@case(x64=True, match=r"leaves\[0\] ms has shape \(4,\) and dtype float32, "
-      r"but the hyperparameters .* float64")
+@case(
+  x64=True,
+  match=r"leaves\[0\] ms has shape \(4,\) and dtype float32, "
+  r"but the hyperparameters .* float64",
+)
 def dense_update_float64_hypers_float32_leaves():
   x = jnp.zeros(4, jnp.float32)
-  return _kernel().dense_update([(x, x, x, None, x)],
-                                _H32().astype(jnp.float64), centered=False,
-                                momentum=True, apply=True)
+  return _kernel().dense_update(
+    [(x, x, x, None, x)],
+    _H32().astype(jnp.float64),
+    centered=False,
+    momentum=True,
+    apply=True,
+  )
 
 
 @case(match=r"momentum-free paths \(P1/P2\) run only with apply=True")
 def dense_update_p1_without_apply():
   x = jnp.zeros(4)
-  return _kernel().dense_update([(x, None, x, None, None)], _H32(),
-                                centered=False, momentum=False, apply=False)
+  return _kernel().dense_update(
+    [(x, None, x, None, None)],
+    _H32(),
+    centered=False,
+    momentum=False,
+    apply=False,
+  )
 
 
 @case(match=r"var \(params\) has shape \(2, 8\).*ms has shape \(10, 8\)")
 def sparse_update_var_fewer_rows():
   t = jnp.zeros((10, 8))
   return _kernel().sparse_update(
-      jnp.ones((1, 8)), jnp.array([9], jnp.int32), jnp.zeros((2, 8)), t, None,
-      t, _H32(), apply=True)
+    jnp.ones((1, 8)),
+    jnp.array([9], jnp.int32),
+    jnp.zeros((2, 8)),
+    t,
+    None,
+    t,
+    _H32(),
+    apply=True,
+  )
 
 
 @case(match=r"values \(one row per index\) has shape \(1, 9\)")
 def sparse_update_values_wider_than_rows():
   t = jnp.zeros((10, 8))
   return _kernel().sparse_update(
-      jnp.ones((1, 9)), jnp.array([3], jnp.int32), t, t, None, t, _H32(),
-      apply=True)
+    jnp.ones((1, 9)),
+    jnp.array([3], jnp.int32),
+    t,
+    t,
+    None,
+    t,
+    _H32(),
+    apply=True,
+  )
 
 
 @case(x64=True, match=r"indices must be a 1-D int32 array")
 def sparse_update_int64_indices():
   t = jnp.zeros((10, 8), jnp.float32)
   return _kernel().sparse_update(
-      jnp.ones((1, 8), jnp.float32), jnp.array([3], jnp.int64), t, t, None, t,
-      _H32(), apply=True)
+    jnp.ones((1, 8), jnp.float32),
+    jnp.array([3], jnp.int64),
+    t,
+    t,
+    None,
+    t,
+    _H32(),
+    apply=True,
+  )
 
 
 @case(match=r"indices\[1\] = 11 is not in \[0, 10\]")
 def sparse_update_index_beyond_table():
   t = jnp.zeros((10, 8))
   return _kernel().sparse_update(
-      jnp.ones((2, 8)), jnp.array([3, 11], jnp.int32), t, t, None, t, _H32(),
-      apply=True)
+    jnp.ones((2, 8)),
+    jnp.array([3, 11], jnp.int32),
+    t,
+    t,
+    None,
+    t,
+    _H32(),
+    apply=True,
+  )
 
 
 @case(match=r"mom has shape \(10, 4\)")
 def sparse_update_narrow_mom():
   t = jnp.zeros((10, 8))
   return _kernel().sparse_update(
-      jnp.ones((1, 8)), jnp.array([3], jnp.int32), t, t, None,
-      jnp.zeros((10, 4)), _H32(), apply=True)
+    jnp.ones((1, 8)),
+    jnp.array([3], jnp.int32),
+    t,
+    t,
+    None,
+    jnp.zeros((10, 4)),
+    _H32(),
+    apply=True,
+  )
 
 
 # --- The C++ handlers' checks: the targets called directly. ---
@@ -226,8 +303,9 @@ CPP = dict(error="*", match=r"tfrmsprop: ")
 def _dense(operands, results, aliases, **attrs):
   _kernel()
   attrs = dict(centered=False, momentum=True, apply=True) | attrs
-  return jax.ffi.ffi_call("tfrmsprop_dense", results,
-                          input_output_aliases=aliases)(*operands, **attrs)
+  return jax.ffi.ffi_call(
+    "tfrmsprop_dense", results, input_output_aliases=aliases
+  )(*operands, **attrs)
 
 
 _V = lambda dtype=jnp.float32: jnp.zeros(100, dtype)
@@ -236,68 +314,89 @@ _P3 = {2: 0, 3: 1, 4: 2}  # var, ms, mom aliased
 
 @case(error="*", match=r"leaf 0 var operand has dtype S32")
 def ffi_dense_int32_var():
-  return _dense([_H32(), _V(), _V(jnp.int32), _V(), _V()],
-                [S((100,), jnp.int32), S((100,), jnp.float32),
-                 S((100,), jnp.float32)], _P3)
+  return _dense(
+    [_H32(), _V(), _V(jnp.int32), _V(), _V()],
+    [S((100,), jnp.int32), S((100,), jnp.float32), S((100,), jnp.float32)],
+    _P3,
+  )
 
 
 @case(error="*", match=r"leaf 0 var operand has dtype F32 and shape \(2,\)")
 def ffi_dense_short_var():
-  return _dense([_H32(), _V(), _V()[:2], _V(), _V()],
-                [S((2,), jnp.float32), S((100,), jnp.float32),
-                 S((100,), jnp.float32)], _P3)
+  return _dense(
+    [_H32(), _V(), _V()[:2], _V(), _V()],
+    [S((2,), jnp.float32), S((100,), jnp.float32), S((100,), jnp.float32)],
+    _P3,
+  )
 
 
 @case(error="*", match=r"leaf 1 var operand has dtype F32 and shape \(50,\)")
 def ffi_dense_second_leaf_var_shorter_than_g():
   small = jnp.zeros(50)
   return _dense(
-      [_H32(), _V(), _V(), _V(), _V(), _V(), small, small, small],
-      [S((100,), jnp.float32)] * 3 + [S((50,), jnp.float32)] * 3,
-      _P3 | {6: 3, 7: 4, 8: 5})
+    [_H32(), _V(), _V(), _V(), _V(), _V(), small, small, small],
+    [S((100,), jnp.float32)] * 3 + [S((50,), jnp.float32)] * 3,
+    _P3 | {6: 3, 7: 4, 8: 5},
+  )
 
 
 @case(x64=True, error="*", match=r"leaf 0 mom operand has dtype F64")
 def ffi_dense_float64_mom():
-  return _dense([_H32(), _V(), _V(), _V(), _V(jnp.float64)],
-                [S((100,), jnp.float32), S((100,), jnp.float32),
-                 S((100,), jnp.float64)], _P3)
+  return _dense(
+    [_H32(), _V(), _V(), _V(), _V(jnp.float64)],
+    [S((100,), jnp.float32), S((100,), jnp.float32), S((100,), jnp.float64)],
+    _P3,
+  )
 
 
 @case(x64=True, error="*", match=r"leaf 0 g operand has dtype F32 .* F64")
 def ffi_dense_float64_hypers_float32_leaves():
-  return _dense([_H32().astype(jnp.float64), _V(), _V(), _V(), _V()],
-                [S((100,), jnp.float32)] * 3, _P3)
+  return _dense(
+    [_H32().astype(jnp.float64), _V(), _V(), _V(), _V()],
+    [S((100,), jnp.float32)] * 3,
+    _P3,
+  )
 
 
 @case(**CPP)
 def ffi_dense_missing_result():
-  return _dense([_H32(), _V(), _V(), _V(), _V()], [S((100,), jnp.float32)] * 2,
-                {2: 0, 3: 1})
+  return _dense(
+    [_H32(), _V(), _V(), _V(), _V()], [S((100,), jnp.float32)] * 2, {2: 0, 3: 1}
+  )
 
 
 @case(error="*", match=r"the result is not aliased to its operand")
 def ffi_dense_results_not_aliased():
-  return _dense([_H32(), _V(), _V(), _V(), _V()], [S((100,), jnp.float32)] * 3,
-                {})
+  return _dense(
+    [_H32(), _V(), _V(), _V(), _V()], [S((100,), jnp.float32)] * 3, {}
+  )
 
 
 @case(error="*", match=r"hyperparameter operand must have shape \(5,\)")
 def ffi_dense_four_hypers():
-  return _dense([_H32()[:4], _V(), _V(), _V(), _V()],
-                [S((100,), jnp.float32)] * 3, _P3)
+  return _dense(
+    [_H32()[:4], _V(), _V(), _V(), _V()], [S((100,), jnp.float32)] * 3, _P3
+  )
 
 
 @case(error="*", match=r"float32 and float64 leaves, got S32")
 def ffi_dense_int_hypers():
-  return _dense([_H32().astype(jnp.int32), _V(), _V(), _V(), _V()],
-                [S((100,), jnp.float32)] * 3, _P3)
+  return _dense(
+    [_H32().astype(jnp.int32), _V(), _V(), _V(), _V()],
+    [S((100,), jnp.float32)] * 3,
+    _P3,
+  )
 
 
 @case(error="*", match=r"momentum-free paths \(P1/P2\) run only with apply")
 def ffi_dense_p1_without_apply():
-  return _dense([_H32(), _V(), _V()], [S((100,), jnp.float32)], {2: 0},
-                momentum=False, apply=False)
+  return _dense(
+    [_H32(), _V(), _V()],
+    [S((100,), jnp.float32)],
+    {2: 0},
+    momentum=False,
+    apply=False,
+  )
 
 
 _T = lambda rows=1000, dtype=jnp.float32: jnp.zeros((rows, 64), dtype)
@@ -305,24 +404,40 @@ _I = lambda *rows: jnp.array(rows, jnp.int32)
 _E = lambda: jnp.zeros((0,), jnp.float32)
 
 
-def _sparse(values, indices, var, ms, mg, mom, *, first=None, unique=None,
-            centered=False, apply=True, aliases=None):
+def _sparse(
+  values,
+  indices,
+  var,
+  ms,
+  mg,
+  mom,
+  *,
+  first=None,
+  unique=None,
+  centered=False,
+  apply=True,
+  aliases=None,
+):
   _kernel()
   table = S(ms.shape, ms.dtype)
   if first is None:
-    first = S(var.shape, var.dtype) if apply else S(values.shape,
-                                                    values.dtype)
+    first = S(var.shape, var.dtype) if apply else S(values.shape, values.dtype)
   if unique is None:
     unique = S((0,) if apply else indices.shape, jnp.int32)
-  results = [first, unique, table, S(mg.shape, mg.dtype), S(mom.shape,
-                                                            mom.dtype)]
+  results = [
+    first,
+    unique,
+    table,
+    S(mg.shape, mg.dtype),
+    S(mom.shape, mom.dtype),
+  ]
   if aliases is None:
-    aliases = {4: 2, 6: 4} | ({3: 0} if apply else {}) | (
-        {5: 3} if centered else {})
-  return jax.ffi.ffi_call("tfrmsprop_sparse", results,
-                          input_output_aliases=aliases)(
-                              _H32(), values, indices, var, ms, mg, mom,
-                              centered=centered, apply=apply)
+    aliases = (
+      {4: 2, 6: 4} | ({3: 0} if apply else {}) | ({5: 3} if centered else {})
+    )
+  return jax.ffi.ffi_call(
+    "tfrmsprop_sparse", results, input_output_aliases=aliases
+  )(_H32(), values, indices, var, ms, mg, mom, centered=centered, apply=apply)
 
 
 _ROW = lambda n=1: jnp.ones((n, 64), jnp.float32)
@@ -366,14 +481,30 @@ def ffi_sparse_int64_indices():
 
 @case(error="*", match=r"unique result has 0 indices, expected 1")
 def ffi_sparse_unique_result_missing():
-  return _sparse(_ROW(), _I(3), _E(), _T(), _E(), _T(), apply=False,
-                 unique=S((0,), jnp.int32))
+  return _sparse(
+    _ROW(),
+    _I(3),
+    _E(),
+    _T(),
+    _E(),
+    _T(),
+    apply=False,
+    unique=S((0,), jnp.int32),
+  )
 
 
 @case(error="*", match=r"mg operand has dtype F32 and shape \(0,\)")
 def ffi_sparse_centered_without_mg():
-  return _sparse(_ROW(), _I(3), _T(), _T(), _E(), _T(), centered=True,
-                 aliases={4: 2, 6: 4, 3: 0})
+  return _sparse(
+    _ROW(),
+    _I(3),
+    _T(),
+    _T(),
+    _E(),
+    _T(),
+    centered=True,
+    aliases={4: 2, 6: 4, 3: 0},
+  )
 
 
 @case(error="*", match=r"ms result: the result is not aliased")
@@ -386,12 +517,16 @@ def ffi_sparse_four_hypers():
   _kernel()
   t = _T()
   return jax.ffi.ffi_call(
-      "tfrmsprop_sparse",
-      [S(t.shape, t.dtype), S((0,), jnp.int32), S(t.shape, t.dtype),
-       S((0,), t.dtype), S(t.shape, t.dtype)],
-      input_output_aliases={3: 0, 4: 2, 6: 4})(
-          _H32()[:4], _ROW(), _I(3), t, t, _E(), t, centered=False,
-          apply=True)
+    "tfrmsprop_sparse",
+    [
+      S(t.shape, t.dtype),
+      S((0,), jnp.int32),
+      S(t.shape, t.dtype),
+      S((0,), t.dtype),
+      S(t.shape, t.dtype),
+    ],
+    input_output_aliases={3: 0, 4: 2, 6: 4},
+  )(_H32()[:4], _ROW(), _I(3), t, t, _E(), t, centered=False, apply=True)
 
 
 @case(error=None)
@@ -400,8 +535,9 @@ def kernel_still_right_after_the_errors():
   o = _tx()
   params = jnp.linspace(-1.0, 1.0, 40000, dtype=jnp.float32)
   state = o.rmsprop_init(params, use_momentum=True, centered=True)
-  step = lambda b: o.rmsprop_apply(params, params * 0.5, state, momentum=0.9,
-                                   backend=b)
+  step = lambda b: o.rmsprop_apply(
+    params, params * 0.5, state, momentum=0.9, backend=b
+  )
   for x, y in zip(jax.tree.leaves(step("ffi")), jax.tree.leaves(step("xla"))):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
@@ -416,8 +552,12 @@ def main(mode, names):
       error, message, trace = None, "", ""
     except Exception as e:  # pylint: disable=broad-exception-caught
       error, message, trace = type(e).__name__, str(e), traceback.format_exc()
-    print(json.dumps({"case": name, "error": error, "message": message,
-                      "traceback": trace}), flush=True)
+    print(
+      json.dumps(
+        {"case": name, "error": error, "message": message, "traceback": trace}
+      ),
+      flush=True,
+    )
 
 
 if __name__ == "__main__":

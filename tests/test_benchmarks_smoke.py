@@ -14,15 +14,27 @@ _ROOT = pathlib.Path(__file__).resolve().parents[1]
 def test_small_benchmark_writes_every_table(tmp_path):
   env = dict(os.environ, PYTHONPATH=str(_ROOT))
   proc = subprocess.run(
-      [sys.executable, "-m", "benchmarks.run", "--small", "--out",
-       str(tmp_path)], cwd=_ROOT, env=env, capture_output=True, text=True,
-      timeout=900, check=False)
+    [sys.executable, "-m", "benchmarks.run", "--small", "--out", str(tmp_path)],
+    cwd=_ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=900,
+    check=False,
+  )
   assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
 
   dense = (tmp_path / "dense.md").read_text()
-  for contender in ("optax_tfrmsprop", "optax_tfrmsprop optax-API",
-                    "optax_tfrmsprop xla", "optax", "keras3", "tf_keras",
-                    "XLA roofline", "C roofline"):
+  for contender in (
+    "optax_tfrmsprop",
+    "optax_tfrmsprop optax-API",
+    "optax_tfrmsprop xla",
+    "optax",
+    "keras3",
+    "tf_keras",
+    "XLA roofline",
+    "C roofline",
+  ):
     assert f"| plain | {contender} | " in dense, contender
   assert "| leaf 256K | momentum+centered | " in dense  # The summary.
   assert "## First call (trace + compile + one step)" in dense
@@ -30,14 +42,23 @@ def test_small_benchmark_writes_every_table(tmp_path):
   assert (tmp_path / "dense.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
   sparse = (tmp_path / "sparse_embedding.md").read_text()
-  for contender in ("optax_tfrmsprop sparse", "optax_tfrmsprop", "optax",
-                    "tf_keras sparse"):
+  for contender in (
+    "optax_tfrmsprop sparse",
+    "optax_tfrmsprop",
+    "optax",
+    "tf_keras sparse",
+  ):
     assert f"| P8 momentum+centered | {contender} | " in sparse, contender
   assert "## Targets, as measured" in sparse
 
   keras = (tmp_path / "keras_wrapper_overhead.md").read_text()
-  for contender in ("raw", "class", "tf_keras eager", "tf_keras tf.function",
-                    "class - raw"):
+  for contender in (
+    "raw",
+    "class",
+    "tf_keras eager",
+    "tf_keras tf.function",
+    "class - raw",
+  ):
     assert f"| 16-32-10 | {contender} | " in keras, contender
   assert "## Targets, as measured" in keras
   for suite in ("dense", "sparse_embedding", "keras_wrapper_overhead"):

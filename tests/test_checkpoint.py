@@ -5,20 +5,19 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
 import pytest
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
+import checkpoint_worker as worker
 import optax_tfrmsprop
 from optax_tfrmsprop._src import cpu_kernel
-import checkpoint_worker as worker
 from test_ffi_kernel import backend_params
 
 WORKER = os.path.join(os.path.dirname(__file__), "checkpoint_worker.py")
@@ -26,10 +25,15 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _run_worker(*args, backend="auto", timeout=240):
-  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu",
-             OPTAX_TFRMSPROP_BACKEND=backend)
-  subprocess.run([sys.executable, WORKER, *args], env=env, check=True,
-                 timeout=timeout)
+  env = dict(
+    os.environ,
+    PYTHONPATH=REPO,
+    JAX_PLATFORMS="cpu",
+    OPTAX_TFRMSPROP_BACKEND=backend,
+  )
+  subprocess.run(
+    [sys.executable, WORKER, *args], env=env, check=True, timeout=timeout
+  )
 
 
 @functools.cache
@@ -37,29 +41,41 @@ def _uninterrupted(name):
   """The params and state after all steps, without a checkpoint between."""
   optimizer = worker.CONFIGS[name]()
   params = jax.tree.map(jnp.asarray, worker.init_params())
-  return worker.train(optimizer, params, optimizer.init(params),
-                      worker.FIRST_STEPS + worker.SECOND_STEPS,
-                      sparse=name in worker.SPARSE)
+  return worker.train(
+    optimizer,
+    params,
+    optimizer.init(params),
+    worker.FIRST_STEPS + worker.SECOND_STEPS,
+    sparse=name in worker.SPARSE,
+  )
 
 
 # (saving backend, resuming backend): with the kernel built, each backend
 # saves and resumes once, and every checkpoint continues on the other one.
-BACKEND_PAIRS = ([("xla", "ffi"), ("ffi", "xla")]
-                 if optax_tfrmsprop.cpu_kernel_is_built() else [("xla", "xla")])
+BACKEND_PAIRS = (
+  [("xla", "ffi"), ("ffi", "xla")]
+  if optax_tfrmsprop.cpu_kernel_is_built()
+  else [("xla", "xla")]
+)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("save_backend, resume_backend", BACKEND_PAIRS)
 def test_resume_in_fresh_process_is_bit_identical(
-    tmp_path, save_backend, resume_backend):
+  tmp_path, save_backend, resume_backend
+):
   """Saved on one backend and resumed on another, in fresh processes.
 
   The backends give the same bits, so this process's default serves as the
   reference for both.
   """
   _run_worker("save", str(tmp_path / "ckpt"), backend=save_backend)
-  _run_worker("resume", str(tmp_path / "ckpt"), str(tmp_path / "out.npz"),
-              backend=resume_backend)
+  _run_worker(
+    "resume",
+    str(tmp_path / "ckpt"),
+    str(tmp_path / "out.npz"),
+    backend=resume_backend,
+  )
   resumed = np.load(tmp_path / "out.npz")
   expected = {}
   for name in worker.CONFIGS:
@@ -67,8 +83,9 @@ def test_resume_in_fresh_process_is_bit_identical(
     expected.update(worker.flat_arrays(f"{name}/params", params))
     expected.update(worker.flat_arrays(f"{name}/opt_state", opt_state))
   optimizer, variables = worker.keras_start()
-  worker.train_keras(optimizer, variables,
-                     worker.FIRST_STEPS + worker.SECOND_STEPS)
+  worker.train_keras(
+    optimizer, variables, worker.FIRST_STEPS + worker.SECOND_STEPS
+  )
   expected.update(worker.keras_arrays(optimizer, variables))
   assert sorted(resumed.files) == sorted(expected)
   for key, value in expected.items():
@@ -82,9 +99,9 @@ def _mesh():
 def _sharded_layout():
   mesh = _mesh()
   return {
-      "w": NamedSharding(mesh, P("x")),  # rows over the 8 devices
-      "b": NamedSharding(mesh, P()),  # replicated
-      "layers": [NamedSharding(mesh, P(None, "x"))],  # columns
+    "w": NamedSharding(mesh, P("x")),  # rows over the 8 devices
+    "b": NamedSharding(mesh, P()),  # replicated
+    "layers": [NamedSharding(mesh, P(None, "x"))],  # columns
   }
 
 
@@ -95,42 +112,54 @@ def _single_device_layout():
 
 @pytest.mark.parametrize("backend", backend_params)
 @pytest.mark.parametrize(
-    "name", ["centered_momentum", "injected", "sparse_centered_momentum"])
-@pytest.mark.parametrize("saved_on, restored_on", [
-    ("one device", "eight devices"), ("eight devices", "one device")])
-def test_restore_onto_another_layout(tmp_path, monkeypatch, name, saved_on,
-                                     restored_on, backend):
+  "name", ["centered_momentum", "injected", "sparse_centered_momentum"]
+)
+@pytest.mark.parametrize(
+  "saved_on, restored_on",
+  [("one device", "eight devices"), ("eight devices", "one device")],
+)
+def test_restore_onto_another_layout(
+  tmp_path, monkeypatch, name, saved_on, restored_on, backend
+):
   monkeypatch.setenv(cpu_kernel.BACKEND_ENV_VAR, backend)
-  layouts = {"one device": _single_device_layout(),
-             "eight devices": _sharded_layout()}
+  layouts = {
+    "one device": _single_device_layout(),
+    "eight devices": _sharded_layout(),
+  }
   optimizer = worker.CONFIGS[name]()
   sparse = name in worker.SPARSE
   params = jax.device_put(worker.init_params(), layouts[saved_on])
   params, opt_state = worker.train(
-      optimizer, params, optimizer.init(params), worker.FIRST_STEPS,
-      sparse=sparse)
+    optimizer, params, optimizer.init(params), worker.FIRST_STEPS, sparse=sparse
+  )
   with ocp.CheckpointManager(tmp_path) as manager:
-    manager.save(1, args=ocp.args.StandardSave(
-        {"params": params, "opt_state": opt_state}))
+    manager.save(
+      1, args=ocp.args.StandardSave({"params": params, "opt_state": opt_state})
+    )
 
   abstract_params = jax.tree.map(
-      lambda p, s: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=s),
-      worker.init_params(), layouts[restored_on])
-  target = {"params": abstract_params,
-            "opt_state": optax_tfrmsprop.checkpoint_target(
-                optimizer, abstract_params)}
+    lambda p, s: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=s),
+    worker.init_params(),
+    layouts[restored_on],
+  )
+  target = {
+    "params": abstract_params,
+    "opt_state": optax_tfrmsprop.checkpoint_target(optimizer, abstract_params),
+  }
   with ocp.CheckpointManager(tmp_path) as manager:
     restored = manager.restore(1, args=ocp.args.StandardRestore(target))
   slots = optax_tfrmsprop.checkpoint_target(optimizer, abstract_params)
-  assert jax.tree.structure(restored["opt_state"]) == jax.tree.structure(
-      slots)
-  for leaf, want in zip(jax.tree.leaves(restored),
-                        jax.tree.leaves(target)):
+  assert jax.tree.structure(restored["opt_state"]) == jax.tree.structure(slots)
+  for leaf, want in zip(jax.tree.leaves(restored), jax.tree.leaves(target)):
     assert leaf.sharding == want.sharding
 
   params, opt_state = worker.train(
-      optimizer, restored["params"], restored["opt_state"],
-      worker.SECOND_STEPS, sparse=sparse)
+    optimizer,
+    restored["params"],
+    restored["opt_state"],
+    worker.SECOND_STEPS,
+    sparse=sparse,
+  )
   expected = _uninterrupted(name)
   jax.tree.map(np.testing.assert_array_equal, (params, opt_state), expected)
 
@@ -138,8 +167,11 @@ def test_restore_onto_another_layout(tmp_path, monkeypatch, name, saved_on,
 def test_killed_save_is_not_picked_up(tmp_path):
   env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
   process = subprocess.Popen(
-      [sys.executable, WORKER, "big-save", str(tmp_path)], env=env,
-      stdout=subprocess.PIPE, text=True)
+    [sys.executable, WORKER, "big-save", str(tmp_path)],
+    env=env,
+    stdout=subprocess.PIPE,
+    text=True,
+  )
   try:
     line = process.stdout.readline()
     assert line.strip() == "saving step 2", line
@@ -172,24 +204,42 @@ def _saved_metadata(tmp_path, optimizer, params):
 PARAMS = {"w": np.zeros((8, 4), np.float32), "b": np.zeros(4, np.float32)}
 
 
-@pytest.mark.parametrize("other_optimizer, other_params, message", [
-    (optax_tfrmsprop.rmsprop(momentum=0.9),
-     {"w": np.zeros((8, 5), np.float32), "b": PARAMS["b"]},
-     "ms/w: saved float32(8, 4), expected float32(8, 5)"),
-    (optax_tfrmsprop.rmsprop(momentum=0.9),
-     {"w": PARAMS["w"].astype(jnp.bfloat16), "b": PARAMS["b"]},
-     "mom/w: saved float32(8, 4), expected bfloat16(8, 4)"),
-    (optax_tfrmsprop.rmsprop(momentum=0.9, centered=True), PARAMS,
-     "mg/b: expected by the optimizer, not in the checkpoint"),
-    (optax_tfrmsprop.rmsprop(), PARAMS,
-     "mom/w: in the checkpoint, not in the optimizer state"),
-    (optax_tfrmsprop.rmsprop(momentum=0.9), {**PARAMS, "c": np.zeros(2)},
-     "ms/c: expected by the optimizer, not in the checkpoint"),
-])
+@pytest.mark.parametrize(
+  "other_optimizer, other_params, message",
+  [
+    (
+      optax_tfrmsprop.rmsprop(momentum=0.9),
+      {"w": np.zeros((8, 5), np.float32), "b": PARAMS["b"]},
+      "ms/w: saved float32(8, 4), expected float32(8, 5)",
+    ),
+    (
+      optax_tfrmsprop.rmsprop(momentum=0.9),
+      {"w": PARAMS["w"].astype(jnp.bfloat16), "b": PARAMS["b"]},
+      "mom/w: saved float32(8, 4), expected bfloat16(8, 4)",
+    ),
+    (
+      optax_tfrmsprop.rmsprop(momentum=0.9, centered=True),
+      PARAMS,
+      "mg/b: expected by the optimizer, not in the checkpoint",
+    ),
+    (
+      optax_tfrmsprop.rmsprop(),
+      PARAMS,
+      "mom/w: in the checkpoint, not in the optimizer state",
+    ),
+    (
+      optax_tfrmsprop.rmsprop(momentum=0.9),
+      {**PARAMS, "c": np.zeros(2)},
+      "ms/c: expected by the optimizer, not in the checkpoint",
+    ),
+  ],
+)
 def test_mismatched_checkpoint_names_the_leaf(
-    tmp_path, other_optimizer, other_params, message):
+  tmp_path, other_optimizer, other_params, message
+):
   saved = _saved_metadata(
-      tmp_path, optax_tfrmsprop.rmsprop(momentum=0.9), PARAMS)
+    tmp_path, optax_tfrmsprop.rmsprop(momentum=0.9), PARAMS
+  )
   target = optax_tfrmsprop.checkpoint_target(other_optimizer, other_params)
   with pytest.raises(ValueError, match="does not match") as error:
     optax_tfrmsprop.check_checkpoint(saved, target)
@@ -198,7 +248,9 @@ def test_mismatched_checkpoint_names_the_leaf(
 
 def test_matching_checkpoint_passes_the_check(tmp_path):
   optimizer = optax.chain(
-      optax.clip(1.0), optax_tfrmsprop.rmsprop(momentum=0.9, centered=True))
+    optax.clip(1.0), optax_tfrmsprop.rmsprop(momentum=0.9, centered=True)
+  )
   saved = _saved_metadata(tmp_path, optimizer, PARAMS)
   optax_tfrmsprop.check_checkpoint(
-      saved, optax_tfrmsprop.checkpoint_target(optimizer, PARAMS))
+    saved, optax_tfrmsprop.checkpoint_target(optimizer, PARAMS)
+  )

@@ -8,12 +8,12 @@ one device onto eight, and training continues bit-identically.
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
 import pytest
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 import optax_tfrmsprop
 
@@ -21,33 +21,44 @@ MASK = {"w": True, "b": False, "layers": [True]}
 LABELS = {"w": "rms", "b": "sgd", "layers": ["rms"]}
 
 OPTIMIZERS = {
-    "chain": lambda: optax.chain(
-        optax.clip(1.0), optax_tfrmsprop.rmsprop(0.01, momentum=0.9)),
-    "masked": lambda: optax.masked(
-        optax_tfrmsprop.rmsprop(0.01, momentum=0.9, centered=True), MASK),
-    "multi_transform": lambda: optax.multi_transform(
-        {"rms": optax_tfrmsprop.tf1_rmsprop(0.01, centered=True),
-         "sgd": optax.sgd(0.1)}, LABELS),
-    "inject_hyperparams": lambda: optax.inject_hyperparams(
-        optax_tfrmsprop.keras3_rmsprop, static_args=("momentum",))(
-            learning_rate=0.01, momentum=0.9),
-    "multi_steps": lambda: optax.MultiSteps(
-        optax_tfrmsprop.rmsprop(0.01, centered=True), every_k_schedule=2),
+  "chain": lambda: optax.chain(
+    optax.clip(1.0), optax_tfrmsprop.rmsprop(0.01, momentum=0.9)
+  ),
+  "masked": lambda: optax.masked(
+    optax_tfrmsprop.rmsprop(0.01, momentum=0.9, centered=True), MASK
+  ),
+  "multi_transform": lambda: optax.multi_transform(
+    {
+      "rms": optax_tfrmsprop.tf1_rmsprop(0.01, centered=True),
+      "sgd": optax.sgd(0.1),
+    },
+    LABELS,
+  ),
+  "inject_hyperparams": lambda: optax.inject_hyperparams(
+    optax_tfrmsprop.keras3_rmsprop, static_args=("momentum",)
+  )(learning_rate=0.01, momentum=0.9),
+  "multi_steps": lambda: optax.MultiSteps(
+    optax_tfrmsprop.rmsprop(0.01, centered=True), every_k_schedule=2
+  ),
 }
 
 
 def _params():
   rng = np.random.default_rng(0)
-  return {"w": rng.standard_normal((8, 4)).astype(np.float32),
-          "b": rng.standard_normal(4).astype(np.float32),
-          "layers": [rng.standard_normal((2, 8)).astype(np.float32)]}
+  return {
+    "w": rng.standard_normal((8, 4)).astype(np.float32),
+    "b": rng.standard_normal(4).astype(np.float32),
+    "layers": [rng.standard_normal((2, 8)).astype(np.float32)],
+  }
 
 
 def _layout():
-  mesh = jax.make_mesh((8,), ("x",),
-                       axis_types=(jax.sharding.AxisType.Auto,))
-  return {"w": NamedSharding(mesh, P("x")), "b": NamedSharding(mesh, P()),
-          "layers": [NamedSharding(mesh, P(None, "x"))]}
+  mesh = jax.make_mesh((8,), ("x",), axis_types=(jax.sharding.AxisType.Auto,))
+  return {
+    "w": NamedSharding(mesh, P("x")),
+    "b": NamedSharding(mesh, P()),
+    "layers": [NamedSharding(mesh, P(None, "x"))],
+  }
 
 
 def _train(optimizer, params, state, steps, seed):
@@ -55,7 +66,8 @@ def _train(optimizer, params, state, steps, seed):
   step = jax.jit(optimizer.update)
   for _ in range(steps):
     grads = jax.tree.map(
-        lambda p: jnp.asarray(rng.standard_normal(p.shape), p.dtype), params)
+      lambda p: jnp.asarray(rng.standard_normal(p.shape), p.dtype), params
+    )
     updates, state = step(grads, state, params)
     params = optax.apply_updates(params, updates)
   return params, state
@@ -63,27 +75,36 @@ def _train(optimizer, params, state, steps, seed):
 
 def _slots(state):
   """Every RMSpropState in ``state``."""
-  return [s for s in jax.tree.leaves(
-      state, is_leaf=lambda x: isinstance(x, optax_tfrmsprop.RMSpropState))
-          if isinstance(s, optax_tfrmsprop.RMSpropState)]
+  return [
+    s
+    for s in jax.tree.leaves(
+      state, is_leaf=lambda x: isinstance(x, optax_tfrmsprop.RMSpropState)
+    )
+    if isinstance(s, optax_tfrmsprop.RMSpropState)
+  ]
 
 
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
 def test_target_restores_onto_eight_devices_and_continues(tmp_path, name):
   optimizer = OPTIMIZERS[name]()
-  params, state = _train(optimizer, _params(), optimizer.init(_params()), 3,
-                         seed=1)
+  params, state = _train(
+    optimizer, _params(), optimizer.init(_params()), 3, seed=1
+  )
   with ocp.CheckpointManager(tmp_path) as manager:
-    manager.save(1, args=ocp.args.StandardSave(
-        {"params": params, "opt_state": state}))
+    manager.save(
+      1, args=ocp.args.StandardSave({"params": params, "opt_state": state})
+    )
 
   layout = _layout()
   abstract = jax.tree.map(
-      lambda p, s: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=s),
-      _params(), layout)
+    lambda p, s: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=s),
+    _params(),
+    layout,
+  )
   target = optax_tfrmsprop.checkpoint_target(optimizer, abstract)
-  assert (jax.tree.structure(target)
-          == jax.tree.structure(jax.eval_shape(optimizer.init, abstract)))
+  assert jax.tree.structure(target) == jax.tree.structure(
+    jax.eval_shape(optimizer.init, abstract)
+  )
   rms_states = _slots(target)
   assert rms_states
   for rms in rms_states:
@@ -102,12 +123,14 @@ def test_target_restores_onto_eight_devices_and_continues(tmp_path, name):
     assert isinstance(target.inner_state.ms["b"], optax.MaskedNode)
 
   with ocp.CheckpointManager(
-      tmp_path, item_handlers=ocp.StandardCheckpointHandler()) as manager:
+    tmp_path, item_handlers=ocp.StandardCheckpointHandler()
+  ) as manager:
     full_target = {"params": abstract, "opt_state": target}
     optax_tfrmsprop.check_checkpoint(manager.item_metadata(1), full_target)
     restored = manager.restore(1, args=ocp.args.StandardRestore(full_target))
-  resumed = _train(optimizer, restored["params"], restored["opt_state"], 3,
-                   seed=2)
+  resumed = _train(
+    optimizer, restored["params"], restored["opt_state"], 3, seed=2
+  )
   expected = _train(optimizer, params, state, 3, seed=2)
   jax.tree.map(np.testing.assert_array_equal, resumed, expected)
 
@@ -118,7 +141,8 @@ def test_slot_without_param_is_named():
     # The params given do not have the state's tree: a state for {"w"}
     # is checked against params {"v"} only through its slots.
     optax_tfrmsprop.checkpoint_target(
-        _OneParamOptimizer(optimizer), {"v": jnp.ones(2)})
+      _OneParamOptimizer(optimizer), {"v": jnp.ones(2)}
+    )
 
 
 class _OneParamOptimizer:

@@ -11,10 +11,10 @@ import optax_tfrmsprop
 from optax_tfrmsprop import RMSpropState
 
 PARAMS = {
-    "w": jnp.ones((3, 2)),
-    "b": jnp.zeros((2,)),
-    "s": jnp.asarray(2.0),
-    "empty": jnp.zeros((0, 4)),
+  "w": jnp.ones((3, 2)),
+  "b": jnp.zeros((2,)),
+  "s": jnp.asarray(2.0),
+  "empty": jnp.zeros((0, 4)),
 }
 
 
@@ -22,11 +22,13 @@ def grads_like(params, seed=0):
   keys = jax.random.split(jax.random.key(seed), len(jax.tree.leaves(params)))
   leaves, treedef = jax.tree.flatten(params)
   return treedef.unflatten(
-      [jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)])
+    [jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)]
+  )
 
 
-@pytest.mark.parametrize("momentum,centered", [(0.0, False), (0.0, True),
-                                               (0.9, False), (0.9, True)])
+@pytest.mark.parametrize(
+  "momentum,centered", [(0.0, False), (0.0, True), (0.9, False), (0.9, True)]
+)
 def test_state_layout(momentum, centered):
   opt = optax_tfrmsprop.rmsprop(momentum=momentum, centered=centered)
   state = opt.init(PARAMS)
@@ -44,10 +46,10 @@ def test_state_layout(momentum, centered):
 
 def test_functional_api_equals_transformation():
   grads = grads_like(PARAMS)
-  state = optax_tfrmsprop.rmsprop_init(PARAMS, centered=True,
-                                       use_momentum=True)
+  state = optax_tfrmsprop.rmsprop_init(PARAMS, centered=True, use_momentum=True)
   updates, state = optax_tfrmsprop.rmsprop_update(
-      grads, state, learning_rate=0.01, momentum=0.5)
+    grads, state, learning_rate=0.01, momentum=0.5
+  )
   opt = optax_tfrmsprop.rmsprop(0.01, momentum=0.5, centered=True)
   expected_updates, expected_state = opt.update(grads, opt.init(PARAMS))
   chex.assert_trees_all_equal(updates, expected_updates)
@@ -95,7 +97,8 @@ def test_chain_multisteps_and_apply_if_finite():
 def test_inject_hyperparams_matches_and_does_not_retrace():
   grads = grads_like(PARAMS)
   injected = optax.inject_hyperparams(optax_tfrmsprop.rmsprop)(
-      learning_rate=0.01, momentum=0.9, centered=True)
+    learning_rate=0.01, momentum=0.9, centered=True
+  )
   plain = optax_tfrmsprop.rmsprop(0.01, momentum=0.9, centered=True)
   state = injected.init(PARAMS)
 
@@ -113,8 +116,9 @@ def test_inject_hyperparams_matches_and_does_not_retrace():
 
 
 def test_inject_hyperparams_static_momentum_keeps_plain_path():
-  make = optax.inject_hyperparams(optax_tfrmsprop.rmsprop,
-                                  static_args=("momentum",))
+  make = optax.inject_hyperparams(
+    optax_tfrmsprop.rmsprop, static_args=("momentum",)
+  )
   assert make(0.01, momentum=0.0).init(PARAMS).inner_state.mom is None
   # Without static_args the injected momentum is an array: TF's kernel path.
   injected = optax.inject_hyperparams(optax_tfrmsprop.rmsprop)(0.01)
@@ -122,8 +126,11 @@ def test_inject_hyperparams_static_momentum_keeps_plain_path():
 
 
 def test_hyperparameters_follow_leaf_dtype():
-  params = {"f32": jnp.ones(4, jnp.float32), "bf16": jnp.ones(4, jnp.bfloat16),
-            "f16": jnp.ones(4, jnp.float16)}
+  params = {
+    "f32": jnp.ones(4, jnp.float32),
+    "bf16": jnp.ones(4, jnp.bfloat16),
+    "f16": jnp.ones(4, jnp.float16),
+  }
   opt = optax_tfrmsprop.rmsprop(0.1, momentum=0.9, centered=True)
   state = opt.init(params)
   updates, state = jax.jit(opt.update)(params, state)
@@ -133,20 +140,23 @@ def test_hyperparameters_follow_leaf_dtype():
 
 
 @pytest.mark.parametrize(
-    "kwargs,name",
-    [({"learning_rate": -0.1}, "learning_rate"),
-     ({"rho": 1.5}, "rho"),
-     ({"rho": -0.1}, "rho"),
-     ({"momentum": 1.5}, "momentum"),
-     ({"momentum": -0.5}, "momentum"),
-     ({"epsilon": -1e-7}, "epsilon"),
-     ({"decay": -1.0}, "decay"),
-     ({"clipnorm": 0.0}, "clipnorm"),
-     ({"clipvalue": -1.0}, "clipvalue"),
-     ({"global_clipnorm": 0.0}, "global_clipnorm"),
-     ({"clipnorm": 1.0, "global_clipnorm": 1.0}, "global_clipnorm"),
-     ({"rho": jnp.ones(2)}, "rho"),
-     ({"rounding": "fast"}, "rounding")])
+  "kwargs,name",
+  [
+    ({"learning_rate": -0.1}, "learning_rate"),
+    ({"rho": 1.5}, "rho"),
+    ({"rho": -0.1}, "rho"),
+    ({"momentum": 1.5}, "momentum"),
+    ({"momentum": -0.5}, "momentum"),
+    ({"epsilon": -1e-7}, "epsilon"),
+    ({"decay": -1.0}, "decay"),
+    ({"clipnorm": 0.0}, "clipnorm"),
+    ({"clipvalue": -1.0}, "clipvalue"),
+    ({"global_clipnorm": 0.0}, "global_clipnorm"),
+    ({"clipnorm": 1.0, "global_clipnorm": 1.0}, "global_clipnorm"),
+    ({"rho": jnp.ones(2)}, "rho"),
+    ({"rounding": "fast"}, "rounding"),
+  ],
+)
 def test_invalid_hyperparameters_name_the_argument(kwargs, name):
   with pytest.raises(ValueError, match=name):
     optax_tfrmsprop.rmsprop(**kwargs)
@@ -171,8 +181,10 @@ def test_epsilon_zero_is_keras_default():
   grads = grads_like(PARAMS)
   zero = optax_tfrmsprop.rmsprop(0.1, epsilon=0.0)
   default = optax_tfrmsprop.rmsprop(0.1, epsilon=1e-7)
-  chex.assert_trees_all_equal(zero.update(grads, zero.init(PARAMS))[0],
-                              default.update(grads, default.init(PARAMS))[0])
+  chex.assert_trees_all_equal(
+    zero.update(grads, zero.init(PARAMS))[0],
+    default.update(grads, default.init(PARAMS))[0],
+  )
 
 
 def test_count_saturates():
@@ -184,10 +196,12 @@ def test_count_saturates():
 
 def test_ulp_distance():
   a = np.array([1.0, -0.0, np.nan, 1.0], np.float32)
-  b = np.array([np.nextafter(np.float32(1), np.float32(2)), 0.0, np.nan, -1.0],
-               np.float32)
-  np.testing.assert_array_equal(optax_tfrmsprop.ulp_distance(a, b),
-                                [1, 0, 0, 2 * 0x3F800000])
+  b = np.array(
+    [np.nextafter(np.float32(1), np.float32(2)), 0.0, np.nan, -1.0], np.float32
+  )
+  np.testing.assert_array_equal(
+    optax_tfrmsprop.ulp_distance(a, b), [1, 0, 0, 2 * 0x3F800000]
+  )
 
 
 def test_inject_hyperparams_float32_reproduces_keras_hyper_variables(x64):
@@ -200,14 +214,16 @@ def test_inject_hyperparams_float32_reproduces_keras_hyper_variables(x64):
   params = {"w": jnp.linspace(-1.0, 1.0, 7, dtype=jnp.float64)}
   grads = {"w": jnp.linspace(0.3, -2.0, 7, dtype=jnp.float64)}
   expected, _ = optax_tfrmsprop.rmsprop(0.1, rho=0.8, momentum=0.3).update(
-      grads, optax_tfrmsprop.rmsprop_init(params, use_momentum=True))
+    grads, optax_tfrmsprop.rmsprop_init(params, use_momentum=True)
+  )
 
   def injected_update(**inject_kwargs):
-    opt = optax.inject_hyperparams(optax_tfrmsprop.rmsprop,
-                                   static_args=("epsilon",), **inject_kwargs)(
-                                       0.1, rho=0.8, momentum=0.3)
+    opt = optax.inject_hyperparams(
+      optax_tfrmsprop.rmsprop, static_args=("epsilon",), **inject_kwargs
+    )(0.1, rho=0.8, momentum=0.3)
     return opt.update(grads, opt.init(params), params)[0]["w"]
 
   np.testing.assert_array_equal(
-      injected_update(hyperparam_dtype=jnp.float32), expected["w"])
+    injected_update(hyperparam_dtype=jnp.float32), expected["w"]
+  )
   assert not np.array_equal(injected_update(), expected["w"])

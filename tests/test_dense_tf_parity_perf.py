@@ -16,27 +16,34 @@ from tf_reference import run_tf  # tests/ is on sys.path under pytest
 
 _STEPS = 200
 _SHAPES = {
-    "conv_hwio": (3, 3, 4, 8),
-    "conv_oihw": (8, 4, 3, 3),
-    "dense": (17, 5),
-    "gamma": (13,),
+  "conv_hwio": (3, 3, 4, 8),
+  "conv_oihw": (8, 4, 3, 3),
+  "dense": (17, 5),
+  "gamma": (13,),
 }
 _PATHS = {
-    "plain": dict(momentum=0.0, centered=False),
-    "momentum": dict(momentum=0.9, centered=False),
-    "centered": dict(momentum=0.0, centered=True),
-    "momentum+centered": dict(momentum=0.9, centered=True),
+  "plain": dict(momentum=0.0, centered=False),
+  "momentum": dict(momentum=0.9, centered=False),
+  "centered": dict(momentum=0.0, centered=True),
+  "momentum+centered": dict(momentum=0.9, centered=True),
 }
 _TF_SLOT = {"ms": "rms", "mg": "mg", "mom": "momentum"}
 
 
 def _problem():
   rng = np.random.default_rng(6)
-  params = {k: rng.standard_normal(s).astype(np.float32)
-            for k, s in _SHAPES.items()}
-  grads = [{k: (rng.standard_normal(s) * rng.choice([1e-3, 1.0, 30.0]))
-            .astype(np.float32) for k, s in _SHAPES.items()}
-           for _ in range(_STEPS)]
+  params = {
+    k: rng.standard_normal(s).astype(np.float32) for k, s in _SHAPES.items()
+  }
+  grads = [
+    {
+      k: (rng.standard_normal(s) * rng.choice([1e-3, 1.0, 30.0])).astype(
+        np.float32
+      )
+      for k, s in _SHAPES.items()
+    }
+    for _ in range(_STEPS)
+  ]
   return params, grads
 
 
@@ -47,8 +54,8 @@ def test_jitted_donated_step_matches_tf_for_200_steps(path):
   params, grads = _problem()
   names = sorted(params)  # jax's leaf order of a dict
   tf_vars, tf_slots, _ = run_tf(
-      [params[k] for k in names], [[g[k] for k in names] for g in grads],
-      **config)
+    [params[k] for k in names], [[g[k] for k in names] for g in grads], **config
+  )
 
   opt = optax_tfrmsprop.rmsprop(**config)
 
@@ -70,5 +77,7 @@ def test_jitted_donated_step_matches_tf_for_200_steps(path):
         assert tf_name not in tf_slots
         continue
       np.testing.assert_array_equal(
-          optax_tfrmsprop.ulp_distance(ours[name], tf_slots[tf_name][i]), 0,
-          err_msg=f"{slot} of {name}")
+        optax_tfrmsprop.ulp_distance(ours[name], tf_slots[tf_name][i]),
+        0,
+        err_msg=f"{slot} of {name}",
+      )

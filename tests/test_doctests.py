@@ -19,7 +19,9 @@ def _is_callable_api(obj) -> bool:
   return inspect.isfunction(obj) or inspect.isclass(obj)
 
 
-def _public_callables(namespace=optax_tfrmsprop, prefix="") -> dict[str, object]:
+def _public_callables(
+  namespace=optax_tfrmsprop, prefix=""
+) -> dict[str, object]:
   """Exported functions and classes, and those of exported namespaces.
 
   A public sub-namespace (``keras``, ``interop``) contributes the names in its
@@ -45,9 +47,9 @@ def _doctests(obj) -> list[doctest.DocTest]:
   # The examples see the defining module's globals, as under
   # ``pytest --doctest-modules``.
   return [
-      test
-      for test in finder.find(obj, globs=vars(module).copy())
-      if test.examples
+    test
+    for test in finder.find(obj, globs=vars(module).copy())
+    if test.examples
   ]
 
 
@@ -68,7 +70,8 @@ def test_docstring_documents_arguments_results_and_example(name):
     assert "Returns:" in doc, f"{name} does not document its result."
   elif inspect.signature(obj).parameters:
     assert "Attributes:" in doc or "Args:" in doc, (
-        f"{name} documents neither its attributes nor its arguments.")
+      f"{name} documents neither its attributes nor its arguments."
+    )
 
 
 @pytest.mark.parametrize("name", _PUBLIC_CALLABLES)

@@ -14,18 +14,19 @@ from optax_tfrmsprop._src import cpu_kernel
 
 BACKENDS = ("xla", "ffi")
 PATHS = {
-    "P1": dict(momentum=0.0, centered=False),
-    "P2": dict(momentum=0.0, centered=True),
-    "P3": dict(momentum=0.9, centered=False),
-    "P4": dict(momentum=0.9, centered=True),
+  "P1": dict(momentum=0.0, centered=False),
+  "P2": dict(momentum=0.0, centered=True),
+  "P3": dict(momentum=0.9, centered=False),
+  "P4": dict(momentum=0.9, centered=True),
 }
 # 33708 elements in all: above the kernel's threshold for splitting work over
 # threads, so thread ranges cut across leaves; (5,) has a scalar-loop tail.
 SHAPES = ((3, 11000), (37, 19), (5,))
 
 needs_kernel = pytest.mark.skipif(
-    not optax_tfrmsprop.cpu_kernel_is_built(),
-    reason="the C++ kernel is not built")
+  not optax_tfrmsprop.cpu_kernel_is_built(),
+  reason="the C++ kernel is not built",
+)
 
 
 def _backend_param(backend):
@@ -39,17 +40,24 @@ backend_params = [_backend_param(b) for b in BACKENDS]
 def _problem(dtype, steps, seed=0):
   rng = np.random.default_rng(seed)
   params = [rng.normal(size=s).astype(dtype) for s in SHAPES]
-  grads = [[(rng.normal(size=s) * rng.choice([1e-3, 1.0, 30.0])).astype(dtype)
-            for s in SHAPES] for _ in range(steps)]
+  grads = [
+    [
+      (rng.normal(size=s) * rng.choice([1e-3, 1.0, 30.0])).astype(dtype)
+      for s in SHAPES
+    ]
+    for _ in range(steps)
+  ]
   return params, grads
 
 
 @functools.cache
 def _tf_result(path, dtype, steps):
   from tf_reference import run_tf  # pylint: disable=g-import-not-at-top
+
   params, grads = _problem(dtype, steps)
-  return run_tf(params, grads, learning_rate=0.01, rho=0.9, epsilon=1e-7,
-                **PATHS[path])
+  return run_tf(
+    params, grads, learning_rate=0.01, rho=0.9, epsilon=1e-7, **PATHS[path]
+  )
 
 
 def _run(path, dtype, steps, backend, *, fused):
@@ -62,9 +70,11 @@ def _run(path, dtype, steps, backend, *, fused):
   if fused:
     del config["centered"]
     step = jax.jit(
-        lambda p, s, g: optax_tfrmsprop.rmsprop_apply(
-            p, g, s, **config, backend=backend),
-        donate_argnums=(0, 1))
+      lambda p, s, g: optax_tfrmsprop.rmsprop_apply(
+        p, g, s, **config, backend=backend
+      ),
+      donate_argnums=(0, 1),
+    )
   else:
 
     @jax.jit
@@ -104,7 +114,8 @@ def test_200_steps_match_tf(x64, backend, path, dtype, fused):
 def _bitwise_equal(a, b):
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(
-        np.atleast_1d(x).view(np.uint8), np.atleast_1d(y).view(np.uint8))
+      np.atleast_1d(x).view(np.uint8), np.atleast_1d(y).view(np.uint8)
+    )
 
 
 def _steps(opt, params, n=5, seed=1, jit=True):
@@ -118,31 +129,43 @@ def _steps(opt, params, n=5, seed=1, jit=True):
   step = jax.jit(step) if jit else step
   for _ in range(n):
     grads = jax.tree.map(
-        lambda p: jnp.asarray(rng.normal(size=p.shape), p.dtype), params)
+      lambda p: jnp.asarray(rng.normal(size=p.shape), p.dtype), params
+    )
     params, state = step(params, state, grads)
   return params, state
 
 
 def _params(dtype=jnp.float32):
   rng = np.random.default_rng(2)
-  return {"w": jnp.asarray(rng.normal(size=(64, 33)), dtype),
-          "b": jnp.asarray(rng.normal(size=(33,)), dtype)}
+  return {
+    "w": jnp.asarray(rng.normal(size=(64, 33)), dtype),
+    "b": jnp.asarray(rng.normal(size=(33,)), dtype),
+  }
 
 
 COMPOSITIONS = {
-    "chain": lambda backend: optax.chain(
-        optax.identity(),
-        optax_tfrmsprop.rmsprop(0.01, momentum=0.9, backend=backend)),
-    "inject_hyperparams": lambda backend: optax.inject_hyperparams(
-        optax_tfrmsprop.rmsprop, static_args=("centered", "backend"))(
-            learning_rate=0.01, rho=0.8, momentum=0.5, epsilon=1e-6,
-            centered=True, backend=backend),
-    "masked": lambda backend: optax.masked(
-        optax_tfrmsprop.rmsprop(0.01, centered=True, backend=backend),
-        {"w": True, "b": False}),
-    "multi_steps": lambda backend: optax.MultiSteps(
-        optax_tfrmsprop.rmsprop(0.01, momentum=0.9, centered=True,
-                                backend=backend), every_k_schedule=2),
+  "chain": lambda backend: optax.chain(
+    optax.identity(),
+    optax_tfrmsprop.rmsprop(0.01, momentum=0.9, backend=backend),
+  ),
+  "inject_hyperparams": lambda backend: optax.inject_hyperparams(
+    optax_tfrmsprop.rmsprop, static_args=("centered", "backend")
+  )(
+    learning_rate=0.01,
+    rho=0.8,
+    momentum=0.5,
+    epsilon=1e-6,
+    centered=True,
+    backend=backend,
+  ),
+  "masked": lambda backend: optax.masked(
+    optax_tfrmsprop.rmsprop(0.01, centered=True, backend=backend),
+    {"w": True, "b": False},
+  ),
+  "multi_steps": lambda backend: optax.MultiSteps(
+    optax_tfrmsprop.rmsprop(0.01, momentum=0.9, centered=True, backend=backend),
+    every_k_schedule=2,
+  ),
 }
 
 
@@ -158,8 +181,9 @@ def test_schedule_and_traced_hyperparams():
   schedule = optax.exponential_decay(0.1, 3, 0.5)
 
   def run(backend):
-    opt = optax_tfrmsprop.rmsprop(schedule, momentum=0.9, decay=0.01,
-                                  backend=backend)
+    opt = optax_tfrmsprop.rmsprop(
+      schedule, momentum=0.9, decay=0.01, backend=backend
+    )
     return _steps(opt, _params())
 
   _bitwise_equal(run("ffi"), run("xla"))
@@ -179,14 +203,18 @@ def test_sharded_params_update_shard_by_shard():
   shardings = jax.tree.map(lambda s: jax.NamedSharding(mesh, s), spec)
   rng = np.random.default_rng(3)
   params = jax.device_put(
-      {"w": jnp.asarray(rng.normal(size=(64, 32)), jnp.float32),
-       "b": jnp.asarray(rng.normal(size=(32,)), jnp.float32)}, shardings)
-  grads = jax.device_put(
-      jax.tree.map(lambda p: p * 0.5 + 1, params), shardings)
+    {
+      "w": jnp.asarray(rng.normal(size=(64, 32)), jnp.float32),
+      "b": jnp.asarray(rng.normal(size=(32,)), jnp.float32),
+    },
+    shardings,
+  )
+  grads = jax.device_put(jax.tree.map(lambda p: p * 0.5 + 1, params), shardings)
 
   def step(backend, p, g):
-    opt = optax_tfrmsprop.rmsprop(0.01, momentum=0.9, centered=True,
-                                  backend=backend)
+    opt = optax_tfrmsprop.rmsprop(
+      0.01, momentum=0.9, centered=True, backend=backend
+    )
     state = opt.init(p)
     updates, state = opt.update(g, state, p)
     return optax.apply_updates(p, updates), state
@@ -199,21 +227,32 @@ def test_sharded_params_update_shard_by_shard():
   assert "f32[16,16]" in hlo
   new_params, new_state = ffi_step(params, grads)
   for leaf, sharding in ((new_params, shardings), (new_state.mom, shardings)):
-    jax.tree.map(lambda x, s: x.sharding.is_equivalent_to(s, x.ndim)
-                 or pytest.fail(f"{x.sharding} != {s}"), leaf, sharding)
-  _bitwise_equal((new_params, new_state),
-                 jax.jit(functools.partial(step, "xla"))(params, grads))
+    jax.tree.map(
+      lambda x, s: (
+        x.sharding.is_equivalent_to(s, x.ndim)
+        or pytest.fail(f"{x.sharding} != {s}")
+      ),
+      leaf,
+      sharding,
+    )
+  _bitwise_equal(
+    (new_params, new_state),
+    jax.jit(functools.partial(step, "xla"))(params, grads),
+  )
 
 
 @needs_kernel
 def test_donated_params_and_state_update_in_place():
   params = _params()
-  opt = optax_tfrmsprop.rmsprop(0.01, momentum=0.9, centered=True,
-                                backend="ffi")
+  opt = optax_tfrmsprop.rmsprop(
+    0.01, momentum=0.9, centered=True, backend="ffi"
+  )
   step = jax.jit(
-      lambda p, s, g: optax_tfrmsprop.rmsprop_apply(
-          p, g, s, learning_rate=0.01, momentum=0.9, backend="ffi"),
-      donate_argnums=(0, 1))
+    lambda p, s, g: optax_tfrmsprop.rmsprop_apply(
+      p, g, s, learning_rate=0.01, momentum=0.9, backend="ffi"
+    ),
+    donate_argnums=(0, 1),
+  )
   state = opt.init(params)
   hlo = step.lower(params, state, params).compile().as_text()
   assert "custom-call" in hlo and " copy(" not in hlo
@@ -227,9 +266,12 @@ def test_other_platforms_lower_to_jnp():
   update = lambda g, s: opt.update(g, s)
   for platform, has_kernel in (("cpu", True), ("cuda", False), ("tpu", False)):
     exported = jax.export.export(
-        jax.jit(update), platforms=[platform], disabled_checks=[
-            jax.export.DisabledSafetyCheck.custom_call("tfrmsprop_dense")
-        ])(params, state)
+      jax.jit(update),
+      platforms=[platform],
+      disabled_checks=[
+        jax.export.DisabledSafetyCheck.custom_call("tfrmsprop_dense")
+      ],
+    )(params, state)
     assert ("tfrmsprop_dense" in exported.mlir_module()) == has_kernel
 
 
@@ -259,4 +301,3 @@ def test_unbuilt_kernel_falls_back_with_one_warning(monkeypatch):
     warnings.simplefilter("error")  # Warned once already: no second warning.
     _steps(optax_tfrmsprop.rmsprop(0.01), _params(), n=1)
   cpu_kernel._warn_fallback.cache_clear()
-

@@ -17,7 +17,8 @@ import pytest
 import interop_helpers as helpers
 import optax_tfrmsprop
 from optax_tfrmsprop import interop
-from tf_reference import tf, tf_keras
+from tf_reference import tf
+from tf_reference import tf_keras
 
 FIT_STEPS = 4  # Two epochs of two batches.
 FLAX_STEPS = 5
@@ -36,15 +37,19 @@ def _save(model, fmt, directory):
     return str(directory / "weights")
   if fmt == "checkpoint":
     return tf.train.Checkpoint(model=model, optimizer=optimizer).write(
-        str(directory / "ckpt"))
+      str(directory / "ckpt")
+    )
   if fmt == "nested_checkpoint":  # The model two levels down, other names.
     trainer = tf.train.Checkpoint(net=model, opt=optimizer)
     return tf.train.Checkpoint(trainer=trainer, epoch=tf.Variable(3)).write(
-        str(directory / "ckpt"))
+      str(directory / "ckpt")
+    )
   if fmt == "manager":
     manager = tf.train.CheckpointManager(
-        tf.train.Checkpoint(model=model, optimizer=optimizer),
-        str(directory / "managed"), max_to_keep=2)
+      tf.train.Checkpoint(model=model, optimizer=optimizer),
+      str(directory / "managed"),
+      max_to_keep=2,
+    )
     manager.save()
     return str(directory / "managed")
   if fmt == "savedmodel":
@@ -61,9 +66,17 @@ def _read(fmt, path, pairs):
   return interop.state_from_tf_checkpoint(path, pairs)
 
 
-@pytest.mark.parametrize("fmt", [
-    "save_weights", "checkpoint", "nested_checkpoint", "manager",
-    "savedmodel", "h5"])
+@pytest.mark.parametrize(
+  "fmt",
+  [
+    "save_weights",
+    "checkpoint",
+    "nested_checkpoint",
+    "manager",
+    "savedmodel",
+    "h5",
+  ],
+)
 def test_keras_fit_continues_in_linen_and_nnx(tmp_path, fmt):
   model = helpers.keras_model()
   _fit(model)
@@ -75,22 +88,28 @@ def test_keras_fit_continues_in_linen_and_nnx(tmp_path, fmt):
     pairs = helpers.correspondence(model, flax)
     params, state, hyperparams = _read(fmt, path, pairs)
     if fmt == "nested_checkpoint":  # Found by itself; `prefix` says it too.
-      again = interop.state_from_tf_checkpoint(path, pairs,
-                                               prefix="trainer/net")
+      again = interop.state_from_tf_checkpoint(
+        path, pairs, prefix="trainer/net"
+      )
       assert int(again.state.count) == int(state.count)
     assert type(state) is optax_tfrmsprop.RMSpropState
     assert int(state.count) == FIT_STEPS
     assert state.mom is not None and state.mg is not None
     helpers.assert_same_as_keras(pairs, params, model)
     key = "learning_rate"
-    np.testing.assert_array_equal(np.float32(hyperparams[key]),
-                                  np.float32(helpers.CONFIG[key]))
+    np.testing.assert_array_equal(
+      np.float32(hyperparams[key]), np.float32(helpers.CONFIG[key])
+    )
     # The restored state is TF's, slot by slot, in TF's own weight order.
-    assert all(np.array_equal(a, b) for a, b in zip(
-        interop.state_to_optimizer_weights(state, pairs), saved_optimizer))
+    assert all(
+      np.array_equal(a, b)
+      for a, b in zip(
+        interop.state_to_optimizer_weights(state, pairs), saved_optimizer
+      )
+    )
     params, state, _ = helpers.continue_both(
-        model, model.optimizer, flax, pairs, params, state, FLAX_STEPS,
-        seed=10)
+      model, model.optimizer, flax, pairs, params, state, FLAX_STEPS, seed=10
+    )
     helpers.assert_same_as_keras(pairs, params, model)
     assert int(state.count) == int(model.optimizer.iterations.numpy())
     # Back to the saved point for the other flax flavor.
@@ -111,22 +130,30 @@ def test_plain_template_and_mapping_with_any_prefix(tmp_path):
     np.testing.assert_array_equal(ours, theirs)
   # A mapping to a variable without slots names it.
   extra = tf.Variable(np.zeros(2, np.float32))
-  path = tf.train.Checkpoint(model=model, optimizer=model.optimizer,
-                             extra=extra).write(str(tmp_path / "extra"))
-  with pytest.raises(ValueError, match=(
-      r"no 'rms' slot for param '1', checkpoint path 'extra'")):
+  path = tf.train.Checkpoint(
+    model=model, optimizer=model.optimizer, extra=extra
+  ).write(str(tmp_path / "extra"))
+  with pytest.raises(
+    ValueError, match=(r"no 'rms' slot for param '1', checkpoint path 'extra'")
+  ):
     interop.state_from_tf_checkpoint(
-        path, [template[0], np.zeros(2, np.float32)],
-        mapping={"0": "layer_with_weights-0/kernel", "1": "extra"})
+      path,
+      [template[0], np.zeros(2, np.float32)],
+      mapping={"0": "layer_with_weights-0/kernel", "1": "extra"},
+    )
 
 
 def test_flax_tree_without_correspondence_says_what_to_do(tmp_path):
   model = helpers.keras_model()
   _fit(model)
   path = _save(model, "save_weights", tmp_path)
-  with pytest.raises(ValueError, match=(
+  with pytest.raises(
+    ValueError,
+    match=(
       r"Param 'Dense_0/bias': 'Dense_0/bias' matches 0 checkpoint variables"
-      r".*pass a correspondence built from the Keras model")):
+      r".*pass a correspondence built from the Keras model"
+    ),
+  ):
     interop.state_from_tf_checkpoint(path, helpers.Flax("linen").params)
 
 
@@ -135,21 +162,34 @@ def test_checkpoint_of_another_model_names_the_weight(tmp_path):
   _fit(model)
   path = _save(model, "save_weights", tmp_path)
   tf_keras.utils.set_random_seed(0)
-  other = tf_keras.Sequential([
-      tf_keras.Input((helpers.WIDTH,)), tf_keras.layers.Dense(2)])
-  params = {"Dense_0": {"kernel": np.zeros((helpers.WIDTH, 2), np.float32),
-                        "bias": np.zeros(2, np.float32)}}
+  other = tf_keras.Sequential(
+    [tf_keras.Input((helpers.WIDTH,)), tf_keras.layers.Dense(2)]
+  )
+  params = {
+    "Dense_0": {
+      "kernel": np.zeros((helpers.WIDTH, 2), np.float32),
+      "bias": np.zeros(2, np.float32),
+    }
+  }
   pairs = interop.correspondence(other, params)
-  with pytest.raises(ValueError, match=(
+  with pytest.raises(
+    ValueError,
+    match=(
       r"The value of Keras weight 'dense_\d+/kernel' \(JAX path "
       r"'Dense_0/kernel'\) is float32\(6, 6\); the param is "
-      r"float32\(6, 2\)")):
+      r"float32\(6, 2\)"
+    ),
+  ):
     interop.state_from_tf_checkpoint(path, pairs)
   lone = tf.train.Checkpoint(w=tf.Variable(np.zeros(2, np.float32)))
   path = lone.write(str(tmp_path / "lone"))
-  with pytest.raises(ValueError, match=(
+  with pytest.raises(
+    ValueError,
+    match=(
       r"Keras weight 'dense_\d+/kernel' \(JAX path 'Dense_0/kernel'\) is not "
-      r"in the checkpoint .*: no variable 'layer_with_weights-0/kernel'")):
+      r"in the checkpoint .*: no variable 'layer_with_weights-0/kernel'"
+    ),
+  ):
     interop.state_from_tf_checkpoint(path, pairs)
 
 
@@ -160,18 +200,28 @@ def test_files_of_other_formats_say_what_to_use(tmp_path):
   pairs = helpers.correspondence(model, flax)
   model.save(str(tmp_path / "run.keras"))
   for read in (interop.state_from_tf_checkpoint, interop.state_from_h5):
-    with pytest.raises(ValueError, match=(
+    with pytest.raises(
+      ValueError,
+      match=(
         r"Keras v3 \(.keras\) archive.*tf_keras saves no state of a legacy "
-        r"optimizer in it.*model.save_weights\(prefix\)")):
+        r"optimizer in it.*model.save_weights\(prefix\)"
+      ),
+    ):
       read(str(tmp_path / "run.keras"), pairs)
   model.save_weights(str(tmp_path / "weights.h5"))
-  with pytest.raises(ValueError, match=(
-      r"holds no optimizer state \(it was written by model.save_weights")):
+  with pytest.raises(
+    ValueError,
+    match=(r"holds no optimizer state \(it was written by model.save_weights"),
+  ):
     interop.state_from_h5(str(tmp_path / "weights.h5"), pairs)
   model.save(str(tmp_path / "run.h5"))
-  with pytest.raises(ValueError, match=(
+  with pytest.raises(
+    ValueError,
+    match=(
       r"is an HDF5 \(.h5\) file, not a TF checkpoint: read it with "
-      r"optax_tfrmsprop.interop.state_from_h5")):
+      r"optax_tfrmsprop.interop.state_from_h5"
+    ),
+  ):
     interop.state_from_tf_checkpoint(str(tmp_path / "run.h5"), pairs)
   with pytest.raises(ValueError, match="is a TF checkpoint or SavedModel"):
     interop.state_from_h5(str(tmp_path), pairs)
@@ -186,17 +236,23 @@ def test_non_legacy_optimizer_checkpoint_is_refused(tmp_path):
   model.compile(tf_keras.optimizers.RMSprop(0.01), "mse")
   _fit(model)
   model.save_weights(str(tmp_path / "weights"))
-  with pytest.raises(ValueError, match=(
-      r"Expected one tf_keras legacy RMSprop.*non-legacy")):
+  with pytest.raises(
+    ValueError, match=(r"Expected one tf_keras legacy RMSprop.*non-legacy")
+  ):
     interop.state_from_tf_checkpoint(
-        str(tmp_path / "weights"),
-        interop.correspondence(model, helpers.Flax("linen").params))
+      str(tmp_path / "weights"),
+      interop.correspondence(model, helpers.Flax("linen").params),
+    )
 
 
 def test_missing_tensorflow_names_the_extra(monkeypatch):
   monkeypatch.setitem(sys.modules, "tensorflow", None)
-  with pytest.raises(ImportError, match=(
-      r"Reading a TF2 checkpoint needs tensorflow.*'optax-tfrmsprop\[tf\]'")):
+  with pytest.raises(
+    ImportError,
+    match=(
+      r"Reading a TF2 checkpoint needs tensorflow.*'optax-tfrmsprop\[tf\]'"
+    ),
+  ):
     interop.state_from_tf_checkpoint("anything", [np.zeros(2)])
 
 
@@ -223,8 +279,13 @@ interop.state_from_optimizer_weights(weights, expected, centered=True,
 print("ok")
 """
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  result = subprocess.run([sys.executable, "-c", script], env=env,
-                          capture_output=True, text=True, timeout=120)
+  result = subprocess.run(
+    [sys.executable, "-c", script],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert result.stdout.strip().endswith("ok"), result.stderr
 
 
@@ -241,12 +302,16 @@ def test_iterations_beyond_int32_are_refused_by_every_reader(tmp_path):
   weights = model.optimizer.get_weights()
   assert weights[0] == BEYOND_INT32
   with pytest.raises(ValueError, match="Weight 0 .*" + message):
-    interop.state_from_optimizer_weights(weights, pairs, centered=True,
-                                         use_momentum=True)
+    interop.state_from_optimizer_weights(
+      weights, pairs, centered=True, use_momentum=True
+    )
   with pytest.raises(ValueError, match="Weight 0 .*" + message):
     optax_tfrmsprop.state_from_keras_weights(
-        weights, [v.numpy() for v in model.trainable_variables],
-        centered=True, use_momentum=True)
+      weights,
+      [v.numpy() for v in model.trainable_variables],
+      centered=True,
+      use_momentum=True,
+    )
   model.save_weights(str(tmp_path / "weights"))
   with pytest.raises(ValueError, match="iteration count .*" + message):
     interop.state_from_tf_checkpoint(str(tmp_path / "weights"), pairs)
@@ -257,5 +322,6 @@ def test_iterations_beyond_int32_are_refused_by_every_reader(tmp_path):
   model.optimizer.iterations.assign(2**31 - 1)
   model.save_weights(str(tmp_path / "weights"))
   state = interop.state_from_tf_checkpoint(
-      str(tmp_path / "weights"), pairs).state
+    str(tmp_path / "weights"), pairs
+  ).state
   assert int(state.count) == 2**31 - 1

@@ -17,9 +17,11 @@ SHAPES = {"dense/kernel": (6, 10), "dense/bias": (10,)}
 def _grads(steps, seed):
   rng = np.random.default_rng(seed)
   return [
-      {name: rng.standard_normal(s).astype(np.float32) * 3
-       for name, s in SHAPES.items()}
-      for _ in range(steps)
+    {
+      name: rng.standard_normal(s).astype(np.float32) * 3
+      for name, s in SHAPES.items()
+    }
+    for _ in range(steps)
   ]
 
 
@@ -38,29 +40,40 @@ def _assert_exact(actual, expected):
 
 def test_tf1_slot_names_follow_creation_order():
   assert optax_tfrmsprop.tf1_slot_names("w", centered=False) == {
-      "ms": "w/RMSProp", "mom": "w/RMSProp_1"}
+    "ms": "w/RMSProp",
+    "mom": "w/RMSProp_1",
+  }
   assert optax_tfrmsprop.tf1_slot_names(
-      "w", centered=True, optimizer_name="Opt") == {
-          "ms": "w/Opt", "mg": "w/Opt_1", "mom": "w/Opt_2"}
+    "w", centered=True, optimizer_name="Opt"
+  ) == {"ms": "w/Opt", "mg": "w/Opt_1", "mom": "w/Opt_2"}
 
 
 @pytest.mark.parametrize(("momentum", "centered"), PATHS, ids=PATH_IDS)
 def test_tf1_saver_checkpoint_continues_exactly(tmp_path, momentum, centered):
-  config = dict(learning_rate=0.01, decay=0.9, momentum=momentum,
-                epsilon=1e-3, centered=centered)
+  config = dict(
+    learning_rate=0.01,
+    decay=0.9,
+    momentum=momentum,
+    epsilon=1e-3,
+    centered=centered,
+  )
   before, after = _grads(30, seed=1), _grads(30, seed=2)
   rng = np.random.default_rng(0)
-  init = {n: rng.standard_normal(s).astype(np.float32)
-          for n, s in SHAPES.items()}
+  init = {
+    n: rng.standard_normal(s).astype(np.float32) for n, s in SHAPES.items()
+  }
   graph = tf.Graph()
   with graph.as_default():
-    variables = {n: tf.compat.v1.get_variable(n, initializer=v)
-                 for n, v in init.items()}
-    feeds = {n: tf.compat.v1.placeholder(tf.float32, s)
-             for n, s in SHAPES.items()}
+    variables = {
+      n: tf.compat.v1.get_variable(n, initializer=v) for n, v in init.items()
+    }
+    feeds = {
+      n: tf.compat.v1.placeholder(tf.float32, s) for n, s in SHAPES.items()
+    }
     global_step = tf.compat.v1.train.get_or_create_global_step()
     train = tf.compat.v1.train.RMSPropOptimizer(**config).apply_gradients(
-        [(feeds[n], variables[n]) for n in SHAPES], global_step=global_step)
+      [(feeds[n], variables[n]) for n in SHAPES], global_step=global_step
+    )
     saver = tf.compat.v1.train.Saver()
     with tf.compat.v1.Session(graph=graph) as sess:
       sess.run(tf.compat.v1.global_variables_initializer())
@@ -73,7 +86,8 @@ def test_tf1_saver_checkpoint_continues_exactly(tmp_path, momentum, centered):
 
   names = {n: n for n in SHAPES}
   params, state = optax_tfrmsprop.tf1_state_from_checkpoint(
-      str(tmp_path), names, centered=centered, global_step_name="global_step")
+    str(tmp_path), names, centered=centered, global_step_name="global_step"
+  )
   assert int(state.count) == len(before)
   assert (state.mg is not None) == centered and state.mom is not None
   opt = optax_tfrmsprop.tf1_rmsprop(**config)
@@ -86,27 +100,33 @@ def test_tf1_checkpoint_names_missing_slot(tmp_path):
   with graph.as_default():
     w = tf.compat.v1.get_variable("w", initializer=np.ones(3, np.float32))
     train = tf.compat.v1.train.RMSPropOptimizer(0.1).minimize(
-        tf.reduce_sum(w * w))
+      tf.reduce_sum(w * w)
+    )
     with tf.compat.v1.Session(graph=graph) as sess:
       sess.run(tf.compat.v1.global_variables_initializer())
       sess.run(train)
       tf.compat.v1.train.Saver().save(sess, str(tmp_path / "ckpt"))
-  with pytest.raises(ValueError, match="'w/RMSProp_2' is not in the checkpoint"):
+  with pytest.raises(
+    ValueError, match="'w/RMSProp_2' is not in the checkpoint"
+  ):
     optax_tfrmsprop.tf1_state_from_checkpoint(
-        str(tmp_path), {"w": "w"}, centered=True)
+      str(tmp_path), {"w": "w"}, centered=True
+    )
 
 
 @pytest.mark.parametrize(("momentum", "centered"), PATHS, ids=PATH_IDS)
 def test_keras3_optimizer_continues_exactly(momentum, centered):
   keras = tf_reference.keras3()
-  config = dict(learning_rate=0.01, rho=0.9, momentum=momentum,
-                centered=centered)
+  config = dict(
+    learning_rate=0.01, rho=0.9, momentum=momentum, centered=centered
+  )
   before, after = _grads(30, seed=1), _grads(30, seed=2)
   rng = np.random.default_rng(0)
   variables = {
-      n: keras.Variable(rng.standard_normal(s).astype(np.float32),
-                        name=n.replace("/", "_"))
-      for n, s in SHAPES.items()
+    n: keras.Variable(
+      rng.standard_normal(s).astype(np.float32), name=n.replace("/", "_")
+    )
+    for n, s in SHAPES.items()
   }
   opt = keras.optimizers.RMSprop(**config)
   opt.build(list(variables.values()))
@@ -122,8 +142,9 @@ def test_keras3_optimizer_continues_exactly(momentum, centered):
   jax_opt = optax_tfrmsprop.keras3_rmsprop(**config)
   params, state = _continue_in_jax(jax_opt, params, state, after)
   _assert_exact(params, {n: v.numpy() for n, v in variables.items()})
-  _assert_exact(state.ms, {n: v.numpy() for n, v in zip(
-      SHAPES, opt._velocities)})
+  _assert_exact(
+    state.ms, {n: v.numpy() for n, v in zip(SHAPES, opt._velocities)}
+  )
   assert int(state.count) == int(opt.iterations.numpy())
 
 

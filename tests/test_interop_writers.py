@@ -14,8 +14,8 @@ import pytest
 
 import interop_helpers as helpers
 import optax_tfrmsprop
-import tf_reference
 from optax_tfrmsprop import interop
+import tf_reference
 from tf_reference import tf
 
 
@@ -25,21 +25,27 @@ def _fit(model, epochs=1):
 
 
 def _assert_models_equal(model, reference):
-  for ours, theirs in zip(model.trainable_variables,
-                          reference.trainable_variables):
+  for ours, theirs in zip(
+    model.trainable_variables, reference.trainable_variables
+  ):
     np.testing.assert_array_equal(
-        optax_tfrmsprop.ulp_distance(ours.numpy(), theirs.numpy()), 0,
-        err_msg=ours.name)
+      optax_tfrmsprop.ulp_distance(ours.numpy(), theirs.numpy()),
+      0,
+      err_msg=ours.name,
+    )
     for slot in ("rms", "momentum", "mg"):
       np.testing.assert_array_equal(
-          model.optimizer.get_slot(ours, slot).numpy(),
-          reference.optimizer.get_slot(theirs, slot).numpy())
-  assert (int(model.optimizer.iterations.numpy())
-          == int(reference.optimizer.iterations.numpy()))
+        model.optimizer.get_slot(ours, slot).numpy(),
+        reference.optimizer.get_slot(theirs, slot).numpy(),
+      )
+  assert int(model.optimizer.iterations.numpy()) == int(
+    reference.optimizer.iterations.numpy()
+  )
 
 
-@pytest.mark.parametrize("kind, layout", [
-    ("linen", "load_weights"), ("nnx", "tf.train.Checkpoint")])
+@pytest.mark.parametrize(
+  "kind, layout", [("linen", "load_weights"), ("nnx", "tf.train.Checkpoint")]
+)
 def test_keras_fit_to_flax_to_keras_fit(tmp_path, kind, layout):
   reference = helpers.keras_model()  # Stays in Keras.
   start = helpers.keras_model()
@@ -49,21 +55,29 @@ def test_keras_fit_to_flax_to_keras_fit(tmp_path, kind, layout):
   flax = helpers.Flax(kind)
   pairs = interop.correspondence(start, flax.params)
   params, state, _ = interop.state_from_tf_checkpoint(
-      str(tmp_path / "from_keras"), pairs)
+    str(tmp_path / "from_keras"), pairs
+  )
   # Flax trains on with its own gradients; the reference is fed the same.
   params, state, _ = helpers.continue_both(
-      reference, reference.optimizer, flax, pairs, params, state, 5, seed=20)
+    reference, reference.optimizer, flax, pairs, params, state, 5, seed=20
+  )
   model_path = "" if layout == "load_weights" else "model"
   prefix = interop.state_to_tf_checkpoint(
-      str(tmp_path / "from_jax"), params, state, pairs,
-      config=helpers.CONFIG, model_path=model_path)
+    str(tmp_path / "from_jax"),
+    params,
+    state,
+    pairs,
+    config=helpers.CONFIG,
+    model_path=model_path,
+  )
 
   model = helpers.keras_model()  # A new process would build the same.
   if layout == "load_weights":
     model.load_weights(prefix)
   else:
     tf.train.Checkpoint(model=model, optimizer=model.optimizer).restore(
-        prefix).assert_existing_objects_matched()
+      prefix
+    ).assert_existing_objects_matched()
   _fit(model, epochs=2)
   _fit(reference, epochs=2)
   _assert_models_equal(model, reference)
@@ -74,21 +88,36 @@ def test_tf_checkpoint_writer_checks_its_arguments(tmp_path):
   flax = helpers.Flax("linen")
   pairs = interop.correspondence(model, flax.params)
   state = optax_tfrmsprop.rmsprop(**helpers.CONFIG).init(flax.params)
-  with pytest.raises(ValueError, match=(
+  with pytest.raises(
+    ValueError,
+    match=(
       r"config\['centered'\] = False asks for no 'mg' slot, but the state "
-      r"has one")):
+      r"has one"
+    ),
+  ):
     interop.state_to_tf_checkpoint(
-        str(tmp_path / "x"), flax.params, state, pairs,
-        config=dict(helpers.CONFIG, centered=False))
+      str(tmp_path / "x"),
+      flax.params,
+      state,
+      pairs,
+      config=dict(helpers.CONFIG, centered=False),
+    )
   with pytest.raises(TypeError, match=r"`state` must be a RMSpropState"):
     interop.state_to_tf_checkpoint(
-        str(tmp_path / "x"), flax.params,
-        optax_tfrmsprop.tf1_rmsprop(0.1).init(flax.params), pairs,
-        config=helpers.CONFIG)
+      str(tmp_path / "x"),
+      flax.params,
+      optax_tfrmsprop.tf1_rmsprop(0.1).init(flax.params),
+      pairs,
+      config=helpers.CONFIG,
+    )
   with pytest.raises(ValueError, match="needs the tf_keras model"):
     interop.state_to_tf_checkpoint(
-        str(tmp_path / "x"), flax.params, state,
-        interop.Correspondence.from_tree(flax.params), config=helpers.CONFIG)
+      str(tmp_path / "x"),
+      flax.params,
+      state,
+      interop.Correspondence.from_tree(flax.params),
+      config=helpers.CONFIG,
+    )
 
 
 SHAPES = {"dense/kernel": (6, 10), "dense/bias": (10,)}
@@ -96,21 +125,29 @@ SHAPES = {"dense/kernel": (6, 10), "dense/bias": (10,)}
 
 def _grads(steps, seed):
   rng = np.random.default_rng(seed)
-  return [{n: rng.standard_normal(s).astype(np.float32) * 3
-           for n, s in SHAPES.items()} for _ in range(steps)]
+  return [
+    {
+      n: rng.standard_normal(s).astype(np.float32) * 3
+      for n, s in SHAPES.items()
+    }
+    for _ in range(steps)
+  ]
 
 
 def _tf1_session(config, init, steps, *, restore=None, save=None):
   """Runs TF1's RMSPropOptimizer in a graph; returns the variables' values."""
   graph = tf.Graph()
   with graph.as_default():
-    variables = {n: tf.compat.v1.get_variable(n, initializer=v)
-                 for n, v in init.items()}
-    feeds = {n: tf.compat.v1.placeholder(tf.float32, s)
-             for n, s in SHAPES.items()}
+    variables = {
+      n: tf.compat.v1.get_variable(n, initializer=v) for n, v in init.items()
+    }
+    feeds = {
+      n: tf.compat.v1.placeholder(tf.float32, s) for n, s in SHAPES.items()
+    }
     global_step = tf.compat.v1.train.get_or_create_global_step()
     train = tf.compat.v1.train.RMSPropOptimizer(**config).apply_gradients(
-        [(feeds[n], variables[n]) for n in SHAPES], global_step=global_step)
+      [(feeds[n], variables[n]) for n in SHAPES], global_step=global_step
+    )
     saver = tf.compat.v1.train.Saver()
     with tf.compat.v1.Session(graph=graph) as sess:
       if restore is None:
@@ -125,50 +162,63 @@ def _tf1_session(config, init, steps, *, restore=None, save=None):
       return sess.run(variables), start, list(variables.values())
 
 
-@pytest.mark.parametrize(("momentum", "centered"),
-                         [(0.0, False), (0.9, True)])
+@pytest.mark.parametrize(("momentum", "centered"), [(0.0, False), (0.9, True)])
 def test_tf1_to_jax_to_tf1_saver(tmp_path, momentum, centered):
-  config = dict(learning_rate=0.01, decay=0.9, momentum=momentum,
-                epsilon=1e-3, centered=centered)
+  config = dict(
+    learning_rate=0.01,
+    decay=0.9,
+    momentum=momentum,
+    epsilon=1e-3,
+    centered=centered,
+  )
   before, middle, after = _grads(10, 1), _grads(10, 2), _grads(10, 3)
   rng = np.random.default_rng(0)
-  init = {n: rng.standard_normal(s).astype(np.float32)
-          for n, s in SHAPES.items()}
+  init = {
+    n: rng.standard_normal(s).astype(np.float32) for n, s in SHAPES.items()
+  }
   expected, _, _ = _tf1_session(config, init, before + middle + after)
 
-  _, _, graph_variables = _tf1_session(config, init, before,
-                                       save=str(tmp_path / "tf1.ckpt"))
+  _, _, graph_variables = _tf1_session(
+    config, init, before, save=str(tmp_path / "tf1.ckpt")
+  )
   # The JAX side is a flax-style tree; the correspondence pairs it with the
   # TF1 variables by layer and shape.
   template = {"Dense_0": {"bias": jnp.zeros(10), "kernel": jnp.zeros((6, 10))}}
   pairs = interop.correspondence(graph_variables, template)
   params, state, hyperparams = interop.state_from_tf1_checkpoint(
-      str(tmp_path), pairs, centered=centered,
-      global_step_name="global_step")
+    str(tmp_path), pairs, centered=centered, global_step_name="global_step"
+  )
   assert type(state) is optax_tfrmsprop.TF1RMSpropState
   assert int(state.count) == hyperparams["global_step"] == len(before)
   update = jax.jit(optax_tfrmsprop.tf1_rmsprop(**config).update)
   for grads in middle:
-    updates, state = update(pairs.from_keras(
-        [grads[n] for n in pairs.keras_names]), state)
+    updates, state = update(
+      pairs.from_keras([grads[n] for n in pairs.keras_names]), state
+    )
     params = optax.apply_updates(params, updates)
   prefix = interop.state_to_tf1_checkpoint(
-      str(tmp_path / "from_jax.ckpt"), params, state, pairs,
-      global_step_name="global_step")
+    str(tmp_path / "from_jax.ckpt"),
+    params,
+    state,
+    pairs,
+    global_step_name="global_step",
+  )
 
   zeros = {n: np.zeros(s, np.float32) for n, s in SHAPES.items()}
   final, step, _ = _tf1_session(config, zeros, after, restore=prefix)
   assert step == len(before) + len(middle)
   for name in SHAPES:
     np.testing.assert_array_equal(
-        optax_tfrmsprop.ulp_distance(final[name], expected[name]), 0)
+      optax_tfrmsprop.ulp_distance(final[name], expected[name]), 0
+    )
 
 
 def test_tf1_global_step_beyond_int32_is_refused(tmp_path):
   params = {"w": jnp.ones(2)}
   state = optax_tfrmsprop.tf1_rmsprop(0.1).init(params)
-  interop.state_to_tf1_checkpoint(str(tmp_path / "ok.ckpt"), params, state,
-                                  {"w": "w"})
+  interop.state_to_tf1_checkpoint(
+    str(tmp_path / "ok.ckpt"), params, state, {"w": "w"}
+  )
   graph = tf.Graph()
   with graph.as_default():
     tf.compat.v1.get_variable("w", initializer=np.ones(2, np.float32))
@@ -176,49 +226,68 @@ def test_tf1_global_step_beyond_int32_is_refused(tmp_path):
     with tf.compat.v1.Session(graph=graph) as sess:
       sess.run(tf.compat.v1.global_variables_initializer())
       tf.compat.v1.train.Saver().save(sess, str(tmp_path / "big.ckpt"))
-  with pytest.raises(ValueError, match=(
+  with pytest.raises(
+    ValueError,
+    match=(
       r"The global step 'global_step' in .* is 2147483658, outside "
-      r"\[0, 2147483647\].*not wrapped")):
+      r"\[0, 2147483647\].*not wrapped"
+    ),
+  ):
     interop.state_from_tf1_checkpoint(
-        str(tmp_path / "big.ckpt"), {"w": "w"},
-        global_step_name="global_step")
+      str(tmp_path / "big.ckpt"), {"w": "w"}, global_step_name="global_step"
+    )
   with pytest.raises(TypeError, match=r"`state` must be a TF1RMSpropState"):
     interop.state_to_tf1_checkpoint(
-        str(tmp_path / "x.ckpt"), params,
-        optax_tfrmsprop.rmsprop().init(params), {"w": "w"})
+      str(tmp_path / "x.ckpt"),
+      params,
+      optax_tfrmsprop.rmsprop().init(params),
+      {"w": "w"},
+    )
 
 
 def _keras3_model(keras, seed):
   keras.utils.set_random_seed(seed)
-  return keras.Sequential([
-      keras.Input((6,)), keras.layers.Dense(6, activation="tanh"),
-      keras.layers.Dense(6, activation="tanh"), keras.layers.Dense(2)])
+  return keras.Sequential(
+    [
+      keras.Input((6,)),
+      keras.layers.Dense(6, activation="tanh"),
+      keras.layers.Dense(6, activation="tanh"),
+      keras.layers.Dense(2),
+    ]
+  )
 
 
-@pytest.mark.parametrize(("momentum", "centered"),
-                         [(0.0, False), (0.9, True)])
+@pytest.mark.parametrize(("momentum", "centered"), [(0.0, False), (0.9, True)])
 def test_keras3_to_jax_to_keras3(momentum, centered):
   keras = tf_reference.keras3()
-  config = dict(learning_rate=0.01, rho=0.9, momentum=momentum,
-                centered=centered)
+  config = dict(
+    learning_rate=0.01, rho=0.9, momentum=momentum, centered=centered
+  )
   reference = _keras3_model(keras, 0)
   reference_opt = keras.optimizers.RMSprop(**config)
   start = _keras3_model(keras, 0)
   start_opt = keras.optimizers.RMSprop(**config)
   rng = np.random.default_rng(5)
-  steps = [[rng.standard_normal(v.shape).astype(np.float32)
-            for v in reference.trainable_variables] for _ in range(30)]
+  steps = [
+    [
+      rng.standard_normal(v.shape).astype(np.float32)
+      for v in reference.trainable_variables
+    ]
+    for _ in range(30)
+  ]
 
   def keras_steps(opt, model, grads_steps):
     for grads in grads_steps:  # Eagerly: Keras 3's ops as written.
-      opt.apply_gradients(zip([tf.constant(g) for g in grads],
-                              model.trainable_variables))
+      opt.apply_gradients(
+        zip([tf.constant(g) for g in grads], model.trainable_variables)
+      )
 
   keras_steps(reference_opt, reference, steps)
   keras_steps(start_opt, start, steps[:10])
-  linen_like = {f"Dense_{i}": {"bias": jnp.zeros(v.shape[1]),
-                               "kernel": jnp.zeros(v.shape)}
-                for i, v in enumerate(start.trainable_variables[::2])}
+  linen_like = {
+    f"Dense_{i}": {"bias": jnp.zeros(v.shape[1]), "kernel": jnp.zeros(v.shape)}
+    for i, v in enumerate(start.trainable_variables[::2])
+  }
   pairs = interop.correspondence(start, linen_like)
   params, state, config_read = interop.state_from_keras3(start_opt, pairs)
   assert type(state) is optax_tfrmsprop.Keras3RMSpropState
@@ -230,13 +299,18 @@ def test_keras3_to_jax_to_keras3(momentum, centered):
 
   model = _keras3_model(keras, 1)  # Other initial values, overwritten.
   opt = interop.state_to_keras3(
-      params, state, keras.optimizers.RMSprop(**config),
-      interop.correspondence(model, linen_like))
+    params,
+    state,
+    keras.optimizers.RMSprop(**config),
+    interop.correspondence(model, linen_like),
+  )
   keras_steps(opt, model, steps[20:])
-  for ours, theirs in zip(model.trainable_variables,
-                          reference.trainable_variables):
+  for ours, theirs in zip(
+    model.trainable_variables, reference.trainable_variables
+  ):
     np.testing.assert_array_equal(
-        optax_tfrmsprop.ulp_distance(ours.numpy(), theirs.numpy()), 0)
+      optax_tfrmsprop.ulp_distance(ours.numpy(), theirs.numpy()), 0
+    )
   assert int(opt.iterations.numpy()) == 30
 
 
@@ -246,28 +320,45 @@ def test_keras3_errors(tmp_path):
   model.compile(keras.optimizers.RMSprop(0.01), "mse")
   model.optimizer.build(model.trainable_variables)
   model.save(str(tmp_path / "keras3.keras"))
-  with pytest.raises(ValueError, match=(
+  with pytest.raises(
+    ValueError,
+    match=(
       r"Keras v3 archive that holds a Keras 3 optimizer's variables: load it "
       r"with keras.saving.load_model\(path\) and read model.optimizer with "
-      r"optax_tfrmsprop.interop.state_from_keras3")):
-    interop.state_from_tf_checkpoint(str(tmp_path / "keras3.keras"),
-                                     [np.zeros((6, 6), np.float32)])
+      r"optax_tfrmsprop.interop.state_from_keras3"
+    ),
+  ):
+    interop.state_from_tf_checkpoint(
+      str(tmp_path / "keras3.keras"), [np.zeros((6, 6), np.float32)]
+    )
   opt = keras.optimizers.RMSprop(momentum=0.9)
   opt.build(model.trainable_variables)
   opt.iterations.assign(2**31 + 10)
-  with pytest.raises(ValueError, match=(
+  with pytest.raises(
+    ValueError,
+    match=(
       r"The Keras 3 optimizer's iterations is 2147483658, outside "
-      r"\[0, 2147483647\]")):
+      r"\[0, 2147483647\]"
+    ),
+  ):
     interop.state_from_keras3(opt, model.trainable_variables)
   params = [jnp.asarray(v.numpy()) for v in model.trainable_variables]
   state = optax_tfrmsprop.keras3_rmsprop(momentum=0.9).init(params)
-  with pytest.raises(ValueError, match=(
+  with pytest.raises(
+    ValueError,
+    match=(
       r"\(momentum=0.0, centered=False\) has the slots \['ms'\], the state "
-      r"\['ms', 'mom'\]")):
-    interop.state_to_keras3(params, state, keras.optimizers.RMSprop(),
-                            model.trainable_variables)
-  with pytest.raises(ValueError, match=(
+      r"\['ms', 'mom'\]"
+    ),
+  ):
+    interop.state_to_keras3(
+      params, state, keras.optimizers.RMSprop(), model.trainable_variables
+    )
+  with pytest.raises(
+    ValueError,
+    match=(
       r"The value of param '0' is float32\(6, 6\); the Keras variable is "
-      r"float32\(2,\)")):
-    interop.state_to_keras3(params, state, opt,
-                            model.trainable_variables[::-1])
+      r"float32\(2,\)"
+    ),
+  ):
+    interop.state_to_keras3(params, state, opt, model.trainable_variables[::-1])

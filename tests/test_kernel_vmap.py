@@ -19,19 +19,20 @@ import optax_tfrmsprop
 from optax_tfrmsprop._src import cpu_kernel
 
 pytestmark = pytest.mark.skipif(
-    not cpu_kernel.is_built(), reason="the C++ kernel is not built")
+  not cpu_kernel.is_built(), reason="the C++ kernel is not built"
+)
 
 BATCH = 3
 PATHS = {
-    "P1": dict(momentum=0.0, centered=False),
-    "P2": dict(momentum=0.0, centered=True),
-    "P3": dict(momentum=0.9, centered=False),
-    "P4": dict(momentum=0.9, centered=True),
+  "P1": dict(momentum=0.0, centered=False),
+  "P2": dict(momentum=0.0, centered=True),
+  "P3": dict(momentum=0.9, centered=False),
+  "P4": dict(momentum=0.9, centered=True),
 }
 # A schedule of the (batched) step count makes the hyperparameters batched.
 LEARNING_RATES = {
-    "shared_hypers": 0.01,
-    "batched_hypers": optax.exponential_decay(0.1, 1, 0.5),
+  "shared_hypers": 0.01,
+  "batched_hypers": optax.exponential_decay(0.1, 1, 0.5),
 }
 
 
@@ -40,8 +41,9 @@ def _assert_bitwise(batched, loop):
   assert jax.tree.structure(batched) == jax.tree.structure(stacked)
   for x, y in zip(jax.tree.leaves(batched), jax.tree.leaves(stacked)):
     assert x.shape == y.shape and x.dtype == y.dtype
-    np.testing.assert_array_equal(np.asarray(x).view(np.uint8),
-                                  np.asarray(y).view(np.uint8))
+    np.testing.assert_array_equal(
+      np.asarray(x).view(np.uint8), np.asarray(y).view(np.uint8)
+    )
 
 
 def _check(step, args, in_axes, target):
@@ -51,14 +53,17 @@ def _check(step, args, in_axes, target):
   batched = batched_step(*args)
   unbatched = jax.jit(step)
   take = lambda i: [
-      a if axis is None else jax.tree.map(lambda x: x[i], a)
-      for a, axis in zip(args, in_axes)]
+    a if axis is None else jax.tree.map(lambda x: x[i], a)
+    for a, axis in zip(args, in_axes)
+  ]
   _assert_bitwise(batched, [unbatched(*take(i)) for i in range(BATCH)])
 
 
 def _tree(rng, dtype, batch=(BATCH,)):
-  return {"w": jnp.asarray(rng.normal(size=(*batch, 37, 19)), dtype),
-          "b": jnp.asarray(rng.normal(size=(*batch, 19)), dtype)}
+  return {
+    "w": jnp.asarray(rng.normal(size=(*batch, 37, 19)), dtype),
+    "b": jnp.asarray(rng.normal(size=(*batch, 19)), dtype),
+  }
 
 
 def test_the_reported_example():
@@ -66,21 +71,25 @@ def test_the_reported_example():
   params = jnp.arange(12.0).reshape(BATCH, 4)
   state = jax.vmap(opt.init)(params)
   updates, new_state = jax.vmap(opt.update)(params, state)
-  loop = [opt.update(params[i], jax.tree.map(lambda x: x[i], state))
-          for i in range(BATCH)]
+  loop = [
+    opt.update(params[i], jax.tree.map(lambda x: x[i], state))
+    for i in range(BATCH)
+  ]
   _assert_bitwise((updates, new_state), loop)
 
 
 # Every dense path through the kernel (opt.update on P1/P2 takes the XLA
 # path), float32 with shared and batched hyperparameters, float64 with shared.
 DENSE_CASES = [
-    pytest.param(path, fused, lr, dtype, id=f"{path}-{mode}-{lr}-{dtype}")
-    for path in sorted(PATHS)
-    for fused, mode in ((False, "optax"), (True, "fused"))
-    if fused or PATHS[path]["momentum"]
-    for lr, dtype in (("shared_hypers", "float32"),
-                      ("batched_hypers", "float32"),
-                      ("shared_hypers", "float64"))
+  pytest.param(path, fused, lr, dtype, id=f"{path}-{mode}-{lr}-{dtype}")
+  for path in sorted(PATHS)
+  for fused, mode in ((False, "optax"), (True, "fused"))
+  if fused or PATHS[path]["momentum"]
+  for lr, dtype in (
+    ("shared_hypers", "float32"),
+    ("batched_hypers", "float32"),
+    ("shared_hypers", "float64"),
+  )
 ]
 
 
@@ -98,7 +107,8 @@ def test_dense_paths(x64, path, fused, lr, dtype):
   if fused:
     del config["centered"]
     step = lambda p, s, g: optax_tfrmsprop.rmsprop_apply(
-        p, g, s, **config, backend="ffi")
+      p, g, s, **config, backend="ffi"
+    )
   else:
 
     def step(p, s, g):
@@ -114,15 +124,21 @@ def test_dense_unbatched_state_and_params(fused):
   rng = np.random.default_rng(1)
   params = _tree(rng, jnp.float32, batch=())
   grads = _tree(rng, jnp.float32)
-  opt = optax_tfrmsprop.rmsprop(0.01, momentum=0.9, centered=True,
-                                backend="ffi")
+  opt = optax_tfrmsprop.rmsprop(
+    0.01, momentum=0.9, centered=True, backend="ffi"
+  )
   if fused:
     step = lambda p, s, g: optax_tfrmsprop.rmsprop_apply(
-        p, g, s, learning_rate=0.01, momentum=0.9, backend="ffi")
+      p, g, s, learning_rate=0.01, momentum=0.9, backend="ffi"
+    )
   else:
     step = lambda p, s, g: opt.update(g, s, p)
-  _check(step, (params, opt.init(params), grads), (None, None, 0),
-         cpu_kernel.DENSE_TARGET)
+  _check(
+    step,
+    (params, opt.init(params), grads),
+    (None, None, 0),
+    cpu_kernel.DENSE_TARGET,
+  )
 
 
 def test_nested_vmap():
@@ -135,9 +151,12 @@ def test_nested_vmap():
   out = nested(params, state)
   for i in range(2):
     _assert_bitwise(
-        jax.tree.map(lambda x: x[i], out),
-        [opt.update(params[i, j], jax.tree.map(lambda x: x[i, j], state))
-         for j in range(BATCH)])
+      jax.tree.map(lambda x: x[i], out),
+      [
+        opt.update(params[i, j], jax.tree.map(lambda x: x[i, j], state))
+        for j in range(BATCH)
+      ],
+    )
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -151,36 +170,52 @@ def test_sparse_paths(x64, centered, fused, dtype):
   shape = (50, 16)
   table = jnp.asarray(rng.normal(size=(BATCH, *shape)), dtype)
   # Duplicates and an out-of-range index (dropped) in every batch element.
-  indices = jnp.asarray(np.concatenate(
-      [rng.integers(0, 50, size=(BATCH, 6)), np.full((BATCH, 1), 3),
-       np.full((BATCH, 1), 50)], axis=1))
+  indices = jnp.asarray(
+    np.concatenate(
+      [
+        rng.integers(0, 50, size=(BATCH, 6)),
+        np.full((BATCH, 1), 3),
+        np.full((BATCH, 1), 50),
+      ],
+      axis=1,
+    )
+  )
   values = jnp.asarray(rng.normal(size=(BATCH, 8, 16)), dtype)
-  opt = optax_tfrmsprop.rmsprop(0.01, momentum=0.9, centered=centered,
-                                backend="ffi")
+  opt = optax_tfrmsprop.rmsprop(
+    0.01, momentum=0.9, centered=centered, backend="ffi"
+  )
 
   def step(p, s, v, i):
     g = optax_tfrmsprop.IndexedSlices(v, i, shape)
     if fused:
-      return optax_tfrmsprop.rmsprop_apply(p, g, s, learning_rate=0.01,
-                                           momentum=0.9, backend="ffi")
+      return optax_tfrmsprop.rmsprop_apply(
+        p, g, s, learning_rate=0.01, momentum=0.9, backend="ffi"
+      )
     updates, s = opt.update(g, s, p)
     return optax_tfrmsprop.apply_updates(p, updates), s
 
   state = jax.vmap(opt.init)(table)
-  _check(step, (table, state, values, indices), (0, 0, 0, 0),
-         cpu_kernel.SPARSE_TARGET)
+  _check(
+    step,
+    (table, state, values, indices),
+    (0, 0, 0, 0),
+    cpu_kernel.SPARSE_TARGET,
+  )
 
 
 def test_sharded_batch_runs_shard_by_shard():
-  """vmap over sharded params: each device updates its own block."""
-  mesh = jax.make_mesh((4, 2), ("x", "y"),
-                       axis_types=(jax.sharding.AxisType.Auto,) * 2)
+  """Vmap over sharded params: each device updates its own block."""
+  mesh = jax.make_mesh(
+    (4, 2), ("x", "y"), axis_types=(jax.sharding.AxisType.Auto,) * 2
+  )
   sharding = jax.NamedSharding(mesh, jax.P(None, "x", "y"))
   rng = np.random.default_rng(4)
   params = jax.device_put(
-      jnp.asarray(rng.normal(size=(BATCH, 64, 32)), jnp.float32), sharding)
-  opt = optax_tfrmsprop.rmsprop(0.01, momentum=0.9, centered=True,
-                                backend="ffi")
+    jnp.asarray(rng.normal(size=(BATCH, 64, 32)), jnp.float32), sharding
+  )
+  opt = optax_tfrmsprop.rmsprop(
+    0.01, momentum=0.9, centered=True, backend="ffi"
+  )
   state = opt.init(params).replace(count=jnp.zeros(BATCH, jnp.int32))
   step = lambda p, s: opt.update(p, s, p)
   batched = jax.jit(jax.vmap(step))
@@ -190,6 +225,9 @@ def test_sharded_batch_runs_shard_by_shard():
   updates, new_state = batched(params, state)
   assert new_state.mom.sharding.is_equivalent_to(sharding, 3)
   _assert_bitwise(
-      (updates, new_state),
-      [jax.jit(step)(params[i], jax.tree.map(lambda x: x[i], state))
-       for i in range(BATCH)])
+    (updates, new_state),
+    [
+      jax.jit(step)(params[i], jax.tree.map(lambda x: x[i], state))
+      for i in range(BATCH)
+    ],
+  )

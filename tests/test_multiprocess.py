@@ -37,8 +37,12 @@ def _start(*args, backend, log):
   env["PYTHONPATH"] = REPO
   env[cpu_kernel.BACKEND_ENV_VAR] = backend
   return subprocess.Popen(
-      [sys.executable, EXAMPLE, f"--steps={STEPS}", *args], env=env,
-      stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    [sys.executable, EXAMPLE, f"--steps={STEPS}", *args],
+    env=env,
+    stdout=log,
+    stderr=subprocess.STDOUT,
+    start_new_session=True,
+  )
 
 
 def _finish(processes, logs):
@@ -63,17 +67,26 @@ def test_two_processes_equal_one_process(tmp_path, backend):
   logs = [open(tmp_path / f"process{i}.log", "w+") for i in range(3)]
   try:
     processes = [
-        _start(f"--coordinator-address={address}", "--num-processes=2",
-               f"--process-id={i}", "--cpu-devices=2",
-               "--initialization-timeout=60",
-               f"--output={tmp_path / 'two_processes.npz'}", backend=backend,
-               log=logs[i])
-        for i in range(2)
+      _start(
+        f"--coordinator-address={address}",
+        "--num-processes=2",
+        f"--process-id={i}",
+        "--cpu-devices=2",
+        "--initialization-timeout=60",
+        f"--output={tmp_path / 'two_processes.npz'}",
+        backend=backend,
+        log=logs[i],
+      )
+      for i in range(2)
     ]
     _finish(processes, logs[:2])
-    single = _start("--num-processes=1", "--cpu-devices=4",
-                    f"--output={tmp_path / 'one_process.npz'}",
-                    backend=backend, log=logs[2])
+    single = _start(
+      "--num-processes=1",
+      "--cpu-devices=4",
+      f"--output={tmp_path / 'one_process.npz'}",
+      backend=backend,
+      log=logs[2],
+    )
     _finish([single], logs[2:])
     logs[0].seek(0)
     assert "on 4 devices in 2 processes" in logs[0].read()

@@ -13,8 +13,8 @@ def _problem(dtype, steps):
   rng = np.random.default_rng(1)
   x0 = rng.normal(size=1000).astype(dtype)
   grads = [
-      [(rng.normal(size=1000) * 10.0 ** rng.uniform(-3, 1, 1000)).astype(dtype)]
-      for _ in range(steps)
+    [(rng.normal(size=1000) * 10.0 ** rng.uniform(-3, 1, 1000)).astype(dtype)]
+    for _ in range(steps)
   ]
   return x0, grads
 
@@ -37,14 +37,16 @@ def test_injected_static_momentum_keeps_the_momentum_free_path():
   x0, grads = _problem(np.float32, 50)
   (want,), _, _ = run_tf([x0], grads, learning_rate=0.01)
   static = optax.inject_hyperparams(
-      optax_tfrmsprop.rmsprop, static_args=("momentum",))(learning_rate=0.01)
+    optax_tfrmsprop.rmsprop, static_args=("momentum",)
+  )(learning_rate=0.01)
   got, state = _train(static, x0, grads)
   assert state.inner_state.mom is None
   assert optax_tfrmsprop.ulp_distance(got, want).max() == 0
   # Injected as an array, a zero momentum takes TF's kernel path instead
   # (epsilon inside the square root), as a zero tf.constant would.
   injected = optax.inject_hyperparams(optax_tfrmsprop.rmsprop)(
-      learning_rate=0.01, momentum=0.0)
+    learning_rate=0.01, momentum=0.0
+  )
   got, state = _train(injected, x0, grads)
   assert state.inner_state.mom is not None
   assert np.abs(got - want).max() > 1e-3
@@ -57,11 +59,14 @@ def test_float64_needs_float32_hyperparams_and_a_static_epsilon(x64):
 
   def distance(**inject_kwargs):
     opt = optax.inject_hyperparams(optax_tfrmsprop.rmsprop, **inject_kwargs)(
-        learning_rate=0.01)
+      learning_rate=0.01
+    )
     return optax_tfrmsprop.ulp_distance(_train(opt, x0, grads)[0], want).max()
 
-  assert distance(static_args=("momentum", "epsilon"),
-                  hyperparam_dtype=jnp.float32) == 0
+  assert (
+    distance(static_args=("momentum", "epsilon"), hyperparam_dtype=jnp.float32)
+    == 0
+  )
   # Epsilon injected as float32 is rounded before the cast to float64; TF
   # casts the Python float directly.
   assert distance(static_args=("momentum",), hyperparam_dtype=jnp.float32) > 0

@@ -7,17 +7,20 @@ import pytest
 
 import optax_tfrmsprop as otr
 from optax_tfrmsprop._src.interop.tf2_checkpoint import param_path
-from tests.tf_reference import tf, tf_keras
+from tests.tf_reference import tf
+from tests.tf_reference import tf_keras
 
 CONFIG = dict(learning_rate=0.01, momentum=0.5, centered=True)
 
 
 def _model():
   tf_keras.utils.set_random_seed(0)
-  return tf_keras.Sequential([
+  return tf_keras.Sequential(
+    [
       tf_keras.layers.Dense(5, activation="tanh", input_shape=(3,)),
       tf_keras.layers.Dense(1),
-  ])
+    ]
+  )
 
 
 def _train_keras(tmp_path, writer):
@@ -39,8 +42,8 @@ def _train_keras(tmp_path, writer):
 
 def _template():
   return {
-      f"layer_with_weights-{i}": {"kernel": jnp.zeros(k), "bias": jnp.zeros(b)}
-      for i, (k, b) in enumerate([((3, 5), (5,)), ((5, 1), (1,))])
+    f"layer_with_weights-{i}": {"kernel": jnp.zeros(k), "bias": jnp.zeros(b)}
+    for i, (k, b) in enumerate([((3, 5), (5,)), ((5, 1), (1,))])
   }
 
 
@@ -54,11 +57,16 @@ def test_keras_run_continues_bit_identically_in_jax(tmp_path, writer):
   # Same gradients on both sides: TF computes them from its model.
   rng = np.random.RandomState(1)
   grads_steps = [
-      [rng.randn(*v.shape).astype(np.float32)
-       for v in model.trainable_variables] for _ in range(15)]
+    [rng.randn(*v.shape).astype(np.float32) for v in model.trainable_variables]
+    for _ in range(15)
+  ]
   params, state = restored.params, restored.state
-  names = ["layer_with_weights-0/kernel", "layer_with_weights-0/bias",
-           "layer_with_weights-1/kernel", "layer_with_weights-1/bias"]
+  names = [
+    "layer_with_weights-0/kernel",
+    "layer_with_weights-0/bias",
+    "layer_with_weights-1/kernel",
+    "layer_with_weights-1/bias",
+  ]
   update = jax.jit(otr.rmsprop(**CONFIG).update)
 
   @tf.function
@@ -68,8 +76,8 @@ def test_keras_run_continues_bit_identically_in_jax(tmp_path, writer):
   for grads in grads_steps:
     tf_step([tf.constant(g) for g in grads])
     tree = jax.tree.unflatten(
-        jax.tree.structure(params),
-        [g for _, g in sorted(zip(names, grads))])
+      jax.tree.structure(params), [g for _, g in sorted(zip(names, grads))]
+    )
     updates, state = update(tree, state)
     params = jax.tree.map(lambda p, u: p + u, params, updates)
   by_name = dict(zip(names, model.trainable_variables))
@@ -81,19 +89,27 @@ def test_keras_run_continues_bit_identically_in_jax(tmp_path, writer):
 def test_mapping_override_and_errors(tmp_path):
   model, _, prefix, root = _train_keras(tmp_path, "checkpoint")
   params = [jnp.zeros((5, 1)), jnp.zeros((3, 5))]
-  mapping = {"0": root + "layer_with_weights-1/kernel",
-             "1": root + "layer_with_weights-0/kernel"}
+  mapping = {
+    "0": root + "layer_with_weights-1/kernel",
+    "1": root + "layer_with_weights-0/kernel",
+  }
   restored = otr.restore_rmsprop_from_tf_checkpoint(
-      prefix, params, mapping=mapping)
-  np.testing.assert_array_equal(restored.params[1],
-                                model.trainable_variables[0].numpy())
+    prefix, params, mapping=mapping
+  )
+  np.testing.assert_array_equal(
+    restored.params[1], model.trainable_variables[0].numpy()
+  )
   with pytest.raises(ValueError, match="matches 0 checkpoint variables"):
     otr.restore_rmsprop_from_tf_checkpoint(prefix, {"dense": jnp.zeros(2)})
   wrong = _template()
   wrong["layer_with_weights-0"]["bias"] = jnp.zeros(4)
-  with pytest.raises(ValueError, match=(
+  with pytest.raises(
+    ValueError,
+    match=(
       r"The value of param 'layer_with_weights-0/bias' is float32\(5,\); "
-      r"the param is float32\(4,\)")):
+      r"the param is float32\(4,\)"
+    ),
+  ):
     otr.restore_rmsprop_from_tf_checkpoint(prefix, wrong)
   with pytest.raises(ValueError, match="no entry"):
     otr.restore_rmsprop_from_tf_checkpoint(prefix, params, mapping={})

@@ -1,4 +1,4 @@
-"""Differential tests of the dense paths against real tf_keras legacy RMSprop."""
+"""Differential tests of the dense paths against tf_keras' legacy RMSprop."""
 
 import hypothesis
 from hypothesis import strategies as st
@@ -12,26 +12,27 @@ import pytest
 import optax_tfrmsprop
 from tf_reference import run_tf
 
-
-pytestmark = pytest.mark.usefixtures("both_backends")  # TF tests on both backends.
+pytestmark = pytest.mark.usefixtures(
+  "both_backends"
+)  # TF tests on both backends.
 
 PATHS = {
-    "plain": {},
-    "centered": {"centered": True},
-    "momentum": {"momentum": 0.9},
-    "momentum_centered": {"momentum": 0.9, "centered": True},
+  "plain": {},
+  "centered": {"centered": True},
+  "momentum": {"momentum": 0.9},
+  "momentum_centered": {"momentum": 0.9, "centered": True},
 }
 DTYPES = {
-    "float32": np.float32,
-    "float64": np.float64,
-    "float16": np.float16,
-    "bfloat16": ml_dtypes.bfloat16,
+  "float32": np.float32,
+  "float64": np.float64,
+  "float16": np.float16,
+  "bfloat16": ml_dtypes.bfloat16,
 }
 SHAPES = [(), (0,), (37,), (8, 16)]
 
 
 def random_problem(seed, dtype, steps, shapes=SHAPES):
-  """Initial variables and per-step gradients at mixed scales, zeros included."""
+  """Initial variables and per-step gradients: mixed scales, zeros too."""
   rng = np.random.default_rng(seed)
   variables = [rng.standard_normal(s).astype(dtype) for s in shapes]
   grads = []
@@ -62,17 +63,21 @@ def run_jax(variables, grads, **config):
 
 def max_ulp(jax_values, tf_values):
   return max(
-      (int(optax_tfrmsprop.ulp_distance(np.asarray(a), b).max(initial=0))
-       for a, b in zip(jax_values, tf_values)),
-      default=0,
+    (
+      int(optax_tfrmsprop.ulp_distance(np.asarray(a), b).max(initial=0))
+      for a, b in zip(jax_values, tf_values)
+    ),
+    default=0,
   )
 
 
-def assert_same_as_tf(config, dtype, steps, *, seed=0, jit_compile=False,
-                      shapes=SHAPES):
+def assert_same_as_tf(
+  config, dtype, steps, *, seed=0, jit_compile=False, shapes=SHAPES
+):
   variables, grads = random_problem(seed, dtype, steps, shapes)
   tf_vars, tf_slots, tf_iterations = run_tf(
-      variables, grads, jit_compile=jit_compile, **config)
+    variables, grads, jit_compile=jit_compile, **config
+  )
   rounding = "tf_xla" if jit_compile else "tf_cpu"
   params, state = run_jax(variables, grads, rounding=rounding, **config)
   assert int(state.count) == tf_iterations == steps
@@ -104,14 +109,14 @@ def test_xla_rounding_matches_tf_jit_compile(path):
 
 
 @pytest.mark.parametrize(
-    "extra",
-    [
-        {"learning_rate": 0.01, "decay": 0.01},
-        {"learning_rate": 0.05, "rho": 0.5, "epsilon": 0.0},
-        {"learning_rate": 0.02, "rho": 0.99, "epsilon": 1e-3},
-        {"clipvalue": 0.5},
-    ],
-    ids=["decay", "epsilon_zero", "rho_eps", "clipvalue"],
+  "extra",
+  [
+    {"learning_rate": 0.01, "decay": 0.01},
+    {"learning_rate": 0.05, "rho": 0.5, "epsilon": 0.0},
+    {"learning_rate": 0.02, "rho": 0.99, "epsilon": 1e-3},
+    {"clipvalue": 0.5},
+  ],
+  ids=["decay", "epsilon_zero", "rho_eps", "clipvalue"],
 )
 @pytest.mark.parametrize("path", PATHS)
 def test_hyperparameters_bit_identical(path, extra):
@@ -122,76 +127,104 @@ def test_hyperparameters_bit_identical(path, extra):
 def test_decay_float64_hypers_through_float32(path, x64):
   del x64
   assert_same_as_tf(
-      {**PATHS[path], "learning_rate": 0.1, "decay": 0.3, "rho": 0.8},
-      np.float64, steps=50)
+    {**PATHS[path], "learning_rate": 0.1, "decay": 0.3, "rho": 0.8},
+    np.float64,
+    steps=50,
+  )
 
 
 def test_schedule_sees_iterations_before_increment():
   """A schedule gets TF's ``iterations`` (0 on the first step) in var dtype."""
   tf_keras = pytest.importorskip("tf_keras")
   keras_schedule = tf_keras.optimizers.schedules.PiecewiseConstantDecay(
-      [3, 7], [0.1, 0.01, 0.001])
+    [3, 7], [0.1, 0.01, 0.001]
+  )
 
   def schedule(step):  # The same rule as Keras': values[j] for b[j-1] < step.
     return jnp.where(step <= 3, 0.1, jnp.where(step <= 7, 0.01, 0.001))
 
   variables, grads = random_problem(3, np.float32, 12)
-  tf_vars, _, _ = run_tf(variables, grads, learning_rate=keras_schedule,
-                         momentum=0.5)
+  tf_vars, _, _ = run_tf(
+    variables, grads, learning_rate=keras_schedule, momentum=0.5
+  )
   params, _ = run_jax(variables, grads, learning_rate=schedule, momentum=0.5)
   assert max_ulp(params, tf_vars) == 0
 
 
 @pytest.mark.parametrize(
-    "clip", [{"clipnorm": 1.0}, {"global_clipnorm": 1.0},
-             {"clipnorm": 1e6}, {"global_clipnorm": 1e6},
-             {"global_clipnorm": 41.0},
-             {"clipvalue": 0.1, "clipnorm": 2.0},
-             {"clipnorm": 3.0, "momentum": 0.9, "centered": True}],
-    ids=["clipnorm", "global_clipnorm", "clipnorm_inactive",
-         "global_inactive", "global_41", "clipvalue_then_clipnorm",
-         "clipnorm_momentum_centered"])
+  "clip",
+  [
+    {"clipnorm": 1.0},
+    {"global_clipnorm": 1.0},
+    {"clipnorm": 1e6},
+    {"global_clipnorm": 1e6},
+    {"global_clipnorm": 41.0},
+    {"clipvalue": 0.1, "clipnorm": 2.0},
+    {"clipnorm": 3.0, "momentum": 0.9, "centered": True},
+  ],
+  ids=[
+    "clipnorm",
+    "global_clipnorm",
+    "clipnorm_inactive",
+    "global_inactive",
+    "global_41",
+    "clipvalue_then_clipnorm",
+    "clipnorm_momentum_centered",
+  ],
+)
 def test_norm_clipping_bit_identical(clip):
   """Norms are summed in Eigen's order, so clipping is bitwise TF's.
 
   The (300, 70) leaf spans three Eigen leaves of the summation tree.
   """
-  assert_same_as_tf(clip, np.float32, steps=60,
-                    shapes=[(), (0,), (37,), (8, 16), (300, 70)])
+  assert_same_as_tf(
+    clip, np.float32, steps=60, shapes=[(), (0,), (37,), (8, 16), (300, 70)]
+  )
 
 
 @pytest.mark.parametrize("clip", [{"clipnorm": 0.5}, {"global_clipnorm": 2.0}])
 def test_norm_clipping_float64_bit_identical(clip, x64):
   del x64
-  assert_same_as_tf(clip, np.float64, steps=30,
-                    shapes=[(7,), (129, 65)])
+  assert_same_as_tf(clip, np.float64, steps=30, shapes=[(7,), (129, 65)])
 
 
 @pytest.mark.slow
 def test_clipnorm_large_tensor_bit_identical():
   """A 1M-element gradient: a deep Eigen summation tree."""
-  assert_same_as_tf({"clipnorm": 100.0, "momentum": 0.5}, np.float32, steps=5,
-                    shapes=[(1000, 1000)])
+  assert_same_as_tf(
+    {"clipnorm": 100.0, "momentum": 0.5},
+    np.float32,
+    steps=5,
+    shapes=[(1000, 1000)],
+  )
 
 
 @hypothesis.settings(
-    max_examples=12, deadline=None, derandomize=True,
-    suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture])
-@hypothesis.given(
-    path=st.sampled_from(sorted(PATHS)),
-    learning_rate=st.sampled_from([1e-4, 1e-3, 0.01, 0.3]),
-    rho=st.sampled_from([0.0, 0.5, 0.9, 0.999, 1.0]),
-    momentum=st.sampled_from([0.1, 0.5, 0.99, 1.0]),
-    epsilon=st.sampled_from([0.0, 1e-10, 1e-7, 1e-3, 1.0]),
-    decay=st.sampled_from([0.0, 1e-3, 0.5]),
-    shape=st.sampled_from([(5,), (3, 4), (2, 3, 17), (129,)]),
-    seed=st.integers(0, 2**16),
+  max_examples=12,
+  deadline=None,
+  derandomize=True,
+  suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture],
 )
-def test_random_configurations_bit_identical(path, learning_rate, rho,
-                                             momentum, epsilon, decay, shape,
-                                             seed):
-  config = dict(PATHS[path], learning_rate=learning_rate, rho=rho,
-                epsilon=epsilon, decay=decay)
+@hypothesis.given(
+  path=st.sampled_from(sorted(PATHS)),
+  learning_rate=st.sampled_from([1e-4, 1e-3, 0.01, 0.3]),
+  rho=st.sampled_from([0.0, 0.5, 0.9, 0.999, 1.0]),
+  momentum=st.sampled_from([0.1, 0.5, 0.99, 1.0]),
+  epsilon=st.sampled_from([0.0, 1e-10, 1e-7, 1e-3, 1.0]),
+  decay=st.sampled_from([0.0, 1e-3, 0.5]),
+  shape=st.sampled_from([(5,), (3, 4), (2, 3, 17), (129,)]),
+  seed=st.integers(0, 2**16),
+)
+def test_random_configurations_bit_identical(
+  path, learning_rate, rho, momentum, epsilon, decay, shape, seed
+):
+  config = dict(
+    PATHS[path],
+    learning_rate=learning_rate,
+    rho=rho,
+    epsilon=epsilon,
+    decay=decay,
+  )
   if "momentum" in config:
     config["momentum"] = momentum
   assert_same_as_tf(config, np.float32, steps=20, seed=seed, shapes=[shape])
@@ -203,23 +236,26 @@ def test_mixed_dtype_tree_casts_hyperparameters_per_leaf():
   shapes = [(16,), (4, 4)]
   dtypes = [np.float32, ml_dtypes.bfloat16]
   variables = [rng.standard_normal(s).astype(d) for s, d in zip(shapes, dtypes)]
-  grads = [[rng.standard_normal(s).astype(d) for s, d in zip(shapes, dtypes)]
-           for _ in range(30)]
-  for config in PATHS.values():
-    config = dict(config, learning_rate=0.01, decay=0.1)
+  grads = [
+    [rng.standard_normal(s).astype(d) for s, d in zip(shapes, dtypes)]
+    for _ in range(30)
+  ]
+  for path_config in PATHS.values():
+    config = dict(path_config, learning_rate=0.01, decay=0.1)
     tf_vars, _, _ = run_tf(variables, grads, **config)
     params, _ = run_jax(variables, grads, **config)
     assert max_ulp(params, tf_vars) == 0, config
 
 
 def test_seed_docstring_example():
-  """lr 0.1 on x**2/2 from 10.0 gives 9.683772 after one step, count 1."""
+  """Lr 0.1 on x**2/2 from 10.0 gives 9.683772 after one step, count 1."""
   opt = optax_tfrmsprop.rmsprop(learning_rate=0.1)
   params = jnp.array(10.0)
   state = opt.init(params)
   updates, state = opt.update(jax.grad(lambda x: x**2 / 2)(params), state)
   assert np.float32(optax.apply_updates(params, updates)) == np.float32(
-      9.683772)
+    9.683772
+  )
   assert int(state.count) == 1
 
 
@@ -239,6 +275,7 @@ def test_eigen_sum_matches_tf_reduce_sum(dtype, x64):
   del x64
   tf = pytest.importorskip("tensorflow")
   from optax_tfrmsprop._src import numerics  # pylint: disable=g-import-not-at-top
+
   reduce_sum = tf.function(tf.reduce_sum)
   eigen_sum = jax.jit(numerics.eigen_sum)
   rng = np.random.default_rng(4)

@@ -15,8 +15,11 @@ def _to_tf(g):
   """A numpy gradient, or ``(values, indices, dense_shape)`` as IndexedSlices."""
   if isinstance(g, tuple):
     values, indices, dense_shape = g
-    return tf.IndexedSlices(tf.constant(values), tf.constant(indices),
-                            tf.constant(dense_shape, tf.int64))
+    return tf.IndexedSlices(
+      tf.constant(values),
+      tf.constant(indices),
+      tf.constant(dense_shape, tf.int64),
+    )
   return tf.constant(g)
 
 
@@ -57,8 +60,8 @@ def _apply_steps(opt, var_values, grad_steps, jit_compile):
   for grads in grad_steps:
     step([_to_tf(g) for g in grads])
   slots = {
-      name: [opt.get_slot(v, name).numpy() for v in variables]
-      for name in opt.get_slot_names()
+    name: [opt.get_slot(v, name).numpy() for v in variables]
+    for name in opt.get_slot_names()
   }
   return [v.numpy() for v in variables], slots
 
@@ -83,8 +86,9 @@ def run_tf1(var_values, grad_steps, *, jit_compile=False, **config):
   return _apply_steps(opt, var_values, grad_steps, jit_compile)
 
 
-def run_keras3(var_values, grad_steps, *, jit_compile=False, eager=False,
-               **config):
+def run_keras3(
+  var_values, grad_steps, *, jit_compile=False, eager=False, **config
+):
   """Applies ``grad_steps`` with Keras 3's ``keras.optimizers.RMSprop`` (TF).
 
   Args:
@@ -102,8 +106,8 @@ def run_keras3(var_values, grad_steps, *, jit_compile=False, eager=False,
   """
   keras = keras3()
   variables = [
-      keras.Variable(v, dtype=v.dtype, name=f"v{i}")
-      for i, v in enumerate(var_values)
+    keras.Variable(v, dtype=v.dtype, name=f"v{i}")
+    for i, v in enumerate(var_values)
   ]
   opt = keras.optimizers.RMSprop(**config)
   opt.build(variables)
@@ -126,3 +130,84 @@ def keras3():
   if int(keras.__version__.split(".")[0]) < 3:
     pytest.skip("Keras 3 is not installed.")
   return keras
+
+
+def max_ulps(params, state, tf_vars, tf_slots, flavor="keras_legacy"):
+  """Largest ULP distance of the variables and of each slot from TF's.
+
+  NaN counts as equal to NaN. Slots are matched through the flavor's slot
+  names (``base.SEMANTICS``); a slot present on one side only is an error.
+
+  Args:
+    params: our variables, a list of arrays.
+    state: our state.
+    tf_vars: TF's variables, in the same order.
+    tf_slots: TF's slots, ``{slot name: [per-variable values]}`` (as
+      :func:`run_tf` returns them).
+    flavor: the flavor whose slot names TF used.
+
+  Returns:
+    ``{"var": ulps, <field>: ulps, ...}`` for every slot present.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+
+  import optax_tfrmsprop  # pylint: disable=g-import-not-at-top
+  from optax_tfrmsprop._src import base  # pylint: disable=g-import-not-at-top
+
+  def worst(ours, theirs):
+    ours, theirs = list(ours), list(theirs)
+    assert len(ours) == len(theirs)
+    distances = (
+      optax_tfrmsprop.ulp_distance(np.asarray(a), np.asarray(b))
+      for a, b in zip(ours, theirs)
+    )
+    return max((int(d.max(initial=0)) for d in distances), default=0)
+
+  ulps = {"var": worst(params, tf_vars)}
+  for field, tf_name in base.SEMANTICS[flavor].slots:
+    ours = getattr(state, field)
+    assert (ours is None) == (tf_name not in tf_slots), (field, tf_slots.keys())
+    if ours is not None:
+      ulps[field] = worst(jax.tree.leaves(ours), tf_slots[tf_name])
+  return ulps
+
+
+# TF's float32 sparse momentum kernels (P7/P8) take Eigen's packet rsqrt: a
+# hardware estimate plus a Newton step without FMA; jax.lax.rsqrt (the XLA
+# path) is an estimate plus a step with FMA. A bound from the arithmetic, not
+# from one machine: an estimate within e0 = 1.5 * 2**-12 (x86's documented
+# bound for rsqrtps; ARM refines its estimate twice, which is tighter) is
+# within 1.5 * e0**2 of 1/sqrt(x) after one Newton step, and evaluating the
+# step adds at most 3 roundings of u = 2**-24; two such implementations
+# differ by twice that, relative.
+U32 = 2.0**-24
+RSQRT_RELATIVE = 2 * (1.5 * (1.5 * 2.0**-12) ** 2 + 3 * U32)
+
+
+def packet_rsqrt_drift(steps, learning_rate, rho, momentum):
+  """How far XLA's P7/P8 variables can drift from TF's in float32.
+
+  The momentum terms ``lr |G| rsqrt(ms + eps)`` are at most
+  ``M = lr / sqrt(1 - rho)`` (``ms >= (1 - rho) G^2``); each step moves a
+  term by ``(RSQRT_RELATIVE + 4 u) M`` (the rsqrt and two roundings on each
+  side) and ``mom`` by a rounding ``2 u |mom| <= 2 u M / (1 - mu)``; the
+  difference decays by ``mu`` a step, so ``mom`` stays within
+  ``((RSQRT_RELATIVE + 4 u) + 2 u / (1 - mu)) M / (1 - mu)`` and the
+  variable, which sums the moms, within ``steps`` times that (plus a rounding
+  of each step's addition, ``2 u |var|`` a step, to add as a relative
+  tolerance).
+
+  Args:
+    steps: the number of steps.
+    learning_rate: the learning rate.
+    rho: the discounting factor.
+    momentum: the momentum coefficient, < 1.
+
+  Returns:
+    The absolute bound on the variables' difference.
+  """
+  m = learning_rate / np.sqrt(1 - np.float32(rho))
+  per_mom = (
+    ((RSQRT_RELATIVE + 4 * U32) + 2 * U32 / (1 - momentum)) * m / (1 - momentum)
+  )
+  return steps * per_mom

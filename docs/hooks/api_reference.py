@@ -18,7 +18,7 @@ def public_names() -> list[str]:
   """The strings of the ``__all__`` assignment in the package's __init__.py."""
   for node in ast.parse(INIT.read_text()).body:
     if isinstance(node, ast.Assign) and any(
-        isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets
+      isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets
     ):
       return list(ast.literal_eval(node.value))
   raise ValueError(f"{INIT} defines no __all__.")

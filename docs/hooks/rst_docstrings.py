@@ -23,8 +23,8 @@ def _block(lines, start, indent):
   """The lines after ``start`` indented deeper than ``indent`` (and blanks)."""
   end = start
   while end < len(lines) and (
-      not lines[end].strip()
-      or len(lines[end]) - len(lines[end].lstrip()) > indent
+    not lines[end].strip()
+    or len(lines[end]) - len(lines[end].lstrip()) > indent
   ):
     end += 1
   while end > start and not lines[end - 1].strip():
@@ -47,8 +47,10 @@ def _table(lines, start):
       rows.append([line[s:e].strip() for (s, _), e in zip(spans, bounds)])
     end += 1
   indent = rule[: len(rule) - len(rule.lstrip())]
-  md = [indent + "| " + " | ".join(rows[0]) + " |",
-        indent + "|" + "---|" * len(spans)]
+  md = [
+    indent + "| " + " | ".join(rows[0]) + " |",
+    indent + "|" + "---|" * len(spans),
+  ]
   md += [indent + "| " + " | ".join(row) + " |" for row in rows[1:]]
   return md, end
 
@@ -72,8 +74,11 @@ def rst_to_markdown(text: str) -> str:
         out += [indent + row for row in body if row.strip()]
         out += [indent + r"\end{aligned}", indent + "$$"]
       elif name in _ADMONITIONS:
-        kind = {"seealso": "info", "versionchanged": "info",
-                "versionadded": "info"}.get(name, name)
+        kind = {
+          "seealso": "info",
+          "versionchanged": "info",
+          "versionadded": "info",
+        }.get(name, name)
         title = f' "{argument}"' if argument else ""
         out.append(f"{indent}!!! {kind}{title}")
         out += [indent + "    " + row if row.strip() else "" for row in body]
@@ -87,10 +92,12 @@ def rst_to_markdown(text: str) -> str:
   text = _MATH_ROLE.sub(r"\\(\1\\)", text)
   # Sphinx shows only the last component of a ``~``-prefixed target.
   text = _ROLE.sub(
-      lambda m: f"`{m.group(2).split('.')[-1] if m.group(1) else m.group(2)}`",
-      text)
-  return _LINK.sub(lambda m: f"[{' '.join(m.group(1).split())}]({m.group(2)})",
-                   text)
+    lambda m: f"`{m.group(2).split('.')[-1] if m.group(1) else m.group(2)}`",
+    text,
+  )
+  return _LINK.sub(
+    lambda m: f"[{' '.join(m.group(1).split())}]({m.group(2)})", text
+  )
 
 
 class RstDocstrings(griffe.Extension):

@@ -1,91 +1,101 @@
-"""The optimizers: ``rmsprop`` (the seed's Keras RMSprop), ``tf1_rmsprop``, ``keras3_rmsprop``."""
+"""The optimizers ``rmsprop``, ``tf1_rmsprop``, ``keras3_rmsprop``: one factory.
 
-import numbers
-from typing import Any, Optional
+Each is an ``optax.GradientTransformationExtraArgs`` built by the private
+:func:`_rmsprop` from its flavor (:data:`~optax_tfrmsprop._src.base.SEMANTICS`)
+and its arguments, validated once at construction.
+"""
+
+from typing import Any
 
 import jax
-import numpy as np
 import optax
 
 from optax_tfrmsprop._src import base
 from optax_tfrmsprop._src import cpu_kernel
-from optax_tfrmsprop._src import numerics
 from optax_tfrmsprop._src import transform
 
-
-def _concrete_scalar(name: str, value: Any) -> Optional[float]:
-  """``value`` as a float when it is known now; ``None`` when traced."""
-  if isinstance(value, jax.core.Tracer):
-    return None
-  if isinstance(value, (jax.Array, np.ndarray, np.generic)):
-    if np.ndim(value) != 0:
-      raise ValueError(f"{name} must be a scalar, got shape {np.shape(value)}.")
-    return float(value)
-  if isinstance(value, numbers.Real) and not isinstance(value, bool):
-    return float(value)
-  raise TypeError(f"{name} must be a real number, got {name}={value!r}.")
-
-
-def _check_range(name: str, value: Any, low: float, high: float = np.inf,
-                 *, low_inclusive: bool = True) -> None:
-  x = _concrete_scalar(name, value)
-  if x is None:
-    return
-  too_low = x < low if low_inclusive else x <= low
-  if too_low or x > high or np.isnan(x):
-    bracket = "[" if low_inclusive else "("
-    upper = "inf)" if high == np.inf else f"{high}]"
-    raise ValueError(
-        f"{name} must be in {bracket}{low}, {upper}, got {name}={value!r}.")
-
-
-def validate_hyperparams(*, learning_rate, rho, momentum, epsilon, decay,
-                         clipvalue, clipnorm, global_clipnorm) -> None:
-  """Raises a ValueError naming the first invalid hyperparameter.
-
-  Values known only at trace time (under ``jit`` or ``inject_hyperparams``)
-  are not checked.
-  """
-  if not callable(learning_rate):
-    _check_range("learning_rate", learning_rate, 0.0)
-  _check_range("rho", rho, 0.0, 1.0)
-  if not callable(momentum):
-    _check_range("momentum", momentum, 0.0, 1.0)
-  _check_range("epsilon", epsilon, 0.0)
-  _check_range("decay", decay, 0.0)
-  for name, value in (("clipvalue", clipvalue), ("clipnorm", clipnorm),
-                      ("global_clipnorm", global_clipnorm)):
-    if value is not None:
-      _check_range(name, value, 0.0, low_inclusive=False)
-  if clipnorm is not None and global_clipnorm is not None:
-    raise ValueError(
-        "Cannot accept both clipnorm and global_clipnorm, got "
-        f"clipnorm={clipnorm!r}, global_clipnorm={global_clipnorm!r}.")
+# Kept importable from here: the Keras-style class and older code use them.
+validate_hyperparams = transform.validate_hyperparams
 
 
 def uses_momentum(momentum: Any) -> bool:
-  """TF's rule: the kernel path iff momentum is a tensor, a callable, or > 0.
+  """tf_keras' rule: the kernel path iff momentum is a tensor, callable or > 0.
 
   So ``momentum=jnp.asarray(0.)`` (and any momentum injected by
   ``optax.inject_hyperparams``) takes the kernel path, with epsilon inside the
-  square root.
+  square root. The rule of every flavor is
+  :meth:`~optax_tfrmsprop._src.base.Semantics.uses_momentum`.
   """
-  return numerics.is_tensor(momentum) or callable(momentum) or momentum > 0
+  return base.SEMANTICS["keras_legacy"].uses_momentum(momentum)
+
+
+def _rmsprop(
+  flavor: base.Flavor,
+  *,
+  learning_rate: optax.ScalarOrSchedule,
+  rho: jax.typing.ArrayLike,
+  momentum: jax.typing.ArrayLike,
+  epsilon: jax.typing.ArrayLike,
+  centered: bool,
+  rounding: base.Rounding,
+  decay: jax.typing.ArrayLike = 0.0,
+  clipvalue: jax.typing.ArrayLike | None = None,
+  clipnorm: jax.typing.ArrayLike | None = None,
+  global_clipnorm: jax.typing.ArrayLike | None = None,
+  backend: cpu_kernel.Backend = "auto",
+) -> optax.GradientTransformationExtraArgs:
+  """Builds the optimizer of ``flavor``: the factory of the three aliases.
+
+  The arguments are validated once, into a :class:`transform.UpdateConfig`;
+  ``init_fn`` makes the flavor's state with the slots TF would create and
+  ``update_fn`` steps it with that config (:func:`transform.step`).
+  """
+  config = transform.UpdateConfig(
+    learning_rate=learning_rate,
+    rho=rho,
+    momentum=momentum,
+    epsilon=epsilon,
+    decay=decay,
+    clipvalue=clipvalue,
+    clipnorm=clipnorm,
+    global_clipnorm=global_clipnorm,
+    rounding=rounding,
+    backend=backend,
+    flavor=flavor,
+  )
+  for name in ("clipvalue", "clipnorm", "global_clipnorm"):
+    value = getattr(config, name)
+    # TF accepts 0, which maps every gradient to 0 (or NaN): refused here.
+    if value is not None and transform.concrete_scalar(name, value) == 0:
+      raise ValueError(f"{name} must be in (0.0, inf), got {name}={value!r}.")
+  semantics = base.semantics(flavor)
+  use_momentum = semantics.uses_momentum(momentum)
+
+  def init_fn(params):
+    return transform.rmsprop_init(
+      params, centered=centered, use_momentum=use_momentum, flavor=flavor
+    )
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del params, extra_args
+    return transform.step(updates, state, config)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def rmsprop(
-    learning_rate: optax.ScalarOrSchedule = 0.001,
-    rho: jax.typing.ArrayLike = 0.9,
-    momentum: jax.typing.ArrayLike = 0.0,
-    epsilon: jax.typing.ArrayLike = 1e-7,
-    centered: bool = False,
-    *,
-    decay: jax.typing.ArrayLike = 0.0,
-    clipnorm: Optional[jax.typing.ArrayLike] = None,
-    clipvalue: Optional[jax.typing.ArrayLike] = None,
-    global_clipnorm: Optional[jax.typing.ArrayLike] = None,
-    rounding: base.Rounding = "tf_cpu",
-    backend: cpu_kernel.Backend = "auto",
+  learning_rate: optax.ScalarOrSchedule = 0.001,
+  rho: jax.typing.ArrayLike = 0.9,
+  momentum: jax.typing.ArrayLike = 0.0,
+  epsilon: jax.typing.ArrayLike = 1e-7,
+  centered: bool = False,
+  *,
+  decay: jax.typing.ArrayLike = 0.0,
+  clipnorm: jax.typing.ArrayLike | None = None,
+  clipvalue: jax.typing.ArrayLike | None = None,
+  global_clipnorm: jax.typing.ArrayLike | None = None,
+  rounding: base.Rounding = "tf_cpu",
+  backend: cpu_kernel.Backend = "auto",
 ) -> optax.GradientTransformationExtraArgs:
   r"""TF2/Keras RMSprop (``tf_keras.optimizers.legacy.RMSprop``), bit-exact.
 
@@ -162,45 +172,30 @@ def rmsprop(
     <http://www.cs.toronto.edu/~tijmen/csc321/slides/lecture_slides_lec6.pdf>`_,
     2012.
   """
-  validate_hyperparams(
-      learning_rate=learning_rate, rho=rho, momentum=momentum, epsilon=epsilon,
-      decay=decay, clipvalue=clipvalue, clipnorm=clipnorm,
-      global_clipnorm=global_clipnorm)
-  numerics.rounder(rounding)  # Validates the name.
-  cpu_kernel.check_backend(backend)
-  use_momentum = uses_momentum(momentum)
-
-  def init_fn(params):
-    return transform.rmsprop_init(
-        params, centered=centered, use_momentum=use_momentum)
-
-  def update_fn(updates, state, params=None, **extra_args):
-    del params, extra_args
-    return transform.rmsprop_update(
-        updates, state, learning_rate=learning_rate, rho=rho,
-        momentum=momentum, epsilon=epsilon, decay=decay, clipvalue=clipvalue,
-        clipnorm=clipnorm, global_clipnorm=global_clipnorm, rounding=rounding,
-        backend=backend)
-
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
-def _validate(*, learning_rate, rho, momentum, epsilon, rounding) -> None:
-  validate_hyperparams(
-      learning_rate=learning_rate, rho=rho, momentum=momentum,
-      epsilon=epsilon, decay=0.0, clipvalue=None, clipnorm=None,
-      global_clipnorm=None)
-  numerics.rounder(rounding)  # Validates the name.
+  return _rmsprop(
+    "keras_legacy",
+    learning_rate=learning_rate,
+    rho=rho,
+    momentum=momentum,
+    epsilon=epsilon,
+    centered=centered,
+    decay=decay,
+    clipvalue=clipvalue,
+    clipnorm=clipnorm,
+    global_clipnorm=global_clipnorm,
+    rounding=rounding,
+    backend=backend,
+  )
 
 
 def tf1_rmsprop(
-    learning_rate: optax.ScalarOrSchedule,
-    decay: jax.typing.ArrayLike = 0.9,
-    momentum: jax.typing.ArrayLike = 0.0,
-    epsilon: jax.typing.ArrayLike = 1e-10,
-    centered: bool = False,
-    *,
-    rounding: base.Rounding = "tf_cpu",
+  learning_rate: optax.ScalarOrSchedule,
+  decay: jax.typing.ArrayLike = 0.9,
+  momentum: jax.typing.ArrayLike = 0.0,
+  epsilon: jax.typing.ArrayLike = 1e-10,
+  centered: bool = False,
+  *,
+  rounding: base.Rounding = "tf_cpu",
 ) -> optax.GradientTransformationExtraArgs:
   r"""TF1's ``tf.compat.v1.train.RMSPropOptimizer``, bit-exact.
 
@@ -262,30 +257,26 @@ def tf1_rmsprop(
     TensorFlow, `tf.compat.v1.train.RMSPropOptimizer
     <https://www.tensorflow.org/api_docs/python/tf/compat/v1/train/RMSPropOptimizer>`_.
   """
-  _validate(learning_rate=learning_rate, rho=decay, momentum=momentum,
-            epsilon=epsilon, rounding=rounding)
-
-  def init_fn(params):
-    return transform.rmsprop_init(
-        params, centered=centered, flavor="tf1")
-
-  def update_fn(updates, state, params=None, **extra_args):
-    del params, extra_args
-    return transform.rmsprop_update(
-        updates, state, learning_rate=learning_rate, rho=decay,
-        momentum=momentum, epsilon=epsilon, rounding=rounding, flavor="tf1")
-
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  transform.check_range("decay", decay, 0.0, 1.0)  # TF1's name for rho.
+  return _rmsprop(
+    "tf1",
+    learning_rate=learning_rate,
+    rho=decay,
+    momentum=momentum,
+    epsilon=epsilon,
+    centered=centered,
+    rounding=rounding,
+  )
 
 
 def keras3_rmsprop(
-    learning_rate: optax.ScalarOrSchedule = 0.001,
-    rho: jax.typing.ArrayLike = 0.9,
-    momentum: jax.typing.ArrayLike = 0.0,
-    epsilon: jax.typing.ArrayLike = 1e-7,
-    centered: bool = False,
-    *,
-    rounding: base.Rounding = "tf_cpu",
+  learning_rate: optax.ScalarOrSchedule = 0.001,
+  rho: jax.typing.ArrayLike = 0.9,
+  momentum: jax.typing.ArrayLike = 0.0,
+  epsilon: jax.typing.ArrayLike = 1e-7,
+  centered: bool = False,
+  *,
+  rounding: base.Rounding = "tf_cpu",
 ) -> optax.GradientTransformationExtraArgs:
   r"""Keras 3's ``keras.optimizers.RMSprop`` (TF backend), bit-exact.
 
@@ -345,20 +336,12 @@ def keras3_rmsprop(
   References:
     Keras, `RMSprop <https://keras.io/api/optimizers/rmsprop/>`_.
   """
-  _validate(learning_rate=learning_rate, rho=rho, momentum=momentum,
-            epsilon=epsilon, rounding=rounding)
-  use_momentum = uses_momentum(momentum)
-
-  def init_fn(params):
-    return transform.rmsprop_init(
-        params, centered=centered, use_momentum=use_momentum,
-        flavor="keras3")
-
-  def update_fn(updates, state, params=None, **extra_args):
-    del params, extra_args
-    return transform.rmsprop_update(
-        updates, state, learning_rate=learning_rate, rho=rho,
-        momentum=momentum, epsilon=epsilon, rounding=rounding,
-        flavor="keras3")
-
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return _rmsprop(
+    "keras3",
+    learning_rate=learning_rate,
+    rho=rho,
+    momentum=momentum,
+    epsilon=epsilon,
+    centered=centered,
+    rounding=rounding,
+  )

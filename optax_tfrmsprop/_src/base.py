@@ -1,15 +1,19 @@
-"""State, shared types, and the table of TF semantics per flavor.
+"""The vocabulary: state classes, the per-flavor table of TF facts, types.
 
 Everything that differs between the generations of TF/Keras RMSprop is data in
 :data:`SEMANTICS`, read by every layer (update rules, optimizers, the
 Keras-style class, checkpoint interchange); the state's class says which
 generation it belongs to, so a state cannot be stepped by another's rules.
+:class:`Hyperparams` is the record of hyperparameters one leaf dtype sees, in
+the C++ kernel's operand order.
 """
 
 import dataclasses
-from typing import ClassVar, Literal, Optional
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import chex
+import jax
+import jax.numpy as jnp
 import optax
 
 Rounding = Literal["tf_cpu", "tf_xla"]
@@ -67,6 +71,9 @@ class Semantics:
       double and then converted (Keras 3); otherwise in the leaf dtype.
     schedule_step_in_leaf_dtype: a schedule is called with the step count cast
       to the leaf dtype (tf_keras legacy); otherwise with the integer count.
+    options: the optional gradient processing the TF optimizer itself has
+      (Keras' inverse-time ``decay`` and its clipping); the others raise
+      rather than compute something no TF optimizer of that flavor computes.
     slots: ``(state field, TF slot name)`` in TF's creation order.
   """
 
@@ -80,50 +87,76 @@ class Semantics:
   zero_epsilon_is_default: bool
   one_minus_rho_in_double: bool
   schedule_step_in_leaf_dtype: bool
+  options: tuple[str, ...]
   slots: tuple[tuple[str, str], ...]
+
+  def uses_momentum(self, momentum: Any) -> bool:
+    """Whether TF takes its momentum path (and creates the ``mom`` slot).
+
+    TF1 always does. tf_keras' rule (kept for Keras 3's slot): momentum is a
+    tensor, a callable, or a number > 0. So ``momentum=jnp.asarray(0.)`` (and
+    any momentum injected by ``optax.inject_hyperparams``) takes the kernel
+    path, with epsilon inside the square root.
+
+    Args:
+      momentum: the ``momentum`` hyperparameter as given.
+
+    Returns:
+      Whether the state has a ``mom`` slot.
+    """
+    return (
+      self.always_momentum
+      or isinstance(momentum, jax.Array)
+      or callable(momentum)
+      or momentum > 0
+    )
 
 
 SEMANTICS: dict[str, Semantics] = {
-    "keras_legacy": Semantics(
-        flavor="keras_legacy",
-        optimizer="tf_keras.optimizers.legacy.RMSprop",
-        initial_ms=0.0,
-        always_momentum=False,
-        update_rule="tf_kernels",
-        hypers_through_float32=True,
-        epsilon_through_float32=False,
-        zero_epsilon_is_default=True,
-        one_minus_rho_in_double=False,
-        schedule_step_in_leaf_dtype=True,
-        slots=(("ms", "rms"), ("mom", "momentum"), ("mg", "mg")),
-    ),
-    "tf1": Semantics(
-        flavor="tf1",
-        optimizer="tf.compat.v1.train.RMSPropOptimizer",
-        initial_ms=1.0,
-        always_momentum=True,
-        update_rule="tf_kernels",
-        hypers_through_float32=True,
-        epsilon_through_float32=True,
-        zero_epsilon_is_default=False,
-        one_minus_rho_in_double=False,
-        schedule_step_in_leaf_dtype=False,
-        slots=(("ms", "rms"), ("mg", "mg"), ("mom", "momentum")),
-    ),
-    "keras3": Semantics(
-        flavor="keras3",
-        optimizer="keras.optimizers.RMSprop",
-        initial_ms=0.0,
-        always_momentum=False,
-        update_rule="keras3",
-        hypers_through_float32=False,
-        epsilon_through_float32=False,
-        zero_epsilon_is_default=False,
-        one_minus_rho_in_double=True,
-        schedule_step_in_leaf_dtype=False,
-        slots=(("ms", "velocity"), ("mom", "momentum"),
-               ("mg", "average_gradient")),
-    ),
+  "keras_legacy": Semantics(
+    flavor="keras_legacy",
+    optimizer="tf_keras.optimizers.legacy.RMSprop",
+    initial_ms=0.0,
+    always_momentum=False,
+    update_rule="tf_kernels",
+    hypers_through_float32=True,
+    epsilon_through_float32=False,
+    zero_epsilon_is_default=True,
+    one_minus_rho_in_double=False,
+    schedule_step_in_leaf_dtype=True,
+    options=("decay", "clipvalue", "clipnorm", "global_clipnorm"),
+    slots=(("ms", "rms"), ("mom", "momentum"), ("mg", "mg")),
+  ),
+  "tf1": Semantics(
+    flavor="tf1",
+    optimizer="tf.compat.v1.train.RMSPropOptimizer",
+    initial_ms=1.0,
+    always_momentum=True,
+    update_rule="tf_kernels",
+    hypers_through_float32=True,
+    epsilon_through_float32=True,
+    zero_epsilon_is_default=False,
+    one_minus_rho_in_double=False,
+    schedule_step_in_leaf_dtype=False,
+    options=(),
+    slots=(("ms", "rms"), ("mg", "mg"), ("mom", "momentum")),
+  ),
+  "keras3": Semantics(
+    flavor="keras3",
+    optimizer="keras.optimizers.RMSprop",
+    initial_ms=0.0,
+    always_momentum=False,
+    update_rule="keras3",
+    hypers_through_float32=False,
+    epsilon_through_float32=False,
+    zero_epsilon_is_default=False,
+    one_minus_rho_in_double=True,
+    schedule_step_in_leaf_dtype=False,
+    # Keras 3 clips with formulas of its own (not reproduced) and ignores
+    # ``decay`` with a warning.
+    options=(),
+    slots=(("ms", "velocity"), ("mom", "momentum"), ("mg", "average_gradient")),
+  ),
 }
 """:class:`Semantics` of each :data:`Flavor`."""
 
@@ -133,6 +166,38 @@ def semantics(flavor: str) -> Semantics:
   if flavor not in SEMANTICS:
     raise ValueError(f"flavor must be one of {FLAVORS}, got flavor={flavor!r}.")
   return SEMANTICS[flavor]
+
+
+class Hyperparams(NamedTuple):
+  """The hyperparameters one leaf dtype sees, in the C++ kernel's order.
+
+  TF materialises them once per variable dtype (``_prepare_local``); every
+  field is a scalar of that dtype, made by
+  :func:`optax_tfrmsprop._src.numerics.hyperparams` from :data:`SEMANTICS`.
+
+  Attributes:
+    lr: the learning rate at this step (schedule and ``decay`` applied).
+    rho: the discounting factor.
+    one_minus_rho: ``1 - rho`` as the flavor computes it.
+    momentum: the momentum coefficient.
+    epsilon: epsilon, after the flavor's rule for zero.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> h = Hyperparams(*jnp.float32([0.1, 0.9, 0.1, 0.0, 1e-7]))
+    >>> h.operand().shape
+    (5,)
+  """
+
+  lr: jax.Array
+  rho: jax.Array
+  one_minus_rho: jax.Array
+  momentum: jax.Array
+  epsilon: jax.Array
+
+  def operand(self) -> jax.Array:
+    """The kernel's hyperparameter operand ``[lr, rho, 1 - rho, mu, eps]``."""
+    return jnp.stack(self)
 
 
 @chex.dataclass(frozen=True, mappable_dataclass=False)
@@ -165,8 +230,8 @@ class RMSpropState:
 
   count: chex.Array
   ms: optax.Updates
-  mg: Optional[optax.Updates] = None
-  mom: Optional[optax.Updates] = None
+  mg: optax.Updates | None = None
+  mom: optax.Updates | None = None
 
 
 @chex.dataclass(frozen=True, mappable_dataclass=False)
@@ -217,8 +282,8 @@ class Keras3RMSpropState(RMSpropState):
 
 
 STATE_CLASSES: dict[str, type[RMSpropState]] = {
-    "keras_legacy": RMSpropState,
-    "tf1": TF1RMSpropState,
-    "keras3": Keras3RMSpropState,
+  "keras_legacy": RMSpropState,
+  "tf1": TF1RMSpropState,
+  "keras3": Keras3RMSpropState,
 }
 """The state class of each :data:`Flavor`."""

@@ -16,10 +16,10 @@ Neither helper imports orbax: they work on shapes, dtypes and tree paths.
 from typing import Any
 
 import jax
-import numpy as np
-import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec
+import numpy as np
+import optax
 
 from optax_tfrmsprop._src import base
 
@@ -45,7 +45,7 @@ def _replicated_like(sharding: jax.sharding.Sharding) -> jax.sharding.Sharding:
 
 
 def checkpoint_target(
-    optimizer: optax.GradientTransformation, params: optax.Params
+  optimizer: optax.GradientTransformation, params: optax.Params
 ) -> optax.OptState:
   """The abstract optimizer state to restore a checkpoint into.
 
@@ -93,10 +93,13 @@ def checkpoint_target(
   shapes = jax.eval_shape(optimizer.init, params)
   flat, params_def = jax.tree_util.tree_flatten_with_path(params)
   shardings = [_sharding_of(leaf) for _, leaf in flat]
-  by_path = {tuple(path): (sharding, np.shape(leaf))
-             for (path, leaf), sharding in zip(flat, shardings)}
+  by_path = {
+    tuple(path): (sharding, np.shape(leaf))
+    for (path, leaf), sharding in zip(flat, shardings)
+  }
   replicated = _replicated_like(
-      shardings[0] if shardings else _sharding_of(None))
+    shardings[0] if shardings else _sharding_of(None)
+  )
 
   def with_sharding(leaf, sharding):
     return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding)
@@ -105,8 +108,9 @@ def checkpoint_target(
     def one(path, leaf):
       if tuple(path) not in by_path:
         raise ValueError(
-            f"The {field!r} slot at {_path_name(path)!r} matches no param; "
-            "pass the params the optimizer was initialised with.")
+          f"The {field!r} slot at {_path_name(path)!r} matches no param; "
+          "pass the params the optimizer was initialised with."
+        )
       return with_sharding(leaf, by_path[tuple(path)][0])
 
     return jax.tree_util.tree_map_with_path(one, tree)
@@ -115,11 +119,15 @@ def checkpoint_target(
 
   def params_shaped(node) -> bool:
     if isinstance(node, jax.ShapeDtypeStruct) and (
-        params_def.num_nodes != 1 or node.shape == ()):
+      params_def.num_nodes != 1 or node.shape == ()
+    ):
       return False  # A leaf is params-shaped only if the params are one array.
     leaves, treedef = jax.tree.flatten(node)
-    return (treedef == params_def and bool(leaves) and all(
-        np.shape(a) == b for a, b in zip(leaves, param_shapes)))
+    return (
+      treedef == params_def
+      and bool(leaves)
+      and all(np.shape(a) == b for a, b in zip(leaves, param_shapes))
+    )
 
   def is_node(node) -> bool:
     return isinstance(node, base.RMSpropState) or params_shaped(node)
@@ -127,13 +135,20 @@ def checkpoint_target(
   def target(node):
     if isinstance(node, base.RMSpropState):
       return node.replace(
-          count=with_sharding(node.count, replicated),
-          **{field: slot_target(field, getattr(node, field))
-             for field in ("ms", "mg", "mom")})
+        count=with_sharding(node.count, replicated),
+        **{
+          field: slot_target(field, getattr(node, field))
+          for field in ("ms", "mg", "mom")
+        },
+      )
     if is_node(node):
-      return jax.tree.unflatten(params_def, [
+      return jax.tree.unflatten(
+        params_def,
+        [
           with_sharding(leaf, sharding)
-          for leaf, sharding in zip(jax.tree.leaves(node), shardings)])
+          for leaf, sharding in zip(jax.tree.leaves(node), shardings)
+        ],
+      )
     return with_sharding(node, replicated)
 
   return jax.tree.map(target, shapes, is_leaf=is_node)
@@ -158,8 +173,8 @@ def _path_name(path) -> str:
 
 def _leaves_by_name(tree) -> dict[str, Any]:
   return {
-      _path_name(path): leaf
-      for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+    _path_name(path): leaf
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
   }
 
 
@@ -199,15 +214,18 @@ def check_checkpoint(saved: Any, target: Any) -> None:
   target_leaves = _leaves_by_name(target)
   if target_leaves and not saved_leaves:
     raise ValueError(
-        "The checkpoint metadata holds no arrays. With orbax, read it with "
-        "CheckpointManager(..., item_handlers=ocp.StandardCheckpointHandler()) "
-        "and pass item_metadata(step).")
+      "The checkpoint metadata holds no arrays. With orbax, read it with "
+      "CheckpointManager(..., item_handlers=ocp.StandardCheckpointHandler()) "
+      "and pass item_metadata(step)."
+    )
   problems = [
-      f"{name}: expected by the optimizer, not in the checkpoint"
-      for name in target_leaves if name not in saved_leaves
+    f"{name}: expected by the optimizer, not in the checkpoint"
+    for name in target_leaves
+    if name not in saved_leaves
   ] + [
-      f"{name}: in the checkpoint, not in the optimizer state"
-      for name in saved_leaves if name not in target_leaves
+    f"{name}: in the checkpoint, not in the optimizer state"
+    for name in saved_leaves
+    if name not in target_leaves
   ]
   for name, want in target_leaves.items():
     have = saved_leaves.get(name)
@@ -217,9 +235,11 @@ def check_checkpoint(saved: Any, target: Any) -> None:
     want_type = (np.dtype(want.dtype), tuple(want.shape))
     if have_type != want_type:
       problems.append(
-          f"{name}: saved {have_type[0]}{have_type[1]}, expected "
-          f"{want_type[0]}{want_type[1]}")
+        f"{name}: saved {have_type[0]}{have_type[1]}, expected "
+        f"{want_type[0]}{want_type[1]}"
+      )
   if problems:
     raise ValueError(
-        "The checkpoint does not match the optimizer state:\n  "
-        + "\n  ".join(problems))
+      "The checkpoint does not match the optimizer state:\n  "
+      + "\n  ".join(problems)
+    )

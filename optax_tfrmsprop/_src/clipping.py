@@ -1,13 +1,16 @@
-"""Gradient clipping in tf_keras' order and with TF's arithmetic.
+"""Gradient clipping: tf_keras' clipvalue, clipnorm and global_clipnorm.
 
 tf_keras' legacy optimizer clips in ``apply_gradients``, before the update, in
 the order clipvalue, clipnorm, global_clipnorm (``tensorflow/python/ops/
 clip_ops.py`` gives the formulas). Elementwise steps round as TF rounds, and
 with ``rounding="tf_cpu"`` the norms of float32/float64 gradients are summed in
 Eigen's order (:func:`numerics.eigen_sum`), so clipping is bitwise TF's too.
+Every product that a later sum or difference consumes (the halved squares of
+the global norm, the scaled gradients that the update subtracts from ``mg``)
+goes through the rounding hook, or XLA would fuse it into a multiply-add.
 """
 
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -68,7 +71,7 @@ def global_norm_scale(leaves: list[jax.Array], global_clipnorm: Any, rounding):
   round_ = numerics.rounder(rounding)
   dtype = jnp.result_type(*leaves)
   half_squares = jnp.stack(
-      [_sum(round_(g * g) * 0.5, rounding).astype(dtype) for g in leaves]
+    [_sum(round_(round_(g * g) * 0.5), rounding).astype(dtype) for g in leaves]
   )
   norm = jnp.sqrt(_sum(half_squares, rounding) * 2)
   c = jnp.asarray(global_clipnorm).astype(dtype)
@@ -77,12 +80,12 @@ def global_norm_scale(leaves: list[jax.Array], global_clipnorm: Any, rounding):
 
 
 def clip_gradients(
-    leaves: list[jax.Array],
-    *,
-    clipvalue: Optional[Any],
-    clipnorm: Optional[Any],
-    global_clipnorm: Optional[Any],
-    rounding: base.Rounding = "tf_cpu",
+  leaves: list[jax.Array],
+  *,
+  clipvalue: Any | None,
+  clipnorm: Any | None,
+  global_clipnorm: Any | None,
+  rounding: base.Rounding = "tf_cpu",
 ) -> list[jax.Array]:
   """Applies tf_keras' clipping pipeline to a flat list of gradients.
 
@@ -101,6 +104,8 @@ def clip_gradients(
   if clipnorm is not None:
     leaves = [clip_by_norm(g, clipnorm, rounding) for g in leaves]
   if global_clipnorm is not None and leaves:
+    round_ = numerics.rounder(rounding)
     scale = global_norm_scale(leaves, global_clipnorm, rounding)
-    leaves = [g * scale.astype(g.dtype) for g in leaves]
+    # Rounded: ``g * scale`` feeds ``g - mg`` of the centered kernels (P4).
+    leaves = [round_(g * scale.astype(g.dtype)) for g in leaves]
   return leaves

@@ -34,8 +34,8 @@ import functools
 import importlib.machinery
 import os
 import pathlib
+from typing import Literal
 import warnings
-from typing import Literal, Optional
 
 import jax
 from jax.experimental import custom_partitioning as cp
@@ -60,7 +60,7 @@ DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 HYPER_ORDER = ("lr", "rho", "one_minus_rho", "momentum", "epsilon")
 
 
-def _library_path() -> Optional[pathlib.Path]:
+def _library_path() -> pathlib.Path | None:
   here = pathlib.Path(__file__).parent
   for suffix in importlib.machinery.EXTENSION_SUFFIXES:
     path = here / f"_cpu_kernel{suffix}"
@@ -77,22 +77,27 @@ def _library() -> ctypes.CDLL | str:
     return "the C++ extension was not built at install time"
   try:
     library = ctypes.CDLL(str(path))
-    constants = (library.TfRmspropEigenPacketBytes(),
-                 library.TfRmspropNumHypers())
+    constants = (
+      library.TfRmspropEigenPacketBytes(),
+      library.TfRmspropNumHypers(),
+    )
     handlers = {t: getattr(library, symbol) for t, symbol in _HANDLERS.items()}
   except (OSError, AttributeError) as e:
     return f"it could not be loaded ({e}); rebuild it"
   if constants != (numerics.EIGEN_PACKET_BYTES, len(HYPER_ORDER)):
-    return (f"it was built from other sources (packet bytes and "
-            f"hyperparameter count {constants}, expected "
-            f"{(numerics.EIGEN_PACKET_BYTES, len(HYPER_ORDER))}); rebuild it")
+    return (
+      f"it was built from other sources (packet bytes and "
+      f"hyperparameter count {constants}, expected "
+      f"{(numerics.EIGEN_PACKET_BYTES, len(HYPER_ORDER))}); rebuild it"
+    )
   for target, handler in handlers.items():
     jax.ffi.register_ffi_target(
-        target, jax.ffi.pycapsule(handler), platform="cpu")
+      target, jax.ffi.pycapsule(handler), platform="cpu"
+    )
   return library
 
 
-def _load() -> Optional[str]:
+def _load() -> str | None:
   """Loads the kernel; returns why it is unavailable, or None on success."""
   library = _library()
   return library if isinstance(library, str) else None
@@ -115,16 +120,19 @@ def is_built() -> bool:
 @functools.cache
 def _warn_fallback(reason: str) -> None:
   warnings.warn(
-      f"optax_tfrmsprop: the single-pass CPU kernel is unavailable ({reason}); "
-      f"using the slower XLA path. Set {BACKEND_ENV_VAR}=xla to silence this.",
-      RuntimeWarning, stacklevel=4)
+    f"optax_tfrmsprop: the single-pass CPU kernel is unavailable ({reason}); "
+    f"using the slower XLA path. Set {BACKEND_ENV_VAR}=xla to silence this.",
+    RuntimeWarning,
+    stacklevel=4,
+  )
 
 
 def check_backend(backend: str) -> None:
   """Raises a ValueError unless ``backend`` is one of :data:`BACKENDS`."""
   if backend not in BACKENDS:
     raise ValueError(
-        f"backend must be one of {BACKENDS}, got backend={backend!r}.")
+      f"backend must be one of {BACKENDS}, got backend={backend!r}."
+    )
 
 
 def use_kernel(backend: Backend) -> bool:
@@ -141,15 +149,17 @@ def use_kernel(backend: Backend) -> bool:
     backend = os.environ.get(BACKEND_ENV_VAR, "auto").lower() or "auto"
     if backend not in BACKENDS:
       raise ValueError(
-          f"{BACKEND_ENV_VAR} must be one of {BACKENDS}, got {backend!r}.")
+        f"{BACKEND_ENV_VAR} must be one of {BACKENDS}, got {backend!r}."
+      )
   if backend == "xla":
     return False
   reason = _load()
   if backend == "ffi" and reason is not None:
     raise RuntimeError(
-        f"backend='ffi' was requested but the CPU kernel is unavailable: "
-        f"{reason}. Reinstall with a C++17 compiler and OpenMP, or use "
-        "backend='xla'.")
+      f"backend='ffi' was requested but the CPU kernel is unavailable: "
+      f"{reason}. Reinstall with a C++17 compiler and OpenMP, or use "
+      "backend='xla'."
+    )
   if reason is not None and jax.default_backend() == "cpu":
     _warn_fallback(reason)
   return reason is None
@@ -183,26 +193,31 @@ def _describe(x) -> str:
 
 def _check_hypers(where: str, hypers) -> np.dtype:
   """Returns the leaf dtype that the hyperparameter operand selects."""
-  if (jnp.shape(hypers) != (len(HYPER_ORDER),)
-      or jnp.result_type(hypers) not in DTYPES):
+  if (
+    jnp.shape(hypers) != (len(HYPER_ORDER),)
+    or jnp.result_type(hypers) not in DTYPES
+  ):
     raise ValueError(
-        f"{where}: hypers must be a ({len(HYPER_ORDER)},) float32 or float64 "
-        f"array [{', '.join(HYPER_ORDER)}], got {_describe(hypers)}.")
+      f"{where}: hypers must be a ({len(HYPER_ORDER)},) float32 or float64 "
+      f"array [{', '.join(HYPER_ORDER)}], got {_describe(hypers)}."
+    )
   return jnp.result_type(hypers)
 
 
 def _check_like(where: str, what: str, x, shape, dtype, like: str) -> None:
   if tuple(jnp.shape(x)) != tuple(shape) or jnp.result_type(x) != dtype:
     raise ValueError(
-        f"{where}: {what} has {_describe(x)}, but {like} has shape "
-        f"{tuple(shape)} and dtype {dtype}.")
+      f"{where}: {what} has {_describe(x)}, but {like} has shape "
+      f"{tuple(shape)} and dtype {dtype}."
+    )
 
 
 def _check_dtype(where: str, what: str, x, dtype) -> None:
   if jnp.result_type(x) != dtype:
     raise ValueError(
-        f"{where}: {what} has {_describe(x)}, but the hyperparameters (which "
-        f"select the loops) have dtype {dtype}.")
+      f"{where}: {what} has {_describe(x)}, but the hyperparameters (which "
+      f"select the loops) have dtype {dtype}."
+    )
 
 
 def _check_present(where: str, what: str, x, wanted: bool, path: str) -> None:
@@ -217,23 +232,31 @@ def _check_dense(leaves, hypers, centered, momentum, apply) -> None:
   where = "cpu_kernel.dense_update"
   if not apply and not momentum:
     raise ValueError(
-        f"{where}: the momentum-free paths (P1/P2) run only with apply=True.")
+      f"{where}: the momentum-free paths (P1/P2) run only with apply=True."
+    )
   dtype = _check_hypers(where, hypers)
   path = f"the path centered={centered}, momentum={momentum}, apply={apply}"
-  wanted = dict(gradient=True, params=apply, ms=True, mg=centered,
-                mom=momentum)
+  wanted = dict(gradient=True, params=apply, ms=True, mg=centered, mom=momentum)
   for k, leaf in enumerate(leaves):
     if len(leaf) != 5:
-      raise ValueError(f"{where}: leaves[{k}] must be (g, var, ms, mg, mom), "
-                       f"got {len(leaf)} entries.")
+      raise ValueError(
+        f"{where}: leaves[{k}] must be (g, var, ms, mg, mom), "
+        f"got {len(leaf)} entries."
+      )
     for (role, present), x in zip(wanted.items(), leaf):
       _check_present(where, f"leaves[{k}] {role}", x, present, path)
     ms = leaf[2]
     _check_dtype(where, f"leaves[{k}] ms", ms, dtype)
     for role, x in zip(wanted, leaf):
       if x is not None:
-        _check_like(where, f"leaves[{k}] {role}", x, jnp.shape(ms), dtype,
-                    f"leaves[{k}] ms")
+        _check_like(
+          where,
+          f"leaves[{k}] {role}",
+          x,
+          jnp.shape(ms),
+          dtype,
+          f"leaves[{k}] ms",
+        )
 
 
 def _check_sparse(values, indices, var, ms, mg, mom, hypers, apply) -> None:
@@ -245,8 +268,9 @@ def _check_sparse(values, indices, var, ms, mg, mom, hypers, apply) -> None:
   _check_present(where, "mom", mom, True, "a sparse momentum path")
   _check_present(where, "var (params)", var, apply, path)
   if jnp.ndim(ms) < 1:
-    raise ValueError(f"{where}: ms must be a table of rows (rank >= 1), got "
-                     f"{_describe(ms)}.")
+    raise ValueError(
+      f"{where}: ms must be a table of rows (rank >= 1), got {_describe(ms)}."
+    )
   _check_dtype(where, "ms", ms, dtype)
   table = tuple(jnp.shape(ms))
   for what, x in (("mom", mom), ("mg", mg), ("var (params)", var)):
@@ -254,22 +278,32 @@ def _check_sparse(values, indices, var, ms, mg, mom, hypers, apply) -> None:
       _check_like(where, what, x, table, dtype, "ms")
   num_rows = table[0]
   if num_rows >= np.iinfo(np.int32).max:
-    raise ValueError(f"{where}: the table has {num_rows} rows; int32 indices "
-                     "reach fewer than 2**31 - 1.")
+    raise ValueError(
+      f"{where}: the table has {num_rows} rows; int32 indices "
+      "reach fewer than 2**31 - 1."
+    )
   if jnp.ndim(indices) != 1 or jnp.result_type(indices) != np.int32:
-    raise ValueError(f"{where}: indices must be a 1-D int32 array, got "
-                     f"{_describe(indices)}.")
+    raise ValueError(
+      f"{where}: indices must be a 1-D int32 array, got {_describe(indices)}."
+    )
   rows = (jnp.shape(indices)[0], *table[1:])
-  _check_like(where, "values (one row per index)", values, rows, dtype,
-              "indices and ms, (len(indices), *ms.shape[1:]),")
+  _check_like(
+    where,
+    "values (one row per index)",
+    values,
+    rows,
+    dtype,
+    "indices and ms, (len(indices), *ms.shape[1:]),",
+  )
   if not isinstance(indices, jax.core.Tracer):
     concrete = np.asarray(indices)
     bad = (concrete < 0) | (concrete > num_rows)
     if bad.any():
       k = int(np.argmax(bad))
       raise ValueError(
-          f"{where}: indices[{k}] = {concrete[k]} is not in [0, {num_rows}] "
-          f"({num_rows} marks an invalid index).")
+        f"{where}: indices[{k}] = {concrete[k]} is not in [0, {num_rows}] "
+        f"({num_rows} marks an invalid index)."
+      )
 
 
 # The dense call: all leaves of one dtype in one custom call, partitioned
@@ -288,8 +322,9 @@ def _call_kernel(centered, momentum, apply, hypers, leaves):
       aliases[len(operands)] = len(results)
       # The result keeps its operand's type, sharding included (a mesh with
       # Explicit axes puts it in the type).
-      results.append(jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                          sharding=jax.typeof(x).sharding))
+      results.append(
+        jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=jax.typeof(x).sharding)
+      )
     operands.append(x)
 
   for g, var, ms, mg, mom in leaves:
@@ -300,12 +335,16 @@ def _call_kernel(centered, momentum, apply, hypers, leaves):
       if slot is not None:
         add(slot, alias=True)
   flat = jax.ffi.ffi_call(
-      DENSE_TARGET, results, input_output_aliases=aliases,
-      vmap_method="sequential")(
-          *operands, centered=centered, momentum=momentum, apply=apply)
+    DENSE_TARGET,
+    results,
+    input_output_aliases=aliases,
+    vmap_method="sequential",
+  )(*operands, centered=centered, momentum=momentum, apply=apply)
   flat = iter(flat)
   present = _leaf_outputs(centered, momentum, apply)
   return [tuple(next(flat) if p else None for p in present) for _ in leaves]
+
+
 @functools.partial(cp.custom_partitioning, static_argnums=(0, 1, 2))
 def _partitioned_call(centered, momentum, apply, hypers, leaves):
   return _call_kernel(centered, momentum, apply, hypers, leaves)
@@ -321,14 +360,19 @@ def _partition(centered, momentum, apply, mesh, arg_shapes, result_shape):
   del result_shape
   _, leaves = arg_shapes
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  arg_shardings = (replicated, [
+  arg_shardings = (
+    replicated,
+    [
       tuple(None if x is None else leaf[2].sharding for x in leaf)
       for leaf in leaves
-  ])
+    ],
+  )
   result_shardings = [
-      tuple(leaf[2].sharding if present else None
-            for present in _leaf_outputs(centered, momentum, apply))
-      for leaf in leaves
+    tuple(
+      leaf[2].sharding if present else None
+      for present in _leaf_outputs(centered, momentum, apply)
+    )
+    for leaf in leaves
   ]
 
   def lower(hypers, local_leaves):
@@ -337,8 +381,9 @@ def _partition(centered, momentum, apply, mesh, arg_shapes, result_shape):
   return mesh, lower, result_shardings, arg_shardings
 
 
-def _sharding_rule(centered, momentum, apply, mesh, operand_types,
-                   result_types):
+def _sharding_rule(
+  centered, momentum, apply, mesh, operand_types, result_types
+):
   """Elementwise Shardy rule: a leaf's arrays and results share its factors.
 
   The hyperparameter vector (factor ``h``) stays replicated; a scalar leaf
@@ -349,8 +394,8 @@ def _sharding_rule(centered, momentum, apply, mesh, operand_types,
   per_leaf_out = sum(_leaf_outputs(centered, momentum, apply))
   ranks = [len(t.shape) for t in operand_types[1::per_leaf_in]]
   factors = [
-      " ".join(f"k{k}d{d}" for d in range(rank))  # "" for a scalar
-      for k, rank in enumerate(ranks)
+    " ".join(f"k{k}d{d}" for d in range(rank))  # "" for a scalar
+    for k, rank in enumerate(ranks)
   ]
   ins = ["h"] + [f for f in factors for _ in range(per_leaf_in)]
   outs = [f for f in factors for _ in range(per_leaf_out)]
@@ -359,7 +404,8 @@ def _sharding_rule(centered, momentum, apply, mesh, operand_types,
 
 
 _partitioned_call.def_partition(
-    partition=_partition, sharding_rule=_sharding_rule)
+  partition=_partition, sharding_rule=_sharding_rule
+)
 
 
 @functools.cache
@@ -381,8 +427,10 @@ def _dense_call(centered: bool, momentum: bool, apply: bool):
   def _batched(axis_size, in_batched, hypers, leaves):
     hypers_batched, leaves_batched = in_batched
     leaves = jax.tree.map(
-        lambda x, b: x if b else jnp.broadcast_to(x, (axis_size, *x.shape)),
-        leaves, leaves_batched)
+      lambda x, b: x if b else jnp.broadcast_to(x, (axis_size, *x.shape)),
+      leaves,
+      leaves_batched,
+    )
     if hypers_batched:
       out = jax.lax.map(lambda args: call(*args), (hypers, leaves))
     else:
@@ -392,8 +440,9 @@ def _dense_call(centered: bool, momentum: bool, apply: bool):
   return call
 
 
-def dense_update(leaves, hypers, *, centered: bool, momentum: bool,
-                 apply: bool):
+def dense_update(
+  leaves, hypers, *, centered: bool, momentum: bool, apply: bool
+):
   """Runs TF's dense update on ``leaves`` of one dtype in one kernel call.
 
   Args:
@@ -458,15 +507,22 @@ def sparse_update(values, indices, var, ms, mg, mom, hypers, *, apply: bool):
   dtype = ms.dtype
   # The handler takes a fixed operand list; an absent one is an empty array.
   empty = jnp.zeros((0,), dtype)
-  operands = (hypers, values, indices, var if apply else empty, ms,
-              empty if mg is None else mg, mom)
+  operands = (
+    hypers,
+    values,
+    indices,
+    var if apply else empty,
+    ms,
+    empty if mg is None else mg,
+    mom,
+  )
   like = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype)
   results = (
-      like(var if apply else values),
-      jax.ShapeDtypeStruct((0,) if apply else indices.shape, np.int32),
-      like(ms),
-      like(empty if mg is None else mg),
-      like(mom),
+    like(var if apply else values),
+    jax.ShapeDtypeStruct((0,) if apply else indices.shape, np.int32),
+    like(ms),
+    like(empty if mg is None else mg),
+    like(mom),
   )
   aliases = {4: 2, 6: 4}  # ms, mom
   if apply:
@@ -474,8 +530,10 @@ def sparse_update(values, indices, var, ms, mg, mom, hypers, *, apply: bool):
   if mg is not None:
     aliases[5] = 3
   first, unique, ms, new_mg, mom = jax.ffi.ffi_call(
-      SPARSE_TARGET, results, input_output_aliases=aliases,
-      vmap_method="sequential")(*operands, centered=mg is not None,
-                                apply=apply)
+    SPARSE_TARGET,
+    results,
+    input_output_aliases=aliases,
+    vmap_method="sequential",
+  )(*operands, centered=mg is not None, apply=apply)
   first = first if apply else (first, unique)
   return first, ms, None if mg is None else new_mg, mom

@@ -82,7 +82,7 @@ def rounder(rounding: base.Rounding):
   if rounding == "tf_xla":
     return lambda x: x
   raise ValueError(
-      f"rounding must be one of {base.ROUNDINGS}, got rounding={rounding!r}."
+    f"rounding must be one of {base.ROUNDINGS}, got rounding={rounding!r}."
   )
 
 
@@ -119,6 +119,123 @@ def keras_epsilon(epsilon: Any, dtype) -> jax.Array:
     eps = epsilon.astype(dtype)
     return jnp.where(eps == 0, fallback, eps)
   return jnp.asarray(epsilon or KERAS_EPSILON, dtype)
+
+
+def inverse_time_decay(
+  lr: jax.Array, rate: jax.Array, step: jax.Array, round_=rounded
+) -> jax.Array:
+  """Keras' inverse-time decay ``lr / (1 + (rate * step))``, rounded as TF.
+
+  The one home of the formula behind tf_keras' ``decay=`` argument
+  (``_decayed_lr``) and of ``InverseTimeDecay`` (there ``step`` is
+  ``step / decay_steps``, floored if ``staircase``). All three operands are
+  in the dtype the result is computed in. The product is rounded before the
+  sum (``round_``), and the division is a true division even when the
+  denominator is a compile-time constant, where XLA would multiply by its
+  rounded reciprocal.
+
+  Args:
+    lr: the learning rate.
+    rate: the decay rate.
+    step: the step (TF's ``iterations`` cast to the dtype).
+    round_: the rounding hook (:func:`rounder`); :func:`rounded` by default.
+
+  Returns:
+    The decayed learning rate, of ``lr``'s dtype.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> print(inverse_time_decay(jnp.float32(0.1), jnp.float32(0.5),
+    ...                          jnp.float32(2)))
+    0.05
+  """
+  return lr / jax.lax.optimization_barrier(1 + round_(rate * step))
+
+
+def hyperparams(
+  semantics: base.Semantics,
+  dtype,
+  *,
+  count: jax.typing.ArrayLike,
+  learning_rate: Any,
+  rho: Any,
+  momentum: Any,
+  epsilon: Any,
+  decay: Any,
+  round_,
+) -> base.Hyperparams:
+  """The hyperparameters a leaf of ``dtype`` sees, as TF's ``_prepare_local``.
+
+  TF evaluates them once per variable dtype; a mixed-precision tree therefore
+  sees e.g. ``lr`` rounded to bfloat16 for bfloat16 leaves and to float32 for
+  float32 leaves. How each reaches the dtype is read from ``semantics``:
+
+  * the learning rate: a schedule is called with the step count (cast to
+    ``dtype`` when ``schedule_step_in_leaf_dtype``) and its value cast; a
+    plain value goes through float32 (all flavors keep it in a float32
+    variable); ``decay`` (through float32) divides it by
+    ``1 + decay * step`` (:func:`inverse_time_decay`);
+  * ``rho`` and ``momentum``: through float32 when
+    ``hypers_through_float32``, else straight from double;
+  * ``1 - rho``: in ``dtype`` from the cast ``rho``, or, when
+    ``one_minus_rho_in_double``, in ``rho``'s own precision (double for a
+    Python number) and then cast;
+  * ``epsilon``: zero means 1e-7 when ``zero_epsilon_is_default``; through
+    float32 when ``epsilon_through_float32``.
+
+  Args:
+    semantics: the flavor's :class:`~optax_tfrmsprop._src.base.Semantics`.
+    dtype: the leaf dtype.
+    count: the step count before this update (TF's ``iterations``).
+    learning_rate: a scalar or a schedule.
+    rho: the discounting factor.
+    momentum: the momentum coefficient.
+    epsilon: epsilon as given.
+    decay: Keras' inverse-time decay; ``0`` for none.
+    round_: the rounding hook (:func:`rounder`).
+
+  Returns:
+    A :class:`~optax_tfrmsprop._src.base.Hyperparams` of ``dtype`` scalars.
+
+  Raises:
+    ValueError: when a schedule returns anything but a scalar.
+  """
+  count = jnp.asarray(count)
+  step = count.astype(dtype)
+  if callable(learning_rate):
+    lr_step = step if semantics.schedule_step_in_leaf_dtype else count
+    value = jnp.asarray(learning_rate(lr_step))
+    if jnp.ndim(value) != 0:
+      raise ValueError(
+        "learning_rate: the schedule must return a scalar, got an array of "
+        f"shape {jnp.shape(value)}."
+      )
+    lr = value.astype(dtype)
+  else:
+    lr = as_dtype(learning_rate, dtype, through_float32=True)
+  if is_tensor(decay) or decay > 0:
+    lr = inverse_time_decay(
+      lr, as_dtype(decay, dtype, through_float32=True), step, round_
+    )
+  through_float32 = semantics.hypers_through_float32
+  rho_t = as_dtype(rho, dtype, through_float32=through_float32)
+  if semantics.one_minus_rho_in_double:
+    one_minus_rho = as_dtype(1 - rho, dtype, through_float32=False)
+  else:
+    one_minus_rho = 1 - rho_t
+  if semantics.zero_epsilon_is_default:
+    eps = keras_epsilon(epsilon, dtype)
+  else:
+    eps = as_dtype(
+      epsilon, dtype, through_float32=semantics.epsilon_through_float32
+    )
+  return base.Hyperparams(
+    lr=lr,
+    rho=rho_t,
+    one_minus_rho=one_minus_rho,
+    momentum=as_dtype(momentum, dtype, through_float32=through_float32),
+    epsilon=eps,
+  )
 
 
 def ulp_distance(a, b) -> np.ndarray:
@@ -181,8 +298,9 @@ def _eigen_leaves(first: int, n: int, packet: int) -> Any:
 def _flatten_leaves(tree) -> list[tuple[int, int]]:
   if isinstance(tree, tuple):
     return [tree]
-  return [leaf for side in tree if side is not None
-          for leaf in _flatten_leaves(side)]
+  return [
+    leaf for side in tree if side is not None for leaf in _flatten_leaves(side)
+  ]
 
 
 def eigen_sum(x: jax.Array) -> jax.Array:
@@ -230,14 +348,18 @@ def eigen_sum(x: jax.Array) -> jax.Array:
   def tail_index(first, size):
     return np.arange(first + (size // packet) * packet, first + size)
 
-  chunks = gather(chunk_index, rows * chunk).reshape(len(leaves), rows, 4,
-                                                     packet)
+  chunks = gather(chunk_index, rows * chunk).reshape(
+    len(leaves), rows, 4, packet
+  )
 
   def add_row(acc, row):
     return acc + row, None
 
-  acc, _ = jax.lax.scan(add_row, jnp.zeros((len(leaves), 4, packet), x.dtype),
-                        jnp.moveaxis(chunks, 1, 0))
+  acc, _ = jax.lax.scan(
+    add_row,
+    jnp.zeros((len(leaves), 4, packet), x.dtype),
+    jnp.moveaxis(chunks, 1, 0),
+  )
   vector = ((acc[:, 0] + acc[:, 1]) + acc[:, 2]) + acc[:, 3]
   extra = gather(packet_index, 3 * packet).reshape(len(leaves), 3, packet)
   for k in range(3):

@@ -1,25 +1,30 @@
-r"""Row-sparse gradients (TF's ``IndexedSlices``) and their RMSprop paths.
+r"""Row-sparse gradients (TF's ``IndexedSlices``): the type and its row ops.
 
 TF applies RMSprop to an ``IndexedSlices`` gradient through four sparse paths
-(P5-P8 of the spec) whose semantics differ from the dense ones. This module
-holds the gradient type, the jit-safe de-duplication that tf_keras performs
-first, the per-leaf sparse update (called by
-:func:`optax_tfrmsprop.rmsprop_update`, the one home of the update math) and
-:func:`apply_updates`, which scatters the row updates into the params.
+(P5-P8 of the spec, in :mod:`update_rules`) whose semantics differ from the
+dense ones. This module holds the gradient type, the jit-safe
+de-duplication that tf_keras performs first, the row gathers and scatters,
+:func:`apply_updates`, which scatters the row updates into the params, and
+:func:`sparse_embedding_value_and_grad`, which makes such gradients.
 
 Invalid indices (negative, or ``>= dense_shape[0]``) are rejected with a
 ``ValueError`` when the indices are concrete. Under ``jax.jit`` they cannot be
 checked; they are then mapped to the out-of-range row ``dense_shape[0]`` and
 every scatter drops them, so they change no row of the params or of any slot
-(their values still count in ``clipnorm`` / ``global_clipnorm``).
+(their values still count in ``clipnorm`` / ``global_clipnorm``). Indices
+are never wrapped: without ``jax_enable_x64``, jax converts an int64 array to
+int32 at the ``jit`` boundary, modulo 2**32, so an :class:`IndexedSlices`
+refuses concrete indices outside the int32 range when it is built.
 """
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
 
 @jax.tree_util.register_pytree_node_class
 class IndexedSlices:
@@ -48,6 +53,7 @@ class IndexedSlices:
   """
 
   def __init__(self, values, indices, dense_shape: Sequence[int]):
+    check_indices_fit(indices)
     self.values = values
     self.indices = indices
     self.dense_shape = tuple(int(d) for d in dense_shape)
@@ -57,17 +63,62 @@ class IndexedSlices:
 
   @classmethod
   def tree_unflatten(cls, dense_shape, children):
-    return cls(*children, dense_shape)
+    values, indices = children
+    return cls(values, indices, dense_shape)
 
   def __repr__(self):
-    return (f"IndexedSlices(values={self.values!r}, indices={self.indices!r}, "
-            f"dense_shape={self.dense_shape})")
+    return (
+      f"IndexedSlices(values={self.values!r}, indices={self.indices!r}, "
+      f"dense_shape={self.dense_shape})"
+    )
 
   def to_dense(self) -> jax.Array:
     """The dense array, duplicates summed, invalid indices dropped."""
     rows = valid_rows(jnp.asarray(self.indices), self.dense_shape[0])
     zeros = jnp.zeros(self.dense_shape, jnp.result_type(self.values))
     return zeros.at[rows].add(self.values, mode="drop")
+
+
+def _first(mask: np.ndarray) -> tuple[int, ...]:
+  """The position of the first True of ``mask``."""
+  return tuple(
+    int(i) for i in np.unravel_index(int(np.argmax(mask)), mask.shape)
+  )
+
+
+def _show(position: tuple[int, ...]) -> str:
+  return ", ".join(map(str, position))
+
+
+def check_indices_fit(indices: Any, name: str = "indices") -> None:
+  """Raises a ValueError if jax would wrap concrete ``indices`` to int32.
+
+  Without ``jax_enable_x64`` jax represents integers in int32 and converts
+  larger integer arrays modulo 2**32 (at the ``jit`` boundary, silently), so
+  index 2**32 + 2 would become row 2. Traced and jax arrays are already in a
+  jax dtype and are not checked.
+
+  Args:
+    indices: row numbers: a numpy array or scalar, a list, or a jax array.
+    name: the argument's name, for the message.
+  """
+  if not isinstance(indices, (np.ndarray, np.generic, list, tuple, int)):
+    return
+  if jax.dtypes.canonicalize_dtype(np.int64) == np.int64:
+    return  # x64: jax keeps int64.
+  concrete = np.asarray(indices)
+  if not np.issubdtype(concrete.dtype, np.integer) or concrete.size == 0:
+    return
+  limits = np.iinfo(np.int32)
+  bad = (concrete < limits.min) | (concrete > limits.max)
+  if bad.any():
+    k = _first(bad)
+    raise ValueError(
+      f"{name}[{_show(k)}] = {concrete[k]} does not fit in int32, to which "
+      "jax converts indices without jax_enable_x64 (modulo 2**32, so it "
+      "would address another row). Enable x64 (jax.config.update("
+      "'jax_enable_x64', True)) for such tables."
+    )
 
 
 def is_indexed_slices(x: Any) -> bool:
@@ -101,8 +152,11 @@ def take_rows(table: jax.Array, rows: jax.Array) -> jax.Array:
     ``rows.shape + table.shape[1:]``, the rows.
   """
   bits = jnp.dtype(f"uint{8 * table.dtype.itemsize}")
-  gathered = jax.lax.bitcast_convert_type(table, bits).at[rows].get(
-      mode="fill", fill_value=0)
+  gathered = (
+    jax.lax.bitcast_convert_type(table, bits)
+    .at[rows]
+    .get(mode="fill", fill_value=0)
+  )
   return jax.lax.bitcast_convert_type(gathered, table.dtype)
 
 
@@ -120,27 +174,31 @@ def check_sparse_grad(path: str, g: IndexedSlices, slot: jax.Array) -> None:
   values, indices = g.values, g.indices
   if g.dense_shape != slot.shape:
     raise ValueError(
-        f"{where} has dense_shape {g.dense_shape}, but its parameter has "
-        f"shape {slot.shape}.")
+      f"{where} has dense_shape {g.dense_shape}, but its parameter has "
+      f"shape {slot.shape}."
+    )
   if jnp.ndim(indices) != 1 or not jnp.issubdtype(
-      jnp.result_type(indices), jnp.integer):
+    jnp.result_type(indices), jnp.integer
+  ):
     raise ValueError(
-        f"{where}: indices must be a 1-D integer array, got shape "
-        f"{jnp.shape(indices)} and dtype {jnp.result_type(indices)}.")
+      f"{where}: indices must be a 1-D integer array, got shape "
+      f"{jnp.shape(indices)} and dtype {jnp.result_type(indices)}."
+    )
   want = (jnp.shape(indices)[0],) + slot.shape[1:]
   if jnp.shape(values) != want or jnp.result_type(values) != slot.dtype:
     raise ValueError(
-        f"{where}: values must have shape {want} (one row per index) and "
-        f"dtype {slot.dtype}, got shape {jnp.shape(values)} and dtype "
-        f"{jnp.result_type(values)}.")
+      f"{where}: values must have shape {want} (one row per index) and "
+      f"dtype {slot.dtype}, got shape {jnp.shape(values)} and dtype "
+      f"{jnp.result_type(values)}."
+    )
   if not isinstance(indices, jax.core.Tracer):
     concrete = np.asarray(indices)
     bad = (concrete < 0) | (concrete >= slot.shape[0])
     if bad.any():
       k = int(np.argmax(bad))
       raise ValueError(
-          f"{where}: indices[{k}] = {concrete[k]} is not in "
-          f"[0, {slot.shape[0]}).")
+        f"{where}: indices[{k}] = {concrete[k]} is not in [0, {slot.shape[0]})."
+      )
 
 
 def deduplicate(values: jax.Array, indices: jax.Array, num_rows: int):
@@ -173,7 +231,8 @@ def deduplicate(values: jax.Array, indices: jax.Array, num_rows: int):
   order = jnp.argsort(rows, stable=True).astype(jnp.int32)
   sorted_rows = rows[order]
   starts = jnp.concatenate(
-      [jnp.ones(1, bool), sorted_rows[1:] != sorted_rows[:-1]])
+    [jnp.ones(1, bool), sorted_rows[1:] != sorted_rows[:-1]]
+  )
   # A stable sort puts each group's first occurrence at the group's start.
   group_start = jax.lax.cummax(jnp.where(starts, position, 0))
   first = jnp.zeros(n, jnp.int32).at[order].set(order[group_start])
@@ -218,16 +277,15 @@ def apply_updates(params: optax.Params, updates: optax.Updates) -> optax.Params:
       return p.at[rows].add(u.values.astype(p.dtype), mode="drop")
     return jnp.asarray(p + u).astype(jnp.asarray(p).dtype)
 
-  return jax.tree.map(apply_leaf, params, updates,
-                      is_leaf=lambda x: x is None)
+  return jax.tree.map(apply_leaf, params, updates, is_leaf=lambda x: x is None)
 
 
 def sparse_embedding_value_and_grad(
-    loss_fn: Callable[..., Any],
-    table: jax.Array,
-    ids: jax.Array,
-    *args: Any,
-    has_aux: bool = False,
+  loss_fn: Callable[..., Any],
+  table: jax.Array,
+  ids: jax.Array,
+  *args: Any,
+  has_aux: bool = False,
 ) -> tuple[Any, tuple[Any, ...]]:
   """Loss and gradients of an embedding model, the table's as IndexedSlices.
 
@@ -238,12 +296,18 @@ def sparse_embedding_value_and_grad(
   :meth:`IndexedSlices.to_dense` equals ``jax.grad`` with respect to the
   table, and nothing of the table's size is allocated.
 
+  Invalid ids (negative, or ``>= table.shape[0]``) raise a ValueError when
+  concrete, as TF's CPU gather does. Under ``jit`` they read zero rows
+  (TF's GPU gather), and their gradient rows are dropped by
+  :meth:`IndexedSlices.to_dense`, :func:`apply_updates` and the optimizers,
+  so the gradient is still ``jax.grad`` of the loss that was computed.
+
   Args:
     loss_fn: ``loss_fn(rows, *args)``, where ``rows = table[ids]`` has shape
       ``ids.shape + table.shape[1:]``; returns a scalar loss (and an aux
       value when ``has_aux``).
     table: the embedding table, ``(num_rows, ...)``.
-    ids: integer row ids of any shape.
+    ids: integer row ids of any shape, in ``[0, num_rows)``.
     *args: further differentiable arguments of ``loss_fn`` (e.g. the dense
       params of the rest of the model).
     has_aux: ``loss_fn`` returns ``(loss, aux)``.
@@ -261,12 +325,30 @@ def sparse_embedding_value_and_grad(
     >>> g.indices, g.values[0]
     (Array([3, 0, 3], dtype=int32), Array([12., 14.], dtype=float32))
   """
+  num_rows = table.shape[0]
+  if not isinstance(ids, jax.core.Tracer):
+    check_indices_fit(ids, "ids")
+    concrete = np.asarray(ids)
+    if not np.issubdtype(concrete.dtype, np.integer):
+      raise TypeError(f"ids must be integers, got dtype {concrete.dtype}.")
+    bad = (concrete < 0) | (concrete >= num_rows)
+    if bad.any():
+      k = _first(bad)
+      raise ValueError(
+        f"ids[{_show(k)}] = {concrete[k]} is not in [0, {num_rows})."
+      )
   ids = jnp.asarray(ids)
-  rows = take_rows(table, ids)
+  # Traced invalid ids (negative, or past the end) read zero rows: the
+  # gradient rows paired with them are dropped wherever the gradient is used,
+  # which is the gradient of these zero rows.
+  rows = take_rows(table, valid_rows(ids, num_rows))
   argnums = tuple(range(1 + len(args)))
   value, grads = jax.value_and_grad(loss_fn, argnums, has_aux=has_aux)(
-      rows, *args)
+    rows, *args
+  )
   table_grad = IndexedSlices(
-      grads[0].reshape((ids.size,) + table.shape[1:]), ids.reshape(-1),
-      table.shape)
+    grads[0].reshape((ids.size,) + table.shape[1:]),
+    ids.reshape(-1),
+    table.shape,
+  )
   return value, (table_grad, *grads[1:])

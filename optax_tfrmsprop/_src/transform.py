@@ -1,14 +1,23 @@
-r"""The functional core: TF-exact RMSprop state initialisation and update.
+r"""The functional core's tree plumbing: init, update and apply over pytrees.
 
-Every other entry point (the :func:`~optax_tfrmsprop.rmsprop` transformation,
-the Keras-style class, checkpoint interchange) calls :func:`rmsprop_init` and
-:func:`rmsprop_update`; the per-leaf math lives in :mod:`update_rules`.
+:func:`rmsprop_init`, :func:`rmsprop_update` and :func:`rmsprop_apply` check
+their arguments against each other and against the state, clip the gradients
+(:mod:`clipping`), materialise the hyperparameters per leaf dtype
+(:func:`numerics.hyperparams`), and run :func:`update_rules.update_leaf` on
+every leaf, or the CPU kernel (:mod:`cpu_kernel`) where it computes the same
+bits. Every other entry point (the optimizers of :mod:`alias`, the Keras-style
+class, checkpoint interchange) goes through them; the per-leaf math itself
+lives in :mod:`update_rules` only.
 """
 
-from typing import Optional
+import dataclasses
+import numbers
+from typing import Any
 
+import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from optax_tfrmsprop._src import base
@@ -18,238 +27,185 @@ from optax_tfrmsprop._src import numerics
 from optax_tfrmsprop._src import sparse
 from optax_tfrmsprop._src import update_rules
 
+# The leaf dtypes TF's RMSprop updates; complex ones are not supported yet.
+_FLOAT_DTYPES = tuple(
+  jnp.dtype(d) for d in (jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64)
+)
+_CLIP_OPTIONS = ("clipvalue", "clipnorm", "global_clipnorm")
 
-def rmsprop_init(
-    params: optax.Params,
-    *,
-    centered: bool = False,
-    use_momentum: bool = False,
-    flavor: base.Flavor = "keras_legacy",
-) -> base.RMSpropState:
-  """Creates slots shaped and typed like ``params``, as TF does.
 
-  Args:
-    params: the parameter tree. ``None`` and ``optax.MaskedNode`` leaves get no
-      slot.
-    centered: create the ``mg`` slot (TF's ``centered=True``).
-    use_momentum: create the ``mom`` slot (TF's momentum path; TF1 always
-      has it).
-    flavor: the RMSprop generation (:data:`Flavor`); it decides the state's
-      class and the initial ``ms`` (ones in TF1).
+# Argument validation.
 
-  Returns:
-    The flavor's :class:`RMSpropState` with ``count == 0``.
 
-  Example:
-    >>> import jax.numpy as jnp
-    >>> state = rmsprop_init({"w": jnp.ones(3)}, use_momentum=True)
-    >>> state.mom["w"], state.mg
-    (Array([0., 0., 0.], dtype=float32), None)
+def concrete_scalar(name: str, value: Any) -> float | None:
+  """``value`` as a float when it is known now; ``None`` when traced.
+
+  Raises:
+    ValueError: ``value`` is an array of another shape than ``()``.
+    TypeError: ``value`` is neither a real number nor an array.
   """
-  # Strongly typed slots, so a weakly typed param (a Python scalar) cannot make
-  # the state's type change after the first update and force a retrace.
-  semantics = base.semantics(flavor)
-  filled = lambda value: jax.tree.map(
-      lambda p: jnp.full_like(p, value, dtype=p.dtype), params)
-  return base.STATE_CLASSES[flavor](
-      count=jnp.zeros([], jnp.int32),
-      ms=filled(semantics.initial_ms),
-      mg=filled(0) if centered else None,
-      mom=filled(0) if use_momentum or semantics.always_momentum else None,
-  )
-
-
-class _Hyperparams:
-  """Hyperparameters materialised per dtype, as TF's ``_prepare_local`` does.
-
-  TF evaluates them once per variable dtype; a mixed-precision tree therefore
-  sees e.g. ``lr`` rounded to bfloat16 for bfloat16 leaves and to float32 for
-  float32 leaves, and ``1 - rho`` computed in each leaf's dtype. How each
-  hyperparameter reaches the leaf dtype depends on the flavor (see
-  :data:`base.Flavor`).
-  """
-
-  def __init__(self, count, learning_rate, rho, momentum, epsilon, decay,
-               round_, flavor):
-    self._args = (count, learning_rate, rho, momentum, epsilon, decay, round_,
-                  flavor)
-    self._by_dtype = {}
-
-  def __call__(self, dtype):
-    dtype = jnp.dtype(dtype)
-    if dtype not in self._by_dtype:
-      self._by_dtype[dtype] = self._materialise(dtype, *self._args)
-    return self._by_dtype[dtype]
-
-  @staticmethod
-  def _materialise(dtype, count, learning_rate, rho, momentum, epsilon, decay,
-                   round_, flavor):
-    step = count.astype(dtype)
-    if callable(learning_rate):
-      # tf_keras' legacy optimizer hands its schedule the step cast to the
-      # variable dtype; Keras 3 hands it the integer iteration.
-      lr_step = step if flavor == "keras_legacy" else count
-      lr = jnp.asarray(learning_rate(lr_step)).astype(dtype)
-    else:
-      # All three keep a plain learning rate in a float32 variable or tensor.
-      lr = numerics.as_dtype(learning_rate, dtype, through_float32=True)
-    if numerics.is_tensor(decay) or decay > 0:
-      decay_t = numerics.as_dtype(decay, dtype, through_float32=True)
-      lr = lr / (1 + round_(decay_t * step))
-    if flavor == "keras3":
-      # Keras 3 multiplies by the Python floats themselves: each is converted
-      # straight from double to the leaf dtype, and ``1 - rho`` is computed in
-      # double first (an array ``rho`` computes it in its own dtype).
-      as_t = lambda x: numerics.as_dtype(x, dtype, through_float32=False)
-      return dict(
-          lr=lr,
-          rho=as_t(rho),
-          one_minus_rho=as_t(1 - rho),
-          momentum=as_t(momentum),
-          epsilon=as_t(epsilon),
+  if isinstance(value, (jax.Array, np.ndarray, np.generic)):
+    if np.ndim(value) != 0:
+      raise ValueError(f"{name} must be a scalar, got shape {np.shape(value)}.")
+    if not jnp.issubdtype(value.dtype, jnp.number) or (
+      jnp.issubdtype(value.dtype, jnp.complexfloating)
+    ):
+      raise TypeError(
+        f"{name} must be a real number, got an array of dtype {value.dtype}."
       )
-    rho_t = numerics.as_dtype(rho, dtype, through_float32=True)
-    if flavor == "tf1":
-      # TF1 converts epsilon to a float32 tensor like the rest, and keeps 0.
-      eps = numerics.as_dtype(epsilon, dtype, through_float32=True)
-    else:
-      eps = numerics.keras_epsilon(epsilon, dtype)
-    return dict(
-        lr=lr,
-        rho=rho_t,
-        one_minus_rho=1 - rho_t,
-        momentum=numerics.as_dtype(momentum, dtype, through_float32=True),
-        epsilon=eps,
-    )
+    if isinstance(value, jax.core.Tracer):
+      return None
+    return float(value)
+  if isinstance(value, numbers.Real) and not isinstance(value, bool):
+    return float(value)
+  raise TypeError(f"{name} must be a real number, got {name}={value!r}.")
 
 
-# Backend dispatch: the same leaves through the CPU kernel where it applies.
-
-
-def _hyper_vector(h):
-  """The kernel's hyperparameter operand: ``[lr, rho, 1 - rho, mu, eps]``."""
-  return jnp.stack([h["lr"], h["rho"], h["one_minus_rho"], h["momentum"],
-                    h["epsilon"]])
-
-
-def _sparse_leaf(g, var, ms, mg, mom, hyper, rounding: base.Rounding,
-                 backend: cpu_kernel.Backend, *, apply: bool):
-  """TF's sparse update of one leaf; as :func:`_dense_leaves` for one leaf.
-
-  The momentum paths (P7/P8) run in the CPU kernel where it can: it
-  de-duplicates and updates the rows in one call, with TF's float32 packet
-  rsqrt, which jnp cannot reach (``docs/sparse.md``).
-  """
-  h = hyper(ms.dtype)  # Outside both branches, as in _dense_leaves.
-
-  def xla():
-    update, new_ms, new_mg, new_mom = update_rules.sparse_leaf(
-        g, ms, mg, mom, h, numerics.rounder(rounding))
-    first = sparse.apply_updates(var, update) if apply else update
-    return first, new_ms, new_mg, new_mom
-
-  if (mom is None or rounding != "tf_cpu"
-      or not cpu_kernel.handles_sparse(ms.dtype)
-      or not cpu_kernel.use_kernel(backend)):
-    return xla()
-
-  def kernel():
-    rows = sparse.valid_rows(jnp.asarray(g.indices), ms.shape[0])
-    first, new_ms, new_mg, new_mom = cpu_kernel.sparse_update(
-        g.values, rows, var, ms, mg, mom, _hyper_vector(h), apply=apply)
-    if not apply:
-      first = sparse.IndexedSlices(*first, g.dense_shape)
-    return first, new_ms, new_mg, new_mom
-
-  return jax.lax.platform_dependent(cpu=kernel, default=xla)
-
-
-def _dense_leaves(leaves, hyper, rounding: base.Rounding, flavor: base.Flavor,
-                  backend: cpu_kernel.Backend, *, apply: bool):
-  """Runs :func:`update_rules.dense_leaf` on every leaf, or the CPU kernel where it can.
+def check_range(
+  name: str,
+  value: Any,
+  low: float,
+  high: float = np.inf,
+  *,
+  low_inclusive: bool = True,
+) -> None:
+  """Raises a ValueError naming ``name`` if ``value`` is out of the range.
 
   Args:
-    leaves: ``(g, var, ms, mg, mom)`` per leaf; ``var`` is ``None`` unless
-      ``apply``.
-    hyper: the per-dtype hyperparameters (:class:`_Hyperparams`).
-    rounding: the TF evaluation to reproduce.
-    flavor: the RMSprop generation; the kernel implements the Keras-legacy and
-      TF1 expressions.
-    backend: see :mod:`cpu_kernel`; the kernel implements ``"tf_cpu"`` only.
-    apply: return new variables (``var + update``) instead of updates.
-
-  Returns:
-    ``(update or new var, ms, mg, mom)`` per leaf.
+    name: the argument's name.
+    value: its value (see :func:`concrete_scalar`; traced values pass).
+    low: the lower bound.
+    high: the upper bound (inclusive).
+    low_inclusive: whether ``low`` itself is allowed.
   """
-
-  def xla_leaf(g, var, ms, mg, mom):
-    update, ms, mg, mom = update_rules.dense_leaf(g, ms, mg, mom, hyper(ms.dtype), rounding,
-                                      flavor)
-    first = sparse.apply_updates(var, update) if apply else update
-    return first, ms, mg, mom
-
-  def xla():
-    return [xla_leaf(*leaf) for leaf in leaves]
-
-  if (rounding != "tf_cpu" or flavor == "keras3"
-      or not cpu_kernel.use_kernel(backend)):
-    return xla()
-  if not apply and leaves and leaves[0][4] is None:
-    # P1/P2 through the optax API: a kernel update would need a buffer of its
-    # own, which XLA fills with a copy of the gradient; measured slower.
-    return xla()
-  # Materialise the hyperparameters outside both branches: cached inside one,
-  # they would leak that branch's tracers into the other.
-  for leaf in leaves:
-    hyper(leaf[2].dtype)
-
-  def kernel():
-    results = [None] * len(leaves)
-    by_dtype = {}
-    for i, leaf in enumerate(leaves):
-      if cpu_kernel.handles(leaf[2].dtype):
-        by_dtype.setdefault(jnp.dtype(leaf[2].dtype), []).append(i)
-      else:  # float16 and bfloat16 stay on XLA.
-        results[i] = xla_leaf(*leaf)
-    for dtype, indices in by_dtype.items():
-      _, _, _, mg, mom = leaves[indices[0]]
-      out = cpu_kernel.dense_update(
-          [leaves[i] for i in indices], _hyper_vector(hyper(dtype)),
-          centered=mg is not None, momentum=mom is not None, apply=apply)
-      for i, (first, ms, mg, mom) in zip(indices, out):
-        results[i] = (-mom if first is None else first), ms, mg, mom
-    return results
-
-  return jax.lax.platform_dependent(cpu=kernel, default=xla)
-
-
-def _check_matches(grads, state: base.RMSpropState):
-  """Raises a ValueError naming the first gradient that does not fit a slot.
-
-  An :class:`~optax_tfrmsprop.IndexedSlices` stands where the params have an
-  array.
-  """
-  grads_def = jax.tree.structure(grads, is_leaf=sparse.is_indexed_slices)
-  slots_def = jax.tree.structure(state.ms)
-  if grads_def != slots_def:
+  x = concrete_scalar(name, value)
+  if x is None:
+    return
+  too_low = x < low if low_inclusive else x <= low
+  if too_low or x > high or np.isnan(x):
+    bracket = "[" if low_inclusive else "("
+    upper = "inf)" if high == np.inf else f"{high}]"
     raise ValueError(
-        "The gradient tree does not match the optimizer state (built by init "
-        f"from the params).\n  gradients: {grads_def}\n  state:     {slots_def}"
+      f"{name} must be in {bracket}{low}, {upper}, got {name}={value!r}."
     )
-  for (path, g), ms in zip(
-      jax.tree_util.tree_leaves_with_path(
-          grads, is_leaf=sparse.is_indexed_slices),
-      jax.tree.leaves(state.ms),
-  ):
-    where = jax.tree_util.keystr(path) or "the root"
-    if isinstance(g, sparse.IndexedSlices):
-      sparse.check_sparse_grad(where, g, ms)
-    elif jnp.shape(g) != ms.shape or jnp.result_type(g) != ms.dtype:
-      raise ValueError(
-          f"Gradient at {where} has shape "
-          f"{jnp.shape(g)} and dtype {jnp.result_type(g)}, but its parameter "
-          f"(and slot) has shape {ms.shape} and dtype {ms.dtype}."
-      )
+
+
+def validate_hyperparams(
+  *,
+  learning_rate,
+  rho,
+  momentum,
+  epsilon,
+  decay,
+  clipvalue,
+  clipnorm,
+  global_clipnorm,
+) -> None:
+  """Raises an exception naming the first invalid hyperparameter.
+
+  Numbers must be real scalars (an array must have shape ``()``; a string
+  raises): ``learning_rate``, ``epsilon`` and ``decay`` non-negative, ``rho``
+  and ``momentum`` in [0, 1], the clipping bounds non-negative (TF's own
+  check), and ``clipnorm`` not together with ``global_clipnorm``.
+  ``learning_rate`` may be a schedule (checked when called: it must return a
+  scalar). Values known only at trace time (under ``jit`` or
+  ``inject_hyperparams``) are checked for shape only.
+
+  Raises:
+    ValueError: a value out of range or of the wrong shape.
+    TypeError: a value that is not a number.
+  """
+  if not callable(learning_rate):
+    check_range("learning_rate", learning_rate, 0.0)
+  check_range("rho", rho, 0.0, 1.0)
+  check_range("momentum", momentum, 0.0, 1.0)
+  check_range("epsilon", epsilon, 0.0)
+  check_range("decay", decay, 0.0)
+  for name, value in zip(_CLIP_OPTIONS, (clipvalue, clipnorm, global_clipnorm)):
+    if value is not None:
+      check_range(name, value, 0.0)
+  if clipnorm is not None and global_clipnorm is not None:
+    raise ValueError(
+      "Cannot accept both clipnorm and global_clipnorm, got "
+      f"clipnorm={clipnorm!r}, global_clipnorm={global_clipnorm!r}."
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class UpdateConfig:
+  """The arguments of one :func:`rmsprop_update`, validated once.
+
+  The optimizers of :mod:`alias` build one at construction and step with it;
+  :func:`rmsprop_update` and :func:`rmsprop_apply` build one per call. The
+  attributes are those arguments (see :func:`rmsprop_update`).
+  """
+
+  learning_rate: Any
+  rho: Any
+  momentum: Any
+  epsilon: Any
+  decay: Any
+  clipvalue: Any
+  clipnorm: Any
+  global_clipnorm: Any
+  rounding: base.Rounding
+  backend: cpu_kernel.Backend
+  flavor: base.Flavor | None
+
+  def __post_init__(self):
+    validate_hyperparams(
+      learning_rate=self.learning_rate,
+      rho=self.rho,
+      momentum=self.momentum,
+      epsilon=self.epsilon,
+      decay=self.decay,
+      clipvalue=self.clipvalue,
+      clipnorm=self.clipnorm,
+      global_clipnorm=self.global_clipnorm,
+    )
+    numerics.rounder(self.rounding)  # Validates the name.
+    cpu_kernel.check_backend(self.backend)
+    if self.flavor is not None:
+      base.semantics(self.flavor)
+
+  def options(self) -> dict[str, Any]:
+    """The optional processing asked for: ``decay`` and clipping."""
+    given = {
+      name: getattr(self, name)
+      for name in _CLIP_OPTIONS
+      if getattr(self, name) is not None
+    }
+    if numerics.is_tensor(self.decay) or self.decay != 0:
+      given = {"decay": self.decay, **given}
+    return given
+
+
+def _where(path) -> str:
+  return jax.tree_util.keystr(path) or "the root"
+
+
+def check_param_dtype(where: str, dtype) -> None:
+  """Raises a TypeError unless ``dtype`` is one TF's RMSprop updates.
+
+  Args:
+    where: the leaf, for the message.
+    dtype: its dtype.
+  """
+  dtype = jnp.dtype(dtype)
+  if dtype in _FLOAT_DTYPES:
+    return
+  if jnp.issubdtype(dtype, jnp.complexfloating):
+    raise TypeError(
+      f"The parameter at {where} has dtype {dtype}: complex parameters are "
+      "not supported yet (TF's RMSprop trains them; their exact formulas "
+      "are not reproduced here)."
+    )
+  raise TypeError(
+    f"The parameter at {where} has dtype {dtype}: RMSprop updates only "
+    "float16, bfloat16, float32 and float64 parameters (TF raises for an "
+    "integer variable too). Leave it out of the tree, or mask it with "
+    "optax.masked."
+  )
 
 
 def _check_slots_and_params(state: base.RMSpropState, params) -> None:
@@ -261,38 +217,317 @@ def _check_slots_and_params(state: base.RMSpropState, params) -> None:
   """
   ms_def = jax.tree.structure(state.ms)
   ms_leaves = jax.tree_util.tree_leaves_with_path(state.ms)
-  trees = [(f"state.{name}", getattr(state, name)) for name in ("mg", "mom")
-           if getattr(state, name) is not None]
+  trees = [
+    (f"state.{name}", getattr(state, name))
+    for name in ("mg", "mom")
+    if getattr(state, name) is not None
+  ]
   if params is not None:
     trees.append(("params", params))
   for name, tree in trees:
     if jax.tree.structure(tree) != ms_def:
       raise ValueError(
-          f"{name} does not match the optimizer state's structure.\n"
-          f"  {name}: {jax.tree.structure(tree)}\n  state.ms: {ms_def}")
+        f"{name} does not match the optimizer state's structure.\n"
+        f"  {name}: {jax.tree.structure(tree)}\n  state.ms: {ms_def}"
+      )
     for (path, ms), x in zip(ms_leaves, jax.tree.leaves(tree)):
       if jnp.shape(x) != ms.shape or jnp.result_type(x) != ms.dtype:
         raise ValueError(
-            f"{name} at {jax.tree_util.keystr(path) or 'the root'} has shape "
-            f"{jnp.shape(x)} and dtype {jnp.result_type(x)}, but state.ms "
-            f"there has shape {ms.shape} and dtype {ms.dtype}.")
+          f"{name} at {_where(path)} has shape {jnp.shape(x)} and dtype "
+          f"{jnp.result_type(x)}, but state.ms there has shape {ms.shape} "
+          f"and dtype {ms.dtype}."
+        )
+
+
+def _check_state(
+  state: base.RMSpropState, semantics: base.Semantics, params
+) -> None:
+  """Raises when the state or ``params`` are not what rmsprop_init builds.
+
+  A TypeError for leaves of a dtype TF's RMSprop does not update, a
+  ValueError for the rest (count, slots and params unlike ``ms``, TF1's
+  ``mom``).
+  """
+  name = type(state).__name__
+  if jnp.shape(state.count) != () or not jnp.issubdtype(
+    jnp.result_type(state.count), jnp.integer
+  ):
+    raise ValueError(
+      f"The {name}'s count must be an integer scalar, got shape "
+      f"{jnp.shape(state.count)} and dtype {jnp.result_type(state.count)}."
+    )
+  for path, ms in jax.tree_util.tree_leaves_with_path(state.ms):
+    check_param_dtype(_where(path), jnp.result_type(ms))
+  _check_slots_and_params(state, params)
+  if state.mom is None and semantics.always_momentum:
+    raise ValueError(
+      f"The {name} has no mom slot, but {semantics.optimizer} always has "
+      f"one: build the state with rmsprop_init(params, "
+      f"flavor={semantics.flavor!r})."
+    )
+
+
+def _check_config(
+  config: UpdateConfig, state: base.RMSpropState, semantics: base.Semantics
+) -> None:
+  """Raises a ValueError if the arguments ask what the state's TF lacks.
+
+  ``decay`` and clipping exist only where ``semantics.options`` lists them;
+  a nonzero momentum needs the ``mom`` slot (TF's momentum path).
+  """
+  for option, value in config.options().items():
+    if option not in semantics.options:
+      having = [
+        s.flavor for s in base.SEMANTICS.values() if option in s.options
+      ]
+      raise ValueError(
+        f"{option}={value!r}: {semantics.optimizer} has no {option} (the "
+        f"state is a {type(state).__name__}, of flavor "
+        f"{semantics.flavor!r}); only the flavors {having} have it."
+      )
+  if state.mom is None:
+    momentum = concrete_scalar("momentum", config.momentum)
+    if momentum is not None and momentum != 0:
+      raise ValueError(
+        f"momentum={config.momentum!r} needs the state's mom slot (TF's "
+        "momentum path), but the state has none: build it with "
+        f"rmsprop_init(params, momentum={config.momentum!r}) (or "
+        "use_momentum=True), or use optax_tfrmsprop.rmsprop(..., "
+        "momentum=...), whose init does."
+      )
+
+
+def _check_matches(grads, state: base.RMSpropState) -> None:
+  """Raises a ValueError naming the first gradient unlike its slot.
+
+  An :class:`~optax_tfrmsprop.IndexedSlices` stands where the params have an
+  array.
+  """
+  grads_def = jax.tree.structure(grads, is_leaf=sparse.is_indexed_slices)
+  slots_def = jax.tree.structure(state.ms)
+  if grads_def != slots_def:
+    raise ValueError(
+      "The gradient tree does not match the optimizer state (built by init "
+      f"from the params).\n  gradients: {grads_def}\n  state:     {slots_def}"
+    )
+  ms_leaves = jax.tree.leaves(state.ms)
+  for (path, g), ms in zip(
+    jax.tree_util.tree_leaves_with_path(
+      grads, is_leaf=sparse.is_indexed_slices
+    ),
+    ms_leaves,
+  ):
+    where = _where(path)
+    if isinstance(g, sparse.IndexedSlices):
+      sparse.check_sparse_grad(where, g, ms)
+    elif jnp.shape(g) != ms.shape or jnp.result_type(g) != ms.dtype:
+      raise ValueError(
+        f"Gradient at {where} has shape "
+        f"{jnp.shape(g)} and dtype {jnp.result_type(g)}, but its parameter "
+        f"(and slot) has shape {ms.shape} and dtype {ms.dtype}."
+      )
+
+
+def rmsprop_init(
+  params: optax.Params,
+  *,
+  centered: bool = False,
+  use_momentum: bool | None = None,
+  flavor: base.Flavor = "keras_legacy",
+  momentum: jax.typing.ArrayLike | None = None,
+) -> base.RMSpropState:
+  """Creates slots shaped and typed like ``params``, as TF does.
+
+  Which slots exist fixes TF's path for the life of the state: ``mom``
+  present selects TF's momentum kernels, ``mg`` present means centered.
+  Passing the ``momentum`` the updates will use (instead of
+  ``use_momentum``) applies TF's rule (:meth:`base.Semantics.uses_momentum`),
+  so the state cannot disagree with it.
+
+  Args:
+    params: the parameter tree (float16, bfloat16, float32 or float64
+      leaves). ``None`` and ``optax.MaskedNode`` leaves get no slot.
+    centered: create the ``mg`` slot (TF's ``centered=True``).
+    use_momentum: create the ``mom`` slot (TF's momentum path; TF1 always
+      has it). Default: as ``momentum`` says, else no.
+    flavor: the RMSprop generation (:data:`Flavor`); it decides the state's
+      class and the initial ``ms`` (ones in TF1).
+    momentum: the momentum the updates will use; creates the ``mom`` slot
+      when TF would (> 0, or an array).
+
+  Returns:
+    The flavor's :class:`RMSpropState` with ``count == 0``.
+
+  Raises:
+    TypeError: a parameter is not of a float dtype TF's RMSprop updates.
+    ValueError: ``use_momentum`` contradicts ``momentum``, or an invalid
+      ``flavor`` or ``momentum``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> state = rmsprop_init({"w": jnp.ones(3)}, momentum=0.9)
+    >>> state.mom["w"], state.mg
+    (Array([0., 0., 0.], dtype=float32), None)
+  """
+  semantics = base.semantics(flavor)
+  if momentum is not None:
+    check_range("momentum", momentum, 0.0, 1.0)
+    takes_path = semantics.uses_momentum(momentum)
+    if use_momentum is not None and bool(use_momentum) != takes_path:
+      raise ValueError(
+        f"use_momentum={use_momentum!r} contradicts momentum={momentum!r}, "
+        f"with which {semantics.optimizer} "
+        f"{'takes' if takes_path else 'does not take'} its momentum path; "
+        "pass only momentum."
+      )
+    use_momentum = takes_path
+  for path, p in jax.tree_util.tree_leaves_with_path(params):
+    check_param_dtype(
+      _where(path), p.dtype if hasattr(p, "dtype") else jnp.result_type(p)
+    )
+  # Strongly typed slots, so a weakly typed param (a Python scalar) cannot make
+  # the state's type change after the first update and force a retrace.
+  filled = lambda value: jax.tree.map(
+    lambda p: jnp.full_like(p, value, dtype=p.dtype), params
+  )
+  return base.STATE_CLASSES[flavor](
+    count=jnp.zeros([], jnp.int32),
+    ms=filled(semantics.initial_ms),
+    mg=filled(0) if centered else None,
+    mom=filled(0) if use_momentum or semantics.always_momentum else None,
+  )
+
+
+class _HyperparamsByDtype:
+  """:func:`numerics.hyperparams` of one step, computed once per leaf dtype."""
+
+  def __init__(
+    self, semantics: base.Semantics, config: UpdateConfig, count: chex.Array
+  ):
+    self._semantics = semantics
+    self._config = config
+    self._count = count
+    self._by_dtype = {}
+
+  def __call__(self, dtype) -> base.Hyperparams:
+    dtype = jnp.dtype(dtype)
+    if dtype not in self._by_dtype:
+      c = self._config
+      self._by_dtype[dtype] = numerics.hyperparams(
+        self._semantics,
+        dtype,
+        count=self._count,
+        learning_rate=c.learning_rate,
+        rho=c.rho,
+        momentum=c.momentum,
+        epsilon=c.epsilon,
+        decay=c.decay,
+        round_=numerics.rounder(c.rounding),
+      )
+    return self._by_dtype[dtype]
+
+
+# Backend dispatch: the same leaves through the CPU kernel where it applies.
+
+
+def _sparse_leaf(g, var, ms, mg, mom, xla_leaf, hyper, backend, *, apply):
+  """TF's sparse update of one leaf; as :func:`_dense_leaves` for one leaf.
+
+  The momentum paths (P7/P8) run in the CPU kernel where it can: it
+  de-duplicates and updates the rows in one call, with TF's float32 packet
+  rsqrt, which jnp cannot reach (``docs/sparse.md``).
+  """
+  h = hyper(ms.dtype)  # Outside both branches, as in _dense_leaves.
+  if (
+    mom is None
+    or not cpu_kernel.handles_sparse(ms.dtype)
+    or not cpu_kernel.use_kernel(backend)
+  ):
+    return xla_leaf(g, var, ms, mg, mom)
+
+  def kernel():
+    rows = sparse.valid_rows(jnp.asarray(g.indices), ms.shape[0])
+    first, new_ms, new_mg, new_mom = cpu_kernel.sparse_update(
+      g.values, rows, var, ms, mg, mom, h.operand(), apply=apply
+    )
+    if not apply:
+      update_rows, unique = first
+      first = sparse.IndexedSlices(update_rows, unique, g.dense_shape)
+    return first, new_ms, new_mg, new_mom
+
+  return jax.lax.platform_dependent(
+    cpu=kernel, default=lambda: xla_leaf(g, var, ms, mg, mom)
+  )
+
+
+def _dense_leaves(leaves, xla_leaf, hyper, backend, *, apply):
+  """Runs ``xla_leaf`` on every leaf, or the CPU kernel where it can.
+
+  Args:
+    leaves: ``(g, var, ms, mg, mom)`` per leaf; ``var`` is ``None`` unless
+      ``apply``.
+    xla_leaf: the jnp update of one leaf (:func:`update_rules.update_leaf`).
+    hyper: the per-dtype hyperparameters.
+    backend: see :mod:`cpu_kernel`.
+    apply: return new variables (``var + update``) instead of updates.
+
+  Returns:
+    ``(update or new var, ms, mg, mom)`` per leaf.
+  """
+
+  def xla():
+    return [xla_leaf(*leaf) for leaf in leaves]
+
+  if not cpu_kernel.use_kernel(backend):
+    return xla()
+  if not apply and leaves and leaves[0][4] is None:
+    # P1/P2 through the optax API: a kernel update would need a buffer of its
+    # own, which XLA fills with a copy of the gradient; measured slower.
+    return xla()
+  # Materialise the hyperparameters outside both branches: cached inside one,
+  # they would leak that branch's tracers into the other.
+  for leaf in leaves:
+    hyper(leaf[2].dtype)
+
+  def kernel():
+    results: list[Any] = [None] * len(leaves)
+    by_dtype = {}
+    for i, leaf in enumerate(leaves):
+      if cpu_kernel.handles(leaf[2].dtype):
+        by_dtype.setdefault(jnp.dtype(leaf[2].dtype), []).append(i)
+      else:  # float16 and bfloat16 stay on XLA.
+        results[i] = xla_leaf(*leaf)
+    for dtype, indices in by_dtype.items():
+      _, _, _, mg, mom = leaves[indices[0]]
+      out = cpu_kernel.dense_update(
+        [leaves[i] for i in indices],
+        hyper(dtype).operand(),
+        centered=mg is not None,
+        momentum=mom is not None,
+        apply=apply,
+      )
+      for i, (first, ms, mg, mom) in zip(indices, out):
+        results[i] = (-mom if first is None else first), ms, mg, mom
+    return results
+
+  return jax.lax.platform_dependent(cpu=kernel, default=xla)
 
 
 def rmsprop_update(
-    grads: optax.Updates,
-    state: base.RMSpropState,
-    *,
-    learning_rate: optax.ScalarOrSchedule = 0.001,
-    rho: jax.typing.ArrayLike = 0.9,
-    momentum: jax.typing.ArrayLike = 0.0,
-    epsilon: jax.typing.ArrayLike = 1e-7,
-    decay: jax.typing.ArrayLike = 0.0,
-    clipvalue: Optional[jax.typing.ArrayLike] = None,
-    clipnorm: Optional[jax.typing.ArrayLike] = None,
-    global_clipnorm: Optional[jax.typing.ArrayLike] = None,
-    rounding: base.Rounding = "tf_cpu",
-    flavor: Optional[base.Flavor] = None,
-    backend: cpu_kernel.Backend = "auto",
+  grads: optax.Updates,
+  state: base.RMSpropState,
+  *,
+  learning_rate: optax.ScalarOrSchedule = 0.001,
+  rho: jax.typing.ArrayLike = 0.9,
+  momentum: jax.typing.ArrayLike = 0.0,
+  epsilon: jax.typing.ArrayLike = 1e-7,
+  decay: jax.typing.ArrayLike = 0.0,
+  clipvalue: jax.typing.ArrayLike | None = None,
+  clipnorm: jax.typing.ArrayLike | None = None,
+  global_clipnorm: jax.typing.ArrayLike | None = None,
+  rounding: base.Rounding = "tf_cpu",
+  flavor: base.Flavor | None = None,
+  backend: cpu_kernel.Backend = "auto",
 ) -> tuple[optax.Updates, base.RMSpropState]:
   r"""One step of ``tf_keras.optimizers.legacy.RMSprop.apply_gradients``.
 
@@ -330,8 +565,9 @@ def rmsprop_update(
 
   A gradient leaf may be an :class:`~optax_tfrmsprop.IndexedSlices`; it takes
   TF's sparse paths (de-duplication after clipping, then P5-P8, see
-  ``_src/update_rules.py``) and its update is an ``IndexedSlices`` of row increments
-  for :func:`~optax_tfrmsprop.apply_updates` (Keras 3 densifies it instead).
+  ``_src/update_rules.py``) and its update is an ``IndexedSlices`` of row
+  increments for :func:`~optax_tfrmsprop.apply_updates` (Keras 3 densifies it
+  instead).
 
   Args:
     grads: gradients, a tree matching the params given to :func:`rmsprop_init`
@@ -340,9 +576,13 @@ def rmsprop_update(
     learning_rate: a scalar, or a schedule called with the step count cast to
       each leaf's dtype (TF's ``iterations``, before the increment).
     rho: discounting factor of the moving averages.
-    momentum: the momentum coefficient (used only when ``state.mom`` exists).
+    momentum: the momentum coefficient. It acts only through ``state.mom``:
+      a nonzero value on a state without that slot raises (a traced value
+      cannot be checked; TF ignores it then too, its path being fixed when
+      the slots are made).
     epsilon: added to the denominator; ``0`` means Keras' ``1e-7``.
-    decay: Keras' inverse-time learning-rate decay.
+    decay: Keras' inverse-time learning-rate decay (Keras legacy flavor
+      only, as ``clipvalue``, ``clipnorm`` and ``global_clipnorm``).
     clipvalue: clip each element to ``[-clipvalue, clipvalue]``.
     clipnorm: clip each gradient to this L2 norm.
     global_clipnorm: clip all gradients together to this global L2 norm.
@@ -359,6 +599,14 @@ def rmsprop_update(
     updates)`` gives TF's new variables (``optax.apply_updates`` too when no
     leaf is sparse).
 
+  Raises:
+    ValueError: an argument out of range or contradicting the state (a
+      ``momentum`` without the ``mom`` slot, ``decay`` or clipping for a
+      flavor without them, gradients not shaped like the slots, a schedule
+      returning a non-scalar), naming it; nothing is computed.
+    TypeError: a hyperparameter that is not a number, or a state that is not
+      an :class:`RMSpropState` of float leaves.
+
   Example:
     >>> import jax.numpy as jnp
     >>> state = rmsprop_init({"w": jnp.array([1.0, -2.0])})
@@ -367,18 +615,38 @@ def rmsprop_update(
     >>> updates["w"], state.count
     (Array([-0.31622753, -0.31622753], dtype=float32), Array(1, dtype=int32))
   """
-  return _step(grads, state, None, learning_rate=learning_rate, rho=rho,
-               momentum=momentum, epsilon=epsilon, decay=decay,
-               clipvalue=clipvalue, clipnorm=clipnorm,
-               global_clipnorm=global_clipnorm, rounding=rounding,
-               flavor=flavor, backend=backend)
+  config = UpdateConfig(
+    learning_rate=learning_rate,
+    rho=rho,
+    momentum=momentum,
+    epsilon=epsilon,
+    decay=decay,
+    clipvalue=clipvalue,
+    clipnorm=clipnorm,
+    global_clipnorm=global_clipnorm,
+    rounding=rounding,
+    backend=backend,
+    flavor=flavor,
+  )
+  return step(grads, state, config)
 
 
 def rmsprop_apply(
-    params: optax.Params,
-    grads: optax.Updates,
-    state: base.RMSpropState,
-    **hyperparams,
+  params: optax.Params,
+  grads: optax.Updates,
+  state: base.RMSpropState,
+  *,
+  learning_rate: optax.ScalarOrSchedule = 0.001,
+  rho: jax.typing.ArrayLike = 0.9,
+  momentum: jax.typing.ArrayLike = 0.0,
+  epsilon: jax.typing.ArrayLike = 1e-7,
+  decay: jax.typing.ArrayLike = 0.0,
+  clipvalue: jax.typing.ArrayLike | None = None,
+  clipnorm: jax.typing.ArrayLike | None = None,
+  global_clipnorm: jax.typing.ArrayLike | None = None,
+  rounding: base.Rounding = "tf_cpu",
+  flavor: base.Flavor | None = None,
+  backend: cpu_kernel.Backend = "auto",
 ) -> tuple[optax.Params, base.RMSpropState]:
   """:func:`rmsprop_update` and ``optax.apply_updates`` as one fused step.
 
@@ -389,81 +657,144 @@ def rmsprop_apply(
   pass over params and updates).
 
   Args:
-    params: the parameters.
+    params: the parameters; they must have the slots' shapes and dtypes.
     grads: their gradients.
     state: the current state.
-    **hyperparams: the keyword arguments of :func:`rmsprop_update`.
+    learning_rate: as in :func:`rmsprop_update`.
+    rho: as in :func:`rmsprop_update`.
+    momentum: as in :func:`rmsprop_update`.
+    epsilon: as in :func:`rmsprop_update`.
+    decay: as in :func:`rmsprop_update`.
+    clipvalue: as in :func:`rmsprop_update`.
+    clipnorm: as in :func:`rmsprop_update`.
+    global_clipnorm: as in :func:`rmsprop_update`.
+    rounding: as in :func:`rmsprop_update`.
+    flavor: as in :func:`rmsprop_update`.
+    backend: as in :func:`rmsprop_update`.
 
   Returns:
     ``(new_params, new_state)``, TF's variables and slots after the step.
 
+  Raises:
+    ValueError: as :func:`rmsprop_update`, and when ``params`` are not shaped
+      and typed like the state's slots.
+    TypeError: as :func:`rmsprop_update`.
+
   Example:
     >>> import jax.numpy as jnp
     >>> params = jnp.array([10.0])
-    >>> state = rmsprop_init(params)
-    >>> params, state = rmsprop_apply(params, params, state, learning_rate=0.1)
+    >>> state = rmsprop_init(params, momentum=0.9)
+    >>> params, state = rmsprop_apply(params, params, state, learning_rate=0.1,
+    ...                               momentum=0.9)
     >>> params
     Array([9.683772], dtype=float32)
   """
-  return _step(grads, state, params, **hyperparams)
+  config = UpdateConfig(
+    learning_rate=learning_rate,
+    rho=rho,
+    momentum=momentum,
+    epsilon=epsilon,
+    decay=decay,
+    clipvalue=clipvalue,
+    clipnorm=clipnorm,
+    global_clipnorm=global_clipnorm,
+    rounding=rounding,
+    backend=backend,
+    flavor=flavor,
+  )
+  return step(grads, state, config, params)
 
 
-def _step(grads, state, params, *, learning_rate=0.001, rho=0.9, momentum=0.0,
-          epsilon=1e-7, decay=0.0, clipvalue=None, clipnorm=None,
-          global_clipnorm=None, rounding="tf_cpu", flavor=None,
-          backend="auto"):
-  """:func:`rmsprop_update`, or :func:`rmsprop_apply` when params are given."""
+def step(
+  grads: optax.Updates,
+  state: base.RMSpropState,
+  config: UpdateConfig,
+  params: optax.Params | None = None,
+):
+  """:func:`rmsprop_update`, or :func:`rmsprop_apply` when params are given.
+
+  Args:
+    grads: the gradients.
+    state: the current state.
+    config: the (validated) arguments.
+    params: the parameters, for the fused step; ``None`` for updates.
+
+  Returns:
+    ``(updates or new params, new state)``.
+  """
   if not isinstance(state, base.RMSpropState):
     raise TypeError(
-        "state must be an RMSpropState (from rmsprop_init or an optimizer's "
-        f"init), got {type(state).__name__}.")
-  if flavor is not None:
-    base.semantics(flavor)
-    if flavor != state.flavor:
-      raise ValueError(
-          f"flavor={flavor!r} does not match the state, a "
-          f"{type(state).__name__} of flavor {state.flavor!r}: build the "
-          f"state with rmsprop_init(..., flavor={flavor!r}).")
-  flavor = state.flavor
+      "state must be an RMSpropState (from rmsprop_init or an optimizer's "
+      f"init), got {type(state).__name__}."
+    )
+  if config.flavor is not None and config.flavor != state.flavor:
+    raise ValueError(
+      f"flavor={config.flavor!r} does not match the state, a "
+      f"{type(state).__name__} of flavor {state.flavor!r}: build the "
+      f"state with rmsprop_init(..., flavor={config.flavor!r})."
+    )
+  semantics = base.semantics(state.flavor)
+  _check_state(state, semantics, params)
+  _check_config(config, state, semantics)
   _check_matches(grads, state)
-  _check_slots_and_params(state, params)
-  round_ = numerics.rounder(rounding)
+  apply = params is not None
+
   leaves, treedef = jax.tree.flatten(grads, is_leaf=sparse.is_indexed_slices)
   # TF clips the rows of a sparse gradient before de-duplicating them.
   is_sparse = [isinstance(g, sparse.IndexedSlices) for g in leaves]
   clipped = clipping.clip_gradients(
-      [g.values if s else g for g, s in zip(leaves, is_sparse)],
-      clipvalue=clipvalue, clipnorm=clipnorm,
-      global_clipnorm=global_clipnorm, rounding=rounding)
+    [g.values if s else g for g, s in zip(leaves, is_sparse)],
+    clipvalue=config.clipvalue,
+    clipnorm=config.clipnorm,
+    global_clipnorm=config.global_clipnorm,
+    rounding=config.rounding,
+  )
   leaves = [
-      sparse.IndexedSlices(v, g.indices, g.dense_shape) if s else v
-      for g, v, s in zip(leaves, clipped, is_sparse)
+    sparse.IndexedSlices(v, g.indices, g.dense_shape) if s else v
+    for g, v, s in zip(leaves, clipped, is_sparse)
   ]
-  hyper = _Hyperparams(state.count, learning_rate, rho, momentum, epsilon,
-                       decay, round_, flavor)
+  hyper = _HyperparamsByDtype(semantics, config, state.count)
+
+  def xla_leaf(g, var, ms, mg, mom):
+    update, ms, mg, mom = update_rules.update_leaf(
+      g,
+      ms,
+      mg,
+      mom,
+      hyper(ms.dtype),
+      semantics=semantics,
+      rounding=config.rounding,
+    )
+    return (sparse.apply_updates(var, update) if apply else update), ms, mg, mom
+
   absent = [None] * len(leaves)
   ms_leaves = jax.tree.leaves(state.ms)
   mg_leaves = absent if state.mg is None else jax.tree.leaves(state.mg)
   mom_leaves = absent if state.mom is None else jax.tree.leaves(state.mom)
-  var_leaves = absent if params is None else treedef.flatten_up_to(params)
-  if flavor == "keras3":  # No row-sparse paths: _keras3_leaf densifies.
-    is_sparse = [False] * len(leaves)
+  var_leaves = treedef.flatten_up_to(params) if apply else absent
   per_leaf = list(zip(leaves, var_leaves, ms_leaves, mg_leaves, mom_leaves))
-  dense = [i for i, s in enumerate(is_sparse) if not s]
-  results = [
-      _sparse_leaf(*leaf, hyper, rounding, backend, apply=params is not None)
-      if s else None for leaf, s in zip(per_leaf, is_sparse)
-  ]
-  dense_results = _dense_leaves([per_leaf[i] for i in dense], hyper, rounding,
-                                flavor, backend, apply=params is not None)
-  for i, result in zip(dense, dense_results):
-    results[i] = result
+  if config.rounding != "tf_cpu" or semantics.update_rule != "tf_kernels":
+    # The CPU kernel implements TF's kernels rule in "tf_cpu" rounding only.
+    results = [xla_leaf(*leaf) for leaf in per_leaf]
+  else:
+    results = [
+      _sparse_leaf(*leaf, xla_leaf, hyper, config.backend, apply=apply)
+      if s
+      else None
+      for leaf, s in zip(per_leaf, is_sparse)
+    ]
+    dense = [i for i, s in enumerate(is_sparse) if not s]
+    dense_results = _dense_leaves(
+      [per_leaf[i] for i in dense], xla_leaf, hyper, config.backend, apply=apply
+    )
+    for i, result in zip(dense, dense_results):
+      results[i] = result
   updates, ms, mg, mom = map(list, zip(*results)) if results else ([],) * 4
   unflatten = treedef.unflatten
   new_state = state.replace(
-      count=optax.safe_increment(state.count),
-      ms=unflatten(ms),
-      mg=None if state.mg is None else unflatten(mg),
-      mom=None if state.mom is None else unflatten(mom),
+    count=optax.safe_increment(state.count),
+    ms=unflatten(ms),
+    mg=None if state.mg is None else unflatten(mg),
+    mom=None if state.mom is None else unflatten(mom),
   )
   return unflatten(updates), new_state

@@ -1,10 +1,13 @@
-r"""The per-leaf update rules: TF's RMSprop paths P1-P8 for every flavor.
+r"""The per-leaf update math: TF's RMSprop paths P1-P8 for every flavor.
 
-One leaf at a time, in TF's evaluation order: the dense paths of the Keras
-legacy and TF1 optimizers (P1-P4, for each rounding target), Keras 3's single
-formula, and the row-sparse paths (P5-P8). :mod:`transform` applies them over
-trees and dispatches to the CPU kernel, whose loops (``csrc/``) mirror the
-``"tf_cpu"`` expressions here line by line: change one, change both.
+The only home of the update arithmetic. One leaf at a time, in TF's
+evaluation order: the dense paths of the Keras legacy and TF1 optimizers
+(P1-P4, for each rounding target), Keras 3's single formula, and the
+row-sparse paths (P5-P8); :func:`update_leaf` picks one from the flavor's
+``update_rule`` (:data:`~optax_tfrmsprop._src.base.SEMANTICS`).
+:mod:`transform` applies them over trees and dispatches to the CPU kernel,
+whose loops (``csrc/``) mirror the ``"tf_cpu"`` expressions here line by line:
+change one, change both.
 """
 
 import jax
@@ -21,9 +24,45 @@ from optax_tfrmsprop._src import sparse
 PACKET = numerics.EIGEN_PACKET_BYTES // np.dtype(np.float32).itemsize
 
 
+def update_leaf(
+  g,
+  ms,
+  mg,
+  mom,
+  h: base.Hyperparams,
+  *,
+  semantics: base.Semantics,
+  rounding: base.Rounding,
+):
+  """One leaf of the flavor's update; returns ``(update, ms, mg, mom)``.
 
-def keras3_leaf(g, ms, mg, mom, h, r):
-  """One leaf of Keras 3's ``RMSprop.update_step``; as :func:`dense_leaf`.
+  The one dispatch on ``semantics.update_rule``: ``"keras3"`` runs
+  :func:`keras3_leaf` on every gradient; ``"tf_kernels"`` runs
+  :func:`sparse_leaf` on an ``IndexedSlices`` and :func:`dense_leaf` on an
+  array.
+
+  Args:
+    g: the (clipped) gradient: an array or an ``IndexedSlices``.
+    ms: the ``ms`` slot.
+    mg: the ``mg`` slot or ``None``.
+    mom: the ``mom`` slot or ``None``; present means TF's momentum path.
+    h: the hyperparameters in the leaf dtype.
+    semantics: the flavor's table entry.
+    rounding: the TF evaluation to reproduce.
+
+  Returns:
+    ``(update, ms, mg, mom)``: ``update`` is added to the variable; it is an
+    ``IndexedSlices`` of row updates on TF's sparse paths.
+  """
+  if semantics.update_rule == "keras3":
+    return keras3_leaf(g, ms, mg, mom, h, numerics.rounder(rounding))
+  if isinstance(g, sparse.IndexedSlices):
+    return sparse_leaf(g, ms, mg, mom, h, numerics.rounder(rounding))
+  return dense_leaf(g, ms, mg, mom, h, rounding)
+
+
+def keras3_leaf(g, ms, mg, mom, h: base.Hyperparams, r):
+  """One leaf of Keras 3's ``RMSprop.update_step``; as :func:`update_leaf`.
 
   A single formula for every path: epsilon inside the square root, the plain
   EMA form, and momentum (when its slot exists) applied after the division.
@@ -33,17 +72,20 @@ def keras3_leaf(g, ms, mg, mom, h, r):
   divided row by row, and without momentum its rows are subtracted one by one
   (``scatter_sub``), so the update stays an ``IndexedSlices``.
   """
-  lr, rho, c, mu, eps = (
-      h["lr"], h["rho"], h["one_minus_rho"], h["momentum"], h["epsilon"])
+  lr, rho, c, mu, eps = h
   if isinstance(g, sparse.IndexedSlices):
+
     def rows(f):
       # Rounded, or XLA folds "zeros + rows, then + slot" into one scatter-add
       # onto the slot, which sums duplicates in another order.
-      return r(sparse.IndexedSlices(f(g.values), g.indices,
-                                    g.dense_shape).to_dense())
+      return r(
+        sparse.IndexedSlices(f(g.values), g.indices, g.dense_shape).to_dense()
+      )
   else:
+
     def rows(f):
       return f(g)
+
   ms = r(rho * ms) + rows(lambda x: r(c * (x * x)))
   denom = ms + eps
   if mg is not None:
@@ -53,10 +95,15 @@ def keras3_leaf(g, ms, mg, mom, h, r):
   if isinstance(g, sparse.IndexedSlices):
     at = sparse.valid_rows(jnp.asarray(g.indices), g.dense_shape[0])
     increment = sparse.IndexedSlices(
-        (lr * g.values) / sparse.take_rows(root, at), g.indices, g.dense_shape)
+      (lr * g.values) / sparse.take_rows(root, at), g.indices, g.dense_shape
+    )
     if mom is None:
-      return sparse.IndexedSlices(-increment.values, g.indices,
-                                  g.dense_shape), ms, mg, mom
+      return (
+        sparse.IndexedSlices(-increment.values, g.indices, g.dense_shape),
+        ms,
+        mg,
+        mom,
+      )
     increment = r(increment.to_dense())
   else:
     increment = (lr * g) / root
@@ -66,22 +113,17 @@ def keras3_leaf(g, ms, mg, mom, h, r):
   return -mom, ms, mg, mom
 
 
-def dense_leaf(g, ms, mg, mom, h, rounding: base.Rounding,
-                flavor: base.Flavor):
-  """One leaf of TF's dense update; returns ``(update, ms, mg, mom)``.
+def dense_leaf(g, ms, mg, mom, h: base.Hyperparams, rounding: base.Rounding):
+  """One dense leaf of TF's kernels rule (P1-P4); as :func:`update_leaf`.
 
   ``update`` is what is added to the variable (``-step``). TF1 always has the
   ``mom`` slot, so it always takes the kernel branch below.
 
-  The "tf_cpu" expressions of the Keras-legacy and TF1 paths are mirrored line
-  by line by the CPU kernel, ``csrc/dense_loops.h``: change one, change both
-  (docs/cpu_kernel.md).
+  The "tf_cpu" expressions are mirrored line by line by the CPU kernel,
+  ``csrc/dense_loops.h``: change one, change both (docs/cpu_kernel.md).
   """
   r = numerics.rounder(rounding)
-  if flavor == "keras3":
-    return keras3_leaf(g, ms, mg, mom, h, r)
-  lr, rho, c, mu, eps = (
-      h["lr"], h["rho"], h["one_minus_rho"], h["momentum"], h["epsilon"])
+  lr, rho, c, mu, eps = h
   if mom is None:
     # P1/P2: tf_keras' graph ops, epsilon outside the square root.
     ms = r(rho * ms) + r(c * (g * g))
@@ -144,11 +186,12 @@ def packet_rsqrt(x: jax.Array, round_) -> jax.Array:
 
 
 def sparse_leaf(g: sparse.IndexedSlices, ms, mg, mom, h, round_):
-  r"""One sparse leaf of TF's update; returns ``(update, ms, mg, mom)``.
+  r"""One sparse leaf (P5-P8); returns ``(update, ms, mg, mom)``.
 
   ``G`` and ``I`` are the de-duplicated rows and indices, every operation
   rounds to the leaf dtype in the order written, and ``update`` is an
-  :class:`~optax_tfrmsprop.IndexedSlices` of row increments on the unique indices ``I``
+  :class:`~optax_tfrmsprop.IndexedSlices` of row increments on the unique
+  indices ``I``
   (padded with out-of-range rows).
 
   Without momentum (P5/P6: tf_keras' graph ops, with grappler's rewrite of
@@ -183,8 +226,7 @@ def sparse_leaf(g: sparse.IndexedSlices, ms, mg, mom, h, round_):
   Returns:
     ``(update, ms, mg, mom)``.
   """
-  lr, rho, c, mu, eps = (
-      h["lr"], h["rho"], h["one_minus_rho"], h["momentum"], h["epsilon"])
+  lr, rho, c, mu, eps = h
   num_rows = ms.shape[0]
   grad, rows = sparse.deduplicate(g.values, g.indices, num_rows)
   take = lambda slot: sparse.take_rows(slot, rows)

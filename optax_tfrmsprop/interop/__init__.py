@@ -24,24 +24,28 @@ from optax_tfrmsprop._src.interop.correspondence import correspondence
 from optax_tfrmsprop._src.interop.h5 import state_from_h5
 from optax_tfrmsprop._src.interop.keras3 import state_from_keras3
 from optax_tfrmsprop._src.interop.keras3 import state_to_keras3
-from optax_tfrmsprop._src.interop.keras_weights import state_from_optimizer_weights
-from optax_tfrmsprop._src.interop.keras_weights import state_to_optimizer_weights
+from optax_tfrmsprop._src.interop.keras_weights import (
+  state_from_optimizer_weights,
+)
+from optax_tfrmsprop._src.interop.keras_weights import (
+  state_to_optimizer_weights,
+)
 from optax_tfrmsprop._src.interop.tf1_saver import state_from_tf1_checkpoint
 from optax_tfrmsprop._src.interop.tf1_saver import state_to_tf1_checkpoint
 from optax_tfrmsprop._src.interop.tf2_checkpoint import state_from_tf_checkpoint
 from optax_tfrmsprop._src.interop.tf2_checkpoint import state_to_tf_checkpoint
 
 __all__ = (
-    "Correspondence",
-    "RestoredRMSprop",
-    "correspondence",
-    "state_from_h5",
-    "state_from_keras3",
-    "state_from_optimizer_weights",
-    "state_from_tf1_checkpoint",
-    "state_from_tf_checkpoint",
-    "state_to_keras3",
-    "state_to_optimizer_weights",
-    "state_to_tf1_checkpoint",
-    "state_to_tf_checkpoint",
+  "Correspondence",
+  "RestoredRMSprop",
+  "correspondence",
+  "state_from_h5",
+  "state_from_keras3",
+  "state_from_optimizer_weights",
+  "state_from_tf1_checkpoint",
+  "state_from_tf_checkpoint",
+  "state_to_keras3",
+  "state_to_optimizer_weights",
+  "state_to_tf1_checkpoint",
+  "state_to_tf_checkpoint",
 )

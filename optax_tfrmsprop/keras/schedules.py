@@ -11,13 +11,13 @@ from optax_tfrmsprop._src.keras.schedules import PolynomialDecay
 from optax_tfrmsprop._src.keras.schedules import serialize
 
 __all__ = (
-    "CosineDecay",
-    "CosineDecayRestarts",
-    "ExponentialDecay",
-    "InverseTimeDecay",
-    "LearningRateSchedule",
-    "PiecewiseConstantDecay",
-    "PolynomialDecay",
-    "deserialize",
-    "serialize",
+  "CosineDecay",
+  "CosineDecayRestarts",
+  "ExponentialDecay",
+  "InverseTimeDecay",
+  "LearningRateSchedule",
+  "PiecewiseConstantDecay",
+  "PolynomialDecay",
+  "deserialize",
+  "serialize",
 )

@@ -9,7 +9,7 @@ them, through :func:`require`, whose error names the extra to install.
 """
 
 import importlib
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -22,10 +22,10 @@ INT32_MAX = int(np.iinfo(np.int32).max)
 
 # The pip extra that brings each optional module.
 _EXTRAS = {
-    "tensorflow": "tf",
-    "tf_keras": "tf",
-    "h5py": "tf",
-    "keras": "tf",
+  "tensorflow": "tf",
+  "tf_keras": "tf",
+  "h5py": "tf",
+  "keras": "tf",
 }
 
 
@@ -72,7 +72,7 @@ class RestoredRMSprop(NamedTuple):
     True
   """
 
-  params: Optional[optax.Params]
+  params: optax.Params | None
   state: base.RMSpropState
   hyperparams: dict[str, Any]
 
@@ -94,10 +94,11 @@ def require(module: str, what: str) -> Any:
     return importlib.import_module(module)
   except ImportError as error:
     raise ImportError(
-        f"{what} needs {module}, which is not installed: install the "
-        f"package's '{_EXTRAS[module]}' extra (pip install "
-        f"'optax-tfrmsprop[{_EXTRAS[module]}]', or pip install -e "
-        f"'.[{_EXTRAS[module]}]' from a clone).") from error
+      f"{what} needs {module}, which is not installed: install the "
+      f"package's '{_EXTRAS[module]}' extra (pip install "
+      f"'optax-tfrmsprop[{_EXTRAS[module]}]', or pip install -e "
+      f"'.[{_EXTRAS[module]}]' from a clone)."
+    ) from error
 
 
 def checked_count(value: Any, source: str) -> jax.Array:
@@ -122,17 +123,19 @@ def checked_count(value: Any, source: str) -> jax.Array:
   array = np.asarray(value)
   if array.shape != () or array.dtype.kind not in "iu":
     raise ValueError(
-        f"{source} must be an integer scalar, got shape {array.shape} and "
-        f"dtype {array.dtype}.")
+      f"{source} must be an integer scalar, got shape {array.shape} and "
+      f"dtype {array.dtype}."
+    )
   count = int(array)
   if not 0 <= count <= INT32_MAX:
     raise ValueError(
-        f"{source} is {count}, outside [0, {INT32_MAX}]: the optimizer "
-        "state's count is int32 (saturating at its maximum, as optax's "
-        "counts), so this count cannot be carried exactly and is not "
-        "wrapped. Reset the TF iteration count (e.g. "
-        "optimizer.iterations.assign(...)) before converting, if a "
-        "schedule or decay does not depend on it.")
+      f"{source} is {count}, outside [0, {INT32_MAX}]: the optimizer "
+      "state's count is int32 (saturating at its maximum, as optax's "
+      "counts), so this count cannot be carried exactly and is not "
+      "wrapped. Reset the TF iteration count (e.g. "
+      "optimizer.iterations.assign(...)) before converting, if a "
+      "schedule or decay does not depend on it."
+    )
   return jnp.asarray(count, jnp.int32)
 
 
@@ -143,12 +146,16 @@ def slot_names(flavor: str) -> tuple[tuple[str, str], ...]:
 
 def present_fields(state: base.RMSpropState) -> list[str]:
   """The slot fields ``state`` has, in its flavor's TF creation order."""
-  return [field for field, _ in slot_names(state.flavor)
-          if getattr(state, field) is not None]
+  return [
+    field
+    for field, _ in slot_names(state.flavor)
+    if getattr(state, field) is not None
+  ]
 
 
-def make_state(flavor: str, count: jax.Array, slots: dict[str, Any]
-               ) -> base.RMSpropState:
+def make_state(
+  flavor: str, count: jax.Array, slots: dict[str, Any]
+) -> base.RMSpropState:
   """The ``flavor``'s state class with ``count`` and the ``slots`` given.
 
   Args:
@@ -161,7 +168,8 @@ def make_state(flavor: str, count: jax.Array, slots: dict[str, Any]
     The state.
   """
   return base.STATE_CLASSES[flavor](
-      count=count, ms=slots["ms"], mg=slots.get("mg"), mom=slots.get("mom"))
+    count=count, ms=slots["ms"], mg=slots.get("mg"), mom=slots.get("mom")
+  )
 
 
 def check_state(state: Any, flavor: str, argument: str = "state") -> None:
@@ -169,9 +177,10 @@ def check_state(state: Any, flavor: str, argument: str = "state") -> None:
   expected = base.STATE_CLASSES[flavor]
   if type(state) is not expected:  # pylint: disable=unidiomatic-typecheck
     raise TypeError(
-        f"`{argument}` must be a {expected.__name__} (the state of "
-        f"{base.semantics(flavor).optimizer}), got "
-        f"{type(state).__name__}.")
+      f"`{argument}` must be a {expected.__name__} (the state of "
+      f"{base.semantics(flavor).optimizer}), got "
+      f"{type(state).__name__}."
+    )
 
 
 def key_name(key: Any) -> str:
@@ -206,8 +215,11 @@ def param_path(key_path) -> str:
 
 def strip_value_key(key_path: tuple[Any, ...]) -> tuple[Any, ...]:
   """``key_path`` without a trailing ``.value`` attribute (nnx Variables)."""
-  if (key_path and isinstance(key_path[-1], jax.tree_util.GetAttrKey)
-      and key_path[-1].name == "value"):
+  if (
+    key_path
+    and isinstance(key_path[-1], jax.tree_util.GetAttrKey)
+    and key_path[-1].name == "value"
+  ):
     return key_path[:-1]
   return key_path
 

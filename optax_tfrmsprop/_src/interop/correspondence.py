@@ -10,8 +10,9 @@ of :mod:`optax_tfrmsprop.interop` uses it: weight lists, TF2/TF1 checkpoints,
 """
 
 import collections
+from collections.abc import Iterator, Sequence
 import re
-from typing import Any, Iterator, Optional, Sequence, Union
+from typing import Any, Union
 
 import jax
 import jax.numpy as jnp
@@ -23,9 +24,9 @@ from optax_tfrmsprop._src.interop import common
 # Keras' names of weights that flax names otherwise; used only to tell apart
 # weights of the same shape within one layer.
 _NAME_ALIASES = {
-    "gamma": ("scale",),
-    "beta": ("bias",),
-    "embeddings": ("embedding",),
+  "gamma": ("scale",),
+  "beta": ("bias",),
+  "embeddings": ("embedding",),
 }
 
 PathLike = Union[str, Sequence[Any]]
@@ -72,49 +73,66 @@ class Correspondence:
     (3, 2)
   """
 
-  def __init__(self, *, treedef, key_paths, template, leaf_index,
-               keras_names=None, model=None, variables=None):
+  def __init__(
+    self,
+    *,
+    treedef,
+    key_paths,
+    template,
+    leaf_index,
+    keras_names=None,
+    model=None,
+    variables=None,
+  ):
     self._treedef = treedef
     self._template = tuple(template)  # (shape, dtype) per JAX leaf.
     self._leaf_index = tuple(leaf_index)  # JAX leaf of each Keras weight.
     n = len(self._leaf_index)
     if sorted(self._leaf_index) != list(range(len(self._template))):
       raise ValueError("Every JAX leaf must have exactly one Keras weight.")
-    self.keras_names = (tuple(keras_names) if keras_names is not None
-                        else (None,) * n)
+    self.keras_names = (
+      tuple(keras_names) if keras_names is not None else (None,) * n
+    )
     self.model = model
     self.variables = tuple(variables) if variables is not None else None
     self.shapes = tuple(self._template[i][0] for i in self._leaf_index)
     self.dtypes = tuple(self._template[i][1] for i in self._leaf_index)
     self.jax_paths = tuple(
-        common.param_path(key_paths[i]) for i in self._leaf_index)
+      common.param_path(key_paths[i]) for i in self._leaf_index
+    )
     self._object_paths = None
 
   @classmethod
   def from_tree(cls, params: optax.Params) -> "Correspondence":
     """The correspondence of a tree whose leaf order is Keras' order."""
     flat, treedef = jax.tree_util.tree_flatten_with_path(params)
-    return cls(treedef=treedef, key_paths=[path for path, _ in flat],
-               template=[common.shape_dtype(leaf) for _, leaf in flat],
-               leaf_index=range(len(flat)))
+    return cls(
+      treedef=treedef,
+      key_paths=[path for path, _ in flat],
+      template=[common.shape_dtype(leaf) for _, leaf in flat],
+      leaf_index=range(len(flat)),
+    )
 
   def __len__(self) -> int:
     return len(self._leaf_index)
 
-  def __iter__(self) -> Iterator[tuple[Optional[str], str]]:
+  def __iter__(self) -> Iterator[tuple[str | None, str]]:
     return iter(zip(self.keras_names, self.jax_paths))
 
   def __repr__(self) -> str:
-    rows = [f"  {k!r} <-> {j!r}  {common.describe(s, d)}"
-            for (k, j), s, d in zip(self, self.shapes, self.dtypes)]
+    rows = [
+      f"  {k!r} <-> {j!r}  {common.describe(s, d)}"
+      for (k, j), s, d in zip(self, self.shapes, self.dtypes)
+    ]
     return "Correspondence(\n" + "\n".join(rows) + "\n)"
 
   def describe(self, i: int) -> str:
     """``Keras weight 'dense/kernel' (JAX path 'Dense_0/kernel')``."""
     if self.keras_names[i] is None:
       return f"param {self.jax_paths[i]!r}"
-    return (f"Keras weight {self.keras_names[i]!r} (JAX path "
-            f"{self.jax_paths[i]!r})")
+    return (
+      f"Keras weight {self.keras_names[i]!r} (JAX path {self.jax_paths[i]!r})"
+    )
 
   def to_keras(self, tree: Any) -> list[Any]:
     """The leaves of a params-shaped tree (params, a slot), in Keras order.
@@ -131,12 +149,14 @@ class Correspondence:
     leaves, treedef = jax.tree.flatten(tree)
     if treedef != self._treedef:
       raise ValueError(
-          "The tree does not have the structure of the params this "
-          f"correspondence was built for: {treedef} vs {self._treedef}.")
+        "The tree does not have the structure of the params this "
+        f"correspondence was built for: {treedef} vs {self._treedef}."
+      )
     return [leaves[i] for i in self._leaf_index]
 
-  def from_keras(self, values: Sequence[Any], what: str = "value"
-                 ) -> optax.Params:
+  def from_keras(
+    self, values: Sequence[Any], what: str = "value"
+  ) -> optax.Params:
     """A JAX tree from values in Keras order, checked against the params.
 
     Args:
@@ -153,22 +173,23 @@ class Correspondence:
     """
     values = list(values)
     if len(values) != len(self):
-      raise ValueError(
-          f"Got {len(values)} {what}s for {len(self)} weights.")
+      raise ValueError(f"Got {len(values)} {what}s for {len(self)} weights.")
     leaves = [None] * len(self)
     for i, value in enumerate(values):
       shape, dtype = common.shape_dtype(value)
       if (shape, dtype) != (self.shapes[i], self.dtypes[i]):
         raise ValueError(
-            f"The {what} of {self.describe(i)} is "
-            f"{common.describe(shape, dtype)}; the param is "
-            f"{common.describe(self.shapes[i], self.dtypes[i])}.")
+          f"The {what} of {self.describe(i)} is "
+          f"{common.describe(shape, dtype)}; the param is "
+          f"{common.describe(self.shapes[i], self.dtypes[i])}."
+        )
       leaf = jnp.asarray(np.asarray(value))
       if leaf.dtype != dtype:
         raise ValueError(
-            f"The {what} of {self.describe(i)} is {dtype.name}, which jax "
-            f"holds as {leaf.dtype.name}: enable 64-bit types "
-            "(jax.config.update('jax_enable_x64', True)) before converting.")
+          f"The {what} of {self.describe(i)} is {dtype.name}, which jax "
+          f"holds as {leaf.dtype.name}: enable 64-bit types "
+          "(jax.config.update('jax_enable_x64', True)) before converting."
+        )
       leaves[self._leaf_index[i]] = leaf
     return self._treedef.unflatten(leaves)
 
@@ -190,28 +211,28 @@ class Correspondence:
     if self._object_paths is None:
       if self.model is None or self.variables is None:
         raise ValueError(
-            "Finding the weights in a TF2 checkpoint needs the tf_keras "
-            "model: build the correspondence with "
-            "interop.correspondence(model, params).")
+          "Finding the weights in a TF2 checkpoint needs the tf_keras "
+          "model: build the correspondence with "
+          "interop.correspondence(model, params)."
+        )
       tf = common.require("tensorflow", "Finding a model's object paths")
       found = {}
       seen = {id(self.model)}
       queue = collections.deque([(self.model, ())])
       while queue:
         node, path = queue.popleft()
-        for name, child in tf.train.TrackableView(node).children(
-            node).items():
+        for name, child in tf.train.TrackableView(node).children(node).items():
           if id(child) in seen:
             continue
           seen.add(id(child))
           found[id(child)] = path + (name,)
           queue.append((child, path + (name,)))
-      missing = [i for i, v in enumerate(self.variables)
-                 if id(v) not in found]
+      missing = [i for i, v in enumerate(self.variables) if id(v) not in found]
       if missing:
         raise ValueError(
-            f"{self.describe(missing[0])} is not tracked by the model, so "
-            "no TF2 checkpoint of it holds it.")
+          f"{self.describe(missing[0])} is not tracked by the model, so "
+          "no TF2 checkpoint of it holds it."
+        )
       self._object_paths = [found[id(v)] for v in self.variables]
     return list(self._object_paths)
 
@@ -230,8 +251,9 @@ class _Group:
     return self.key or "<root>"
 
   def listing(self) -> str:
-    return ", ".join(f"{m[1]!r} {common.describe(m[2], m[3])}"
-                     for m in self.members)
+    return ", ".join(
+      f"{m[1]!r} {common.describe(m[2], m[3])}" for m in self.members
+    )
 
 
 def _component(key: Any) -> Any:
@@ -268,21 +290,23 @@ def _order_known(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
 def _keras_side(keras: Any):
   """``(model, variables)`` from a Keras model/layer or a list of variables."""
   if hasattr(keras, "trainable_variables") and not isinstance(
-      keras, (list, tuple)):
+    keras, (list, tuple)
+  ):
     variables = list(keras.trainable_variables)
     if not variables:
       raise ValueError(
-          "The Keras model has no trainable variables yet: build it first "
-          "(call it on a batch, or give it an Input).")
+        "The Keras model has no trainable variables yet: build it first "
+        "(call it on a batch, or give it an Input)."
+      )
     return keras, variables
   return None, list(keras)
 
 
 def correspondence(
-    keras: Any,
-    params: optax.Params,
-    *,
-    paths: Optional[Sequence[PathLike]] = None,
+  keras: Any,
+  params: optax.Params,
+  *,
+  paths: Sequence[PathLike] | None = None,
 ) -> Correspondence:
   """Pairs a Keras model's weights with the leaves of a JAX param tree.
 
@@ -360,35 +384,46 @@ def correspondence(
     return f"Keras weight {names[i]!r} {common.describe(*kinfo[i])}"
 
   if paths is not None:
-    leaf_index = _explicit(paths, names, jnames, [p for p, _ in flat],
-                           keras_desc)
-  elif all(len(p) == 1 and isinstance(p[0], jax.tree_util.SequenceKey)
-           for p in key_paths):
+    leaf_index = _explicit(
+      paths, names, jnames, [p for p, _ in flat], keras_desc
+    )
+  elif all(
+    len(p) == 1 and isinstance(p[0], jax.tree_util.SequenceKey)
+    for p in key_paths
+  ):
     if len(flat) != len(names):
       raise ValueError(
-          f"The params are a sequence of {len(flat)} arrays, matched by "
-          f"position, but the Keras model has {len(names)} trainable "
-          f"weights: {names}.")
+        f"The params are a sequence of {len(flat)} arrays, matched by "
+        f"position, but the Keras model has {len(names)} trainable "
+        f"weights: {names}."
+      )
     leaf_index = list(range(len(flat)))
   else:
-    leaf_index = _by_layers(names, kinfo, key_paths, jinfo, jnames,
-                            keras_desc)
+    leaf_index = _by_layers(names, kinfo, key_paths, jinfo, jnames, keras_desc)
   if len(flat) != len(names):
     unmatched = sorted(set(range(len(flat))) - set(leaf_index))
     raise ValueError(
-        f"The params have {len(flat)} leaves and the Keras model "
-        f"{len(names)} trainable weights; no Keras weight for: "
-        f"{[jnames[j] for j in unmatched]}.")
+      f"The params have {len(flat)} leaves and the Keras model "
+      f"{len(names)} trainable weights; no Keras weight for: "
+      f"{[jnames[j] for j in unmatched]}."
+    )
   for i, j in enumerate(leaf_index):
     if kinfo[i] != jinfo[j]:
       raise ValueError(
-          f"{keras_desc(i)} and JAX path {jnames[j]!r} "
-          f"{common.describe(*jinfo[j])} differ in shape or dtype; the "
-          "optimizer's slots take their variable's, so convert the params "
-          "(or the Keras model) first, or pass `paths=`.")
-  return Correspondence(treedef=treedef, key_paths=[p for p, _ in flat],
-                        template=jinfo, leaf_index=leaf_index,
-                        keras_names=names, model=model, variables=variables)
+        f"{keras_desc(i)} and JAX path {jnames[j]!r} "
+        f"{common.describe(*jinfo[j])} differ in shape or dtype; the "
+        "optimizer's slots take their variable's, so convert the params "
+        "(or the Keras model) first, or pass `paths=`."
+      )
+  return Correspondence(
+    treedef=treedef,
+    key_paths=[p for p, _ in flat],
+    template=jinfo,
+    leaf_index=leaf_index,
+    keras_names=names,
+    model=model,
+    variables=variables,
+  )
 
 
 def _explicit(paths, names, jnames, full_paths, keras_desc) -> list[int]:
@@ -396,31 +431,36 @@ def _explicit(paths, names, jnames, full_paths, keras_desc) -> list[int]:
   paths = list(paths)
   if len(paths) != len(names):
     raise ValueError(
-        f"`paths` has {len(paths)} entries, but the Keras model has "
-        f"{len(names)} trainable weights, in this order: {names}.")
+      f"`paths` has {len(paths)} entries, but the Keras model has "
+      f"{len(names)} trainable weights, in this order: {names}."
+    )
   index = {}
   for j, name in enumerate(jnames):
     index[name] = j
     index["/".join(str(_component(k)) for k in full_paths[j])] = j
   leaf_index = []
   for i, path in enumerate(paths):
-    text = path if isinstance(path, str) else "/".join(
-        str(_component(k)) for k in path)
+    text = (
+      path
+      if isinstance(path, str)
+      else "/".join(str(_component(k)) for k in path)
+    )
     if text not in index:
       raise ValueError(
-          f"paths[{i}] = {text!r}, given for {keras_desc(i)}, is not a path "
-          f"of the params; their paths are: {jnames}.")
+        f"paths[{i}] = {text!r}, given for {keras_desc(i)}, is not a path "
+        f"of the params; their paths are: {jnames}."
+      )
     j = index[text]
     if j in leaf_index:
       raise ValueError(
-          f"paths[{i}] = {text!r}, given for {keras_desc(i)}, is also given "
-          f"for Keras weight {names[leaf_index.index(j)]!r}.")
+        f"paths[{i}] = {text!r}, given for {keras_desc(i)}, is also given "
+        f"for Keras weight {names[leaf_index.index(j)]!r}."
+      )
     leaf_index.append(j)
   return leaf_index
 
 
-def _by_layers(names, kinfo, key_paths, jinfo, jnames, keras_desc
-               ) -> list[int]:
+def _by_layers(names, kinfo, key_paths, jinfo, jnames, keras_desc) -> list[int]:
   """Leaf indices matched by layer order and shape (see correspondence)."""
   runs = []  # Consecutive weights of one layer.
   for i, name in enumerate(names):
@@ -436,8 +476,10 @@ def _by_layers(names, kinfo, key_paths, jinfo, jnames, keras_desc
     by_module[module].append((j, short, jinfo[j][0], jinfo[j][1]))
   modules = [_Group(k, v) for k, v in by_module.items()]
 
-  hint = (" Pass `paths=`: the JAX path of each Keras weight, in Keras "
-          f"order ({names}).")
+  hint = (
+    " Pass `paths=`: the JAX path of each Keras weight, in Keras "
+    f"order ({names})."
+  )
   by_signature = collections.defaultdict(list)
   for module in modules:
     by_signature[module.signature].append(module)
@@ -446,37 +488,49 @@ def _by_layers(names, kinfo, key_paths, jinfo, jnames, keras_desc
   for layer in layers:
     layers_by_signature[layer.signature].append(layer)
   for signature, these_layers in layers_by_signature.items():
-    candidates = sorted(by_signature.get(signature, []),
-                        key=lambda m: [_number_key(c) for c in m.key])
+    candidates = sorted(
+      by_signature.get(signature, []),
+      key=lambda m: [_number_key(c) for c in m.key],
+    )
     if len(candidates) != len(these_layers):
       others = [m for m in modules if m.signature not in layers_by_signature]
       if len(candidates) < len(these_layers):
-        first = (f"Keras layer {these_layers[len(candidates)].name()!r} "
-                 f"({these_layers[len(candidates)].listing()}) has no JAX "
-                 "module with the same shapes")
+        first = (
+          f"Keras layer {these_layers[len(candidates)].name()!r} "
+          f"({these_layers[len(candidates)].listing()}) has no JAX "
+          "module with the same shapes"
+        )
       else:
-        first = (f"JAX module {candidates[len(these_layers)].name()!r} "
-                 f"({candidates[len(these_layers)].listing()}) has no Keras "
-                 "layer with the same shapes")
+        first = (
+          f"JAX module {candidates[len(these_layers)].name()!r} "
+          f"({candidates[len(these_layers)].listing()}) has no Keras "
+          "layer with the same shapes"
+        )
       raise ValueError(
-          f"{first}: Keras layers {[l.name() for l in these_layers]} and "
-          f"JAX modules {[m.name() for m in candidates]} have them. JAX "
-          "modules with shapes of no Keras layer: "
-          f"{[f'{m.name()} ({m.listing()})' for m in others]}." + hint)
+        f"{first}: Keras layers {[l.name() for l in these_layers]} and "
+        f"JAX modules {[m.name() for m in candidates]} have them. JAX "
+        "modules with shapes of no Keras layer: "
+        f"{[f'{m.name()} ({m.listing()})' for m in others]}." + hint
+      )
     first = these_layers[0].members[0][0]
-    options = [jnames[m[0]] for c in candidates for m in c.members
-               if m[2] == kinfo[first][0]]
+    options = [
+      jnames[m[0]]
+      for c in candidates
+      for m in c.members
+      if m[2] == kinfo[first][0]
+    ]
     for a in range(len(candidates)):
       for b in range(a + 1, len(candidates)):
         if not _order_known(candidates[a].key, candidates[b].key):
           raise ValueError(
-              f"Keras layers {[l.name() for l in these_layers]} have the "
-              "same shapes as the JAX modules "
-              f"{[m.name() for m in candidates]}, whose names do not say "
-              f"which comes first ({candidates[a].name()!r} and "
-              f"{candidates[b].name()!r}): candidates for "
-              f"{keras_desc(first)}: "
-              f"{options}." + hint)
+            f"Keras layers {[l.name() for l in these_layers]} have the "
+            "same shapes as the JAX modules "
+            f"{[m.name() for m in candidates]}, whose names do not say "
+            f"which comes first ({candidates[a].name()!r} and "
+            f"{candidates[b].name()!r}): candidates for "
+            f"{keras_desc(first)}: "
+            f"{options}." + hint
+          )
     pairs.extend(zip(these_layers, candidates))
 
   leaf_index = [None] * len(names)
@@ -488,16 +542,18 @@ def _by_layers(names, kinfo, key_paths, jinfo, jnames, keras_desc
         named = [m for m in same if m[1] in wanted]
         if len(named) != 1:
           raise ValueError(
-              f"{keras_desc(i)} has several candidates of its shape in JAX "
-              f"module {module.name()!r}: "
-              f"{[jnames[m[0]] for m in same]}." + hint)
+            f"{keras_desc(i)} has several candidates of its shape in JAX "
+            f"module {module.name()!r}: "
+            f"{[jnames[m[0]] for m in same]}." + hint
+          )
         same = named
       leaf_index[i] = same[0][0]
   for layer, module in pairs:
     chosen = [leaf_index[m[0]] for m in layer.members]
     if len(set(chosen)) != len(chosen):
       raise ValueError(
-          f"The weights of Keras layer {layer.name()!r} ({layer.listing()}) "
-          f"cannot be told apart in JAX module {module.name()!r} "
-          f"({module.listing()})." + hint)
+        f"The weights of Keras layer {layer.name()!r} ({layer.listing()}) "
+        f"cannot be told apart in JAX module {module.name()!r} "
+        f"({module.listing()})." + hint
+      )
   return leaf_index

@@ -11,8 +11,8 @@ alone: no TensorFlow is imported.
 import json
 import os
 import re
-import zipfile
 from typing import Any
+import zipfile
 
 import numpy as np
 
@@ -26,7 +26,7 @@ def _text(value: Any) -> str:
 
 
 def state_from_h5(
-    path: Any, params: keras_weights.ParamsOrCorrespondence
+  path: Any, params: keras_weights.ParamsOrCorrespondence
 ) -> common.RestoredRMSprop:
   """Reads a tf_keras ``.h5`` model file with its legacy RMSprop state.
 
@@ -82,30 +82,35 @@ def state_from_h5(
   if not tf2_checkpoint.is_hdf5(path):
     if os.path.isfile(path + ".index") or os.path.isdir(path):
       raise ValueError(
-          f"{path!r} is a TF checkpoint or SavedModel, not an .h5 file: read "
-          "it with optax_tfrmsprop.interop.state_from_tf_checkpoint.")
+        f"{path!r} is a TF checkpoint or SavedModel, not an .h5 file: read "
+        "it with optax_tfrmsprop.interop.state_from_tf_checkpoint."
+      )
     raise ValueError(f"{path!r} is not an HDF5 (.h5) file.")
   h5py = common.require("h5py", "Reading an .h5 file")
   pairs = keras_weights.as_correspondence(params)
   with h5py.File(path, "r") as f:
     if "optimizer_weights" not in f:
       raise ValueError(
-          f"{path!r} holds no optimizer state (it was written by "
-          "model.save_weights, or model.save with include_optimizer=False): "
-          "save the run with model.save('run.h5'), model.save_weights(prefix)"
-          " (TF format) or tf.train.Checkpoint.")
-    config = json.loads(_text(f.attrs["training_config"]))[
-        "optimizer_config"]
-    if config.get("class_name") != "RMSprop" or config["config"].get(
-        "is_legacy_optimizer") is False:
+        f"{path!r} holds no optimizer state (it was written by "
+        "model.save_weights, or model.save with include_optimizer=False): "
+        "save the run with model.save('run.h5'), model.save_weights(prefix)"
+        " (TF format) or tf.train.Checkpoint."
+      )
+    config = json.loads(_text(f.attrs["training_config"]))["optimizer_config"]
+    if (
+      config.get("class_name") != "RMSprop"
+      or config["config"].get("is_legacy_optimizer") is False
+    ):
       raise ValueError(
-          f"{path!r} holds the state of {config.get('class_name')} "
-          f"({config['config']}), not of tf_keras.optimizers.legacy.RMSprop.")
+        f"{path!r} holds the state of {config.get('class_name')} "
+        f"({config['config']}), not of tf_keras.optimizers.legacy.RMSprop."
+      )
     group = f["optimizer_weights"]
     slot_values = {}
     count = None
-    tf_slots = {slot: field for field, slot in
-                common.slot_names("keras_legacy")}
+    tf_slots = {
+      slot: field for field, slot in common.slot_names("keras_legacy")
+    }
     for name in (_text(n) for n in group.attrs["weight_names"]):
       stem = re.sub(r":\d+$", "", name)
       variable, _, slot = stem.rpartition("/")
@@ -115,16 +120,18 @@ def state_from_h5(
         slot_values[(variable, slot)] = np.asarray(group[name])
       else:
         raise ValueError(
-            f"{path!r}: the optimizer weight {name!r} is not a slot of a "
-            "legacy RMSprop.")
+          f"{path!r}: the optimizer weight {name!r} is not a slot of a "
+          "legacy RMSprop."
+        )
     if count is None:
       raise ValueError(f"{path!r}: the optimizer weights have no 'iter'.")
     weights = f["model_weights"]
     model_values = []  # (name, value), in layer order.
     for layer in (_text(n) for n in weights.attrs["layer_names"]):
       for name in (_text(n) for n in weights[layer].attrs["weight_names"]):
-        model_values.append((re.sub(r":\d+$", "", name),
-                             np.asarray(weights[layer][name])))
+        model_values.append(
+          (re.sub(r":\d+$", "", name), np.asarray(weights[layer][name]))
+        )
   optimizer_name = config["config"].get("name", "RMSprop")
 
   def slots_of(variable):
@@ -138,21 +145,30 @@ def state_from_h5(
   trainable = [t for t in trainable if t[2]]
   if len(trainable) != len(pairs):
     raise ValueError(
-        f"{path!r} holds optimizer slots for {len(trainable)} variables "
-        f"({[t[0] for t in trainable]}), but the params have {len(pairs)} "
-        f"leaves ({list(pairs.jax_paths)}).")
-  present = [slot for _, slot in common.slot_names("keras_legacy")
-             if slot in trainable[0][2]]
+      f"{path!r} holds optimizer slots for {len(trainable)} variables "
+      f"({[t[0] for t in trainable]}), but the params have {len(pairs)} "
+      f"leaves ({list(pairs.jax_paths)})."
+    )
+  present = [
+    slot
+    for _, slot in common.slot_names("keras_legacy")
+    if slot in trainable[0][2]
+  ]
   for i, (name, _, slots) in enumerate(trainable):
     if sorted(slots) != sorted(present):
       raise ValueError(
-          f"{path!r}: the variable {name!r} ({pairs.describe(i)}) has the "
-          f"slots {sorted(slots)}, the first variable {sorted(present)}.")
+        f"{path!r}: the variable {name!r} ({pairs.describe(i)}) has the "
+        f"slots {sorted(slots)}, the first variable {sorted(present)}."
+      )
   state = common.make_state(
-      "keras_legacy",
-      common.checked_count(count, f"The iteration count in {path!r}"),
-      {tf_slots[slot]: pairs.from_keras(
-          [t[2][slot] for t in trainable], f"{slot!r} slot")
-       for slot in present})
+    "keras_legacy",
+    common.checked_count(count, f"The iteration count in {path!r}"),
+    {
+      tf_slots[slot]: pairs.from_keras(
+        [t[2][slot] for t in trainable], f"{slot!r} slot"
+      )
+      for slot in present
+    },
+  )
   values = pairs.from_keras([t[1] for t in trainable], "value")
   return common.RestoredRMSprop(values, state, dict(config["config"]))

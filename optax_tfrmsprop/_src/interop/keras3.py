@@ -27,14 +27,15 @@ def _variables_and_pairs(variables: Variables):
   if isinstance(variables, correspondence_lib.Correspondence):
     if variables.variables is None:
       raise ValueError(
-          "The correspondence holds no Keras variables: build it from the "
-          "Keras 3 model (interop.correspondence(model, params)).")
+        "The correspondence holds no Keras variables: build it from the "
+        "Keras 3 model (interop.correspondence(model, params))."
+      )
     return list(variables.variables), variables
-  leaves = jax.tree.leaves(
-      variables, is_leaf=lambda v: hasattr(v, "assign"))
+  leaves = jax.tree.leaves(variables, is_leaf=lambda v: hasattr(v, "assign"))
   template = jax.tree.unflatten(
-      jax.tree.structure(variables, is_leaf=lambda v: hasattr(v, "assign")),
-      [jax.ShapeDtypeStruct(*common.shape_dtype(v)) for v in leaves])
+    jax.tree.structure(variables, is_leaf=lambda v: hasattr(v, "assign")),
+    [jax.ShapeDtypeStruct(*common.shape_dtype(v)) for v in leaves],
+  )
   return leaves, correspondence_lib.Correspondence.from_tree(template)
 
 
@@ -50,21 +51,27 @@ def _slot_variables(optimizer, variables, pairs, fields):
       name = f"{variable.path.replace('/', '_')}_{suffix}"
       if name not in by_name:
         raise ValueError(
-            f"The optimizer has no variable {name!r} for "
-            f"{pairs.describe(i)} ({variable.path!r}); was it built with "
-            "these variables?")
+          f"The optimizer has no variable {name!r} for "
+          f"{pairs.describe(i)} ({variable.path!r}); was it built with "
+          "these variables?"
+        )
       found[field].append(by_name[name])
   return found
 
 
 def _fields(optimizer) -> list[str]:
-  return [field for field, _ in common.slot_names("keras3")
-          if field == "ms" or (field == "mom" and optimizer.momentum > 0)
-          or (field == "mg" and optimizer.centered)]
+  return [
+    field
+    for field, _ in common.slot_names("keras3")
+    if field == "ms"
+    or (field == "mom" and optimizer.momentum > 0)
+    or (field == "mg" and optimizer.centered)
+  ]
 
 
-def state_from_keras3(optimizer: Any, variables: Variables
-                      ) -> common.RestoredRMSprop:
+def state_from_keras3(
+  optimizer: Any, variables: Variables
+) -> common.RestoredRMSprop:
   """Reads a built Keras 3 ``keras.optimizers.RMSprop`` and its variables.
 
   Args:
@@ -98,17 +105,23 @@ def state_from_keras3(optimizer: Any, variables: Variables
   fields = _fields(optimizer)
   slots = _slot_variables(optimizer, variables, pairs, fields)
   state = common.make_state(
-      "keras3",
-      common.checked_count(np.asarray(optimizer.iterations),
-                           "The Keras 3 optimizer's iterations"),
-      {field: pairs.from_keras([np.asarray(s) for s in slots[field]],
-                               f"{field!r} slot") for field in fields})
+    "keras3",
+    common.checked_count(
+      np.asarray(optimizer.iterations), "The Keras 3 optimizer's iterations"
+    ),
+    {
+      field: pairs.from_keras(
+        [np.asarray(s) for s in slots[field]], f"{field!r} slot"
+      )
+      for field in fields
+    },
+  )
   values = pairs.from_keras([np.asarray(v) for v in variables], "value")
   return common.RestoredRMSprop(values, state, optimizer.get_config())
 
 
 def keras3_state_from_optimizer(
-    optimizer: Any, variables: Any
+  optimizer: Any, variables: Any
 ) -> tuple[optax.Params, base.RMSpropState]:
   """Reads a built Keras 3 ``keras.optimizers.RMSprop`` and its variables.
 
@@ -137,10 +150,10 @@ def keras3_state_from_optimizer(
 
 
 def state_to_keras3(
-    params: optax.Params,
-    state: base.Keras3RMSpropState,
-    optimizer: Any,
-    variables: Variables,
+  params: optax.Params,
+  state: base.Keras3RMSpropState,
+  optimizer: Any,
+  variables: Variables,
 ) -> Any:
   """Writes params and a Keras 3 state into Keras 3 variables and optimizer.
 
@@ -192,19 +205,22 @@ def state_to_keras3(
   have = common.present_fields(state)
   if sorted(fields) != sorted(have):
     raise ValueError(
-        f"The Keras 3 optimizer (momentum={optimizer.momentum}, "
-        f"centered={optimizer.centered}) has the slots {fields}, the state "
-        f"{have}: build it with the state's optimizer's arguments.")
+      f"The Keras 3 optimizer (momentum={optimizer.momentum}, "
+      f"centered={optimizer.centered}) has the slots {fields}, the state "
+      f"{have}: build it with the state's optimizer's arguments."
+    )
   values = pairs.to_keras(params)
   slot_values = {f: pairs.to_keras(getattr(state, f)) for f in fields}
   for i, value in enumerate(values):  # Check everything before any change.
     for what, v in [("value", value)] + [
-        (f"{f!r} slot", slot_values[f][i]) for f in fields]:
+      (f"{f!r} slot", slot_values[f][i]) for f in fields
+    ]:
       if common.shape_dtype(v) != common.shape_dtype(variables[i]):
         raise ValueError(
-            f"The {what} of {pairs.describe(i)} is "
-            f"{common.describe(*common.shape_dtype(v))}; the Keras variable "
-            f"is {common.describe(*common.shape_dtype(variables[i]))}.")
+          f"The {what} of {pairs.describe(i)} is "
+          f"{common.describe(*common.shape_dtype(v))}; the Keras variable "
+          f"is {common.describe(*common.shape_dtype(variables[i]))}."
+        )
   if not optimizer.built:
     optimizer.build(variables)
   slots = _slot_variables(optimizer, variables, pairs, fields)

@@ -9,7 +9,8 @@ convert between that list and the functional state; the Keras-style class
 validates ``set_weights`` with the same checks.
 """
 
-from typing import Any, Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Any, Union
 
 import jax
 import numpy as np
@@ -21,10 +22,10 @@ from optax_tfrmsprop._src.interop import correspondence as correspondence_lib
 
 # (TF slot name, state field) of tf_keras' legacy RMSprop, in creation order.
 SLOT_FIELDS = tuple(
-    (tf_name, field) for field, tf_name in common.slot_names("keras_legacy"))
+  (tf_name, field) for field, tf_name in common.slot_names("keras_legacy")
+)
 
-ParamsOrCorrespondence = Union[optax.Params,
-                               correspondence_lib.Correspondence]
+ParamsOrCorrespondence = Union[optax.Params, correspondence_lib.Correspondence]
 
 
 def expected_signature(arrays) -> list[tuple[tuple[int, ...], np.dtype]]:
@@ -53,34 +54,40 @@ def check_weights(weights: Sequence[Any], slot_signature, *, owner: str):
     weights = [np.int64(0)] + weights
   if len(weights) != expected:
     raise length_error(owner, weights, expected)
-  iterations = int(common.checked_count(
-      weights[0], "Weight 0 (the iteration count)"))
+  iterations = int(
+    common.checked_count(weights[0], "Weight 0 (the iteration count)")
+  )
   slots = []
   for position, (w, (shape, dtype)) in enumerate(
-      zip(weights[1:], slot_signature), start=1):
+    zip(weights[1:], slot_signature), start=1
+  ):
     w = np.asarray(w)
     if w.shape != shape:
       raise ValueError(
-          f"Weight {position}: optimizer weight shape {shape} not compatible "
-          f"with provided weight shape {w.shape}.")
+        f"Weight {position}: optimizer weight shape {shape} not compatible "
+        f"with provided weight shape {w.shape}."
+      )
     if w.dtype != dtype:
       raise ValueError(
-          f"Weight {position}: optimizer weight dtype {dtype} differs from "
-          f"provided weight dtype {w.dtype}.")
+        f"Weight {position}: optimizer weight dtype {dtype} differs from "
+        f"provided weight dtype {w.dtype}."
+      )
     slots.append(w)
   return iterations, slots
 
 
 def length_error(owner: str, weights: list[Any], expected: int):
   return ValueError(  # TF's wording, double space included.
-      f"You called `set_weights(weights)` on optimizer {owner} with a  "
-      f"weight list of length {len(weights)}, but the optimizer was "
-      f"expecting {expected} weights. Provided weights: "
-      f"{str(weights)[:50]}...")
+    f"You called `set_weights(weights)` on optimizer {owner} with a  "
+    f"weight list of length {len(weights)}, but the optimizer was "
+    f"expecting {expected} weights. Provided weights: "
+    f"{str(weights)[:50]}..."
+  )
 
 
-def as_correspondence(params: ParamsOrCorrespondence
-                      ) -> correspondence_lib.Correspondence:
+def as_correspondence(
+  params: ParamsOrCorrespondence,
+) -> correspondence_lib.Correspondence:
   """``params`` itself, or the correspondence of a tree in Keras order."""
   if isinstance(params, correspondence_lib.Correspondence):
     return params
@@ -88,8 +95,8 @@ def as_correspondence(params: ParamsOrCorrespondence
 
 
 def state_to_optimizer_weights(
-    state: base.RMSpropState,
-    correspondence: Optional[correspondence_lib.Correspondence] = None,
+  state: base.RMSpropState,
+  correspondence: correspondence_lib.Correspondence | None = None,
 ) -> list[np.ndarray]:
   """The weight list ``tf_keras.optimizers.legacy.RMSprop`` would hold.
 
@@ -121,15 +128,21 @@ def state_to_optimizer_weights(
   weights = [np.int64(state.count)]
   for field in common.present_fields(state):
     tree = getattr(state, field)
-    leaves = (correspondence.to_keras(tree) if correspondence is not None
-              else jax.tree.leaves(tree))
+    leaves = (
+      correspondence.to_keras(tree)
+      if correspondence is not None
+      else jax.tree.leaves(tree)
+    )
     weights.extend(np.asarray(a) for a in leaves)
   return weights
 
 
 def state_from_optimizer_weights(
-    weights: Sequence[Any], params: ParamsOrCorrespondence, *,
-    centered: bool = False, use_momentum: bool = False,
+  weights: Sequence[Any],
+  params: ParamsOrCorrespondence,
+  *,
+  centered: bool = False,
+  use_momentum: bool = False,
 ) -> common.RestoredRMSprop:
   """Builds an :class:`RMSpropState` from a ``tf_keras`` optimizer weight list.
 
@@ -163,17 +176,26 @@ def state_from_optimizer_weights(
     (3, Array([1., 1.], dtype=float32))
   """
   pairs = as_correspondence(params)
-  fields = [field for field, _ in common.slot_names("keras_legacy")
-            if field == "ms" or (field == "mom" and use_momentum)
-            or (field == "mg" and centered)]
-  signature = [(s, d) for _ in fields for s, d in zip(pairs.shapes,
-                                                        pairs.dtypes)]
+  fields = [
+    field
+    for field, _ in common.slot_names("keras_legacy")
+    if field == "ms"
+    or (field == "mom" and use_momentum)
+    or (field == "mg" and centered)
+  ]
+  signature = [
+    (s, d) for _ in fields for s, d in zip(pairs.shapes, pairs.dtypes)
+  ]
   iterations, slots = check_weights(weights, signature, owner="RMSprop")
   n = len(pairs)
   state = common.make_state(
-      "keras_legacy", common.checked_count(iterations, "The iteration count"),
-      {field: pairs.from_keras(slots[k * n:(k + 1) * n], f"{field!r} slot")
-       for k, field in enumerate(fields)})
+    "keras_legacy",
+    common.checked_count(iterations, "The iteration count"),
+    {
+      field: pairs.from_keras(slots[k * n : (k + 1) * n], f"{field!r} slot")
+      for k, field in enumerate(fields)
+    },
+  )
   return common.RestoredRMSprop(None, state, {})
 
 
@@ -200,8 +222,11 @@ def state_to_keras_weights(state: base.RMSpropState) -> list[np.ndarray]:
 
 
 def state_from_keras_weights(
-    weights: Sequence[Any], params: optax.Params, *, centered: bool = False,
-    use_momentum: bool = False,
+  weights: Sequence[Any],
+  params: optax.Params,
+  *,
+  centered: bool = False,
+  use_momentum: bool = False,
 ) -> base.RMSpropState:
   """Builds an :class:`RMSpropState` from a ``tf_keras`` weight list.
 
@@ -226,4 +251,5 @@ def state_from_keras_weights(
     (3, Array([1., 1.], dtype=float32))
   """
   return state_from_optimizer_weights(
-      weights, params, centered=centered, use_momentum=use_momentum).state
+    weights, params, centered=centered, use_momentum=use_momentum
+  ).state

@@ -11,7 +11,7 @@ imported only inside them.
 """
 
 import os
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 import jax
 import numpy as np
@@ -25,7 +25,7 @@ VarNames = Union[Any, correspondence_lib.Correspondence]
 
 
 def tf1_slot_names(
-    var_name: str, *, centered: bool, optimizer_name: str = "RMSProp"
+  var_name: str, *, centered: bool, optimizer_name: str = "RMSProp"
 ) -> dict[str, str]:
   """The checkpoint keys of TF1 ``RMSPropOptimizer``'s slots for one variable.
 
@@ -45,12 +45,13 @@ def tf1_slot_names(
     >>> tf1_slot_names("dense/kernel", centered=True)["mom"]
     'dense/kernel/RMSProp_2'
   """
-  fields = [field for field, _ in common.slot_names("tf1")
-            if field != "mg" or centered]
+  fields = [
+    field for field, _ in common.slot_names("tf1") if field != "mg" or centered
+  ]
   prefix = f"{var_name}/{optimizer_name}"
   return {
-      field: prefix if i == 0 else f"{prefix}_{i}"
-      for i, field in enumerate(fields)
+    field: prefix if i == 0 else f"{prefix}_{i}"
+    for i, field in enumerate(fields)
   }
 
 
@@ -66,18 +67,19 @@ def _names_and_pairs(var_names: VarNames, shapes_of):
     return list(var_names.keras_names), var_names
   names = jax.tree.leaves(var_names)
   template = jax.tree.unflatten(
-      jax.tree.structure(var_names),
-      [jax.ShapeDtypeStruct(*shapes_of(n)) for n in names])
+    jax.tree.structure(var_names),
+    [jax.ShapeDtypeStruct(*shapes_of(n)) for n in names],
+  )
   return names, correspondence_lib.Correspondence.from_tree(template)
 
 
 def state_from_tf1_checkpoint(
-    checkpoint: Any,
-    var_names: VarNames,
-    *,
-    centered: bool = False,
-    optimizer_name: str = "RMSProp",
-    global_step_name: Optional[str] = None,
+  checkpoint: Any,
+  var_names: VarNames,
+  *,
+  centered: bool = False,
+  optimizer_name: str = "RMSProp",
+  global_step_name: str | None = None,
 ) -> common.RestoredRMSprop:
   """Reads a TF1 ``tf.compat.v1.train.Saver`` checkpoint of RMSPropOptimizer.
 
@@ -135,9 +137,10 @@ def state_from_tf1_checkpoint(
   def read(key, what):
     if key not in stored:
       raise ValueError(
-          f"{key!r} is not in the checkpoint {path!r} ({what}); check the "
-          f"variable names, centered={centered} and "
-          f"optimizer_name={optimizer_name!r}.")
+        f"{key!r} is not in the checkpoint {path!r} ({what}); check the "
+        f"variable names, centered={centered} and "
+        f"optimizer_name={optimizer_name!r}."
+      )
     return reader.get_tensor(key)
 
   def shapes_of(name):
@@ -149,33 +152,40 @@ def state_from_tf1_checkpoint(
   if global_step_name is not None:
     step = read(global_step_name, "the global step")
     count = common.checked_count(
-        step, f"The global step {global_step_name!r} in {path!r}")
+      step, f"The global step {global_step_name!r} in {path!r}"
+    )
     hyperparams["global_step"] = step
   names, pairs = _names_and_pairs(var_names, shapes_of)
   slots = {}
   for field, slot in common.slot_names("tf1"):
     if field == "mg" and not centered:
       continue
-    keys = [tf1_slot_names(n, centered=centered,
-                           optimizer_name=optimizer_name)[field]
-            for n in names]
+    keys = [
+      tf1_slot_names(n, centered=centered, optimizer_name=optimizer_name)[field]
+      for n in names
+    ]
     slots[field] = pairs.from_keras(
-        [read(k, f"the {slot!r} slot of {pairs.describe(i)}")
-         for i, k in enumerate(keys)], f"{slot!r} slot")
+      [
+        read(k, f"the {slot!r} slot of {pairs.describe(i)}")
+        for i, k in enumerate(keys)
+      ],
+      f"{slot!r} slot",
+    )
   state = common.make_state("tf1", count, slots)
   values = pairs.from_keras(
-      [read(n, f"the value of {pairs.describe(i)}")
-       for i, n in enumerate(names)], "value")
+    [read(n, f"the value of {pairs.describe(i)}") for i, n in enumerate(names)],
+    "value",
+  )
   return common.RestoredRMSprop(values, state, hyperparams)
 
 
 def tf1_state_from_checkpoint(
-    checkpoint: Any,
-    var_names: Any,
-    *,
-    centered: bool = False,
-    optimizer_name: str = "RMSProp",
-    global_step_name: Optional[str] = None,
+  checkpoint: Any,
+  var_names: Any,
+  *,
+  centered: bool = False,
+  optimizer_name: str = "RMSProp",
+  global_step_name: str | None = None,
 ) -> tuple[optax.Params, base.RMSpropState]:
   """Reads a TF1 ``tf.compat.v1.train.Saver`` checkpoint of RMSPropOptimizer.
 
@@ -209,19 +219,23 @@ def tf1_state_from_checkpoint(
     'TF1RMSpropState'
   """
   restored = state_from_tf1_checkpoint(
-      checkpoint, var_names, centered=centered,
-      optimizer_name=optimizer_name, global_step_name=global_step_name)
+    checkpoint,
+    var_names,
+    centered=centered,
+    optimizer_name=optimizer_name,
+    global_step_name=global_step_name,
+  )
   return restored.params, restored.state
 
 
 def state_to_tf1_checkpoint(
-    path: Any,
-    params: optax.Params,
-    state: base.TF1RMSpropState,
-    var_names: VarNames,
-    *,
-    optimizer_name: str = "RMSProp",
-    global_step_name: Optional[str] = None,
+  path: Any,
+  params: optax.Params,
+  state: base.TF1RMSpropState,
+  var_names: VarNames,
+  *,
+  optimizer_name: str = "RMSProp",
+  global_step_name: str | None = None,
 ) -> str:
   """Writes params and a TF1 state as a ``tf.compat.v1.train.Saver`` checkpoint.
 
@@ -281,21 +295,26 @@ def state_to_tf1_checkpoint(
     names = jax.tree.leaves(var_names)
     if jax.tree.structure(var_names) != jax.tree.structure(params):
       raise ValueError(
-          "`var_names` must have the structure of the params: "
-          f"{jax.tree.structure(var_names)} vs {jax.tree.structure(params)}.")
+        "`var_names` must have the structure of the params: "
+        f"{jax.tree.structure(var_names)} vs {jax.tree.structure(params)}."
+      )
     to_keras = jax.tree.leaves
   values = [np.asarray(v) for v in to_keras(params)]
   centered = state.mg is not None
   graph = tf.Graph()
   with graph.as_default():
     variables = [
-        tf.compat.v1.get_variable(
-            name, shape=value.shape, dtype=tf.as_dtype(value.dtype),
-            initializer=tf.compat.v1.zeros_initializer())
-        for name, value in zip(names, values)
+      tf.compat.v1.get_variable(
+        name,
+        shape=value.shape,
+        dtype=tf.as_dtype(value.dtype),
+        initializer=tf.compat.v1.zeros_initializer(),
+      )
+      for name, value in zip(names, values)
     ]
     optimizer = tf.compat.v1.train.RMSPropOptimizer(
-        learning_rate=1.0, centered=centered, name=optimizer_name)
+      learning_rate=1.0, centered=centered, name=optimizer_name
+    )
     # Building (not running) the update creates the slots, named as TF1
     # names them.
     optimizer.apply_gradients([(tf.zeros_like(v), v) for v in variables])
@@ -303,20 +322,27 @@ def state_to_tf1_checkpoint(
     for field, slot in common.slot_names("tf1"):
       if getattr(state, field) is not None:
         slot_values = [np.asarray(v) for v in to_keras(getattr(state, field))]
-        assignments += [(optimizer.get_slot(v, slot), value)
-                        for v, value in zip(variables, slot_values)]
-    saved = variables + [slot for slot, _ in assignments[len(variables):]]
+        assignments += [
+          (optimizer.get_slot(v, slot), value)
+          for v, value in zip(variables, slot_values)
+        ]
+    saved = variables + [slot for slot, _ in assignments[len(variables) :]]
     if global_step_name is not None:
       step = tf.compat.v1.get_variable(
-          global_step_name, shape=(), dtype=tf.int64, trainable=False,
-          initializer=tf.compat.v1.zeros_initializer())
+        global_step_name,
+        shape=(),
+        dtype=tf.int64,
+        trainable=False,
+        initializer=tf.compat.v1.zeros_initializer(),
+      )
       assignments.append((step, np.int64(int(state.count))))
       saved.append(step)
-    feeds = [tf.compat.v1.placeholder(v.dtype.base_dtype, v.shape)
-             for v, _ in assignments]
+    feeds = [
+      tf.compat.v1.placeholder(v.dtype.base_dtype, v.shape)
+      for v, _ in assignments
+    ]
     assign = [v.assign(f) for (v, _), f in zip(assignments, feeds)]
     saver = tf.compat.v1.train.Saver(var_list=saved)
     with tf.compat.v1.Session(graph=graph) as sess:
-      sess.run(assign, {f: value for f, (_, value)
-                        in zip(feeds, assignments)})
+      sess.run(assign, {f: value for f, (_, value) in zip(feeds, assignments)})
       return saver.save(sess, os.fspath(path), write_meta_graph=False)

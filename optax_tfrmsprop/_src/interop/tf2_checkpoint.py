@@ -17,9 +17,10 @@ SavedModel (``model.save(dir)``) stores, by object path,
 continue it. TensorFlow is imported only inside them (the ``tf`` extra).
 """
 
+from collections.abc import Callable, Mapping
 import os
+from typing import Any, Union
 import zipfile
-from typing import Any, Callable, Mapping, Optional, Union
 
 import numpy as np
 import optax
@@ -64,21 +65,24 @@ def keras_archive_error(path: str) -> ValueError:
       with archive.open("model.weights.h5") as raw:
         with h5py.File(raw, "r") as weights:
           holds_optimizer = "optimizer" in weights and any(
-              True for _ in weights["optimizer"].get("vars", {}))
+            True for _ in weights["optimizer"].get("vars", {})
+          )
   if holds_optimizer:
     return ValueError(
-        f"{path!r} is a Keras v3 archive that holds a Keras 3 optimizer's "
-        "variables: load it with keras.saving.load_model(path) and read "
-        "model.optimizer with optax_tfrmsprop.interop.state_from_keras3.")
+      f"{path!r} is a Keras v3 archive that holds a Keras 3 optimizer's "
+      "variables: load it with keras.saving.load_model(path) and read "
+      "model.optimizer with optax_tfrmsprop.interop.state_from_keras3."
+    )
   return ValueError(
-      f"{path!r} is a Keras v3 (.keras) archive: it holds the model's "
-      "weights and the optimizer's config, but tf_keras saves no state of a "
-      "legacy optimizer in it (no iteration count, no slots), so the run "
-      "cannot be continued from it. Save the run with "
-      "model.save_weights(prefix), tf.train.Checkpoint(model=model, "
-      "optimizer=optimizer).write(prefix) or model.save('run.h5'), and read "
-      "that with optax_tfrmsprop.interop.state_from_tf_checkpoint (or "
-      "state_from_h5).")
+    f"{path!r} is a Keras v3 (.keras) archive: it holds the model's "
+    "weights and the optimizer's config, but tf_keras saves no state of a "
+    "legacy optimizer in it (no iteration count, no slots), so the run "
+    "cannot be continued from it. Save the run with "
+    "model.save_weights(prefix), tf.train.Checkpoint(model=model, "
+    "optimizer=optimizer).write(prefix) or model.save('run.h5'), and read "
+    "that with optax_tfrmsprop.interop.state_from_tf_checkpoint (or "
+    "state_from_h5)."
+  )
 
 
 def _checkpoint_prefix(tf, path: Any) -> str:
@@ -86,28 +90,33 @@ def _checkpoint_prefix(tf, path: Any) -> str:
   path = os.fspath(path)
   for suffix in (".index", ".data-00000-of-00001"):
     if path.endswith(suffix) and os.path.isfile(path):
-      path = path[:-len(suffix)]
+      path = path[: -len(suffix)]
   if os.path.isfile(path) and zipfile.is_zipfile(path):
     raise keras_archive_error(path)
   if is_hdf5(path):
     raise ValueError(
-        f"{path!r} is an HDF5 (.h5) file, not a TF checkpoint: read it with "
-        "optax_tfrmsprop.interop.state_from_h5.")
+      f"{path!r} is an HDF5 (.h5) file, not a TF checkpoint: read it with "
+      "optax_tfrmsprop.interop.state_from_h5."
+    )
   if os.path.isdir(path):
-    if any(os.path.isfile(os.path.join(path, name))
-           for name in ("saved_model.pb", "saved_model.pbtxt")):
+    if any(
+      os.path.isfile(os.path.join(path, name))
+      for name in ("saved_model.pb", "saved_model.pbtxt")
+    ):
       return os.path.join(path, "variables", "variables")
     latest = tf.train.latest_checkpoint(path)
     if latest is None:
       raise ValueError(
-          f"The directory {path!r} holds no TF checkpoint (no 'checkpoint' "
-          "file naming the latest one) and no SavedModel.")
+        f"The directory {path!r} holds no TF checkpoint (no 'checkpoint' "
+        "file naming the latest one) and no SavedModel."
+      )
     return latest
   if not os.path.isfile(path + ".index"):
     raise ValueError(
-        f"No TF checkpoint at {path!r} (no {path + '.index'!r}): give the "
-        "prefix passed to save_weights/Checkpoint.write, a CheckpointManager "
-        "directory or a SavedModel directory.")
+      f"No TF checkpoint at {path!r} (no {path + '.index'!r}): give the "
+      "prefix passed to save_weights/Checkpoint.write, a CheckpointManager "
+      "directory or a SavedModel directory."
+    )
   return path
 
 
@@ -118,16 +127,18 @@ class _Checkpoint:
     tf = common.require("tensorflow", "Reading a TF2 checkpoint")
     self.path = _checkpoint_prefix(tf, path)
     self._reader = tf.train.load_checkpoint(self.path)
-    self.keys = {k for k in self._reader.get_variable_to_shape_map()
-                 if k.endswith(_VALUE)}
-    self.variables = sorted(k[:-len(_VALUE)] for k in self.keys
-                            if _SLOT not in k)
+    self.keys = {
+      k for k in self._reader.get_variable_to_shape_map() if k.endswith(_VALUE)
+    }
+    self.variables = sorted(
+      k[: -len(_VALUE)] for k in self.keys if _SLOT not in k
+    )
 
   def get(self, key: str) -> np.ndarray:
     return self._reader.get_tensor(key)
 
   def optimizers(self) -> list[str]:
-    return sorted(k[:-len(_ITER)] for k in self.keys if k.endswith(_ITER))
+    return sorted(k[: -len(_ITER)] for k in self.keys if k.endswith(_ITER))
 
   def slot_key(self, variable: str, optimizer: str, slot: str) -> str:
     return f"{variable}{_SLOT}{optimizer}/{slot}{_VALUE}"
@@ -138,9 +149,10 @@ def _resolve(name: str, variables: list[str], what: str) -> str:
   matches = [v for v in variables if v == name or v.endswith("/" + name)]
   if len(matches) != 1:
     raise ValueError(
-        f"{what}: {name!r} matches {len(matches)} checkpoint variables "
-        f"({matches}); pass a correspondence built from the Keras model, or "
-        f"`mapping`. Checkpoint variables: {variables}.")
+      f"{what}: {name!r} matches {len(matches)} checkpoint variables "
+      f"({matches}); pass a correspondence built from the Keras model, or "
+      f"`mapping`. Checkpoint variables: {variables}."
+    )
   return matches[0]
 
 
@@ -150,32 +162,40 @@ def _model_prefix(checkpoint: _Checkpoint, object_paths, pairs, prefix):
   if prefix is not None:
     candidates = [prefix.strip("/") + "/" if prefix.strip("/") else ""]
   else:
-    candidates = sorted({v[:-len(keys[0])] for v in checkpoint.variables
-                         if v == keys[0] or v.endswith("/" + keys[0])})
-  found = [c for c in candidates
-           if all(c + k in checkpoint.variables for k in keys)]
+    candidates = sorted(
+      {
+        v[: -len(keys[0])]
+        for v in checkpoint.variables
+        if v == keys[0] or v.endswith("/" + keys[0])
+      }
+    )
+  found = [
+    c for c in candidates if all(c + k in checkpoint.variables for k in keys)
+  ]
   if len(found) == 1:
     return [found[0] + k for k in keys]
   if len(found) > 1:
     raise ValueError(
-        f"The model's weights are in the checkpoint under several prefixes "
-        f"({found}); pass `prefix=` to choose.")
+      f"The model's weights are in the checkpoint under several prefixes "
+      f"({found}); pass `prefix=` to choose."
+    )
   for c in candidates or [""]:
     for i, k in enumerate(keys):
       if c + k not in checkpoint.variables:
         raise ValueError(
-            f"{pairs.describe(i)} is not in the checkpoint "
-            f"{checkpoint.path!r}: no variable {c + k!r}. Was it written for "
-            f"this model? Checkpoint variables: {checkpoint.variables}.")
+          f"{pairs.describe(i)} is not in the checkpoint "
+          f"{checkpoint.path!r}: no variable {c + k!r}. Was it written for "
+          f"this model? Checkpoint variables: {checkpoint.variables}."
+        )
   raise AssertionError("unreachable")
 
 
 def state_from_tf_checkpoint(
-    path: Any,
-    params: keras_weights.ParamsOrCorrespondence,
-    *,
-    mapping: Mapping_ = None,
-    prefix: Optional[str] = None,
+  path: Any,
+  params: keras_weights.ParamsOrCorrespondence,
+  *,
+  mapping: Mapping_ = None,
+  prefix: str | None = None,
 ) -> common.RestoredRMSprop:
   """Reads a legacy-RMSprop Keras training checkpoint onto a JAX param tree.
 
@@ -262,6 +282,7 @@ def state_from_tf_checkpoint(
       raise ValueError("Pass either a correspondence or `mapping`, not both.")
     names = _model_prefix(checkpoint, pairs.object_paths(), pairs, prefix)
   else:
+
     def name_of(i):
       name = pairs.jax_paths[i]
       if mapping is None:
@@ -272,64 +293,86 @@ def state_from_tf_checkpoint(
         raise ValueError(f"`mapping` has no entry for param {name!r}.")
       else:
         target = mapping[name]
-      return _resolve(target.strip("/"), checkpoint.variables,
-                      f"`mapping` of param {name!r}")
+      return _resolve(
+        target.strip("/"), checkpoint.variables, f"`mapping` of param {name!r}"
+      )
+
     names = [name_of(i) for i in range(len(pairs))]
 
   def where(i):
     return f"{pairs.describe(i)}, checkpoint path {names[i]!r}"
 
   optimizers = checkpoint.optimizers()
-  owners = [o for o in optimizers if checkpoint.slot_key(
-      names[0], o, "rms") in checkpoint.keys] if names else optimizers
+  owners = (
+    [
+      o
+      for o in optimizers
+      if checkpoint.slot_key(names[0], o, "rms") in checkpoint.keys
+    ]
+    if names
+    else optimizers
+  )
   if len(owners) != 1:
-    slots = sorted(k for k in checkpoint.keys
-                   if k.startswith(names[0] + _SLOT)) if names else []
+    slots = (
+      sorted(k for k in checkpoint.keys if k.startswith(names[0] + _SLOT))
+      if names
+      else []
+    )
     raise ValueError(
-        f"Expected one tf_keras legacy RMSprop with an 'rms' slot for "
-        f"{where(0) if names else 'the params'} in {checkpoint.path!r}; "
-        f"optimizers with an `iter` variable: {optimizers}, slots of that "
-        f"variable: {slots}. (A checkpoint of the non-legacy "
-        "tf_keras.optimizers.RMSprop or of Keras 3 has no such slots: "
-        "optax_tfrmsprop reproduces the legacy RMSprop and, with "
-        "interop.state_from_keras3, Keras 3's.)")
+      f"Expected one tf_keras legacy RMSprop with an 'rms' slot for "
+      f"{where(0) if names else 'the params'} in {checkpoint.path!r}; "
+      f"optimizers with an `iter` variable: {optimizers}, slots of that "
+      f"variable: {slots}. (A checkpoint of the non-legacy "
+      "tf_keras.optimizers.RMSprop or of Keras 3 has no such slots: "
+      "optax_tfrmsprop reproduces the legacy RMSprop and, with "
+      "interop.state_from_keras3, Keras 3's.)"
+    )
   optimizer = owners[0]
   slot_owner = optimizer
-  present = [field for field, slot in common.slot_names("keras_legacy")
-             if checkpoint.slot_key(names[0], slot_owner, slot)
-             in checkpoint.keys]
+  present = [
+    field
+    for field, slot in common.slot_names("keras_legacy")
+    if checkpoint.slot_key(names[0], slot_owner, slot) in checkpoint.keys
+  ]
 
   def fetch(key: str, i: int, what: str):
     if key not in checkpoint.keys:
       raise ValueError(
-          f"The checkpoint has no {what} for {where(i)} (no {key!r}).")
+        f"The checkpoint has no {what} for {where(i)} (no {key!r})."
+      )
     return checkpoint.get(key)
 
   values = pairs.from_keras(
-      [fetch(n + _VALUE, i, "value") for i, n in enumerate(names)], "value")
+    [fetch(n + _VALUE, i, "value") for i, n in enumerate(names)], "value"
+  )
   slots = {}
   for field, slot in common.slot_names("keras_legacy"):
     if field in present:
       slots[field] = pairs.from_keras(
-          [fetch(checkpoint.slot_key(n, slot_owner, slot), i,
-                 f"{slot!r} slot") for i, n in enumerate(names)],
-          f"{slot!r} slot")
+        [
+          fetch(checkpoint.slot_key(n, slot_owner, slot), i, f"{slot!r} slot")
+          for i, n in enumerate(names)
+        ],
+        f"{slot!r} slot",
+      )
   count = common.checked_count(
-      checkpoint.get(optimizer + _ITER),
-      f"The checkpoint's iteration count ({optimizer}/iter)")
+    checkpoint.get(optimizer + _ITER),
+    f"The checkpoint's iteration count ({optimizer}/iter)",
+  )
   state = common.make_state("keras_legacy", count, slots)
   hyperparams = {
-      h: checkpoint.get(f"{optimizer}/{h}{_VALUE}") for h in _HYPERS
-      if f"{optimizer}/{h}{_VALUE}" in checkpoint.keys
+    h: checkpoint.get(f"{optimizer}/{h}{_VALUE}")
+    for h in _HYPERS
+    if f"{optimizer}/{h}{_VALUE}" in checkpoint.keys
   }
   return common.RestoredRMSprop(values, state, hyperparams)
 
 
 def restore_rmsprop_from_tf_checkpoint(
-    path: Any,
-    params: keras_weights.ParamsOrCorrespondence,
-    *,
-    mapping: Mapping_ = None,
+  path: Any,
+  params: keras_weights.ParamsOrCorrespondence,
+  *,
+  mapping: Mapping_ = None,
 ) -> common.RestoredRMSprop:
   """Reads a legacy-RMSprop Keras training checkpoint onto a JAX param tree.
 
@@ -381,14 +424,14 @@ def _nest(paths: list[tuple[str, ...]], values: list[Any]) -> dict[str, Any]:
 
 
 def state_to_tf_checkpoint(
-    path: Any,
-    params: optax.Params,
-    state: base.RMSpropState,
-    correspondence: correspondence_lib.Correspondence,
-    *,
-    config: Mapping[str, Any],
-    model_path: str = "",
-    optimizer_path: str = "optimizer",
+  path: Any,
+  params: optax.Params,
+  state: base.RMSpropState,
+  correspondence: correspondence_lib.Correspondence,
+  *,
+  config: Mapping[str, Any],
+  model_path: str = "",
+  optimizer_path: str = "optimizer",
 ) -> str:
   """Writes params and state as a TF2 checkpoint of the Keras model.
 
@@ -469,37 +512,41 @@ def state_to_tf_checkpoint(
   tf_keras = common.require("tf_keras", "Writing a TF2 checkpoint")
   config = dict(config)
   for name, field, wanted in (
-      ("centered", "mg", bool(config.get("centered", False))),
-      ("momentum", "mom", alias.uses_momentum(config.get("momentum", 0.0)))):
+    ("centered", "mg", bool(config.get("centered", False))),
+    ("momentum", "mom", alias.uses_momentum(config.get("momentum", 0.0))),
+  ):
     if wanted != (getattr(state, field) is not None):
       raise ValueError(
-          f"config[{name!r}] = {config.get(name)!r} asks for "
-          f"{'a' if wanted else 'no'} {field!r} slot, but the state has "
-          f"{'one' if not wanted else 'none'}: pass the arguments the "
-          "state's optimizer was built with.")
+        f"config[{name!r}] = {config.get(name)!r} asks for "
+        f"{'a' if wanted else 'no'} {field!r} slot, but the state has "
+        f"{'one' if not wanted else 'none'}: pass the arguments the "
+        "state's optimizer was built with."
+      )
   object_paths = correspondence.object_paths()
   names = list(correspondence.keras_names)
   values = correspondence.to_keras(params)
-  variables = [tf.Variable(np.asarray(v), name=n)
-               for v, n in zip(values, names)]
+  variables = [
+    tf.Variable(np.asarray(v), name=n) for v, n in zip(values, names)
+  ]
   optimizer = tf_keras.optimizers.legacy.RMSprop(**config)
   # A step of zero gradients creates iterations, the hyper variables and the
   # slots in TF's order, through the public API; it leaves the variables as
   # they are, and everything is overwritten below.
-  optimizer.apply_gradients(
-      [(tf.zeros_like(v), v) for v in variables])
+  optimizer.apply_gradients([(tf.zeros_like(v), v) for v in variables])
   for variable, value in zip(variables, values):
     variable.assign(np.asarray(value))
   for field, slot in common.slot_names("keras_legacy"):
     if getattr(state, field) is not None:
       for variable, value in zip(
-          variables, correspondence.to_keras(getattr(state, field))):
+        variables, correspondence.to_keras(getattr(state, field))
+      ):
         optimizer.get_slot(variable, slot).assign(np.asarray(value))
   optimizer.iterations.assign(np.int64(int(state.count)))
 
   def build(tree):
-    return _container(tf, {k: build(v) if isinstance(v, dict) else v
-                           for k, v in tree.items()})
+    return _container(
+      tf, {k: build(v) if isinstance(v, dict) else v for k, v in tree.items()}
+    )
 
   model_tree = _nest(object_paths, variables)
   root_tree: dict[str, Any] = {}
@@ -514,8 +561,8 @@ def state_to_tf_checkpoint(
     node = node.setdefault(name, {})
   if optimizer_names[-1] in node:
     raise ValueError(
-        f"optimizer_path={optimizer_path!r} collides with a weight of the "
-        "model.")
+      f"optimizer_path={optimizer_path!r} collides with a weight of the model."
+    )
   node[optimizer_names[-1]] = optimizer
   root = build(root_tree)
   if model_names:
