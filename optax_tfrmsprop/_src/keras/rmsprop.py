@@ -220,7 +220,7 @@ class RMSprop(optimizer_v2.OptimizerV2):
     for key, value in current.items():
       if isinstance(value, Variable):
         current[key] = value.value
-      elif callable(value) and key not in ("learning_rate", "momentum"):
+      elif callable(value) and key != "learning_rate":
         current[key] = 0.0  # Read at every step; a valid stand-in.
     alias.validate_hyperparams(**current)
 
