@@ -32,6 +32,7 @@ import jax
 import tf_keras
 
 from tests import model_fit_reference as ref
+
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 
@@ -42,19 +43,22 @@ def main():
   parser.add_argument("--cases", nargs="*", help="case ids (default: all)")
   args = parser.parse_args()
   evaluation = {"evaluation": args.evaluation} if args.evaluation else {}
-  print(f"| case | dtype | {' | '.join(('rmsprop', 'from_config', 'RMSprop'))}"
-        " |")
+  print(
+    f"| case | dtype | {' | '.join(('rmsprop', 'from_config', 'RMSprop'))} |"
+  )
   print("|---|---|---|---|---|")
   for case_id, name, config, opt_config, dtype in ref.CASES + ref.MORE_CASES:
     if args.cases and case_id not in args.cases:
       continue
     init, grads = ref.problem(args.steps, dtype)
     schedule = getattr(tf_keras.optimizers.schedules, name)(**config)
-    tf_values, tf_slots, tf_config = ref.fit(schedule, init, grads,
-                                             **opt_config)
+    tf_values, tf_slots, tf_config = ref.fit(
+      schedule, init, grads, **opt_config
+    )
     with jax.enable_x64(dtype == "float64"):
-      ours = ref.run_entry_points(name, config, init, grads, tf_config,
-                                  opt_config, **evaluation)
+      ours = ref.run_entry_points(
+        name, config, init, grads, tf_config, opt_config, **evaluation
+      )
     cells = []
     for entry in ("rmsprop", "from_config", "RMSprop"):
       ulps = ref.max_ulps(ours[entry], (tf_values, tf_slots))

@@ -44,8 +44,9 @@ They serialise to, and deserialise from, Keras' config dicts; ``evaluation``
 is not part of the config.
 """
 
+from collections.abc import Mapping
 import math
-from typing import Any, Literal, Mapping, Optional
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -63,8 +64,8 @@ def check_evaluation(evaluation: Any) -> Evaluation:
   """Returns ``evaluation`` if it is ``"graph"`` or ``"eager"``, else raises."""
   if evaluation not in EVALUATIONS:
     raise ValueError(
-        f"evaluation must be one of {EVALUATIONS}, got "
-        f"evaluation={evaluation!r}.")
+      f"evaluation must be one of {EVALUATIONS}, got evaluation={evaluation!r}."
+    )
   return evaluation
 
 
@@ -72,16 +73,18 @@ def check_evaluation(evaluation: Any) -> Evaluation:
 
 
 def _tensor(value: Any) -> jax.Array:
-  """``tf.convert_to_tensor(value)``: Python floats to float32, ints to int32."""
+  """``tf.convert_to_tensor``: Python floats to float32, ints to int32."""
   if isinstance(value, (jax.Array, np.ndarray, np.generic)):
     return jnp.asarray(value)
   if isinstance(value, bool) or not isinstance(value, (int, float)):
     raise TypeError(f"Expected a number or an array, got {value!r}.")
-  return jnp.asarray(value, jnp.int32 if isinstance(value, int) else jnp.float32)
+  return jnp.asarray(
+    value, jnp.int32 if isinstance(value, int) else jnp.float32
+  )
 
 
 def _cast(value: Any, dtype) -> jax.Array:
-  """``tf.cast(value, dtype)``, which converts Python numbers to tensors first."""
+  """``tf.cast(value, dtype)``, converting Python numbers to tensors first."""
   return _tensor(value).astype(dtype)
 
 
@@ -144,7 +147,7 @@ def _np_tensor(value: Any) -> np.ndarray:
     raise TypeError(f"Expected a number or an array, got {value!r}.")
   if isinstance(value, float):
     return np.asarray(value, np.float32)
-  return np.asarray(value, np.int32 if -2**31 <= value < 2**31 else np.int64)
+  return np.asarray(value, np.int32 if -(2**31) <= value < 2**31 else np.int64)
 
 
 def _np_cast(value: Any, dtype) -> np.ndarray:
@@ -170,8 +173,10 @@ def _reciprocal(c: np.ndarray) -> np.ndarray:
 
 def _pushes_down(dtype) -> bool:
   """Whether grappler's ConstantPushDown rewrites products of ``dtype``."""
-  return jnp.dtype(dtype) not in (jnp.dtype(jnp.float16),
-                                  jnp.dtype(jnp.bfloat16))
+  return jnp.dtype(dtype) not in (
+    jnp.dtype(jnp.float16),
+    jnp.dtype(jnp.bfloat16),
+  )
 
 
 def _times(x: jax.Array, c: np.ndarray) -> jax.Array:
@@ -193,8 +198,13 @@ def _plus(x: jax.Array, c: np.ndarray) -> jax.Array:
   return x + jnp.asarray(c)
 
 
-def _scaled_power(q: jax.Array, power: np.ndarray, scale: np.ndarray,
-                  pushes_down: bool, step: jax.Array) -> jax.Array:
+def _scaled_power(
+  q: jax.Array,
+  power: np.ndarray,
+  scale: np.ndarray,
+  pushes_down: bool,
+  step: jax.Array,
+) -> jax.Array:
   """``scale * pow(q, power)`` after grappler's ConvertPow and push-down.
 
   The arithmetic optimizer rewrites a power by a constant exponent of 2, 3, 1,
@@ -256,14 +266,14 @@ class LearningRateSchedule:
 
   def __call__(self, step: jax.Array) -> jax.Array:
     raise NotImplementedError(
-        f"Learning rate schedule '{type(self).__name__}' must override "
-        "`__call__(self, step)`."
+      f"Learning rate schedule '{type(self).__name__}' must override "
+      "`__call__(self, step)`."
     )
 
   def get_config(self) -> dict[str, Any]:
     raise NotImplementedError(
-        f"Learning rate schedule '{type(self).__name__}' must override "
-        "`get_config()` in order to be serializable."
+      f"Learning rate schedule '{type(self).__name__}' must override "
+      "`get_config()` in order to be serializable."
     )
 
   @classmethod
@@ -297,8 +307,9 @@ class _KerasSchedule(LearningRateSchedule):
     raise NotImplementedError
 
   @classmethod
-  def from_config(cls, config: Mapping[str, Any], *,
-                  evaluation: Evaluation = "graph") -> "LearningRateSchedule":
+  def from_config(
+    cls, config: Mapping[str, Any], *, evaluation: Evaluation = "graph"
+  ) -> "LearningRateSchedule":
     return cls(**config, evaluation=evaluation)
 
 
@@ -329,9 +340,16 @@ class ExponentialDecay(_KerasSchedule):
     0.0821209 0.08212091
   """
 
-  def __init__(self, initial_learning_rate, decay_steps, decay_rate,
-               staircase=False, name=None, *,
-               evaluation: Evaluation = "graph"):
+  def __init__(
+    self,
+    initial_learning_rate,
+    decay_steps,
+    decay_rate,
+    staircase=False,
+    name=None,
+    *,
+    evaluation: Evaluation = "graph",
+  ):
     self.initial_learning_rate = initial_learning_rate
     self.decay_steps = decay_steps
     self.decay_rate = decay_rate
@@ -350,17 +368,22 @@ class ExponentialDecay(_KerasSchedule):
   def _graph(self, step):
     lr0 = _np_tensor(self.initial_learning_rate)
     dtype = lr0.dtype
-    p = _times(step.astype(dtype),
-               _reciprocal(_np_cast(self.decay_steps, dtype)))
+    p = _times(
+      step.astype(dtype), _reciprocal(_np_cast(self.decay_steps, dtype))
+    )
     if self.staircase:
       p = jnp.floor(p)
     rate = _hidden(_np_cast(self.decay_rate, dtype), step)
     return _times(jnp.power(rate, p), lr0)
 
   def get_config(self):
-    return dict(initial_learning_rate=self.initial_learning_rate,
-                decay_steps=self.decay_steps, decay_rate=self.decay_rate,
-                staircase=self.staircase, name=self.name)
+    return dict(
+      initial_learning_rate=self.initial_learning_rate,
+      decay_steps=self.decay_steps,
+      decay_rate=self.decay_rate,
+      staircase=self.staircase,
+      name=self.name,
+    )
 
 
 class PiecewiseConstantDecay(_KerasSchedule):
@@ -384,13 +407,14 @@ class PiecewiseConstantDecay(_KerasSchedule):
     0.5
   """
 
-  def __init__(self, boundaries, values, name=None, *,
-               evaluation: Evaluation = "graph"):
+  def __init__(
+    self, boundaries, values, name=None, *, evaluation: Evaluation = "graph"
+  ):
     if len(boundaries) != len(values) - 1:
       raise ValueError(
-          "The length of boundaries should be 1 less than the length of "
-          f"values. Received: boundaries={boundaries} of length "
-          f"{len(boundaries)}, and values={values} of length {len(values)}."
+        "The length of boundaries should be 1 less than the length of "
+        f"values. Received: boundaries={boundaries} of length "
+        f"{len(boundaries)}, and values={values} of length {len(values)}."
       )
     self.boundaries = boundaries
     self.values = values
@@ -452,9 +476,17 @@ class PolynomialDecay(_KerasSchedule):
     0.0325
   """
 
-  def __init__(self, initial_learning_rate, decay_steps,
-               end_learning_rate=0.0001, power=1.0, cycle=False, name=None, *,
-               evaluation: Evaluation = "graph"):
+  def __init__(
+    self,
+    initial_learning_rate,
+    decay_steps,
+    end_learning_rate=0.0001,
+    power=1.0,
+    cycle=False,
+    name=None,
+    *,
+    evaluation: Evaluation = "graph",
+  ):
     self.initial_learning_rate = initial_learning_rate
     self.decay_steps = decay_steps
     self.end_learning_rate = end_learning_rate
@@ -473,8 +505,10 @@ class PolynomialDecay(_KerasSchedule):
     if self.cycle:
       # The first multiple of decay_steps above the step; 1 at step 0.
       multiplier = jnp.where(
-          s == 0, _literal(1.0, dtype),
-          jnp.ceil(_divide(s, _literal(self.decay_steps, dtype))))
+        s == 0,
+        _literal(1.0, dtype),
+        jnp.ceil(_divide(s, _literal(self.decay_steps, dtype))),
+      )
       ds = ds * multiplier
     else:
       s = jnp.minimum(s, ds)
@@ -495,28 +529,35 @@ class PolynomialDecay(_KerasSchedule):
         # tf.where(step == 0, 1.0, ceil(...)): a graph converts the Python
         # 1.0 to float32 on its own, then rejects the mix of dtypes.
         raise TypeError(
-            "PolynomialDecay(cycle=True) with a "
-            f"{np.dtype(dtype).name} initial_learning_rate fails in a TF "
-            "graph (Model.fit, tf.function): TF raises \"TypeError: Input "
-            "'e' of 'SelectV2' Op has type "
-            f"{np.dtype(dtype).name} that does not match type float32\". "
-            "Use evaluation='eager' for TF's eager values.")
+          "PolynomialDecay(cycle=True) with a "
+          f"{np.dtype(dtype).name} initial_learning_rate fails in a TF "
+          "graph (Model.fit, tf.function): TF raises \"TypeError: Input "
+          "'e' of 'SelectV2' Op has type "
+          f"{np.dtype(dtype).name} that does not match type float32\". "
+          "Use evaluation='eager' for TF's eager values."
+        )
       steps = _reciprocal(_np_literal(self.decay_steps, dtype))
-      multiplier = jnp.where(s == 0, jnp.ones_like(s),
-                             jnp.ceil(_times(s, steps)))
+      multiplier = jnp.where(
+        s == 0, jnp.ones_like(s), jnp.ceil(_times(s, steps))
+      )
       p = _divide(s, _times(multiplier, ds))
     else:
       p = _times(jnp.minimum(s, jnp.asarray(ds)), _reciprocal(ds))
     q = _literal(1, dtype) - numerics.rounded(p)
-    decayed = _scaled_power(q, power, _fold(np.subtract, lr0, end),
-                            _pushes_down(dtype), step)
+    decayed = _scaled_power(
+      q, power, _fold(np.subtract, lr0, end), _pushes_down(dtype), step
+    )
     return _plus(numerics.rounded(decayed), end)
 
   def get_config(self):
-    return dict(initial_learning_rate=self.initial_learning_rate,
-                decay_steps=self.decay_steps,
-                end_learning_rate=self.end_learning_rate, power=self.power,
-                cycle=self.cycle, name=self.name)
+    return dict(
+      initial_learning_rate=self.initial_learning_rate,
+      decay_steps=self.decay_steps,
+      end_learning_rate=self.end_learning_rate,
+      power=self.power,
+      cycle=self.cycle,
+      name=self.name,
+    )
 
 
 class InverseTimeDecay(_KerasSchedule):
@@ -543,9 +584,16 @@ class InverseTimeDecay(_KerasSchedule):
     0.05
   """
 
-  def __init__(self, initial_learning_rate, decay_steps, decay_rate,
-               staircase=False, name=None, *,
-               evaluation: Evaluation = "graph"):
+  def __init__(
+    self,
+    initial_learning_rate,
+    decay_steps,
+    decay_rate,
+    staircase=False,
+    name=None,
+    *,
+    evaluation: Evaluation = "graph",
+  ):
     self.initial_learning_rate = initial_learning_rate
     self.decay_steps = decay_steps
     self.decay_rate = decay_rate
@@ -560,7 +608,8 @@ class InverseTimeDecay(_KerasSchedule):
     if self.staircase:
       p = jnp.floor(p)
     denom = _cast(1, dtype) + numerics.rounded(
-        _cast(self.decay_rate, dtype) * p)
+      _cast(self.decay_rate, dtype) * p
+    )
     return _quotient(lr0, denom)
 
   def _graph(self, step):
@@ -579,9 +628,13 @@ class InverseTimeDecay(_KerasSchedule):
     return _quotient(jnp.asarray(lr0), denom)
 
   def get_config(self):
-    return dict(initial_learning_rate=self.initial_learning_rate,
-                decay_steps=self.decay_steps, decay_rate=self.decay_rate,
-                staircase=self.staircase, name=self.name)
+    return dict(
+      initial_learning_rate=self.initial_learning_rate,
+      decay_steps=self.decay_steps,
+      decay_rate=self.decay_rate,
+      staircase=self.staircase,
+      name=self.name,
+    )
 
 
 class CosineDecay(_KerasSchedule):
@@ -616,9 +669,17 @@ class CosineDecay(_KerasSchedule):
     0.049999997
   """
 
-  def __init__(self, initial_learning_rate, decay_steps, alpha=0.0, name=None,
-               warmup_target=None, warmup_steps=0, *,
-               evaluation: Evaluation = "graph"):
+  def __init__(
+    self,
+    initial_learning_rate,
+    decay_steps,
+    alpha=0.0,
+    name=None,
+    warmup_target=None,
+    warmup_steps=0,
+    *,
+    evaluation: Evaluation = "graph",
+  ):
     self.initial_learning_rate = initial_learning_rate
     self.decay_steps = decay_steps
     self.alpha = alpha
@@ -630,7 +691,8 @@ class CosineDecay(_KerasSchedule):
   def _decay(self, s, ds, decay_from, dtype):
     fraction = _divide(s, ds)
     cosine = _literal(0.5, dtype) * (
-        _literal(1.0, dtype) + jnp.cos(_literal(math.pi, dtype) * fraction))
+      _literal(1.0, dtype) + jnp.cos(_literal(math.pi, dtype) * fraction)
+    )
     # ``1 - alpha`` and ``alpha`` are Python numbers in Keras' formula.
     decayed = numerics.rounded(_literal(1 - self.alpha, dtype) * cosine)
     return decay_from * (decayed + _literal(self.alpha, dtype))
@@ -646,8 +708,9 @@ class CosineDecay(_KerasSchedule):
     warmup_steps = _cast(self.warmup_steps, dtype)
     s = jnp.minimum(s, ds + warmup_steps)
     ramp = numerics.rounded((target - lr0) * _divide(s, warmup_steps)) + lr0
-    return jnp.where(s < warmup_steps, ramp,
-                     self._decay(s - warmup_steps, ds, target, dtype))
+    return jnp.where(
+      s < warmup_steps, ramp, self._decay(s - warmup_steps, ds, target, dtype)
+    )
 
   def _graph(self, step):
     if self.warmup_target is not None:
@@ -680,10 +743,14 @@ class CosineDecay(_KerasSchedule):
     return _times(_plus(decayed, alpha), lr0)
 
   def get_config(self):
-    return dict(initial_learning_rate=self.initial_learning_rate,
-                decay_steps=self.decay_steps, alpha=self.alpha, name=self.name,
-                warmup_target=self.warmup_target,
-                warmup_steps=self.warmup_steps)
+    return dict(
+      initial_learning_rate=self.initial_learning_rate,
+      decay_steps=self.decay_steps,
+      alpha=self.alpha,
+      name=self.name,
+      warmup_target=self.warmup_target,
+      warmup_steps=self.warmup_steps,
+    )
 
 
 class CosineDecayRestarts(_KerasSchedule):
@@ -714,9 +781,17 @@ class CosineDecayRestarts(_KerasSchedule):
     0.1
   """
 
-  def __init__(self, initial_learning_rate, first_decay_steps, t_mul=2.0,
-               m_mul=1.0, alpha=0.0, name=None, *,
-               evaluation: Evaluation = "graph"):
+  def __init__(
+    self,
+    initial_learning_rate,
+    first_decay_steps,
+    t_mul=2.0,
+    m_mul=1.0,
+    alpha=0.0,
+    name=None,
+    *,
+    evaluation: Evaluation = "graph",
+  ):
     self.initial_learning_rate = initial_learning_rate
     self.first_decay_steps = first_decay_steps
     self.t_mul = t_mul
@@ -732,15 +807,17 @@ class CosineDecayRestarts(_KerasSchedule):
     alpha = _cast(self.alpha, dtype)
     t_mul = _hidden(_cast(self.t_mul, dtype), step)
     m_mul = _hidden(_cast(self.m_mul, dtype), step)
-    fraction = _divide(step.astype(dtype),
-                       _cast(self.first_decay_steps, dtype))
+    fraction = _divide(step.astype(dtype), _cast(self.first_decay_steps, dtype))
     # t_mul == 1: periods of equal length.
     i_equal = jnp.floor(fraction)
     fraction_equal = fraction - i_equal
     # Otherwise the periods grow geometrically.
-    i_geometric = jnp.floor(_divide(
+    i_geometric = jnp.floor(
+      _divide(
         jnp.log(one - numerics.rounded(fraction * (one - t_mul))),
-        jnp.log(t_mul)))
+        jnp.log(t_mul),
+      )
+    )
     t_pow = jnp.power(t_mul, i_geometric)
     sum_r = _divide(one - t_pow, one - t_mul)
     fraction_geometric = _divide(fraction - sum_r, t_pow)
@@ -749,7 +826,8 @@ class CosineDecayRestarts(_KerasSchedule):
     fraction = jnp.where(equal, fraction_equal, fraction_geometric)
     m_fac = jnp.power(m_mul, i_restart)
     cosine = (_literal(0.5, dtype) * m_fac) * (
-        one + jnp.cos(_literal(math.pi, dtype) * fraction))
+      one + jnp.cos(_literal(math.pi, dtype) * fraction)
+    )
     decayed = numerics.rounded((one - alpha) * cosine) + alpha
     return lr0 * decayed
 
@@ -760,8 +838,9 @@ class CosineDecayRestarts(_KerasSchedule):
     alpha = _np_cast(self.alpha, dtype)
     t_mul = _np_cast(self.t_mul, dtype)
     m_mul = _np_cast(self.m_mul, dtype)
-    fraction = _times(step.astype(dtype),
-                      _reciprocal(_np_cast(self.first_decay_steps, dtype)))
+    fraction = _times(
+      step.astype(dtype), _reciprocal(_np_cast(self.first_decay_steps, dtype))
+    )
     if t_mul == 1:
       i_restart = jnp.floor(fraction)
       fraction = fraction - i_restart
@@ -769,8 +848,9 @@ class CosineDecayRestarts(_KerasSchedule):
       one_minus_t = _fold(np.subtract, one, t_mul)
       # log(t_mul) is folded by TF's own Log kernel, then inverted.
       inverse_log = _divide(jnp.asarray(one), jnp.log(_hidden(t_mul, step)))
-      log = jnp.log(jnp.asarray(one) -
-                    numerics.rounded(_times(fraction, one_minus_t)))
+      log = jnp.log(
+        jnp.asarray(one) - numerics.rounded(_times(fraction, one_minus_t))
+      )
       i_restart = jnp.floor(numerics.rounded(log) * inverse_log)
       t_pow = jnp.power(_hidden(t_mul, step), i_restart)
       sum_r = _times(jnp.asarray(one) - t_pow, _reciprocal(one_minus_t))
@@ -781,8 +861,9 @@ class CosineDecayRestarts(_KerasSchedule):
     half = _np_literal(0.5, dtype)
     one_minus_alpha = _fold(np.subtract, one, alpha)
     if not _pushes_down(dtype):
-      decayed = _times(numerics.rounded(_times(m_fac, half) * cosine),
-                       one_minus_alpha)
+      decayed = _times(
+        numerics.rounded(_times(m_fac, half) * cosine), one_minus_alpha
+      )
       return _times(_plus(numerics.rounded(decayed), alpha), lr0)
     scale = _fold(np.multiply, half, one_minus_alpha)
     if alpha == 0:
@@ -793,19 +874,31 @@ class CosineDecayRestarts(_KerasSchedule):
     return _times(decayed + jnp.asarray(alpha), lr0)
 
   def get_config(self):
-    return dict(initial_learning_rate=self.initial_learning_rate,
-                first_decay_steps=self.first_decay_steps, t_mul=self.t_mul,
-                m_mul=self.m_mul, alpha=self.alpha, name=self.name)
+    return dict(
+      initial_learning_rate=self.initial_learning_rate,
+      first_decay_steps=self.first_decay_steps,
+      t_mul=self.t_mul,
+      m_mul=self.m_mul,
+      alpha=self.alpha,
+      name=self.name,
+    )
 
 
 KERAS_SCHEDULES: dict[str, type[LearningRateSchedule]] = {
-    cls.__name__: cls
-    for cls in (ExponentialDecay, PiecewiseConstantDecay, PolynomialDecay,
-                InverseTimeDecay, CosineDecay, CosineDecayRestarts)
+  cls.__name__: cls
+  for cls in (
+    ExponentialDecay,
+    PiecewiseConstantDecay,
+    PolynomialDecay,
+    InverseTimeDecay,
+    CosineDecay,
+    CosineDecayRestarts,
+  )
 }
 
-_SERIALIZED_KEYS = frozenset({"module", "class_name", "config",
-                              "registered_name"})
+_SERIALIZED_KEYS = frozenset(
+  {"module", "class_name", "config", "registered_name"}
+)
 
 
 def serialize(schedule: LearningRateSchedule) -> dict[str, Any]:
@@ -829,18 +922,18 @@ def serialize(schedule: LearningRateSchedule) -> dict[str, Any]:
   name = type(schedule).__name__
   builtin = KERAS_SCHEDULES.get(name) is type(schedule)
   return {
-      "module": _MODULE if builtin else None,
-      "class_name": name,
-      "config": schedule.get_config(),
-      "registered_name": None if builtin else name,
+    "module": _MODULE if builtin else None,
+    "class_name": name,
+    "config": schedule.get_config(),
+    "registered_name": None if builtin else name,
   }
 
 
 def deserialize(
-    config: Mapping[str, Any],
-    custom_objects: Optional[Mapping[str, Any]] = None,
-    *,
-    evaluation: Evaluation = "graph",
+  config: Mapping[str, Any],
+  custom_objects: Mapping[str, Any] | None = None,
+  *,
+  evaluation: Evaluation = "graph",
 ) -> LearningRateSchedule:
   """Builds a schedule from Keras' serialised form; never evaluates code.
 
@@ -875,24 +968,28 @@ def deserialize(
   check_evaluation(evaluation)
   if not isinstance(config, Mapping) or "class_name" not in config:
     raise ValueError(
-        "A serialized learning rate schedule must be a dict with "
-        f"'class_name' and 'config', got {config!r}.")
+      "A serialized learning rate schedule must be a dict with "
+      f"'class_name' and 'config', got {config!r}."
+    )
   unknown = set(config) - _SERIALIZED_KEYS
   if unknown:
     raise ValueError(
-        f"Unknown keys {sorted(unknown)} in the serialized learning rate "
-        f"schedule; expected a subset of {sorted(_SERIALIZED_KEYS)}.")
+      f"Unknown keys {sorted(unknown)} in the serialized learning rate "
+      f"schedule; expected a subset of {sorted(_SERIALIZED_KEYS)}."
+    )
   class_name = config["class_name"]
   custom_objects = dict(custom_objects or {})
   cls = custom_objects.get(class_name) or custom_objects.get(
-      config.get("registered_name"))
+    config.get("registered_name")
+  )
   if cls is None and config.get("module") in (None, _MODULE):
     cls = KERAS_SCHEDULES.get(class_name)
   if cls is None:
     raise TypeError(
-        f"Cannot deserialize object of type `{class_name}`. If "
-        f"`{class_name}` is a custom class, pass it in `custom_objects` "
-        f"(e.g. custom_objects={{'{class_name}': {class_name}}}).")
+      f"Cannot deserialize object of type `{class_name}`. If "
+      f"`{class_name}` is a custom class, pass it in `custom_objects` "
+      f"(e.g. custom_objects={{'{class_name}': {class_name}}})."
+    )
   inner = dict(config.get("config") or {})
   try:
     if isinstance(cls, type) and issubclass(cls, _KerasSchedule):
@@ -900,5 +997,5 @@ def deserialize(
     return cls.from_config(inner)
   except TypeError as e:
     raise ValueError(
-        f"Invalid config for learning rate schedule `{class_name}`: {e}"
+      f"Invalid config for learning rate schedule `{class_name}`: {e}"
     ) from e
