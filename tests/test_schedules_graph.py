@@ -385,8 +385,10 @@ def test_evaluation_option_is_kept_out_of_configs():
   tf_opt = tf_keras.optimizers.legacy.RMSprop(learning_rate=keras_schedule)
   for evaluation in ("graph", "eager"):
     opt = otr.RMSprop.from_config(tf_opt.get_config(), evaluation=evaluation)
-    assert opt.learning_rate.evaluation == evaluation
+    # Compared first: reading ``learning_rate`` creates the float32 hyper
+    # variables, in TF as here, and the config then holds their values.
     assert opt.get_config() == tf_opt.get_config()
+    assert opt.learning_rate.evaluation == evaluation
   assert (
     otr.RMSprop.from_config(tf_opt.get_config()).learning_rate.evaluation
     == "graph"
