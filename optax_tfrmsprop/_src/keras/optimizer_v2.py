@@ -724,26 +724,33 @@ class OptimizerV2:
     return _jsonable(value)
 
   @classmethod
-  def from_config(cls, config, custom_objects=None):
+  def from_config(cls, config, custom_objects=None, *, evaluation="graph"):
     """Creates an optimizer from a config, e.g. a TF optimizer's config.
 
     Args:
       config: the config dict; ``lr`` is taken as ``learning_rate``, and a
         dict ``learning_rate`` as a serialised Keras schedule.
       custom_objects: maps class names to custom schedule classes.
+      evaluation: how a serialised Keras schedule is evaluated: ``"graph"``
+        (default), the values ``Model.fit`` computes, or ``"eager"``, those
+        of TF's eager execution (see ``schedules.deserialize``).
 
     Returns:
       An optimizer instance.
 
     Raises:
       TypeError: for an unknown key or schedule class.
+      ValueError: for an unknown ``evaluation``.
     """
     config = dict(config)
+    schedules.check_evaluation(evaluation)
     if "lr" in config:
       config["learning_rate"] = config.pop("lr")
     if isinstance(config.get("learning_rate"), dict):
       config["learning_rate"] = schedules.deserialize(
-        config["learning_rate"], custom_objects=custom_objects
+        config["learning_rate"],
+        custom_objects=custom_objects,
+        evaluation=evaluation,
       )
     return cls(**config)
 
