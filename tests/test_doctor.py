@@ -20,7 +20,6 @@ import optax
 import pytest
 
 from optax_tfrmsprop import doctor
-from optax_tfrmsprop._src.doctor import replay as replay_lib
 
 tf = pytest.importorskip("tensorflow")
 tf_keras = pytest.importorskip("tf_keras")
@@ -343,19 +342,14 @@ def test_schedule_in_model_fit_is_diagnosed(tmp_path):
   schedule = tf_keras.optimizers.schedules.PolynomialDecay(0.05, 12, 0.001)
   _fit_legacy(path, learning_rate=schedule, steps=12)
   d = doctor.diagnose(path, families=["keras_legacy"])
-  if "graph" in replay_lib.schedule_evaluations():
-    # Model.fit evaluates the schedule in a graph, and the ports reproduce it.
-    assert "keras_legacy / tf_cpu / graph schedule" in [
-      r.candidate.name for r in d.exact
-    ], d.report()
-  elif not d.exact:
-    assert any(h.startswith("schedule evaluation") for h in d.hints), d.report()
+  # Model.fit evaluates the schedule in a graph, and the ports reproduce it.
+  assert "keras_legacy / tf_cpu / graph schedule" in [
+    r.candidate.name for r in d.exact
+  ], d.report()
 
 
 def test_schedule_in_an_eager_loop_is_named_eager(tmp_path):
   """Eager evaluation is named, and the graph one departs for that reason."""
-  if "graph" not in replay_lib.schedule_evaluations():
-    pytest.skip("the schedule ports evaluate eagerly only")
   path = str(tmp_path / "eager_schedule.npz")
   schedule = tf_keras.optimizers.schedules.InverseTimeDecay(0.05, 3, 0.7)
   _tape_loop(

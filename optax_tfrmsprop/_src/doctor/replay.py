@@ -15,7 +15,6 @@ largest ULP distance of every variable and slot from the record.
 
 from collections.abc import Sequence
 import dataclasses
-import inspect
 from typing import Any
 
 import jax
@@ -44,29 +43,16 @@ _PRESETS = {
 }
 
 
-def schedule_evaluations() -> tuple[str, ...]:
-  """The schedule evaluations this version of the package can reproduce.
-
-  ``("graph", "eager")`` once the schedule ports take ``evaluation=``
-  (``Model.fit`` and ``tf.function`` evaluate a schedule in a graph, whose
-  rewrites round some steps differently); before that, the ports reproduce
-  TF's eager evaluation only: ``("eager",)``.
-  """
-  if "evaluation" in inspect.signature(schedules.deserialize).parameters:
-    return ("graph", "eager")
-  return ("eager",)
+SCHEDULE_EVALUATIONS = ("graph", "eager")
+"""How a schedule can be evaluated: in ``Model.fit``'s (or ``tf.function``'s)
+graph, whose rewrites round some steps differently, or eagerly."""
 
 
 def build_schedule(config: dict[str, Any], evaluation: str | None):
   """A Keras-serialised schedule as this package's port, with ``evaluation``."""
-  # Typed Any: ``evaluation=`` exists only once the ports have it.
-  deserialize: Any = schedules.deserialize
-  if (
-    evaluation is not None
-    and "evaluation" in inspect.signature(deserialize).parameters
-  ):
-    return deserialize(config, evaluation=evaluation)
-  return deserialize(config)
+  if evaluation is None:
+    return schedules.deserialize(config)
+  return schedules.deserialize(config, evaluation=evaluation)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -303,11 +289,7 @@ class Candidate:
 
 def _schedule_code(serialized: dict[str, Any], evaluation: str | None) -> str:
   """Code building a serialised Keras schedule with this package's port."""
-  ev = (
-    f", evaluation={evaluation!r}"
-    if evaluation and len(schedule_evaluations()) > 1
-    else ""
-  )
+  ev = f", evaluation={evaluation!r}" if evaluation else ""
   name = serialized.get("class_name")
   if name in schedules.KERAS_SCHEDULES and serialized.get("module") in (
     None,
@@ -378,7 +360,7 @@ def candidates(
     families.remove(own)
     families.insert(0, own)
   evaluations = (
-    schedule_evaluations()
+    SCHEDULE_EVALUATIONS
     if isinstance(rec.config["learning_rate"], dict)
     else (None,)
   )

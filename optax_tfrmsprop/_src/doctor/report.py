@@ -373,7 +373,7 @@ def _schedule_values(rec, count: int) -> dict[str, float] | None:
   if not isinstance(lr, dict):
     return None
   values = {}
-  for ev in replay_lib.schedule_evaluations():
+  for ev in replay_lib.SCHEDULE_EVALUATIONS:
     schedule = replay_lib.build_schedule(lr["schedule"], ev)
     values[ev] = float(schedule(jnp.asarray(count, jnp.float32)))
   return values
