@@ -57,7 +57,8 @@ def _clip_fn(case: str):
   """A fresh function (so a fresh jit cache) computing ``case``."""
   from optax_tfrmsprop._src import clipping
 
-  kind, rounding = case.split()
+  kind, name = case.split()
+  rounding = "tf_cpu" if name == "tf_cpu" else "tf_xla"
 
   def clip(g):
     if kind == "clipnorm":
