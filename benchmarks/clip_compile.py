@@ -190,7 +190,37 @@ def markdown(records: list, info: dict, command: str, commit: str) -> str:
       for r in records
     ],
   )
-  return "\n".join(lines + [""])
+  return "\n".join(lines + [""] + harness.targets_table(targets(records)))
+
+
+def targets(records: list) -> list:
+  """Issue 17.4: program size and compile time flat from 1M to 64M."""
+  out = []
+  for case in CASES[:2]:
+    rows = sorted(
+      (r for r in records if r["case"] == case), key=lambda r: r["size"]
+    )
+    if len(rows) < 2:
+      continue
+    small, large = rows[0], rows[-1]
+    span = f"{_size_label(small['size'])} to {_size_label(large['size'])}"
+    out.append(
+      (
+        "17.4",
+        f"{case}: StableHLO at most 1.1x from {span}",
+        f"{large['hlo_bytes'] / small['hlo_bytes']:.2f}x",
+        large["hlo_bytes"] <= 1.1 * small["hlo_bytes"],
+      )
+    )
+    out.append(
+      (
+        "17.4",
+        f"{case}: compile at most 1.5x from {span}",
+        f"{large['compile_s'] / small['compile_s']:.2f}x",
+        large["compile_s"] <= 1.5 * small["compile_s"],
+      )
+    )
+  return out
 
 
 def main(argv=None) -> int:
