@@ -114,8 +114,10 @@ def results() -> dict:
   out = {}
   for path in PATHS:
     for dtype in (np.float32, np.float64):
-      for i, x in enumerate(_dense_run(path, dtype, "ffi")):
-        out[f"dense_{path}_{np.dtype(dtype).name}_{i}"] = x
+      with jax.enable_x64(dtype == np.float64):
+        for i, x in enumerate(_dense_run(path, dtype, "ffi")):
+          assert x.dtype == dtype or x.ndim == 0
+          out[f"dense_{path}_{np.dtype(dtype).name}_{i}"] = x
   if cpu_kernel.handles_sparse(np.float32):
     for centered in (False, True):
       for i, x in enumerate(_sparse_run(centered, "ffi")):

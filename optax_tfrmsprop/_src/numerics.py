@@ -395,12 +395,11 @@ def eigen_sum(x: jax.Array) -> jax.Array:
     (jnp.zeros_like(slots), jnp.full_like(slots, n)),
   )
 
-  # Each leaf's chunk r is read straight from x, for every leaf at once (a
-  # gather of one chunk per leaf); a chunk past a leaf's last whole one adds
-  # +0. No copy of x is made: a large fresh buffer costs more to fault in
-  # than the sum itself.
-  if n < chunk:
-    x = jnp.concatenate([x, jnp.zeros((chunk - n,), dtype)])
+  # Each leaf's chunk r is read from x, for every leaf at once (a gather of
+  # one chunk per leaf); a chunk past a leaf's last whole one adds +0. x is
+  # padded by a chunk: that also makes a sharded x gathered (all-gather)
+  # rather than the small per-leaf arrays sharded and permuted.
+  x = jnp.concatenate([x, jnp.zeros((chunk,), dtype)])
   full_rows = size // chunk
   by_start = jax.lax.GatherDimensionNumbers(
     offset_dims=(1,), collapsed_slice_dims=(), start_index_map=(0,)
