@@ -75,6 +75,9 @@ class Semantics:
       (Keras' inverse-time ``decay`` and its clipping); the others raise
       rather than compute something no TF optimizer of that flavor computes.
     slots: ``(state field, TF slot name)`` in TF's creation order.
+    complex_sparse: an ``IndexedSlices`` gradient of a complex variable
+      trains; otherwise TF raises a TypeError (Keras 3's sparse division
+      calls ``tf.math.is_nan``, which has no complex kernel).
   """
 
   flavor: str
@@ -89,6 +92,7 @@ class Semantics:
   schedule_step_in_leaf_dtype: bool
   options: tuple[str, ...]
   slots: tuple[tuple[str, str], ...]
+  complex_sparse: bool = True
 
   def uses_momentum(self, momentum: Any) -> bool:
     """Whether TF takes its momentum path (and creates the ``mom`` slot).
@@ -156,6 +160,7 @@ SEMANTICS: dict[str, Semantics] = {
     # ``decay`` with a warning.
     options=(),
     slots=(("ms", "velocity"), ("mom", "momentum"), ("mg", "average_gradient")),
+    complex_sparse=False,
   ),
 }
 """:class:`Semantics` of each :data:`Flavor`."""
