@@ -571,9 +571,7 @@ class EigenComplex:
   def __mul__(self, other):
     o, r = self._other(other), rounded
     a, b, c, d = self.re, self.im, o.re, o.im
-    return EigenComplex(
-      r(a * c) - r(b * d), r(a * d) + r(b * c), self._tail(o)
-    )
+    return EigenComplex(r(a * c) - r(b * d), r(a * d) + r(b * c), self._tail(o))
 
   def __rmul__(self, other):
     return self._other(other) * self
@@ -614,7 +612,9 @@ class EigenComplex:
     def packet():  # psqrt_complex
       amax, amin = jnp.maximum(ax, ay), jnp.minimum(ax, ay)
       ratio = r(amin / amax)
-      hyp = jnp.where(amin == 0, amax, r(amax * r(jnp.sqrt(1 + r(ratio * ratio)))))
+      hyp = jnp.where(
+        amin == 0, amax, r(amax * r(jnp.sqrt(1 + r(ratio * ratio))))
+      )
       rho = r(jnp.sqrt(r(0.5 * (ax + hyp))))
       eta = jnp.where(amax == 0, 0, r(0.5 * r(y / rho)))
       negative = x < 0
