@@ -135,7 +135,7 @@ def test_keras_legacy_complex128(path):
 @pytest.mark.parametrize("path", ["P1", "P7"])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_keras_legacy_decay(path, dtype):
-  """Keras' inverse-time decay, in complex arithmetic, on a dense and sparse path."""
+  """Keras' inverse-time decay in complex arithmetic, dense and sparse."""
   _legacy_case(path, dtype, steps=10, decay=0.3)
 
 
@@ -232,9 +232,8 @@ def test_tf_xla_momentum_paths(path, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_keras_class_matches_tf(dtype):
   """``optax_tfrmsprop.keras.RMSprop`` on a dense and a sparse variable."""
-  import tf_reference  # pylint: disable=g-import-not-at-top
-
   from optax_tfrmsprop import keras as ot_keras  # pylint: disable=g-import-not-at-top
+  import tf_reference  # pylint: disable=g-import-not-at-top
 
   dense_var, dense_grads = _problem(40, dtype, False, 12, shape=(9,))
   sparse_var, sparse_grads = _problem(41, dtype, True, 12)
@@ -286,7 +285,7 @@ def test_eigen_complex_ops_match_tf(dtype):
       for name, (tf_op, ours_op) in ops.items():
         theirs = tf.function(tf_op)(tf.constant(x), tf.constant(y)).numpy()
         ours = jax.jit(
-          lambda a, b, op=ours_op: op(
+          lambda a, b, op=ours_op, tail=tail: op(
             numerics.EigenComplex.wrap(a, tail),
             numerics.EigenComplex.wrap(b, tail),
           ).value()
