@@ -334,6 +334,18 @@ def test_keras3_sparse_complex_raises_type_error_like_keras3():
   assert updates.dtype == jnp.complex64
 
 
+def test_keras3_complex128_raises():
+  """Keras 3 updates complex128 variables mostly in complex64: refused."""
+  with jax.enable_x64(True):
+    params = jnp.ones(4, jnp.complex128)
+    opt = ot.keras3_rmsprop(0.01)
+    state = opt.init(params)
+    with pytest.raises(TypeError, match="complex128"):
+      opt.update(params, state)
+    small = params.astype(jnp.complex64)
+    opt.update(small, opt.init(small))
+
+
 def test_cpu_kernel_declines_complex():
   """``backend="ffi"`` names the dtype; ``"auto"`` runs complex on XLA."""
   params = {"c": jnp.ones(5, jnp.complex64), "r": jnp.ones(5)}

@@ -78,6 +78,11 @@ class Semantics:
     complex_sparse: an ``IndexedSlices`` gradient of a complex variable
       trains; otherwise TF raises a TypeError (Keras 3's sparse division
       calls ``tf.math.is_nan``, which has no complex kernel).
+    complex128_exact: complex128 variables are updated in complex128. Keras
+      3 promotes complex128 with a Python float (and with complex64) to
+      complex64 (``keras.backend.result_type``), so most of its update of a
+      complex128 variable runs in complex64; that is not reproduced, and
+      such leaves raise a TypeError.
   """
 
   flavor: str
@@ -93,6 +98,7 @@ class Semantics:
   options: tuple[str, ...]
   slots: tuple[tuple[str, str], ...]
   complex_sparse: bool = True
+  complex128_exact: bool = True
 
   def uses_momentum(self, momentum: Any) -> bool:
     """Whether TF takes its momentum path (and creates the ``mom`` slot).
@@ -161,6 +167,7 @@ SEMANTICS: dict[str, Semantics] = {
     options=(),
     slots=(("ms", "velocity"), ("mom", "momentum"), ("mg", "average_gradient")),
     complex_sparse=False,
+    complex128_exact=False,
   ),
 }
 """:class:`Semantics` of each :data:`Flavor`."""

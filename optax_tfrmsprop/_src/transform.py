@@ -311,8 +311,10 @@ def _check_complex(
   TF's clipping ops (``clip_by_value``'s minimum, ``clip_by_norm``'s
   comparison, ``clip_by_global_norm``'s ``l2_loss``) have no complex kernels,
   and Keras 3 refuses complex ``IndexedSlices``
-  (``Semantics.complex_sparse``): TypeErrors, as TF raises them. The CPU
-  kernel declines complex leaves (:func:`cpu_kernel.check_dtype`).
+  (``Semantics.complex_sparse``): TypeErrors, as TF raises them. Keras 3's
+  complex128 updates, which it computes mostly in complex64, are refused
+  (``Semantics.complex128_exact``). The CPU kernel declines complex leaves
+  (:func:`cpu_kernel.check_dtype`).
   """
   complex_leaves = [
     (path, ms.dtype)
@@ -331,6 +333,15 @@ def _check_complex(
         f"(the gradient at {_where(path)} has dtype {dtype}), so "
         f"{semantics.optimizer} raises a TypeError; clip complex gradients "
         "before the update or leave them out of the clipped tree."
+      )
+  for path, ms in jax.tree_util.tree_leaves_with_path(state.ms):
+    if ms.dtype == jnp.complex128 and not semantics.complex128_exact:
+      raise TypeError(
+        f"The parameter at {_where(path)} has dtype complex128: "
+        f"{semantics.optimizer} computes most of its update in complex64 "
+        "(Keras 3 promotes complex128 with a Python float to complex64), "
+        "which is not reproduced here. Use complex64 parameters, or "
+        "optax_tfrmsprop.rmsprop / tf1_rmsprop."
       )
   if semantics.complex_sparse:
     return
