@@ -407,8 +407,9 @@ def rmsprop_init(
   so the state cannot disagree with it.
 
   Args:
-    params: the parameter tree (float16, bfloat16, float32 or float64
-      leaves). ``None`` and ``optax.MaskedNode`` leaves get no slot.
+    params: the parameter tree (float16, bfloat16, float32, float64,
+      complex64 or complex128 leaves). ``None`` and ``optax.MaskedNode``
+      leaves get no slot.
     centered: create the ``mg`` slot (TF's ``centered=True``).
     use_momentum: create the ``mom`` slot (TF's momentum path; TF1 always
       has it). Default: as ``momentum`` says, else no.
