@@ -447,7 +447,7 @@ def eigen_tail(shape: tuple[int, ...], dtype, valid: Any = None) -> Any:
   return index >= valid - valid % packet
 
 
-def _select(tail, scalar, packet):
+def _select(tail, scalar, packet) -> tuple[jax.Array, jax.Array]:
   """``scalar`` where ``tail``, else ``packet`` (both pairs of parts)."""
   if tail is True:
     return scalar()
@@ -661,13 +661,13 @@ class EigenComplex:
     return EigenComplex(re, im, True)
 
 
-def sqrt(x):
+def sqrt(x: Any) -> Any:
   """``jnp.sqrt``, or TF's complex square root for an :class:`EigenComplex`."""
   if isinstance(x, EigenComplex):
     return x.sqrt()
   return jnp.sqrt(x)
 
 
-def plain(x):
+def plain(x: Any) -> Any:
   """The array behind ``x``: an :class:`EigenComplex`'s value, else ``x``."""
   return x.value() if isinstance(x, EigenComplex) else x

@@ -10,6 +10,8 @@ whose loops (``csrc/``) mirror the ``"tf_cpu"`` expressions here line by line:
 change one, change both.
 """
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -56,7 +58,7 @@ def update_leaf(
   """
   if rounding == "tf_cpu" and numerics.is_complex(ms.dtype):
     # TF's Eigen arithmetic; sparse rows get their tail after de-duplication.
-    h = base.Hyperparams(*map(numerics.EigenComplex.wrap, h))
+    h = base.Hyperparams._make(map(numerics.EigenComplex.wrap, h))
     if not isinstance(g, sparse.IndexedSlices):
       g = numerics.EigenComplex.wrap(g, numerics.eigen_tail(ms.shape, ms.dtype))
   if semantics.update_rule == "keras3":
@@ -164,7 +166,7 @@ def dense_leaf(g, ms, mg, mom, h: base.Hyperparams, rounding: base.Rounding):
   return -mom, ms, mg, mom
 
 
-def packet_rsqrt(x: jax.Array, round_) -> jax.Array:
+def packet_rsqrt(x: Any, round_) -> Any:
   """Eigen's ``rsqrt`` over rows of ``x`` as TF's sparse kernels evaluate it.
 
   Per row of width ``W``, the first ``8 * (W // 8)`` elements use Eigen's
