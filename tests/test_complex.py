@@ -167,6 +167,28 @@ def test_keras_legacy_schedule_gets_the_step(dtype):
   _assert_slots(state, tf_slots, "keras_legacy")
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_keras_legacy_keras_schedule_port(dtype):
+  """The package's port of a Keras schedule, as TF evaluates it in a graph."""
+  from optax_tfrmsprop.keras import schedules  # pylint: disable=g-import-not-at-top
+  import tf_reference  # pylint: disable=g-import-not-at-top
+  from tf_reference import tf_keras  # pylint: disable=g-import-not-at-top
+
+  var, grads = _problem(4, dtype, True, 12)
+  args = (0.05, 3, 0.5)
+  tf_vars, tf_slots, _ = tf_reference.run_tf(
+    [var],
+    grads,
+    learning_rate=tf_keras.optimizers.schedules.ExponentialDecay(*args),
+    momentum=0.5,
+  )
+  with _x64_if(dtype):
+    opt = ot.rmsprop(schedules.ExponentialDecay(*args), momentum=0.5)
+    params, state = _run(opt, var, grads)
+  assert_bitwise(params, tf_vars[0], "var")
+  _assert_slots(state, tf_slots, "keras_legacy")
+
+
 @pytest.mark.parametrize("path", ["P3", "P4", "P7", "P8"])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_tf1(path, dtype):
