@@ -8,6 +8,10 @@ row-sparse paths (P5-P8); :func:`update_leaf` picks one from the flavor's
 :mod:`transform` applies them over trees and dispatches to the CPU kernel,
 whose loops (``csrc/``) mirror the ``"tf_cpu"`` expressions here line by line:
 change one, change both.
+
+Complex leaves run the same rules: with ``"tf_cpu"`` rounding on
+:class:`~optax_tfrmsprop._src.numerics.EigenComplex` values, whose operators
+compute TF's Eigen complex arithmetic (the kernel has no complex loops).
 """
 
 from typing import Any
@@ -41,7 +45,11 @@ def update_leaf(
   The one dispatch on ``semantics.update_rule``: ``"keras3"`` runs
   :func:`keras3_leaf` on every gradient; ``"tf_kernels"`` runs
   :func:`sparse_leaf` on an ``IndexedSlices`` and :func:`dense_leaf` on an
-  array.
+  array. A complex leaf in ``"tf_cpu"`` rounding runs them on
+  :class:`~optax_tfrmsprop._src.numerics.EigenComplex` values (the gradient
+  marked with the elements TF computes in scalar code,
+  :func:`~optax_tfrmsprop._src.numerics.eigen_tail`), and the results are
+  unwrapped; ``"tf_xla"`` uses XLA's complex arithmetic, as TF's XLA does.
 
   Args:
     g: the (clipped) gradient: an array or an ``IndexedSlices``.
