@@ -512,10 +512,9 @@ class EigenComplex:
     self.re, self.im, self.tail = re, im, tail
 
   def tree_flatten(self):
-    tail = self.tail if isinstance(self.tail, jax.Array) else None
-    return (self.re, self.im, tail), (
-      None if isinstance(self.tail, jax.Array) else self.tail
-    )
+    if self.tail is None or isinstance(self.tail, bool):
+      return (self.re, self.im, None), self.tail
+    return (self.re, self.im, jnp.asarray(self.tail)), None
 
   @classmethod
   def tree_unflatten(cls, static_tail, children):
