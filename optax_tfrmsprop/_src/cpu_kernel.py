@@ -278,7 +278,7 @@ def _check_dense(leaves, hypers, centered, momentum, apply) -> None:
 
 
 def _check_sparse(values, indices, var, ms, mg, mom, hypers, apply) -> None:
-  """Raises a ValueError naming the first operand the sparse call cannot take."""
+  """Raises a ValueError naming the first operand the sparse call refuses."""
   where = "cpu_kernel.sparse_update"
   dtype = _check_hypers(where, hypers)
   path = f"the path centered={mg is not None}, apply={apply}"
