@@ -1,9 +1,11 @@
 """Builds the optional CPU kernel; all other metadata is in pyproject.toml.
 
 The extension is a plain shared library of XLA FFI handlers, loaded with
-ctypes by ``optax_tfrmsprop/_src/cpu_kernel.py``. It is ``optional``: where it
-cannot be compiled (no C++17 compiler or OpenMP), the install still succeeds
-and the package uses its XLA path, with a warning on CPU.
+ctypes by ``optax_tfrmsprop/_src/cpu_kernel.py``. Its loops run on XLA's own
+intra-op thread pool (``csrc/parallel.h``), so it needs no threading library.
+It is ``optional``: where it cannot be compiled (no C++17 compiler), the
+install still succeeds and the package uses its XLA path, with a warning on
+CPU.
 """
 
 import jax.ffi
@@ -16,7 +18,6 @@ import setuptools
 _COMPILE_ARGS = [
   "-std=c++17",
   "-O3",
-  "-fopenmp",
   "-ffp-contract=off",
   "-fno-math-errno",
 ]
@@ -31,12 +32,12 @@ setuptools.setup(
       ],
       depends=[
         "optax_tfrmsprop/_src/csrc/dense_loops.h",
+        "optax_tfrmsprop/_src/csrc/parallel.h",
         "optax_tfrmsprop/_src/csrc/tfrmsprop.h",
       ],
       include_dirs=[jax.ffi.include_dir()],
       language="c++",
       extra_compile_args=_COMPILE_ARGS,
-      extra_link_args=["-fopenmp"],
       optional=True,
     )
   ],

@@ -157,7 +157,7 @@ def use_kernel(backend: Backend) -> bool:
   if backend == "ffi" and reason is not None:
     raise RuntimeError(
       f"backend='ffi' was requested but the CPU kernel is unavailable: "
-      f"{reason}. Reinstall with a C++17 compiler and OpenMP, or use "
+      f"{reason}. Reinstall with a C++17 compiler, or use "
       "backend='xla'."
     )
   if reason is not None and jax.default_backend() == "cpu":

@@ -15,6 +15,7 @@ that feed a sum or difference, square roots that feed a quotient, and scalar
 divisors.
 """
 
+import functools
 from typing import Any
 
 import jax
@@ -300,107 +301,180 @@ EIGEN_PACKET_BYTES = 32
 _EIGEN_LEAF_PACKETS = 1024
 
 
-def _eigen_leaves(first: int, n: int, packet: int) -> Any:
-  """The static tree of Eigen's ``InnerMostDimReducer`` splits.
+@functools.cache
+def _eigen_depth(n: int, packet: int) -> int:
+  """The depth of Eigen's split tree over ``n`` elements (0: one leaf).
 
-  Returns a leaf ``(first, n)`` or a pair ``[left, right]`` (right may be
-  ``None``), splitting at a packet-aligned midpoint as Eigen does.
+  The tree depends on ``n`` alone: a node of ``s`` elements that starts on a
+  packet boundary (the root does, and so does every split) is a leaf when
+  ``s <= packet * 1024``, else splits into a left child of
+  :func:`_left_size` elements and a right child of the rest, both starting on
+  packet boundaries. Memoised on the size, so it visits a few sizes a level.
   """
   if n <= packet * _EIGEN_LEAF_PACKETS:
-    return (first, n)
-  half = -(-n // 2)
-  split = packet * (-(-(first + half) // packet))
-  n_left = min(split - first, n)
-  right = _eigen_leaves(split, n - n_left, packet) if n_left < n else None
-  return [_eigen_leaves(first, n_left, packet), right]
+    return 0
+  left = _left_size(n, packet)
+  return 1 + max(_eigen_depth(left, packet), _eigen_depth(n - left, packet))
 
 
-def _flatten_leaves(tree) -> list[tuple[int, int]]:
-  if isinstance(tree, tuple):
-    return [tree]
-  return [
-    leaf for side in tree if side is not None for leaf in _flatten_leaves(side)
-  ]
+def _left_size(n, packet: int):
+  """Elements of the left child of a node of ``n`` (a Python or jax int).
+
+  Eigen splits at ``packet * ceil((first + ceil(n / 2)) / packet)``; with
+  ``first`` on a packet boundary that is ``first`` plus this many.
+  """
+  half = (n + 1) // 2
+  return packet * ((half + packet - 1) // packet)
+
+
+def _packet_sum(vector: jax.Array) -> jax.Array:
+  """Eigen's horizontal sum ``predux`` of packets ``vector[..., lanes]``.
+
+  Halves are folded until four lanes are left, then ``(0 + 2) + (1 + 3)``.
+  """
+  while vector.shape[-1] > 4:
+    half = vector.shape[-1] // 2
+    vector = vector[..., :half] + vector[..., half:]
+  return (vector[..., 0] + vector[..., 2]) + (vector[..., 1] + vector[..., 3])
 
 
 def eigen_sum(x: jax.Array) -> jax.Array:
   """Sums ``x`` in the order TF's CPU ``reduce_sum`` does (single-threaded).
 
-  Eigen splits the flattened input into a tree of leaves of at most 8192
-  float32 (4096 float64) elements; each leaf sums four packet accumulators
-  (then the remaining packets, then the scalar tail) and reduces the packet
-  horizontally. Every addition here rounds in that order, so the result is
-  bitwise TF's whenever TF reduces on one thread (measured up to 3M float32
-  elements), or on two threads splitting at the same midpoint.
+  Eigen (``InnerMostDimReducer``) splits the flattened input into a binary
+  tree whose leaves hold at most 8192 float32 (4096 float64) elements: a
+  node splits at the packet boundary at or after its midpoint, and its sum
+  is ``left + right``. A leaf of ``s`` elements sums its chunks of four
+  packets into four packet accumulators, one chunk after the other, adds
+  them as ``((a0 + a1) + a2) + a3``, adds the (at most three) remaining
+  packets, reduces that packet horizontally and adds it to the scalar sum
+  of the tail (``s mod packet`` elements). Every addition here rounds in
+  that order, so the result is bitwise TF's whenever TF reduces on one
+  thread: always with one intra-op thread (tested up to 3M elements), and
+  with more only below the size at which Eigen's cost model splits the
+  input into one tree per thread (about 260K float32 or 130K float64
+  elements for ``reduce_sum``, fewer for ``l2_loss``). Above it TF's sum
+  depends on its thread count and can differ in the last bits.
+
+  The program does not grow with ``x`` (nor does its compile time): the
+  leaves' offsets and sizes are computed in the program by a loop over the
+  tree's levels, the leaves' chunks are summed by a loop over the chunks
+  that reads one chunk of every leaf per step (a gather of ``leaves``
+  slices, nothing copied) and the leaf sums are combined by a loop over the
+  levels. Positions past a leaf's end add ``+0``, which changes no sum:
+  every partial sum here starts from ``+0`` and so is never ``-0``.
 
   Args:
     x: a float32 or float64 array, of any shape.
 
   Returns:
     A scalar of ``x``'s dtype.
+
+  Example:
+    >>> import numpy as np
+    >>> x = np.float32([1e8, 1.0, -1e8, 1.0])
+    >>> print(eigen_sum(x), np.float32(1e8) + 1 - np.float32(1e8) + 1)
+    1.0 1.0
   """
   x = x.reshape(-1)
   n = x.shape[0]
-  packet = EIGEN_PACKET_BYTES // x.dtype.itemsize
+  dtype = x.dtype
+  packet = EIGEN_PACKET_BYTES // dtype.itemsize
   if n == 0:
-    return jnp.zeros((), x.dtype)
-  tree = _eigen_leaves(0, n, packet)
-  leaves = _flatten_leaves(tree)
+    return jnp.zeros((), dtype)
   chunk = 4 * packet
-  rows = max(size // chunk for _, size in leaves)
-  padded = jnp.concatenate([x, jnp.zeros((1,), x.dtype)])
-  pad = n  # Index of the appended zero: adding +0 leaves a sum unchanged.
+  depth = _eigen_depth(n, packet)
+  # Chunks of the largest leaf.
+  rows = min(_EIGEN_LEAF_PACKETS // 4, -(-n // chunk))
+  index = jnp.int32 if n + chunk < 2**31 else jnp.int64
+  zero = jnp.zeros((), dtype)
 
-  def gather(index_fn, width):
-    index = np.full((len(leaves), width), pad, np.int64)
-    for i, (first, size) in enumerate(leaves):
-      idx = index_fn(first, size)
-      index[i, : len(idx)] = idx
-    return padded[index]
+  # Every leaf of the tree, completed to depth `depth`: bit l of slot j
+  # chooses the child at level l (0 left, 1 right), so the two children of a
+  # node at level l are slots j and j + 2**l. A node that is already a leaf
+  # keeps its slots with bit l clear; the others are empty (size 0, read
+  # from offset 0).
+  num_slots = 1 << depth
+  slots = jax.lax.iota(index, num_slots)
 
-  def chunk_index(first, size):
-    return np.arange(first, first + (size // chunk) * chunk)
+  def split(level, nodes):
+    first, size = nodes
+    right = ((slots >> level) & 1) == 1
+    left = jnp.minimum(_left_size(size, packet), size)
+    inner = size > packet * _EIGEN_LEAF_PACKETS
+    first = jnp.where(right, jnp.where(inner, first + left, 0), first)
+    size = jnp.where(
+      inner, jnp.where(right, size - left, left), jnp.where(right, 0, size)
+    )
+    return first, size
 
-  def packet_index(first, size):
-    start = (size // chunk) * chunk
-    return np.arange(first + start, first + (size // packet) * packet)
-
-  def tail_index(first, size):
-    return np.arange(first + (size // packet) * packet, first + size)
-
-  chunks = gather(chunk_index, rows * chunk).reshape(
-    len(leaves), rows, 4, packet
+  first, size = jax.lax.fori_loop(
+    0,
+    depth,
+    split,
+    (jnp.zeros_like(slots), jnp.full_like(slots, n)),
   )
 
-  def add_row(acc, row):
-    return acc + row, None
+  # Each leaf's chunk r is read from x, for every leaf at once (a gather of
+  # one chunk per leaf); a chunk past a leaf's last whole one adds +0. x is
+  # padded by a chunk: that also makes a sharded x gathered (all-gather)
+  # rather than the small per-leaf arrays sharded and permuted.
+  x = jnp.concatenate([x, jnp.zeros((chunk,), dtype)])
+  full_rows = size // chunk
+  by_start = jax.lax.GatherDimensionNumbers(
+    offset_dims=(1,), collapsed_slice_dims=(), start_index_map=(0,)
+  )
 
-  acc, _ = jax.lax.scan(
-    add_row,
-    jnp.zeros((len(leaves), 4, packet), x.dtype),
-    jnp.moveaxis(chunks, 1, 0),
+  def add_row(row, acc):
+    start = first + row * chunk
+    # Clamped only where the chunk is past the leaf's end (then dropped).
+    values = jax.lax.gather(
+      x,
+      start[:, None],
+      by_start,
+      (chunk,),
+      mode=jax.lax.GatherScatterMode.CLIP,
+    ).reshape(num_slots, 4, packet)
+    return acc + jnp.where((row < full_rows)[:, None, None], values, zero)
+
+  acc = jax.lax.fori_loop(
+    0, rows, add_row, jnp.zeros((num_slots, 4, packet), dtype)
   )
   vector = ((acc[:, 0] + acc[:, 1]) + acc[:, 2]) + acc[:, 3]
-  extra = gather(packet_index, 3 * packet).reshape(len(leaves), 3, packet)
+  # The rest of each leaf, under a chunk: at most three packets, then the
+  # scalar tail; positions past the leaf's end read +0.
+  offset = jnp.arange(chunk, dtype=index)
+  rest_first = first + full_rows * chunk
+  rest = jnp.where(
+    offset < (size - full_rows * chunk)[:, None],
+    x[jnp.minimum(rest_first[:, None] + offset, n - 1)],
+    zero,
+  )
+  packets = size // packet - 4 * full_rows
   for k in range(3):
-    vector = vector + extra[:, k]
-  while vector.shape[1] > 4:  # Horizontal packet sum: fold halves, then 2+2.
-    half = vector.shape[1] // 2
-    vector = vector[:, :half] + vector[:, half:]
-  horizontal = (vector[:, 0] + vector[:, 2]) + (vector[:, 1] + vector[:, 3])
-  scalar = jnp.zeros((len(leaves),), x.dtype)
-  tail = gather(tail_index, packet - 1)
+    extra = rest[:, k * packet : (k + 1) * packet]
+    vector = vector + jnp.where((k < packets)[:, None], extra, zero)
+  # The tail starts after the remaining packets.
+  tail = rest[:, 3 * packet :]
+  for k in (2, 1, 0):
+    tail = jnp.where(
+      (packets == k)[:, None], rest[:, k * packet : (k + 1) * packet], tail
+    )
+  tail_length = size % packet
+  scalar = jnp.zeros((num_slots,), dtype)
   for k in range(packet - 1):
-    scalar = scalar + tail[:, k]
-  leaf_sums = iter(list(scalar + horizontal))
+    scalar = scalar + jnp.where(k < tail_length, tail[:, k], zero)
+  leaf_sums = scalar + _packet_sum(vector)
 
-  def combine(node):
-    if isinstance(node, tuple):
-      return next(leaf_sums)
-    left = combine(node[0])
-    return left if node[1] is None else left + combine(node[1])
+  # The tree, from the bottom level up: at level l the two children of
+  # slot j < 2**l are slots j and j + 2**l, and their node is left + right
+  # (an empty slot adds +0). Slots past 2**l are not read again.
+  def combine(level, sums):
+    half = num_slots >> (level + 1)
+    pairs = jnp.concatenate([sums, jnp.zeros_like(sums)])
+    return sums + jax.lax.dynamic_slice(pairs, (half,), (num_slots,))
 
-  return combine(tree)
+  return jax.lax.fori_loop(0, depth, combine, leaf_sums)[0]
 
 
 # Complex arithmetic as TF's CPU kernels compute it.

@@ -5,13 +5,12 @@
 // hyperparameters picks the loops) leaves of a step: each element of
 // gradient, variable and slots is read once and written once, the slots (and
 // the variable, in apply mode) in place through XLA's input/output aliasing.
-// The work is split evenly over the OpenMP threads across leaf boundaries, so
-// a tree of many small leaves still uses every core. The operand layout and
+// The elements of all leaves, laid end to end, are cut into blocks that run on
+// XLA's intra-op thread pool (parallel.h), across leaf boundaries, so a tree
+// of many small leaves still uses every core. The operand layout and
 // the hyperparameter record are in tfrmsprop.h; the arithmetic, which mirrors
 // update_rules.dense_leaf ("tf_cpu") line by line, in dense_loops.h. Every
 // operand is checked before anything is read or written.
-
-#include <omp.h>
 
 #include <algorithm>
 #include <cstddef>
@@ -21,6 +20,7 @@
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
+#include "parallel.h"
 #include "tfrmsprop.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -95,42 +95,40 @@ void RunRange(const Leaf<T>& l, std::size_t lo, std::size_t hi,
   }
 }
 
-// Gives thread `t` of `n` the elements [lo, hi) of the leaves laid end to end,
-// cut at aligned offsets, and runs them.
+// Runs the elements [lo, hi) of the leaves laid end to end; `ends[k]` is
+// where leaf k ends.
 template <typename T, bool kCentered, bool kMomentum, bool kApply>
-void RunShare(const std::vector<Leaf<T>>& leaves, std::size_t total, int t,
-              int n, const Hypers<T>& h) {
-  constexpr std::size_t kAlign = kAlignBytes / sizeof(T);
-  auto cut = [&](int k) {
-    std::size_t at = total / n * k + std::min<std::size_t>(k, total % n);
-    return k == n ? total : at / kAlign * kAlign;
-  };
-  const std::size_t lo = cut(t), hi = cut(t + 1);
-  std::size_t start = 0;
-  for (const Leaf<T>& leaf : leaves) {
-    const std::size_t end = start + leaf.size;
-    if (end > lo && start < hi) {
-      RunRange<T, kCentered, kMomentum, kApply>(
-          leaf, std::max(lo, start) - start, std::min(hi, end) - start, h);
-    }
-    if (end >= hi) break;
-    start = end;
+void RunSpan(const std::vector<Leaf<T>>& leaves,
+             const std::vector<std::size_t>& ends, std::size_t lo,
+             std::size_t hi, const Hypers<T>& h) {
+  std::size_t k = std::upper_bound(ends.begin(), ends.end(), lo) - ends.begin();
+  for (; k < leaves.size(); ++k) {
+    const std::size_t start = ends[k] - leaves[k].size;
+    if (start >= hi) break;
+    RunRange<T, kCentered, kMomentum, kApply>(
+        leaves[k], std::max(lo, start) - start, std::min(hi, ends[k]) - start,
+        h);
   }
 }
 
 template <typename T, bool kCentered, bool kMomentum, bool kApply>
-void RunAll(const std::vector<Leaf<T>>& leaves, const Hypers<T>& h) {
+void RunAll(ffi::ThreadPool& pool, const std::vector<Leaf<T>>& leaves,
+            const Hypers<T>& h) {
+  std::vector<std::size_t> ends(leaves.size());
   std::size_t total = 0;
-  for (const Leaf<T>& leaf : leaves) total += leaf.size;
-  const int threads =
-      total < kMinParallelElements ? 1 : omp_get_max_threads();
-  if (threads == 1) {
-    RunShare<T, kCentered, kMomentum, kApply>(leaves, total, 0, 1, h);
+  for (std::size_t k = 0; k < leaves.size(); ++k) {
+    total += leaves[k].size;
+    ends[k] = total;
+  }
+  if (total < kMinParallelElements) {
+    RunSpan<T, kCentered, kMomentum, kApply>(leaves, ends, 0, total, h);
     return;
   }
-#pragma omp parallel num_threads(threads)
-  RunShare<T, kCentered, kMomentum, kApply>(
-      leaves, total, omp_get_thread_num(), omp_get_num_threads(), h);
+  constexpr std::size_t kBlock = kBlockBytes / sizeof(T);
+  ParallelFor(pool, (total + kBlock - 1) / kBlock, [&](std::size_t b) {
+    RunSpan<T, kCentered, kMomentum, kApply>(
+        leaves, ends, b * kBlock, std::min(total, (b + 1) * kBlock), h);
+  });
 }
 
 // Checks every operand and result of the layout (tfrmsprop.h) and collects
@@ -190,7 +188,7 @@ ffi::Error CollectLeaves(const DenseLayout& layout, ffi::DataType type,
 
 ffi::Error Dense(ffi::AnyBuffer hypers, ffi::RemainingArgs args,
                  ffi::RemainingRets rets, bool centered, bool momentum,
-                 bool apply) {
+                 bool apply, ffi::ThreadPool pool) {
   const DenseLayout layout{centered, momentum, apply};
   if (!apply && !momentum) {
     return Invalid("the momentum-free paths (P1/P2) run only with apply.");
@@ -205,7 +203,7 @@ ffi::Error Dense(ffi::AnyBuffer hypers, ffi::RemainingArgs args,
     return DispatchFlags(
         [&](auto kCentered, auto kMomentum, auto kApply) {
           if constexpr (kApply || kMomentum) {
-            RunAll<T, kCentered, kMomentum, kApply>(leaves, h);
+            RunAll<T, kCentered, kMomentum, kApply>(pool, leaves, h);
           }
           return ffi::Error::Success();
         },
@@ -232,7 +230,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
         .Attr<bool>("momentum")
         // Update var in place; without it (P3/P4 only) the optax update is
         // -mom, negated in JAX.
-        .Attr<bool>("apply"));
+        .Attr<bool>("apply")
+        // XLA's intra-op thread pool, which runs the loop (parallel.h).
+        .Ctx<ffi::ThreadPool>());
 
 // The constants of tfrmsprop.h, for cpu_kernel.py to check against its own.
 extern "C" int TfRmspropEigenPacketBytes() {

@@ -35,6 +35,7 @@
 #endif
 
 #include "xla/ffi/api/ffi.h"
+#include "parallel.h"
 #include "tfrmsprop.h"
 
 namespace ffi = xla::ffi;
@@ -169,9 +170,10 @@ void UpdateRow(const RowGradient<T>& grad, T* __restrict out,
 // orders them); slots u..n-1 are padding: index num_rows and update rows -0,
 // what the jnp path gives them. The invalid group's update row is -0 too (the
 // jnp path computes it from zero slots; it is dropped either way). Distinct
-// rows are independent, so they run in parallel.
+// rows are independent, so they run in parallel (parallel.h).
 template <typename T, bool kCentered, bool kApply>
-void RunRows(const T* values, const std::int32_t* indices, std::size_t n,
+void RunRows(ffi::ThreadPool& pool, const T* values,
+             const std::int32_t* indices, std::size_t n,
              std::int64_t num_rows, std::size_t width, T* out,
              std::int32_t* unique, T* ms, T* mg, T* mom, const Hypers<T>& h) {
   // ks sorted by (index, position): each group is a run, positions ascending.
@@ -215,8 +217,13 @@ void RunRows(const T* values, const std::int32_t* indices, std::size_t n,
     for (std::size_t g = 0; g < groups; ++g) run(g);
     return;
   }
-#pragma omp parallel for schedule(static)
-  for (std::size_t g = 0; g < groups; ++g) run(g);
+  // Blocks of whole groups, about kBlockBytes of table rows each.
+  const std::size_t per_block =
+      std::max<std::size_t>(1, kBlockBytes / sizeof(T) / width);
+  ParallelFor(pool, (groups + per_block - 1) / per_block, [&](std::size_t b) {
+    const std::size_t end = std::min(groups, (b + 1) * per_block);
+    for (std::size_t g = b * per_block; g < end; ++g) run(g);
+  });
 }
 
 // Checks every operand and result (see the binding below) and every index
@@ -298,7 +305,7 @@ ffi::Error Sparse(ffi::AnyBuffer hypers, ffi::AnyBuffer values,
                   ffi::Result<ffi::AnyBuffer> ms_out,
                   ffi::Result<ffi::AnyBuffer> mg_out,
                   ffi::Result<ffi::AnyBuffer> mom_out, bool centered,
-                  bool apply) {
+                  bool apply, ffi::ThreadPool pool) {
   TFRMSPROP_RETURN_IF_ERROR(CheckHypers(hypers));
   const ffi::DataType type = hypers.element_type();
   return DispatchFloat(type, [&](auto zero) {
@@ -329,8 +336,8 @@ ffi::Error Sparse(ffi::AnyBuffer hypers, ffi::AnyBuffer values,
     T* mom_p = mom_out->typed_data<T>();
     return DispatchFlags(
         [&](auto kCentered, auto kApply) {
-          RunRows<T, kCentered, kApply>(gp, ip, n, num_rows, width, out,
-                                        unique_p, ms_p, mg_p, mom_p, h);
+          RunRows<T, kCentered, kApply>(pool, gp, ip, n, num_rows, width,
+                                        out, unique_p, ms_p, mg_p, mom_p, h);
           return ffi::Error::Success();
         },
         centered, apply);
@@ -382,4 +389,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
         // The mg slot is present (P8; else P7).
         .Attr<bool>("centered")
         // Update var in place instead of returning the update rows.
-        .Attr<bool>("apply"));
+        .Attr<bool>("apply")
+        // XLA's intra-op thread pool, which runs the rows (parallel.h).
+        .Ctx<ffi::ThreadPool>());

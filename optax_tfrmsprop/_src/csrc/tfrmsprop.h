@@ -40,9 +40,6 @@ inline constexpr std::size_t kFloatPacket = kEigenPacketBytes / sizeof(float);
 // Below this many elements in a call, waking the other threads costs more
 // than it saves.
 inline constexpr std::size_t kMinParallelElements = std::size_t{1} << 15;
-// Thread ranges start on 64-byte boundaries (16 floats, 8 doubles), so no two
-// threads write the same cache line.
-inline constexpr std::size_t kAlignBytes = 64;
 
 // ---------------------------------------------------------------------------
 // The hyperparameter record
@@ -77,8 +74,9 @@ Hypers<T> ReadHypers(ffi::AnyBuffer hypers) {
 // The dense operand layout (tfrmsprop_dense), the one variadic call
 // ---------------------------------------------------------------------------
 //
-// All leaves of one dtype go through one call, so the OpenMP threads split
-// the elements of the whole tree (many small leaves still use every core).
+// All leaves of one dtype go through one call, so the threads (parallel.h)
+// split the elements of the whole tree (many small leaves still use every
+// core).
 // After the hyperparameters, each leaf contributes, in this order:
 //
 //   operands: g, [var if apply], ms, [mg if centered], [mom if momentum]
