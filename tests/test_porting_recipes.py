@@ -1,35 +1,21 @@
 """The recipes of docs/porting.md, checked against real TensorFlow."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
 import optax_tfrmsprop
 from tf_reference import run_tf
+import toolbox
 
 
 def _problem(dtype, steps):
-  rng = np.random.default_rng(1)
-  x0 = rng.normal(size=1000).astype(dtype)
-  grads = [
-    [(rng.normal(size=1000) * 10.0 ** rng.uniform(-3, 1, 1000)).astype(dtype)]
-    for _ in range(steps)
-  ]
+  (x0,), grads = toolbox.problem(1, dtype, steps, [(1000,)])
   return x0, grads
 
 
 def _train(opt, x0, grads):
-  params = jnp.asarray(x0)
-  state = opt.init(params)
-
-  @jax.jit
-  def step(params, state, g):
-    updates, state = opt.update(g, state, params)
-    return optax.apply_updates(params, updates), state
-
-  for (g,) in grads:
-    params, state = step(params, state, jnp.asarray(g))
+  (params,), state = toolbox.run(opt, [x0], grads)
   return np.asarray(params), state
 
 

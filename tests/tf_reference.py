@@ -1,4 +1,10 @@
-"""Runs the real tf_keras legacy RMSprop: the oracle of the differential tests."""
+"""Runs the real TF/Keras RMSprops: the oracles of the differential tests.
+
+TensorFlow is imported on first use, not with this module: a test that needs
+it skips without it (``pytest.importorskip``), and the other tests of a file
+that imports this module run without TensorFlow installed. ``tf_reference.tf``
+and ``tf_reference.tf_keras`` import on first access too.
+"""
 
 import os
 
@@ -7,12 +13,19 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 import pytest
 
-tf = pytest.importorskip("tensorflow")
-tf_keras = pytest.importorskip("tf_keras")
+
+def __getattr__(name):
+  """``tf_reference.tf`` and ``tf_reference.tf_keras``, imported lazily."""
+  if name == "tf":
+    return pytest.importorskip("tensorflow")
+  if name == "tf_keras":
+    return pytest.importorskip("tf_keras")
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _to_tf(g):
-  """A numpy gradient, or ``(values, indices, dense_shape)`` as IndexedSlices."""
+  """A numpy gradient, or ``(values, indices, dense_shape)``, as TF's."""
+  tf = pytest.importorskip("tensorflow")
   if isinstance(g, tuple):
     values, indices, dense_shape = g
     return tf.IndexedSlices(
@@ -39,6 +52,7 @@ def run_tf(var_values, grad_steps, *, jit_compile=False, **config):
     (``rms``, ``mg``, ``momentum``) to the list of per-variable values, and the
     iteration count.
   """
+  tf_keras = pytest.importorskip("tf_keras")
   opt = tf_keras.optimizers.legacy.RMSprop(**config)
   values, slots = _apply_steps(opt, var_values, grad_steps, jit_compile)
   return values, slots, int(opt.iterations.numpy())
@@ -51,6 +65,7 @@ def _apply_steps(opt, var_values, grad_steps, jit_compile):
     ``(vars, slots)``: final variable values and a dict from slot name to the
     list of per-variable slot values.
   """
+  tf = pytest.importorskip("tensorflow")
   variables = [tf.Variable(v) for v in var_values]
 
   @tf.function(jit_compile=jit_compile, reduce_retracing=True)
@@ -82,6 +97,7 @@ def run_tf1(var_values, grad_steps, *, jit_compile=False, **config):
     ``(vars, slots)``: final variable values and a dict from slot name
     (``rms``, ``mg``, ``momentum``) to the list of per-variable values.
   """
+  tf = pytest.importorskip("tensorflow")
   opt = tf.compat.v1.train.RMSPropOptimizer(**config)
   return _apply_steps(opt, var_values, grad_steps, jit_compile)
 
@@ -116,6 +132,7 @@ def run_keras3(
     opt.apply_gradients(zip(grads, variables))
 
   if not eager:
+    tf = pytest.importorskip("tensorflow")
     step = tf.function(step, jit_compile=jit_compile, reduce_retracing=True)
   for grads in grad_steps:
     step([_to_tf(g) for g in grads])
@@ -130,46 +147,6 @@ def keras3():
   if int(keras.__version__.split(".")[0]) < 3:
     pytest.skip("Keras 3 is not installed.")
   return keras
-
-
-def max_ulps(params, state, tf_vars, tf_slots, flavor="keras_legacy"):
-  """Largest ULP distance of the variables and of each slot from TF's.
-
-  NaN counts as equal to NaN. Slots are matched through the flavor's slot
-  names (``base.SEMANTICS``); a slot present on one side only is an error.
-
-  Args:
-    params: our variables, a list of arrays.
-    state: our state.
-    tf_vars: TF's variables, in the same order.
-    tf_slots: TF's slots, ``{slot name: [per-variable values]}`` (as
-      :func:`run_tf` returns them).
-    flavor: the flavor whose slot names TF used.
-
-  Returns:
-    ``{"var": ulps, <field>: ulps, ...}`` for every slot present.
-  """
-  import jax  # pylint: disable=g-import-not-at-top
-
-  import optax_tfrmsprop  # pylint: disable=g-import-not-at-top
-  from optax_tfrmsprop._src import base  # pylint: disable=g-import-not-at-top
-
-  def worst(ours, theirs):
-    ours, theirs = list(ours), list(theirs)
-    assert len(ours) == len(theirs)
-    distances = (
-      optax_tfrmsprop.ulp_distance(np.asarray(a), np.asarray(b))
-      for a, b in zip(ours, theirs)
-    )
-    return max((int(d.max(initial=0)) for d in distances), default=0)
-
-  ulps = {"var": worst(params, tf_vars)}
-  for field, tf_name in base.SEMANTICS[flavor].slots:
-    ours = getattr(state, field)
-    assert (ours is None) == (tf_name not in tf_slots), (field, tf_slots.keys())
-    if ours is not None:
-      ulps[field] = worst(jax.tree.leaves(ours), tf_slots[tf_name])
-  return ulps
 
 
 # TF's float32 sparse momentum kernels (P7/P8) take Eigen's packet rsqrt: a
