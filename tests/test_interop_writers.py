@@ -17,6 +17,7 @@ import optax_tfrmsprop
 from optax_tfrmsprop import interop
 import tf_reference
 from tf_reference import tf
+import toolbox
 
 
 def _fit(model, epochs=1):
@@ -124,14 +125,8 @@ SHAPES = {"dense/kernel": (6, 10), "dense/bias": (10,)}
 
 
 def _grads(steps, seed):
-  rng = np.random.default_rng(seed)
-  return [
-    {
-      n: rng.standard_normal(s).astype(np.float32) * 3
-      for n, s in SHAPES.items()
-    }
-    for _ in range(steps)
-  ]
+  _, grad_steps = toolbox.problem(seed, np.float32, steps, SHAPES.values())
+  return [dict(zip(SHAPES, grads)) for grads in grad_steps]
 
 
 def _tf1_session(config, init, steps, *, restore=None, save=None):
