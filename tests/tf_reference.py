@@ -2,8 +2,8 @@
 
 TensorFlow is imported on first use, not with this module: a test that needs
 it skips without it (``pytest.importorskip``), and the other tests of a file
-that imports this module run without TensorFlow installed. ``tf_reference.tf``
-and ``tf_reference.tf_keras`` import on first access too.
+that imports this module run without TensorFlow installed. ``tf`` and
+``tf_keras`` here import on first attribute access too.
 """
 
 import os
@@ -14,18 +14,29 @@ import numpy as np
 import pytest
 
 
-def __getattr__(name):
-  """``tf_reference.tf`` and ``tf_reference.tf_keras``, imported lazily."""
-  if name == "tf":
-    return pytest.importorskip("tensorflow")
-  if name == "tf_keras":
-    return pytest.importorskip("tf_keras")
-  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+class _LazyModule:
+  """A module imported on first attribute access; the test skips without it.
+
+  So ``from tf_reference import tf`` at the top of a test file imports
+  nothing: ``tf.constant(...)`` inside a test imports TensorFlow then, or
+  skips that test (``pytest.importorskip``) where it is not installed.
+  """
+
+  def __init__(self, name):
+    self._name = name
+
+  def __getattr__(self, attr):
+    if attr.startswith("_"):  # pytest's probes while it collects a module
+      raise AttributeError(attr)
+    return getattr(pytest.importorskip(self._name), attr)
+
+
+tf = _LazyModule("tensorflow")
+tf_keras = _LazyModule("tf_keras")
 
 
 def _to_tf(g):
   """A numpy gradient, or ``(values, indices, dense_shape)``, as TF's."""
-  tf = pytest.importorskip("tensorflow")
   if isinstance(g, tuple):
     values, indices, dense_shape = g
     return tf.IndexedSlices(
@@ -52,7 +63,6 @@ def run_tf(var_values, grad_steps, *, jit_compile=False, **config):
     (``rms``, ``mg``, ``momentum``) to the list of per-variable values, and the
     iteration count.
   """
-  tf_keras = pytest.importorskip("tf_keras")
   opt = tf_keras.optimizers.legacy.RMSprop(**config)
   values, slots = _apply_steps(opt, var_values, grad_steps, jit_compile)
   return values, slots, int(opt.iterations.numpy())
@@ -65,7 +75,6 @@ def _apply_steps(opt, var_values, grad_steps, jit_compile):
     ``(vars, slots)``: final variable values and a dict from slot name to the
     list of per-variable slot values.
   """
-  tf = pytest.importorskip("tensorflow")
   variables = [tf.Variable(v) for v in var_values]
 
   @tf.function(jit_compile=jit_compile, reduce_retracing=True)
@@ -97,7 +106,6 @@ def run_tf1(var_values, grad_steps, *, jit_compile=False, **config):
     ``(vars, slots)``: final variable values and a dict from slot name
     (``rms``, ``mg``, ``momentum``) to the list of per-variable values.
   """
-  tf = pytest.importorskip("tensorflow")
   opt = tf.compat.v1.train.RMSPropOptimizer(**config)
   return _apply_steps(opt, var_values, grad_steps, jit_compile)
 
@@ -132,7 +140,6 @@ def run_keras3(
     opt.apply_gradients(zip(grads, variables))
 
   if not eager:
-    tf = pytest.importorskip("tensorflow")
     step = tf.function(step, jit_compile=jit_compile, reduce_retracing=True)
   for grads in grad_steps:
     step([_to_tf(g) for g in grads])
