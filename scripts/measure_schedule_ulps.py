@@ -27,13 +27,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # older package first on PYTHONPATH can still be measured with them.
 sys.path.append(str(pathlib.Path(__file__).resolve().parents[1]))
 
-# pylint: disable=g-import-not-at-top,wrong-import-position
 import jax
 import tf_keras
 
 from tests import model_fit_reference as ref
-
-# pylint: enable=g-import-not-at-top,wrong-import-position
 
 
 def main():

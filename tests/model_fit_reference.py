@@ -411,14 +411,12 @@ def run_entry_points(
     A dict from entry point (``rmsprop``, ``from_config``, ``RMSprop``) to
     ``(values, slots)`` as :func:`fit` returns them.
   """
-  # pylint: disable=g-import-not-at-top
   import jax
   import jax.numpy as jnp
   import optax
 
   import optax_tfrmsprop as otr
   from optax_tfrmsprop.keras import schedules
-  # pylint: enable=g-import-not-at-top
 
   def port():
     return getattr(schedules, name)(**config, **evaluation)
@@ -473,7 +471,7 @@ def max_ulps(ours, reference):
     A dict from ``"vars"`` and each slot name to the largest distance; a slot
     missing on one side is reported as -1.
   """
-  import optax_tfrmsprop as otr  # pylint: disable=g-import-not-at-top
+  import optax_tfrmsprop as otr
 
   def worst(a_list, b_list):
     return max(

@@ -112,7 +112,7 @@ def records(tmp_path_factory):
 
 
 def test_record_file_round_trips_without_pickle(tmp_path):
-  import ml_dtypes  # pylint: disable=g-import-not-at-top
+  import ml_dtypes
 
   writer = doctor.RecordWriter(
     source="custom",
@@ -673,7 +673,7 @@ def test_gpu_record_is_replayed_on_cpu_and_named_rounding(plain_fit_record):
 def test_command_line_reports_and_exits_with_the_verdict(
   plain_fit_record, capsys
 ):
-  from optax_tfrmsprop.doctor import __main__ as cli  # pylint: disable=g-import-not-at-top
+  from optax_tfrmsprop.doctor import __main__ as cli
 
   assert cli.main([plain_fit_record, "--family", "keras_legacy"]) == 0
   out = capsys.readouterr().out

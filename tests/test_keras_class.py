@@ -24,7 +24,7 @@ from optax_tfrmsprop.keras import Variable
 
 
 def _tf():
-  from tests import tf_reference  # pylint: disable=g-import-not-at-top
+  from tests import tf_reference
 
   return tf_reference.tf, tf_reference.tf_keras
 
@@ -554,7 +554,7 @@ def test_minimize_traces_once_and_sees_new_data_every_step():
   runs["closure"] = (variables, opt)
 
   # 2. One loss reading module-level names that change.
-  global _X_BATCH, _Y_BATCH  # pylint: disable=global-statement
+  global _X_BATCH, _Y_BATCH
   variables2, opt2 = [Variable(v) for v in values], RMSprop(**config)
   loss = lambda: jnp.mean((_forward(variables2, _X_BATCH) - _Y_BATCH) ** 2)
   for _X_BATCH, _Y_BATCH in batches * 3:
@@ -573,7 +573,7 @@ def test_minimize_traces_once_and_sees_new_data_every_step():
   runs["variables"] = (variables3, opt3)
 
   for name, (variables, opt) in runs.items():
-    assert opt._gradient_cache.traces == 1, name  # pylint: disable=protected-access
+    assert opt._gradient_cache.traces == 1, name
     assert int(opt.iterations) == 12
     for ours, reference in zip(variables, expected):
       # One compiled program vs another: equal up to XLA's fusion choices.
@@ -586,7 +586,7 @@ def test_minimize_traces_again_only_when_the_loss_or_variables_change():
   values, batches = _mlp()
   variables = [Variable(v) for v in values]
   opt = RMSprop(0.01)
-  cache = opt._gradient_cache  # pylint: disable=protected-access
+  cache = opt._gradient_cache
   x, y = batches[0]
 
   def loss(scale):
@@ -669,7 +669,7 @@ def test_minimize_grad_loss_and_partial_losses():
       variables,
       grad_loss=np.array([1.0, 2.0, 0.5], np.float32),
     )
-  assert opt._gradient_cache.traces == 1  # pylint: disable=protected-access
+  assert opt._gradient_cache.traces == 1
   expected = [Variable(v) for v in values]
   reference = RMSprop(0.01)
   for xb, yb in batches:
@@ -736,11 +736,11 @@ def test_rounding_and_backend_reach_the_core(rounding, backend):
   with pytest.raises(ValueError, match="rounding"):
     RMSprop(rounding="tf_gpu")
   with pytest.raises(TypeError, match="positional"):
-    RMSprop(0.1, 0.9, 0.0, 1e-7, False, "name", "tf_xla")  # pylint: disable=too-many-function-args
+    RMSprop(0.1, 0.9, 0.0, 1e-7, False, "name", "tf_xla")
 
 
 def test_a_deep_copy_is_an_independent_optimizer():
-  import copy  # pylint: disable=g-import-not-at-top
+  import copy
 
   values, grads = _problem(11, 3)
   variables = [Variable(v) for v in values]
@@ -748,10 +748,7 @@ def test_a_deep_copy_is_an_independent_optimizer():
   opt.apply_gradients(zip(grads[0], variables))
   twin = copy.deepcopy(opt)
   other = copy.deepcopy(variables)
-  assert all(
-    a._unique_id != b._unique_id  # pylint: disable=protected-access
-    for a, b in zip(variables, other)
-  )
+  assert all(a._unique_id != b._unique_id for a, b in zip(variables, other))
   twin.apply_gradients(zip(grads[1], variables))
   assert int(opt.iterations) == 1 and int(twin.iterations) == 2
   opt.apply_gradients(zip(grads[1], variables))

@@ -26,7 +26,7 @@ def _blocks_after(marker: str) -> list[str]:
 def _run(source: str, namespace: dict) -> str:
   out = io.StringIO()
   with contextlib.redirect_stdout(out):
-    exec(compile(source, str(_DOC), "exec"), namespace)  # pylint: disable=exec-used
+    exec(compile(source, str(_DOC), "exec"), namespace)
   return out.getvalue()
 
 
@@ -44,8 +44,8 @@ def test_the_guide_port_runs_and_trains_like_the_tf_script():
   final = [w.numpy() for w in namespace["trainable_weights"]]
   assert int(namespace["optimizer"].iterations) == 2 * 32
 
-  from tests.tf_reference import tf  # pylint: disable=g-import-not-at-top
-  from tests.tf_reference import tf_keras  # pylint: disable=g-import-not-at-top
+  from tests.tf_reference import tf
+  from tests.tf_reference import tf_keras
 
   weights = [tf.Variable(w) for w in initial]
   optimizer = tf_keras.optimizers.legacy.RMSprop(learning_rate=1e-3)
@@ -75,4 +75,4 @@ def test_the_guide_port_runs_and_trains_like_the_tf_script():
   _run(minimize_variant, namespace)
   optimizer = namespace["optimizer"]
   assert int(optimizer.iterations) == 3 * 32
-  assert optimizer._gradient_cache.traces == 1  # pylint: disable=protected-access
+  assert optimizer._gradient_cache.traces == 1

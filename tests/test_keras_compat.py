@@ -221,7 +221,7 @@ def _tf_train(values, grad_steps, config, weights=None):
   variables = [tf.Variable(v) for v in values]
   opt = tf_keras.optimizers.legacy.RMSprop(**config)
   if weights is not None:
-    opt._create_all_weights(variables)  # pylint: disable=protected-access
+    opt._create_all_weights(variables)
     opt.set_weights(weights)
 
   @tf.function

@@ -42,7 +42,7 @@ _SLOT_NAMES = {
 
 def _versions() -> dict[str, str]:
   """Versions of the libraries that may have run the recorded optimizer."""
-  import importlib.metadata  # pylint: disable=g-import-not-at-top
+  import importlib.metadata
 
   found = {}
   for name in (
@@ -68,7 +68,7 @@ _LIVE: "weakref.WeakSet[Recorder]" = weakref.WeakSet()
 def _save_live_recorders() -> None:
   """Writes what the live recorders hold at interpreter exit."""
   for recorder in list(_LIVE):
-    recorder._save_at_exit()  # pylint: disable=protected-access
+    recorder._save_at_exit()
 
 
 class Recorder:
@@ -220,12 +220,12 @@ class _KerasLegacyAdapter(_TFAdapter):
   optimizer = "tf_keras.optimizers.legacy.RMSprop"
 
   def slots(self, var):
-    import tf_keras  # pylint: disable=g-import-not-at-top
+    import tf_keras
 
     del tf_keras
-    from tf_keras.src.optimizers.legacy import optimizer_v2  # pylint: disable=g-import-not-at-top
+    from tf_keras.src.optimizers.legacy import optimizer_v2
 
-    found = self.opt._slots.get(optimizer_v2._var_key(var), {})  # pylint: disable=protected-access
+    found = self.opt._slots.get(optimizer_v2._var_key(var), {})
     return {
       field: found[name]
       for field, name in _SLOT_NAMES[self.source].items()
@@ -236,8 +236,8 @@ class _KerasLegacyAdapter(_TFAdapter):
     return self.opt.iterations
 
   def hyper_tensors(self):
-    lr = self.opt._hyper.get("learning_rate")  # pylint: disable=protected-access
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    lr = self.opt._hyper.get("learning_rate")
+    import tensorflow as tf
 
     if isinstance(lr, tf.Variable):
       return {"learning_rate": lr}
@@ -258,7 +258,7 @@ class _KerasLegacyAdapter(_TFAdapter):
       centered=bool(own["centered"]),
       decay=float(own["decay"]),
       momentum_path=bool(self.opt._momentum),
-    )  # pylint: disable=protected-access
+    )
     for key in ("clipnorm", "clipvalue", "global_clipnorm"):
       if own.get(key) is not None:
         config[key] = float(own[key])
@@ -306,7 +306,7 @@ class _TF1Adapter(_TFAdapter):
         config[name] = float(value)
       else:
         config[name] = float(hypers[name][0])
-    own["centered"] = config["centered"] = bool(self.opt._centered)  # pylint: disable=protected-access
+    own["centered"] = config["centered"] = bool(self.opt._centered)
     own["name"] = self.opt.get_name()
     config["decay"] = 0.0
     return config, own
@@ -326,7 +326,7 @@ class _Keras3Adapter(_TFAdapter):
   def slots(self, var):
     if not self.opt.built:
       return {}
-    index = self.opt._get_variable_index(var)  # pylint: disable=protected-access
+    index = self.opt._get_variable_index(var)
     return {
       field: getattr(self.opt, attr)[index]
       for field, attr in self._LISTS
@@ -337,7 +337,7 @@ class _Keras3Adapter(_TFAdapter):
     return self.opt.iterations
 
   def hyper_tensors(self):
-    lr = self.opt._learning_rate  # pylint: disable=protected-access
+    lr = self.opt._learning_rate
     if hasattr(lr, "value") and hasattr(lr, "assign"):
       return {"learning_rate": lr}
     return {}
@@ -433,7 +433,7 @@ class _TFRecorder(Recorder):
     self, adapter: _TFAdapter, path: str, steps: int, how: str | None = None
   ):
     super().__init__(path, steps)
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    import tensorflow as tf
 
     self._tf = tf
     self._adapter = adapter
@@ -459,7 +459,7 @@ class _TFRecorder(Recorder):
       raise ValueError(
         "This optimizer is already being recorded by the parity doctor."
       )
-    opt._parity_doctor_recorder = self  # pylint: disable=protected-access
+    opt._parity_doctor_recorder = self
     if self._adapter.source == "keras3":
       original = opt.apply
 
@@ -468,7 +468,7 @@ class _TFRecorder(Recorder):
           list(trainable_variables)
           if trainable_variables is not None
           else list(opt._trainable_variables)
-        )  # pylint: disable=protected-access
+        )
         return self._step(
           list(grads), variables, lambda: original(grads, trainable_variables)
         )
@@ -521,7 +521,7 @@ class _TFRecorder(Recorder):
     tf = self._tf
     if tf.executing_eagerly():
       return False
-    from tensorflow.python.ops import control_flow_util  # pylint: disable=g-import-not-at-top
+    from tensorflow.python.ops import control_flow_util
 
     return bool(
       control_flow_util.GraphOrParentsInXlaContext(
@@ -794,12 +794,10 @@ class _TFRecorder(Recorder):
     config, own = self._adapter.config(hypers)
     meta = {
       "config": record_lib.json_safe(
-        dict(  # pylint: disable=protected-access
-          {"momentum": 0.0, "centered": False, "decay": 0.0}, **config
-        )
+        dict({"momentum": 0.0, "centered": False, "decay": 0.0}, **config)
       )
     }
-    meta["optimizer_config"] = record_lib.json_safe(own)  # pylint: disable=protected-access
+    meta["optimizer_config"] = record_lib.json_safe(own)
     return meta
 
   def record(self):
@@ -838,7 +836,7 @@ class _Keras3JaxRecorder(Recorder):
 
   def __init__(self, opt, path, steps, how=None):
     super().__init__(path, steps)
-    import jax  # pylint: disable=g-import-not-at-top
+    import jax
 
     self._jax = jax
     self._adapter = _Keras3Adapter(opt)
@@ -848,7 +846,7 @@ class _Keras3JaxRecorder(Recorder):
       raise ValueError(
         "This optimizer is already being recorded by the parity doctor."
       )
-    opt._parity_doctor_recorder = self  # pylint: disable=protected-access
+    opt._parity_doctor_recorder = self
     stateless_apply = opt.stateless_apply
     apply = opt.apply
 
@@ -871,7 +869,7 @@ class _Keras3JaxRecorder(Recorder):
       return new_trainable, new_optimizer
 
     def recorded_apply(grads, trainable_variables=None):
-      from keras.src import backend  # pylint: disable=g-import-not-at-top
+      from keras.src import backend
 
       if backend.in_stateless_scope():
         return apply(grads, trainable_variables)
@@ -879,7 +877,7 @@ class _Keras3JaxRecorder(Recorder):
         trainable_variables
         if trainable_variables is not None
         else opt._trainable_variables
-      )  # pylint: disable=protected-access
+      )
       before = [np.asarray(v.value) for v in variables]
       built = opt.built
       slots_before = (
@@ -906,7 +904,7 @@ class _Keras3JaxRecorder(Recorder):
 
   def _slot_variables(self):
     opt = self._adapter.opt
-    per_var = [self._adapter.slots(v) for v in opt._trainable_variables]  # pylint: disable=protected-access
+    per_var = [self._adapter.slots(v) for v in opt._trainable_variables]
     if self._fields is None:
       self._fields = [
         f for f in record_lib.SLOTS if per_var and all(f in s for s in per_var)
@@ -945,7 +943,7 @@ class _Keras3JaxRecorder(Recorder):
           source="keras3",
           optimizer=self._adapter.optimizer,
           config={"learning_rate": 0.0, "rho": 0.0, "epsilon": 0.0},
-          names=[v.path for v in opt._trainable_variables],  # pylint: disable=protected-access
+          names=[v.path for v in opt._trainable_variables],
           slot_names={f: _SLOT_NAMES["keras3"][f] for f in self._fields},
           run=run,
         )
@@ -972,18 +970,16 @@ class _Keras3JaxRecorder(Recorder):
     config, own = self._adapter.config({})
     return {
       "config": record_lib.json_safe(
-        dict(  # pylint: disable=protected-access
-          {"momentum": 0.0, "centered": False, "decay": 0.0}, **config
-        )
+        dict({"momentum": 0.0, "centered": False, "decay": 0.0}, **config)
       ),
       "optimizer_config": record_lib.json_safe(own),
-    }  # pylint: disable=protected-access
+    }
 
 
 def _is_keras3_jax(opt) -> bool:
   if not isinstance(_tf_adapter(opt), _Keras3Adapter):
     return False
-  from keras.src import backend  # pylint: disable=g-import-not-at-top
+  from keras.src import backend
 
   return backend.backend() == "jax"
 
@@ -1007,7 +1003,7 @@ def _record_model(model, path, steps):
 
   def fit_and_save(*args, **kwargs):
     history = fit(*args, **kwargs)
-    recorder._maybe_save()  # pylint: disable=protected-access
+    recorder._maybe_save()
     return history
 
   model.fit = fit_and_save
@@ -1022,7 +1018,7 @@ class _OptaxRecorder(Recorder):
 
   def __init__(self, factory, path, steps, kwargs):
     super().__init__(path, steps)
-    import jax  # pylint: disable=g-import-not-at-top
+    import jax
 
     self._jax = jax
     self._source, self._config, self._own = _optax_config(factory, kwargs)
@@ -1116,12 +1112,12 @@ def _jax_run(jax) -> dict[str, Any]:
 
 def _optax_config(factory, kwargs) -> tuple[str, dict, dict]:
   """The canonical config of ``factory(**kwargs)`` for a supported factory."""
-  import inspect  # pylint: disable=g-import-not-at-top
+  import inspect
 
-  import optax  # pylint: disable=g-import-not-at-top
+  import optax
 
-  from optax_tfrmsprop._src import alias  # pylint: disable=g-import-not-at-top
-  from optax_tfrmsprop._src.keras import schedules  # pylint: disable=g-import-not-at-top
+  from optax_tfrmsprop._src import alias
+  from optax_tfrmsprop._src.keras import schedules
 
   bound = inspect.signature(factory).bind(**kwargs)
   bound.apply_defaults()
@@ -1205,10 +1201,10 @@ def _slots_of_state(state) -> dict[str, Any]:
   optax's ``trace`` accumulates updates that already carry ``-lr``; it is
   negated into TF's convention (``var -= mom``).
   """
-  import jax  # pylint: disable=g-import-not-at-top
-  import optax  # pylint: disable=g-import-not-at-top
+  import jax
+  import optax
 
-  from optax_tfrmsprop._src import base  # pylint: disable=g-import-not-at-top
+  from optax_tfrmsprop._src import base
 
   if isinstance(state, base.RMSpropState):
     return {
@@ -1230,8 +1226,8 @@ def _recording_transformation(
   inner, host: Callable[..., None], set_names: Callable[[list[str]], None]
 ):
   """``inner`` whose ``update`` hands each step to ``host`` (debug callback)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import optax  # pylint: disable=g-import-not-at-top
+  import jax
+  import optax
 
   def update_fn(updates, state, params=None, **extra_args):
     if params is None:

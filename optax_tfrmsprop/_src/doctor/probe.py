@@ -67,7 +67,7 @@ class Findings:
 
 def finfo(dtype):
   """``np.finfo``, bfloat16 included (through ml_dtypes)."""
-  import ml_dtypes  # pylint: disable=g-import-not-at-top
+  import ml_dtypes
 
   return ml_dtypes.finfo(dtype)
 
@@ -112,7 +112,7 @@ def _gradients_used(rec: record_lib.Record, steps: int) -> list[list[Any]]:
   }
   clip = None
   if any(v is not None for v in clips.values()):
-    import jax  # pylint: disable=g-import-not-at-top
+    import jax
 
     clip = jax.jit(
       lambda leaves: clipping.clip_gradients(
@@ -126,7 +126,7 @@ def _gradients_used(rec: record_lib.Record, steps: int) -> list[list[Any]]:
   for k in range(steps):
     raw = [rec.grad(k, i) for i in range(len(rec.grads))]
     if clip is not None:
-      with replay_lib.precision(rec):  # pylint: disable=protected-access
+      with replay_lib.precision(rec):
         rows = [g[0] if isinstance(g, tuple) else g for g in raw]
         raw = [
           None if isinstance(g, tuple) else np.asarray(c)
@@ -177,7 +177,7 @@ def probe(rec: record_lib.Record) -> Findings:
     found.notes.append("the record has no steps")
     return found
   config = rec.config
-  rho = float(replay_lib.nominal(config["rho"]))  # pylint: disable=protected-access
+  rho = float(replay_lib.nominal(config["rho"]))
   mu = float(config.get("momentum") or 0.0)
   eps = float(config["epsilon"])
   variables = _probe_vars(rec)

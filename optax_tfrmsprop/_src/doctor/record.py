@@ -70,7 +70,7 @@ def _to_storable(a: np.ndarray) -> np.ndarray:
 
 def _from_storable(a: np.ndarray, dtype_name: str) -> np.ndarray:
   if dtype_name == "bfloat16":
-    import ml_dtypes  # pylint: disable=g-import-not-at-top
+    import ml_dtypes
 
     return a.view(ml_dtypes.bfloat16)
   return a

@@ -43,12 +43,9 @@ _PRESETS = {
 }
 
 
-SCHEDULE_EVALUATIONS = ("graph", "eager")
-"""How a schedule can be evaluated: in ``Model.fit``'s (or ``tf.function``'s)
-graph, whose rewrites round some steps differently, or eagerly."""
-
-
-def build_schedule(config: dict[str, Any], evaluation: str | None):
+def build_schedule(
+  config: dict[str, Any], evaluation: schedules.Evaluation | None
+):
   """A Keras-serialised schedule as this package's port, with ``evaluation``."""
   if evaluation is None:
     return schedules.deserialize(config)
@@ -84,7 +81,7 @@ class Candidate:
 
   family: str
   rounding: str
-  schedule: str | None = None
+  schedule: schedules.Evaluation | None = None
   eps_in_sqrt: bool | None = None
   initial_scale: float | None = None
   decay_float32: bool | None = None
@@ -287,7 +284,9 @@ class Candidate:
     return state.replace(count=jnp.asarray(count, jnp.int32), **values)
 
 
-def _schedule_code(serialized: dict[str, Any], evaluation: str | None) -> str:
+def _schedule_code(
+  serialized: dict[str, Any], evaluation: schedules.Evaluation | None
+) -> str:
   """Code building a serialised Keras schedule with this package's port."""
   ev = f", evaluation={evaluation!r}" if evaluation else ""
   name = serialized.get("class_name")
@@ -319,7 +318,11 @@ def nominal(x: Any) -> Any:
   return x
 
 
-def _learning_rate(rec: record_lib.Record, evaluation: str | None, family: str):
+def _learning_rate(
+  rec: record_lib.Record,
+  evaluation: schedules.Evaluation | None,
+  family: str,
+):
   lr = rec.config["learning_rate"]
   if isinstance(lr, dict):
     return build_schedule(lr["schedule"], evaluation)
@@ -360,7 +363,7 @@ def candidates(
     families.remove(own)
     families.insert(0, own)
   evaluations = (
-    SCHEDULE_EVALUATIONS
+    schedules.EVALUATIONS
     if isinstance(rec.config["learning_rate"], dict)
     else (None,)
   )

@@ -18,6 +18,7 @@ import numpy as np
 from optax_tfrmsprop._src.doctor import probe as probe_lib
 from optax_tfrmsprop._src.doctor import record as record_lib
 from optax_tfrmsprop._src.doctor import replay as replay_lib
+from optax_tfrmsprop._src.keras import schedules
 
 _ROUNDING_ULPS = 16
 """A first departure of at most this many ULP, where the algebra agrees, is a
@@ -195,7 +196,7 @@ class Diagnosis:
       },
       "hints": self.hints,
       "tiers": self.tiers(),
-      "findings": record_lib.json_safe(self.findings.as_dict()),  # pylint: disable=protected-access
+      "findings": record_lib.json_safe(self.findings.as_dict()),
       "replays": [
         {
           "semantics": r.candidate.name,
@@ -367,13 +368,15 @@ def diagnose(
 # Hints.
 
 
-def _schedule_values(rec, count: int) -> dict[str, float] | None:
+def _schedule_values(
+  rec, count: int
+) -> dict[schedules.Evaluation, float] | None:
   """The schedule's value at ``count`` under each available evaluation."""
   lr = rec.config["learning_rate"]
   if not isinstance(lr, dict):
     return None
   values = {}
-  for ev in replay_lib.SCHEDULE_EVALUATIONS:
+  for ev in schedules.EVALUATIONS:
     schedule = replay_lib.build_schedule(lr["schedule"], ev)
     values[ev] = float(schedule(jnp.asarray(count, jnp.float32)))
   return values
@@ -555,10 +558,10 @@ def _describe_config(config: dict[str, Any]) -> str:
     )
     lr = f"{s.get('class_name')}({inner})"
   elif lr != "per_step":
-    lr = repr(replay_lib.nominal(lr))  # pylint: disable=protected-access
+    lr = repr(replay_lib.nominal(lr))
   parts = [f"learning_rate={lr}"]
   for key in ("rho", "momentum", "epsilon"):
-    parts.append(f"{key}={replay_lib.nominal(config[key])!r}")  # pylint: disable=protected-access
+    parts.append(f"{key}={replay_lib.nominal(config[key])!r}")
   parts.append(f"centered={config['centered']}")
   for key in ("decay", "clipnorm", "clipvalue", "global_clipnorm"):
     if config.get(key):

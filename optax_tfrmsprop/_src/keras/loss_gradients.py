@@ -64,7 +64,7 @@ class _UnknownRead(Exception):
 @contextlib.contextmanager
 def _reading(read: Callable[[Variable], jax.Array]):
   """Routes this thread's Variable reads through ``read``."""
-  local = variable_lib._tracing  # pylint: disable=protected-access
+  local = variable_lib._tracing
   previous = getattr(local, "read", None)
   local.read = read
   try:
@@ -115,7 +115,7 @@ class _Parts:
     statics = self._statics
     if isinstance(obj, Variable):
       # Read through the trace's read hook, never baked in.
-      statics.append(("variable", obj._unique_id))  # pylint: disable=protected-access
+      statics.append(("variable", obj._unique_id))
       return lambda it: obj
     if isinstance(obj, _ARRAY_TYPES):
       statics.append(
@@ -131,7 +131,7 @@ class _Parts:
     if isinstance(obj, _VALUE_TYPES):
       statics.append((type(obj), obj))
       return lambda it: obj
-    if type(obj) is dict:  # pylint: disable=unidiomatic-typecheck
+    if type(obj) is dict:
       keys = list(obj)
       statics.append(("dict", tuple(self._key_of(k) for k in keys)))
       parts = [self._split(obj[k]) for k in keys]
@@ -255,19 +255,19 @@ class _Entry:
       The loss as an array.
     """
     diff_vars, fixed_vars = self._split_vars(var_list)
-    by_id = {v._unique_id: x for v, x in zip(diff_vars, diff)}  # pylint: disable=protected-access
-    by_id.update((v._unique_id, x) for v, x in zip(fixed_vars, fixed))  # pylint: disable=protected-access
+    by_id = {v._unique_id: x for v, x in zip(diff_vars, diff)}
+    by_id.update((v._unique_id, x) for v, x in zip(fixed_vars, fixed))
 
     def read(var):
-      x = by_id.get(var._unique_id)  # pylint: disable=protected-access
+      x = by_id.get(var._unique_id)
       if x is not None:
         return x
       if unknown == "raise":
         raise _UnknownRead(var.name)
       if unknown == "add":
         self.extras.append(var)
-        by_id[var._unique_id] = var._value  # pylint: disable=protected-access
-      return var._value  # pylint: disable=protected-access
+        by_id[var._unique_id] = var._value
+      return var._value
 
     with _reading(read):
       out = self.rebuild(iter(leaves))()
@@ -278,9 +278,9 @@ class _Entry:
   def _inputs(self, var_list):
     diff_vars, fixed_vars = self._split_vars(var_list)
     return (
-      [v._value for v in diff_vars],  # pylint: disable=protected-access
+      [v._value for v in diff_vars],
       [v._value for v in fixed_vars],
-    )  # pylint: disable=protected-access
+    )
 
   def build(self, var_list, leaves) -> None:
     """Traces the loss, finds the Variables it reads, compiles the gradient."""
@@ -330,11 +330,11 @@ class _Entry:
 
     def loss_of(d):
       # Record which of var_list's Variables the loss reads.
-      values = {v._unique_id: x for v, x in zip(diff_vars, d)}  # pylint: disable=protected-access
+      values = {v._unique_id: x for v, x in zip(diff_vars, d)}
 
       def recording(var):
-        read.add(var._unique_id)  # pylint: disable=protected-access
-        return values.get(var._unique_id, var._value)  # pylint: disable=protected-access
+        read.add(var._unique_id)
+        return values.get(var._unique_id, var._value)
 
       with _reading(recording):
         out = self.rebuild(iter(leaves))()
@@ -344,7 +344,7 @@ class _Entry:
     out, vjp = jax.vjp(loss_of, diff)
     grads = iter(vjp(_cotangent(out, grad_loss))[0])
     return [
-      (g if v._unique_id in read else None) if d else None  # pylint: disable=protected-access
+      (g if v._unique_id in read else None) if d else None
       for v, d, g in (
         (v, d, next(grads) if d else None)
         for v, d in zip(var_list, self.differentiable)
@@ -431,7 +431,7 @@ class GradientCache:
       parts = _Parts(loss)
       key = (
         parts.key,
-        tuple(v._unique_id for v in var_list),  # pylint: disable=protected-access
+        tuple(v._unique_id for v in var_list),
         None if grad_loss is None else (grad_loss.shape, grad_loss.dtype),
       )
       with self._lock:

@@ -328,12 +328,12 @@ class OptimizerV2:
     with self._lock:
       if slot_name not in self._slot_names:
         self._slot_names.append(slot_name)
-      slots = self._slots.setdefault(var._unique_id, {})  # pylint: disable=protected-access
+      slots = self._slots.setdefault(var._unique_id, {})
       if slot_name not in slots:
         shape = var.shape if shape is None else tuple(shape)
         slots[slot_name] = Variable(
           _initial_value(initializer, shape, var.dtype),
-          name=f"{self._name}/{var._shared_name}/{slot_name}",  # pylint: disable=protected-access
+          name=f"{self._name}/{var._shared_name}/{slot_name}",
           dtype=var.dtype,
           trainable=False,
         )
@@ -343,7 +343,7 @@ class OptimizerV2:
   def get_slot(self, var: Variable, slot_name: str) -> Variable:
     """The slot ``slot_name`` of ``var``."""
     try:
-      return self._slots[var._unique_id][slot_name]  # pylint: disable=protected-access
+      return self._slots[var._unique_id][slot_name]
     except (KeyError, AttributeError):
       raise KeyError(
         f"No slot {slot_name!r} for variable {getattr(var, 'name', var)}; "
@@ -544,34 +544,34 @@ class OptimizerV2:
     # Calls callables: may raise.
     prepared = self._prepare(variables, plan.dtypes)
     values, slots, count = update(
-      [[s._value for s in vs] for vs in plan.slots],  # pylint: disable=protected-access
-      iterations._value,  # pylint: disable=protected-access
+      [[s._value for s in vs] for vs in plan.slots],
+      iterations._value,
       prepared,
     )
     for var, value in zip(variables, values):
-      var._value = value  # pylint: disable=protected-access
+      var._value = value
     for slot_vars, new in zip(plan.slots, slots):
       for slot, value in zip(slot_vars, new):
-        slot._value = value  # pylint: disable=protected-access
+        slot._value = value
     for var in variables:
       if var.constraint is not None:
         _apply_constraint(var)
-    iterations._value = count  # pylint: disable=protected-access
-    return Variable._wrap(count, f"{self._name}/iter")  # pylint: disable=protected-access
+    iterations._value = count
+    return Variable._wrap(count, f"{self._name}/iter")
 
   def _plan(self, variables: list[Variable]) -> "_Plan":
     """Creates the weights of ``variables``; returns their slots and dtypes."""
     self.build(variables)
     plan = _Plan(
       slots=[
-        [self._slots[v._unique_id][n] for v in variables]  # pylint: disable=protected-access
+        [self._slots[v._unique_id][n] for v in variables]
         for n in self._step_slot_names()
       ],
       dtypes=frozenset(np.dtype(v.dtype) for v in variables),
     )
     if len(self._plans) >= _MAX_PLANS:
       self._plans.clear()
-    self._plans[tuple(v._unique_id for v in variables)] = plan  # pylint: disable=protected-access
+    self._plans[tuple(v._unique_id for v in variables)] = plan
     return plan
 
   def minimize(
@@ -648,7 +648,7 @@ class OptimizerV2:
 
       entry.fused = jax.jit(fused, static_argnames="static")
     inputs = entry.inputs(var_list, leaves, grad_loss)
-    key = tuple(v._unique_id for v in var_list)  # pylint: disable=protected-access
+    key = tuple(v._unique_id for v in var_list)
     return self._step(
       var_list,
       key,
@@ -724,7 +724,13 @@ class OptimizerV2:
     return _jsonable(value)
 
   @classmethod
-  def from_config(cls, config, custom_objects=None, *, evaluation="graph"):
+  def from_config(
+    cls,
+    config,
+    custom_objects=None,
+    *,
+    evaluation: schedules.Evaluation = "graph",
+  ):
     """Creates an optimizer from a config, e.g. a TF optimizer's config.
 
     Args:
@@ -834,7 +840,7 @@ def _filter_empty_gradients(grads_and_vars) -> list[tuple[Any, Variable]]:
   kept = []
   for i, item in enumerate(pairs):
     pair = item
-    if type(pair) is not tuple or len(pair) != 2:  # pylint: disable=unidiomatic-typecheck
+    if type(pair) is not tuple or len(pair) != 2:
       if not isinstance(pair, (tuple, list)) or len(pair) != 2:
         raise TypeError(
           "grads_and_vars must be (gradient, variable) pairs; item "
@@ -870,12 +876,12 @@ def _filter_empty_gradients(grads_and_vars) -> list[tuple[Any, Variable]]:
 def _check_unique(variables: list[Variable]) -> None:
   seen = set()
   for v in variables:
-    if v._unique_id in seen:  # pylint: disable=protected-access
+    if v._unique_id in seen:
       raise ValueError(
         f"Variable {v.name} appears twice in grads_and_vars; sum its "
         "gradients into one."
       )
-    seen.add(v._unique_id)  # pylint: disable=protected-access
+    seen.add(v._unique_id)
 
 
 def _check_gradients(pairs) -> tuple[list, list, list, tuple[int, ...]]:
@@ -890,24 +896,24 @@ def _check_gradients(pairs) -> tuple[list, list, list, tuple[int, ...]]:
   """
   grads, variables, values, ids = [], [], [], []
   for grad, var in pairs:
-    value = var._value  # pylint: disable=protected-access
+    value = var._value
     # A jax array of the value's own type: checked quickly; anything else
     # (NumPy, Python numbers, IndexedSlices, errors) the slow way.
     common = (
-      type(grad) is type(value)  # pylint: disable=unidiomatic-typecheck
+      type(grad) is type(value)
       and grad.shape == value.shape
       and grad.dtype == value.dtype
     )
     grads.append(grad if common else _check_gradient(grad, var))
     variables.append(var)
     values.append(value)
-    ids.append(var._unique_id)  # pylint: disable=protected-access
+    ids.append(var._unique_id)
   return grads, variables, values, tuple(ids)
 
 
 def _check_gradient(g, var: Variable):
   """The gradient as the step takes it; raises if it does not fit ``var``."""
-  value = var._value  # pylint: disable=protected-access
+  value = var._value
   if isinstance(g, Variable):
     g = g.value
   if isinstance(g, sparse.IndexedSlices):
@@ -918,7 +924,7 @@ def _check_gradient(g, var: Variable):
       )
     # Shapes, dtypes and (concrete) indices: TF's InvalidArgumentError for
     # an index out of range, before anything changes.
-    sparse.check_sparse_grad(f"the gradient of {var.name}", g, var._value)  # pylint: disable=protected-access
+    sparse.check_sparse_grad(f"the gradient of {var.name}", g, var._value)
     return g
   if not isinstance(g, (jax.Array, np.ndarray, np.generic)):
     g = jnp.asarray(g, var.dtype)  # Python numbers and lists, as TF's.
@@ -935,7 +941,7 @@ def _check_gradient(g, var: Variable):
 
 def _apply_constraint(var: Variable) -> None:
   """``var.assign(var.constraint(value))``, as TF after a dense update."""
-  value = var._value  # pylint: disable=protected-access
+  value = var._value
   constraint = var.constraint
   assert constraint is not None
   new = jnp.asarray(constraint(value))
@@ -944,7 +950,7 @@ def _apply_constraint(var: Variable) -> None:
       f"The constraint of {var.name} returned shape {new.shape}; the "
       f"variable has shape {value.shape}."
     )
-  var._value = new.astype(value.dtype)  # pylint: disable=protected-access
+  var._value = new.astype(value.dtype)
 
 
 def _jsonable(value: Any) -> Any:

@@ -259,7 +259,7 @@ class RMSprop(optimizer_v2.OptimizerV2):
     config, readers, epsilon, _ = self._derived
     hypers = {name: read() for name, read in readers}
     x64 = jax.dtypes.canonicalize_dtype(np.float64) == np.float64
-    if type(epsilon) is not float:  # pylint: disable=unidiomatic-typecheck
+    if type(epsilon) is not float:
       if callable(epsilon):
         epsilon = epsilon()
       if isinstance(epsilon, Variable):
@@ -338,21 +338,21 @@ class RMSprop(optimizer_v2.OptimizerV2):
     epsilon = self._epsilon() if callable(self._epsilon) else self._epsilon
     config.update(
       learning_rate=self._serialize_hyperparameter("learning_rate"),
-      decay=optimizer_v2._jsonable(self._initial_decay),  # pylint: disable=protected-access
+      decay=optimizer_v2._jsonable(self._initial_decay),
       rho=self._serialize_hyperparameter("rho"),
       momentum=self._serialize_hyperparameter("momentum"),
-      epsilon=optimizer_v2._jsonable(  # pylint: disable=protected-access
+      epsilon=optimizer_v2._jsonable(
         epsilon.value if isinstance(epsilon, Variable) else epsilon
       ),
       centered=self.centered,
     )
-    return optimizer_v2._jsonable(config)  # pylint: disable=protected-access
+    return optimizer_v2._jsonable(config)
 
 
 def _reader(value) -> Any:
   """A function that reads a hyperparameter as the compiled step takes it."""
   if isinstance(value, Variable):
-    return lambda: value._value  # pylint: disable=protected-access
+    return lambda: value._value
   if callable(value):
     return lambda: _traced(value())
   traced = _traced(value)
@@ -365,10 +365,10 @@ def _traced(value) -> Any:
   Variables and arrays keep their dtype (one cast to each variable's dtype
   follows, as TF's ``tf.cast``); a number becomes TF's float32 tensor.
   """
-  if type(value) is Variable:  # pylint: disable=unidiomatic-typecheck
-    return value._value  # pylint: disable=protected-access
+  if type(value) is Variable:
+    return value._value
   if isinstance(value, Variable):
-    return value._value  # pylint: disable=protected-access
+    return value._value
   if isinstance(value, jax.Array) or (
     isinstance(value, np.ndarray) and value.dtype.kind == "f"
   ):

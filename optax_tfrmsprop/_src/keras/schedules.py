@@ -46,7 +46,7 @@ is not part of the config.
 
 from collections.abc import Mapping
 import math
-from typing import Any, Literal
+from typing import Any, cast, Literal
 
 import jax
 import jax.numpy as jnp
@@ -57,7 +57,7 @@ from optax_tfrmsprop._src import numerics
 _MODULE = "keras.optimizers.schedules"
 
 Evaluation = Literal["graph", "eager"]
-EVALUATIONS: tuple[str, ...] = ("graph", "eager")
+EVALUATIONS: tuple[Evaluation, ...] = ("graph", "eager")
 
 
 def check_evaluation(evaluation: Any) -> Evaluation:
@@ -66,7 +66,7 @@ def check_evaluation(evaluation: Any) -> Evaluation:
     raise ValueError(
       f"evaluation must be one of {EVALUATIONS}, got evaluation={evaluation!r}."
     )
-  return evaluation
+  return cast(Evaluation, evaluation)
 
 
 # Eager evaluation: TF's ops one by one.
@@ -287,7 +287,8 @@ class LearningRateSchedule:
 class _KerasSchedule(LearningRateSchedule):
   """A Keras schedule, evaluated as TF's graph or as TF eagerly."""
 
-  _evaluation: Evaluation = "graph"
+  def __init__(self, *, evaluation: Evaluation = "graph"):
+    self._evaluation = check_evaluation(evaluation)
 
   @property
   def evaluation(self) -> Evaluation:
@@ -355,7 +356,7 @@ class ExponentialDecay(_KerasSchedule):
     self.decay_rate = decay_rate
     self.staircase = staircase
     self.name = name
-    self._evaluation = check_evaluation(evaluation)
+    super().__init__(evaluation=evaluation)
 
   def _eager(self, step):
     lr0 = _tensor(self.initial_learning_rate)
@@ -419,7 +420,7 @@ class PiecewiseConstantDecay(_KerasSchedule):
     self.boundaries = boundaries
     self.values = values
     self.name = name
-    self._evaluation = check_evaluation(evaluation)
+    super().__init__(evaluation=evaluation)
 
   def _eager(self, step):
     bounds = [_tensor(b).astype(step.dtype) for b in self.boundaries]
@@ -493,7 +494,7 @@ class PolynomialDecay(_KerasSchedule):
     self.power = power
     self.cycle = cycle
     self.name = name
-    self._evaluation = check_evaluation(evaluation)
+    super().__init__(evaluation=evaluation)
 
   def _eager(self, step):
     lr0 = _tensor(self.initial_learning_rate)
@@ -599,7 +600,7 @@ class InverseTimeDecay(_KerasSchedule):
     self.decay_rate = decay_rate
     self.staircase = staircase
     self.name = name
-    self._evaluation = check_evaluation(evaluation)
+    super().__init__(evaluation=evaluation)
 
   def _eager(self, step):
     lr0 = _tensor(self.initial_learning_rate)
@@ -686,7 +687,7 @@ class CosineDecay(_KerasSchedule):
     self.name = name
     self.warmup_target = warmup_target
     self.warmup_steps = warmup_steps
-    self._evaluation = check_evaluation(evaluation)
+    super().__init__(evaluation=evaluation)
 
   def _decay(self, s, ds, decay_from, dtype):
     fraction = _divide(s, ds)
@@ -798,7 +799,7 @@ class CosineDecayRestarts(_KerasSchedule):
     self.m_mul = m_mul
     self.alpha = alpha
     self.name = name
-    self._evaluation = check_evaluation(evaluation)
+    super().__init__(evaluation=evaluation)
 
   def _eager(self, step):
     lr0 = _tensor(self.initial_learning_rate)
@@ -980,7 +981,7 @@ def deserialize(
   class_name = config["class_name"]
   custom_objects = dict(custom_objects or {})
   cls = custom_objects.get(class_name) or custom_objects.get(
-    config.get("registered_name")
+    config.get("registered_name") or class_name
   )
   if cls is None and config.get("module") in (None, _MODULE):
     cls = KERAS_SCHEDULES.get(class_name)

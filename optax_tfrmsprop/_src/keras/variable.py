@@ -162,7 +162,7 @@ class Variable:
     return self._read()
 
   @property
-  def T(self) -> jax.Array:  # pylint: disable=invalid-name
+  def T(self) -> jax.Array:
     """The transposed value."""
     return self._read().T
 
@@ -295,26 +295,26 @@ class _Reference:
     return self._var
 
   def __hash__(self):
-    return hash(self._var._unique_id)  # pylint: disable=protected-access
+    return hash(self._var._unique_id)
 
   def __eq__(self, other):
     return isinstance(other, _Reference) and other._var is self._var
 
 
 def _unwrap(x):
-  return x._read() if isinstance(x, Variable) else x  # pylint: disable=protected-access
+  return x._read() if isinstance(x, Variable) else x
 
 
 def _binary(op):
-  return lambda self, other: op(self._read(), _unwrap(other))  # pylint: disable=protected-access
+  return lambda self, other: op(self._read(), _unwrap(other))
 
 
 def _reflected(op):
-  return lambda self, other: op(_unwrap(other), self._read())  # pylint: disable=protected-access
+  return lambda self, other: op(_unwrap(other), self._read())
 
 
 def _unary(op):
-  return lambda self: op(self._read())  # pylint: disable=protected-access
+  return lambda self: op(self._read())
 
 
 for _name, _op in (
