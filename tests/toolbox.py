@@ -249,7 +249,8 @@ def max_ulp(actual, expected) -> int:
   """The largest ULP distance between two trees' leaves; NaN equals NaN.
 
   Leaves are compared pairwise in ``jax.tree.leaves`` order; the counts,
-  shapes and dtypes must agree.
+  shapes and dtypes must agree. Complex leaves count the real and imaginary
+  parts' distances.
   """
   actual, expected = jax.tree.leaves(actual), jax.tree.leaves(expected)
   assert len(actual) == len(expected), (len(actual), len(expected))
@@ -257,6 +258,8 @@ def max_ulp(actual, expected) -> int:
   for ours, theirs in zip(actual, expected):
     a, e = np.asarray(ours), np.asarray(theirs)
     assert a.shape == e.shape, (a.shape, e.shape)
+    if np.iscomplexobj(a) and a.dtype == e.dtype:  # real and imaginary parts
+      a, e = (np.atleast_1d(x).view(a.real.dtype) for x in (a, e))
     worst = max(worst, int(ot.ulp_distance(a, e).max(initial=0)))
   return worst
 
