@@ -191,11 +191,6 @@ def test_traced_hyperparameters_of_the_wrong_shape_raise():
     (jnp.int32, r"\['w'\] has dtype int32"),
     (jnp.uint8, r"\['w'\] has dtype uint8"),
     (jnp.bool_, r"\['w'\] has dtype bool"),
-    (
-      jnp.complex64,
-      r"\['w'\] has dtype complex64: complex parameters are "
-      "not supported yet",
-    ),
   ],
 )
 @pytest.mark.parametrize("make", ["rmsprop", "tf1_rmsprop", "keras3_rmsprop"])

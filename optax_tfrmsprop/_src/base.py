@@ -75,6 +75,14 @@ class Semantics:
       (Keras' inverse-time ``decay`` and its clipping); the others raise
       rather than compute something no TF optimizer of that flavor computes.
     slots: ``(state field, TF slot name)`` in TF's creation order.
+    complex_sparse: an ``IndexedSlices`` gradient of a complex variable
+      trains; otherwise TF raises a TypeError (Keras 3's sparse division
+      calls ``tf.math.is_nan``, which has no complex kernel).
+    complex128_exact: complex128 variables are updated in complex128. Keras
+      3 promotes complex128 with a Python float (and with complex64) to
+      complex64 (``keras.backend.result_type``), so most of its update of a
+      complex128 variable runs in complex64; that is not reproduced, and
+      such leaves raise a TypeError.
   """
 
   flavor: str
@@ -89,6 +97,8 @@ class Semantics:
   schedule_step_in_leaf_dtype: bool
   options: tuple[str, ...]
   slots: tuple[tuple[str, str], ...]
+  complex_sparse: bool = True
+  complex128_exact: bool = True
 
   def uses_momentum(self, momentum: Any) -> bool:
     """Whether TF takes its momentum path (and creates the ``mom`` slot).
@@ -156,6 +166,8 @@ SEMANTICS: dict[str, Semantics] = {
     # ``decay`` with a warning.
     options=(),
     slots=(("ms", "velocity"), ("mom", "momentum"), ("mg", "average_gradient")),
+    complex_sparse=False,
+    complex128_exact=False,
   ),
 }
 """:class:`Semantics` of each :data:`Flavor`."""

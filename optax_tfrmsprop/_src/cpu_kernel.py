@@ -165,6 +165,24 @@ def use_kernel(backend: Backend) -> bool:
   return reason is None
 
 
+def check_dtype(backend: Backend, dtype, where: str) -> None:
+  """Raises a ValueError when ``backend="ffi"`` meets a complex leaf.
+
+  The kernel has no complex loops; ``"auto"`` runs such leaves on XLA.
+
+  Args:
+    backend: the requested backend.
+    dtype: a leaf dtype.
+    where: the leaf, for the message.
+  """
+  if backend == "ffi" and jnp.issubdtype(dtype, jnp.complexfloating):
+    raise ValueError(
+      f"backend='ffi': the CPU kernel has no {np.dtype(dtype)} loops (the "
+      f"parameter at {where}); use backend='xla' (or 'auto', which runs "
+      "complex leaves on XLA)."
+    )
+
+
 def handles(dtype) -> bool:
   """Whether the kernel has loops for leaves of ``dtype``."""
   return np.dtype(dtype) in DTYPES
@@ -260,7 +278,7 @@ def _check_dense(leaves, hypers, centered, momentum, apply) -> None:
 
 
 def _check_sparse(values, indices, var, ms, mg, mom, hypers, apply) -> None:
-  """Raises a ValueError naming the first operand the sparse call cannot take."""
+  """Raises a ValueError naming the first operand the sparse call refuses."""
   where = "cpu_kernel.sparse_update"
   dtype = _check_hypers(where, hypers)
   path = f"the path centered={mg is not None}, apply={apply}"

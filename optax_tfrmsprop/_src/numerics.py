@@ -44,6 +44,8 @@ def rounded(x: jax.Array) -> jax.Array:
   Returns:
     An array equal to ``x``.
   """
+  if isinstance(x, EigenComplex):
+    return x  # Every real operation inside is rounded already.
   return jnp.where(is_nan(x), jnp.asarray(jnp.nan, x.dtype), x)
 
 
@@ -197,9 +199,27 @@ def hyperparams(
   Returns:
     A :class:`~optax_tfrmsprop._src.base.Hyperparams` of ``dtype`` scalars.
 
+  A complex leaf sees its real dtype's values with a zero imaginary part:
+  TF casts the float hyperparameters to the complex dtype, and its complex
+  arithmetic on them (``1 - rho``, ``decay``; schedules cast the complex
+  step back to float) rounds as the real arithmetic does.
+
   Raises:
     ValueError: when a schedule returns anything but a scalar.
   """
+  if is_complex(dtype):
+    parts = hyperparams(
+      semantics,
+      real_dtype(dtype),
+      count=count,
+      learning_rate=learning_rate,
+      rho=rho,
+      momentum=momentum,
+      epsilon=epsilon,
+      decay=decay,
+      round_=round_,
+    )
+    return base.Hyperparams(*(x.astype(dtype) for x in parts))
   count = jnp.asarray(count)
   step = count.astype(dtype)
   if callable(learning_rate):
@@ -381,3 +401,272 @@ def eigen_sum(x: jax.Array) -> jax.Array:
     return left if node[1] is None else left + combine(node[1])
 
   return combine(tree)
+
+
+# Complex arithmetic as TF's CPU kernels compute it.
+
+
+def is_complex(dtype) -> bool:
+  """Whether ``dtype`` is complex64 or complex128."""
+  return jnp.issubdtype(dtype, jnp.complexfloating)
+
+
+def real_dtype(dtype) -> np.dtype:
+  """The dtype of the real and imaginary parts of ``dtype`` (or ``dtype``)."""
+  return np.dtype(jnp.finfo(dtype).dtype)
+
+
+def eigen_tail(shape: tuple[int, ...], dtype, valid: Any = None) -> Any:
+  """Which elements of a complex op's output Eigen computes with scalar code.
+
+  TF's CPU kernels evaluate an elementwise expression over the flattened
+  tensor in AVX packets (4 complex64 or 2 complex128 values) and the last
+  ``size % packet`` elements one at a time, with other algorithms for the
+  quotient and square root (:class:`EigenComplex`).
+
+  Args:
+    shape: the shape of the op's output.
+    dtype: its complex dtype.
+    valid: the number of leading elements that TF's tensor has (a traced
+      count of de-duplicated rows times the row width), when the array is
+      padded beyond it; ``None`` when the whole array is TF's tensor.
+
+  Returns:
+    ``False`` when no element is scalar, ``True`` when all are, else a
+    boolean array of ``shape``.
+  """
+  packet = EIGEN_PACKET_BYTES // np.dtype(dtype).itemsize
+  size = int(np.prod(shape))
+  if valid is None:
+    if size % packet == 0:
+      return False
+    if size < packet:
+      return True
+    return (np.arange(size) >= size - size % packet).reshape(shape)
+  index = jnp.arange(size).reshape(shape)
+  return index >= valid - valid % packet
+
+
+def _select(tail, scalar, packet) -> tuple[jax.Array, jax.Array]:
+  """``scalar`` where ``tail``, else ``packet`` (both pairs of parts)."""
+  if tail is True:
+    return scalar()
+  if tail is False or tail is None:
+    return packet()
+  (sre, sim), (pre, pim) = scalar(), packet()
+  return jnp.where(tail, sre, pre), jnp.where(tail, sim, pim)
+
+
+def _hypot(ax: jax.Array, ay: jax.Array) -> jax.Array:
+  """Eigen's ``positive_real_hypot(|x|, |y|)``: ``p sqrt(1 + (q / p)^2)``."""
+  r = rounded
+  p, q = jnp.maximum(ax, ay), jnp.minimum(ax, ay)
+  qp = r(q / jnp.where(p == 0, 1, p))
+  h = r(p * r(jnp.sqrt(1 + r(qp * qp))))
+  h = jnp.where(p == 0, 0, h)
+  inf, nan = jnp.asarray(jnp.inf, ax.dtype), jnp.asarray(jnp.nan, ax.dtype)
+  h = jnp.where(jnp.isnan(ax) | jnp.isnan(ay), nan, h)
+  return jnp.where(jnp.isinf(ax) | jnp.isinf(ay), inf, h)
+
+
+@jax.tree_util.register_pytree_node_class
+class EigenComplex:
+  r"""A complex array whose arithmetic rounds as TF's CPU kernels do.
+
+  XLA computes a complex product as two fused multiply-adds and has its own
+  quotient and square root; TF's Eigen kernels (AVX, no FMA) round every
+  real operation. This value type holds the real and imaginary parts and
+  overloads ``+``, ``-``, ``*`` and ``/`` (with arrays, numbers or another
+  :class:`EigenComplex`) so that the update rules of :mod:`update_rules`,
+  written once for every dtype, give TF's bits on complex leaves
+  (``rounding="tf_cpu"``). With :math:`x = a + ib`, :math:`y = c + id`:
+
+  * product (packets and scalars alike): :math:`(ac - bd) + i(ad + bc)`;
+  * quotient, in packets (``pdiv_complex``): with :math:`m = \max(|c|, |d|)`,
+    :math:`c' = c / m`, :math:`d' = d / m`,
+    :math:`((ac' + bd') / (c'^2 + d'^2)) / m + i((bc' - ad') / (c'^2 + d'^2))
+    / m`; in scalar code (the compiler's Smith division), with
+    :math:`|c| \ge |d|`: :math:`r = d / c`, :math:`t = dr + c`,
+    :math:`(br + a) / t + i(b - ar) / t` (and symmetrically);
+  * square root: Eigen's ``psqrt_complex`` in packets, ``complex_sqrt`` in
+    scalar code (they differ where the real part is zero);
+  * reciprocal square root: ``complex_rsqrt`` (scalar code only: Eigen has
+    no complex rsqrt packet, so TF's sparse kernels run scalar code).
+
+  ``tail`` says which elements TF computes with scalar code
+  (:func:`eigen_tail`); ``None`` for scalars that adopt their partner's.
+
+  Attributes:
+    re: the real parts.
+    im: the imaginary parts.
+    tail: ``None``, a bool, or a boolean array broadcastable to ``re``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> z = EigenComplex.wrap(jnp.complex64([3 + 4j]), tail=False)
+    >>> (z * z).value(), z.sqrt().value()
+    (Array([-7.+24.j], dtype=complex64), Array([2.+1.j], dtype=complex64))
+  """
+
+  def __init__(self, re, im, tail=None):
+    self.re, self.im, self.tail = re, im, tail
+
+  def tree_flatten(self):
+    if self.tail is None or isinstance(self.tail, bool):
+      return (self.re, self.im, None), self.tail
+    return (self.re, self.im, jnp.asarray(self.tail)), None
+
+  @classmethod
+  def tree_unflatten(cls, static_tail, children):
+    re, im, tail = children
+    return cls(re, im, static_tail if tail is None else tail)
+
+  @classmethod
+  def wrap(cls, z, tail=None) -> "EigenComplex":
+    """``z`` (a complex array) as an :class:`EigenComplex`."""
+    if isinstance(z, EigenComplex):
+      return z
+    z = jnp.asarray(z)
+    return cls(jnp.real(z), jnp.imag(z), tail)
+
+  def value(self) -> jax.Array:
+    """The complex array."""
+    return jax.lax.complex(self.re, self.im)
+
+  @property
+  def shape(self) -> tuple[int, ...]:
+    return jnp.shape(self.re)
+
+  @property
+  def dtype(self):
+    return jnp.result_type(self.value())
+
+  def _other(self, other) -> "EigenComplex":
+    if isinstance(other, EigenComplex):
+      return other
+    z = jnp.asarray(other, dtype=self.dtype)
+    return EigenComplex(jnp.real(z), jnp.imag(z))
+
+  def _tail(self, other: "EigenComplex"):
+    return self.tail if other.tail is None else other.tail
+
+  def __neg__(self):
+    return EigenComplex(-self.re, -self.im, self.tail)
+
+  def __add__(self, other):
+    o = self._other(other)
+    return EigenComplex(self.re + o.re, self.im + o.im, self._tail(o))
+
+  def __radd__(self, other):
+    return self._other(other) + self
+
+  def __sub__(self, other):
+    o = self._other(other)
+    return EigenComplex(self.re - o.re, self.im - o.im, self._tail(o))
+
+  def __rsub__(self, other):
+    return self._other(other) - self
+
+  def __mul__(self, other):
+    o, r = self._other(other), rounded
+    a, b, c, d = self.re, self.im, o.re, o.im
+    return EigenComplex(r(a * c) - r(b * d), r(a * d) + r(b * c), self._tail(o))
+
+  def __rmul__(self, other):
+    return self._other(other) * self
+
+  def __truediv__(self, other):
+    o, r = self._other(other), rounded
+    a, b, c, d = self.re, self.im, o.re, o.im
+
+    def packet():  # pdiv_complex
+      m = jnp.maximum(jnp.abs(c), jnp.abs(d))
+      cs, ds = r(c / m), r(d / m)
+      denom = r(cs * cs) + r(ds * ds)
+      re = r(a * cs) - r(b * -ds)
+      im = r(a * -ds) + r(b * cs)
+      return r(r(re / denom) / m), r(r(im / denom) / m)
+
+    def scalar():  # Smith's division, as clang emits it for std::complex.
+      by_d = jnp.abs(c) < jnp.abs(d)
+      p, q = jnp.where(by_d, c, d), jnp.where(by_d, d, c)
+      ratio = r(p / q)
+      denom = r(p * ratio) + q
+      re = jnp.where(by_d, r(a * ratio) + b, r(b * ratio) + a)
+      im = jnp.where(by_d, r(b * ratio) - a, b - r(a * ratio))
+      return r(re / denom), r(im / denom)
+
+    tail = self._tail(o)
+    return EigenComplex(*_select(tail, scalar, packet), tail)
+
+  def __rtruediv__(self, other):
+    return self._other(other) / self
+
+  def sqrt(self) -> "EigenComplex":
+    """The principal square root, as Eigen's packet or scalar code."""
+    r, x, y = rounded, self.re, self.im
+    ax, ay = jnp.abs(x), jnp.abs(y)
+    inf = jnp.asarray(jnp.inf, x.dtype)
+
+    def packet():  # psqrt_complex
+      amax, amin = jnp.maximum(ax, ay), jnp.minimum(ax, ay)
+      ratio = r(amin / amax)
+      hyp = jnp.where(
+        amin == 0, amax, r(amax * r(jnp.sqrt(1 + r(ratio * ratio))))
+      )
+      rho = r(jnp.sqrt(r(0.5 * (ax + hyp))))
+      eta = jnp.where(amax == 0, 0, r(0.5 * r(y / rho)))
+      negative = x < 0
+      re = jnp.where(negative, jnp.abs(eta), rho)
+      im = jnp.where(negative, jnp.copysign(rho, y), eta)
+      # Infinities: (x, +-inf) -> (inf, +-inf); (+-inf, y) -> (inf, 0|y|)
+      # or (0|y|, inf) for -inf.
+      zero_y = ay * 0
+      re = jnp.where(jnp.isinf(x), jnp.where(negative, zero_y, inf), re)
+      im = jnp.where(jnp.isinf(x), jnp.where(negative, inf, zero_y), im)
+      return jnp.where(jnp.isinf(y), inf, re), jnp.where(jnp.isinf(y), y, im)
+
+    def scalar():  # complex_sqrt
+      w = r(jnp.sqrt(r(0.5 * (ax + _hypot(ax, ay)))))
+      signed_w = jnp.where(y < 0, -w, w)
+      half_over = r(2 * w)
+      re = jnp.where(x > 0, w, r(ay / half_over))
+      im = jnp.where(x > 0, r(y / half_over), signed_w)
+      re = jnp.where(x == 0, w, re)
+      im = jnp.where(x == 0, signed_w, im)
+      return jnp.where(jnp.isinf(y), inf, re), jnp.where(jnp.isinf(y), y, im)
+
+    return EigenComplex(*_select(self.tail, scalar, packet), self.tail)
+
+  def rsqrt(self) -> "EigenComplex":
+    """``1 / sqrt``, as Eigen's scalar ``complex_rsqrt`` (no packet exists)."""
+    r, x, y = rounded, self.re, self.im
+    ax, ay = jnp.abs(x), jnp.abs(y)
+    abs_z = _hypot(ax, ay)
+    w = r(jnp.sqrt(r(0.5 * (ax + abs_z))))
+    woz = r(w / abs_z)
+    denom = r(r(2 * w) * abs_z)
+    signed = jnp.where(y < 0, woz, -woz)
+    re = jnp.where(x > 0, woz, r(ay / denom))
+    im = jnp.where(x > 0, r(-y / denom), signed)
+    re = jnp.where(x == 0, woz, re)
+    im = jnp.where(x == 0, signed, im)
+    infinite = jnp.isinf(x) | jnp.isinf(y)
+    re = jnp.where(infinite, 0, re)
+    im = jnp.where(infinite, 0, im)
+    zero = abs_z == 0
+    re = jnp.where(zero, jnp.inf, re)
+    im = jnp.where(zero, jnp.nan, im)
+    return EigenComplex(re, im, True)
+
+
+def sqrt(x: Any) -> Any:
+  """``jnp.sqrt``, or TF's complex square root for an :class:`EigenComplex`."""
+  if isinstance(x, EigenComplex):
+    return x.sqrt()
+  return jnp.sqrt(x)
+
+
+def plain(x: Any) -> Any:
+  """The array behind ``x``: an :class:`EigenComplex`'s value, else ``x``."""
+  return x.value() if isinstance(x, EigenComplex) else x

@@ -151,6 +151,10 @@ def take_rows(table: jax.Array, rows: jax.Array) -> jax.Array:
   Returns:
     ``rows.shape + table.shape[1:]``, the rows.
   """
+  if jnp.issubdtype(table.dtype, jnp.complexfloating):  # Part by part.
+    return jax.lax.complex(
+      take_rows(jnp.real(table), rows), take_rows(jnp.imag(table), rows)
+    )
   bits = jnp.dtype(f"uint{8 * table.dtype.itemsize}")
   gathered = (
     jax.lax.bitcast_convert_type(table, bits)

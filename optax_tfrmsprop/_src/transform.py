@@ -27,9 +27,17 @@ from optax_tfrmsprop._src import numerics
 from optax_tfrmsprop._src import sparse
 from optax_tfrmsprop._src import update_rules
 
-# The leaf dtypes TF's RMSprop updates; complex ones are not supported yet.
+# The leaf dtypes TF's RMSprop updates.
 _FLOAT_DTYPES = tuple(
-  jnp.dtype(d) for d in (jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64)
+  jnp.dtype(d)
+  for d in (
+    jnp.float16,
+    jnp.bfloat16,
+    jnp.float32,
+    jnp.float64,
+    jnp.complex64,
+    jnp.complex128,
+  )
 )
 _CLIP_OPTIONS = ("clipvalue", "clipnorm", "global_clipnorm")
 
@@ -194,15 +202,10 @@ def check_param_dtype(where: str, dtype) -> None:
   dtype = jnp.dtype(dtype)
   if dtype in _FLOAT_DTYPES:
     return
-  if jnp.issubdtype(dtype, jnp.complexfloating):
-    raise TypeError(
-      f"The parameter at {where} has dtype {dtype}: complex parameters are "
-      "not supported yet (TF's RMSprop trains them; their exact formulas "
-      "are not reproduced here)."
-    )
   raise TypeError(
     f"The parameter at {where} has dtype {dtype}: RMSprop updates only "
-    "float16, bfloat16, float32 and float64 parameters (TF raises for an "
+    "float16, bfloat16, float32, float64, complex64 and complex128 "
+    "parameters (TF raises for an "
     "integer variable too). Leave it out of the tree, or mask it with "
     "optax.masked."
   )
@@ -297,6 +300,65 @@ def _check_config(
       )
 
 
+def _check_complex(
+  config: UpdateConfig,
+  state: base.RMSpropState,
+  semantics: base.Semantics,
+  grads,
+) -> None:
+  """Raises where TF refuses a complex leaf, naming the argument.
+
+  TF's clipping ops (``clip_by_value``'s minimum, ``clip_by_norm``'s
+  comparison, ``clip_by_global_norm``'s ``l2_loss``) have no complex kernels,
+  and Keras 3 refuses complex ``IndexedSlices``
+  (``Semantics.complex_sparse``): TypeErrors, as TF raises them. Keras 3's
+  complex128 updates, which it computes mostly in complex64, are refused
+  (``Semantics.complex128_exact``). The CPU kernel declines complex leaves
+  (:func:`cpu_kernel.check_dtype`).
+  """
+  complex_leaves = [
+    (path, ms.dtype)
+    for path, ms in jax.tree_util.tree_leaves_with_path(state.ms)
+    if numerics.is_complex(ms.dtype)
+  ]
+  if not complex_leaves:
+    return
+  path, dtype = complex_leaves[0]
+  cpu_kernel.check_dtype(config.backend, dtype, _where(path))
+  for option in _CLIP_OPTIONS:
+    value = getattr(config, option)
+    if value is not None:
+      raise TypeError(
+        f"{option}={value!r}: TF's clipping ops have no complex kernels "
+        f"(the gradient at {_where(path)} has dtype {dtype}), so "
+        f"{semantics.optimizer} raises a TypeError; clip complex gradients "
+        "before the update or leave them out of the clipped tree."
+      )
+  for path, ms in jax.tree_util.tree_leaves_with_path(state.ms):
+    if ms.dtype == jnp.complex128 and not semantics.complex128_exact:
+      raise TypeError(
+        f"The parameter at {_where(path)} has dtype complex128: "
+        f"{semantics.optimizer} computes most of its update in complex64 "
+        "(Keras 3 promotes complex128 with a Python float to complex64), "
+        "which is not reproduced here. Use complex64 parameters, or "
+        "optax_tfrmsprop.rmsprop / tf1_rmsprop."
+      )
+  if semantics.complex_sparse:
+    return
+  for path, g in jax.tree_util.tree_leaves_with_path(
+    grads, is_leaf=sparse.is_indexed_slices
+  ):
+    if isinstance(g, sparse.IndexedSlices) and numerics.is_complex(
+      jnp.result_type(g.values)
+    ):
+      raise TypeError(
+        f"The gradient at {_where(path)} is an IndexedSlices of dtype "
+        f"{jnp.result_type(g.values)}: {semantics.optimizer} raises a "
+        "TypeError for complex sparse gradients (tf.math.is_nan has no "
+        "complex kernel); pass its dense gradient (to_dense())."
+      )
+
+
 def _check_matches(grads, state: base.RMSpropState) -> None:
   """Raises a ValueError naming the first gradient unlike its slot.
 
@@ -345,8 +407,9 @@ def rmsprop_init(
   so the state cannot disagree with it.
 
   Args:
-    params: the parameter tree (float16, bfloat16, float32 or float64
-      leaves). ``None`` and ``optax.MaskedNode`` leaves get no slot.
+    params: the parameter tree (float16, bfloat16, float32, float64,
+      complex64 or complex128 leaves). ``None`` and ``optax.MaskedNode``
+      leaves get no slot.
     centered: create the ``mg`` slot (TF's ``centered=True``).
     use_momentum: create the ``mom`` slot (TF's momentum path; TF1 always
       has it). Default: as ``momentum`` says, else no.
@@ -737,6 +800,7 @@ def step(
   _check_state(state, semantics, params)
   _check_config(config, state, semantics)
   _check_matches(grads, state)
+  _check_complex(config, state, semantics, grads)
   apply = params is not None
 
   leaves, treedef = jax.tree.flatten(grads, is_leaf=sparse.is_indexed_slices)

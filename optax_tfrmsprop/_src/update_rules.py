@@ -8,7 +8,13 @@ row-sparse paths (P5-P8); :func:`update_leaf` picks one from the flavor's
 :mod:`transform` applies them over trees and dispatches to the CPU kernel,
 whose loops (``csrc/``) mirror the ``"tf_cpu"`` expressions here line by line:
 change one, change both.
+
+Complex leaves run the same rules: with ``"tf_cpu"`` rounding on
+:class:`~optax_tfrmsprop._src.numerics.EigenComplex` values, whose operators
+compute TF's Eigen complex arithmetic (the kernel has no complex loops).
 """
+
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -39,7 +45,11 @@ def update_leaf(
   The one dispatch on ``semantics.update_rule``: ``"keras3"`` runs
   :func:`keras3_leaf` on every gradient; ``"tf_kernels"`` runs
   :func:`sparse_leaf` on an ``IndexedSlices`` and :func:`dense_leaf` on an
-  array.
+  array. A complex leaf in ``"tf_cpu"`` rounding runs them on
+  :class:`~optax_tfrmsprop._src.numerics.EigenComplex` values (the gradient
+  marked with the elements TF computes in scalar code,
+  :func:`~optax_tfrmsprop._src.numerics.eigen_tail`), and the results are
+  unwrapped; ``"tf_xla"`` uses XLA's complex arithmetic, as TF's XLA does.
 
   Args:
     g: the (clipped) gradient: an array or an ``IndexedSlices``.
@@ -54,11 +64,23 @@ def update_leaf(
     ``(update, ms, mg, mom)``: ``update`` is added to the variable; it is an
     ``IndexedSlices`` of row updates on TF's sparse paths.
   """
+  if rounding == "tf_cpu" and numerics.is_complex(ms.dtype):
+    # TF's Eigen arithmetic; sparse rows get their tail after de-duplication.
+    h = base.Hyperparams._make(map(numerics.EigenComplex.wrap, h))
+    if not isinstance(g, sparse.IndexedSlices):
+      g = numerics.EigenComplex.wrap(g, numerics.eigen_tail(ms.shape, ms.dtype))
   if semantics.update_rule == "keras3":
-    return keras3_leaf(g, ms, mg, mom, h, numerics.rounder(rounding))
-  if isinstance(g, sparse.IndexedSlices):
-    return sparse_leaf(g, ms, mg, mom, h, numerics.rounder(rounding))
-  return dense_leaf(g, ms, mg, mom, h, rounding)
+    result = keras3_leaf(g, ms, mg, mom, h, numerics.rounder(rounding))
+  elif isinstance(g, sparse.IndexedSlices):
+    result = sparse_leaf(g, ms, mg, mom, h, numerics.rounder(rounding))
+  else:
+    result = dense_leaf(g, ms, mg, mom, h, rounding)
+  update, ms, mg, mom = (numerics.plain(x) for x in result)
+  if isinstance(update, sparse.IndexedSlices):
+    update = sparse.IndexedSlices(
+      numerics.plain(update.values), update.indices, update.dense_shape
+    )
+  return update, ms, mg, mom
 
 
 def keras3_leaf(g, ms, mg, mom, h: base.Hyperparams, r):
@@ -91,7 +113,7 @@ def keras3_leaf(g, ms, mg, mom, h: base.Hyperparams, r):
   if mg is not None:
     mg = r(rho * mg) + rows(lambda x: r(c * x))
     denom = (ms - r(mg * mg)) + eps
-  root = r(jnp.sqrt(denom))
+  root = r(numerics.sqrt(denom))
   if isinstance(g, sparse.IndexedSlices):
     at = sparse.valid_rows(jnp.asarray(g.indices), g.dense_shape[0])
     increment = sparse.IndexedSlices(
@@ -131,7 +153,7 @@ def dense_leaf(g, ms, mg, mom, h: base.Hyperparams, rounding: base.Rounding):
     if mg is not None:
       mg = r(rho * mg) + r(c * g)
       denom = ms - r(mg * mg)
-    return -((lr * g) / (jnp.sqrt(denom) + eps)), ms, mg, mom
+    return -((lr * g) / (numerics.sqrt(denom) + eps)), ms, mg, mom
   if rounding == "tf_cpu":
     # P3/P4: the Eigen functors of ResourceApply[Centered]RMSProp, with their
     # incremental EMA form and epsilon inside the square root.
@@ -140,7 +162,7 @@ def dense_leaf(g, ms, mg, mom, h: base.Hyperparams, rounding: base.Rounding):
     if mg is not None:
       mg = mg + r((g - mg) * c)
       denom = (ms - r(mg * mg)) + eps
-    mom = r(mom * mu) + (g * lr) / r(jnp.sqrt(denom))
+    mom = r(mom * mu) + (g * lr) / r(numerics.sqrt(denom))
   else:
     # P3/P4 as tf2xla lowers them (plain EMA form, rsqrt), for XLA to fuse.
     ms = (g * g) * c + ms * rho
@@ -152,7 +174,7 @@ def dense_leaf(g, ms, mg, mom, h: base.Hyperparams, rounding: base.Rounding):
   return -mom, ms, mg, mom
 
 
-def packet_rsqrt(x: jax.Array, round_) -> jax.Array:
+def packet_rsqrt(x: Any, round_) -> Any:
   """Eigen's ``rsqrt`` over rows of ``x`` as TF's sparse kernels evaluate it.
 
   Per row of width ``W``, the first ``8 * (W // 8)`` elements use Eigen's
@@ -170,8 +192,10 @@ def packet_rsqrt(x: jax.Array, round_) -> jax.Array:
   Returns:
     ``rsqrt(x)``, rounded to ``x``'s dtype.
   """
+  if isinstance(x, numerics.EigenComplex):
+    return x.rsqrt()
   exact = 1 / round_(jnp.sqrt(x))
-  if x.dtype == jnp.float64 or x.ndim < 1:
+  if x.dtype == jnp.float64 or x.ndim < 1 or numerics.is_complex(x.dtype):
     return exact
   width = int(np.prod(x.shape[1:]))
   packet_width = PACKET * (width // PACKET)
@@ -229,8 +253,19 @@ def sparse_leaf(g: sparse.IndexedSlices, ms, mg, mom, h, round_):
   lr, rho, c, mu, eps = h
   num_rows = ms.shape[0]
   grad, rows = sparse.deduplicate(g.values, g.indices, num_rows)
-  take = lambda slot: sparse.take_rows(slot, rows)
-  put = lambda slot, new: slot.at[rows].set(new, mode="drop")
+  if isinstance(lr, numerics.EigenComplex):
+    # TF's tensors hold the u de-duplicated rows; the rest is padding.
+    if mom is None:
+      width = int(np.prod(ms.shape[1:]))
+      valid = jnp.sum(rows < num_rows) * width
+      tail = numerics.eigen_tail(grad.shape, ms.dtype, valid)
+    else:
+      tail = True  # No complex rsqrt packet: the kernels run scalar code.
+    grad = numerics.EigenComplex.wrap(grad, tail)
+  take = lambda slot: sparse.take_rows(numerics.plain(slot), rows)
+  put = lambda slot, new: (
+    numerics.plain(slot).at[rows].set(numerics.plain(new), mode="drop")
+  )
   if mom is None:
     ms = round_(ms * rho)
     ms_rows = take(ms) + round_((grad * c) * grad)
@@ -241,7 +276,7 @@ def sparse_leaf(g: sparse.IndexedSlices, ms, mg, mom, h, round_):
       mg_rows = take(mg) + round_(grad * c)
       mg = put(mg, mg_rows)
       denom = ms_rows - round_(mg_rows * mg_rows)
-    step = ((-lr) * grad) / (jnp.sqrt(denom) + eps)
+    step = ((-lr) * grad) / (numerics.sqrt(denom) + eps)
     return sparse.IndexedSlices(step, rows, g.dense_shape), ms, mg, mom
   # P7/P8: mirrored line by line by csrc/sparse_kernel.cc::UpdateRow, which
   # the "ffi" backend runs on CPU; change one, change both.
