@@ -173,7 +173,7 @@ def _resume(directory, out):
   results = {}
   for name, make in CONFIGS.items():
     optimizer = make()
-    abstract_params = jax.eval_shape(lambda: init_params())
+    abstract_params = jax.eval_shape(init_params)
     target = {
       "params": abstract_params,
       "opt_state": optax_tfrmsprop.checkpoint_target(

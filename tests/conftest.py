@@ -20,9 +20,7 @@ def x64():
 @pytest.fixture(params=["ffi", "xla"])
 def both_backends(request, monkeypatch):
   """Runs the test on the CPU kernel and on the XLA path (backend="auto")."""
-  from optax_tfrmsprop._src import cpu_kernel  # pylint: disable=g-import-not-at-top
+  import toolbox  # After XLA_FLAGS is set.
 
-  if request.param == "ffi" and not cpu_kernel.is_built():
-    pytest.skip("the CPU kernel is not built")
-  monkeypatch.setenv(cpu_kernel.BACKEND_ENV_VAR, request.param)
+  toolbox.select_backend(request.param, monkeypatch)
   return request.param

@@ -15,6 +15,7 @@ import optax_tfrmsprop
 from optax_tfrmsprop import interop
 from tf_reference import tf
 from tf_reference import tf_keras
+import toolbox
 
 nn = pytest.importorskip("flax.linen")
 nnx = pytest.importorskip("flax.nnx")
@@ -121,11 +122,7 @@ def assert_same_as_keras(pairs, params, model):
     pairs.keras_names, pairs.to_keras(params), model.trainable_variables
   ):
     assert name == theirs.name[:-2]
-    np.testing.assert_array_equal(
-      optax_tfrmsprop.ulp_distance(np.asarray(ours), theirs.numpy()),
-      0,
-      err_msg=name,
-    )
+    toolbox.assert_ulp(ours, theirs.numpy(), context=name)
 
 
 def correspondence(model, flax):

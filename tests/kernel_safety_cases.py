@@ -41,7 +41,7 @@ def case(x64=False, error="ValueError", match=""):
 
 
 def api_case(x64=False, match=""):
-  """Registers the case for both backends, as ``name[ffi]`` and ``name[xla]``."""
+  """Registers the case on both backends, as ``name[ffi]`` and ``name[xla]``."""
 
   def register(fn):
     for backend in ("ffi", "xla"):
@@ -57,7 +57,7 @@ def api_case(x64=False, match=""):
 
 
 def _tx():
-  import optax_tfrmsprop  # pylint: disable=g-import-not-at-top
+  import optax_tfrmsprop
 
   return optax_tfrmsprop
 
@@ -149,7 +149,7 @@ _H32 = lambda: jnp.array([0.01, 0.9, 0.1, 0.9, 1e-7], jnp.float32)
 
 
 def _kernel():
-  from optax_tfrmsprop._src import cpu_kernel  # pylint: disable=g-import-not-at-top
+  from optax_tfrmsprop._src import cpu_kernel
 
   cpu_kernel.use_kernel("ffi")  # Registers the targets.
   return cpu_kernel
@@ -550,7 +550,7 @@ def main(mode, names):
     try:
       jax.block_until_ready(fn())
       error, message, trace = None, "", ""
-    except Exception as e:  # pylint: disable=broad-exception-caught
+    except Exception as e:  # noqa: BLE001 - any exception is the result
       error, message, trace = type(e).__name__, str(e), traceback.format_exc()
     print(
       json.dumps(

@@ -18,7 +18,7 @@ import pytest
 import checkpoint_worker as worker
 import optax_tfrmsprop
 from optax_tfrmsprop._src import cpu_kernel
-from test_ffi_kernel import backend_params
+from toolbox import backend_params
 
 WORKER = os.path.join(os.path.dirname(__file__), "checkpoint_worker.py")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

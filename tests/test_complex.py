@@ -19,17 +19,9 @@ import pytest
 import optax_tfrmsprop as ot
 from optax_tfrmsprop._src import base
 from optax_tfrmsprop._src import numerics
+import toolbox
+from toolbox import PATHS
 
-PATHS = {
-  "P1": dict(momentum=0.0, centered=False, sparse=False),
-  "P2": dict(momentum=0.0, centered=True, sparse=False),
-  "P3": dict(momentum=0.5, centered=False, sparse=False),
-  "P4": dict(momentum=0.5, centered=True, sparse=False),
-  "P5": dict(momentum=0.0, centered=False, sparse=True),
-  "P6": dict(momentum=0.0, centered=True, sparse=True),
-  "P7": dict(momentum=0.5, centered=False, sparse=True),
-  "P8": dict(momentum=0.5, centered=True, sparse=True),
-}
 DTYPES = [np.complex64, np.complex128]
 # 35 elements: a scalar tail of 3 complex64 (1 complex128) elements in every
 # dense op; 6 sparse rows of width 5 with a duplicate index, so the
@@ -64,61 +56,32 @@ def _problem(seed, dtype, sparse, steps, shape=SHAPE):
   return var, grads
 
 
-def _to_jax(g):
-  if isinstance(g, tuple):
-    values, indices, shape = g
-    return ot.IndexedSlices(jnp.asarray(values), jnp.asarray(indices), shape)
-  return jnp.asarray(g)
+def _options(path):
+  """The options of ``path``, with momentum 0.5 where it is on."""
+  return toolbox.options(path, momentum=0.5 * PATHS[path].momentum)
 
 
 def _run(opt, var, grads):
   """Our steps under jit; returns ``(params, state)``."""
-  params = jnp.asarray(var)
-  state = opt.init(params)
-
-  @jax.jit
-  def step(params, state, g):
-    updates, state = opt.update(g, state)
-    return ot.apply_updates(params, updates), state
-
-  for (g,) in grads:
-    params, state = step(params, state, _to_jax(g))
+  (params,), state = toolbox.run(opt, [var], grads)
   return params, state
 
 
 def assert_bitwise(ours, theirs, what):
   """0 ULP: the real and imaginary parts are the same bits (NaN == NaN)."""
-  ours, theirs = np.asarray(ours), np.asarray(theirs)
-  assert ours.dtype == theirs.dtype, (what, ours.dtype, theirs.dtype)
-  real = numerics.real_dtype(ours.dtype)
-  ulps = ot.ulp_distance(ours.view(real), theirs.view(real))
-  assert int(ulps.max(initial=0)) == 0, (what, int(ulps.max()))
-
-
-def _assert_slots(state, tf_slots, flavor):
-  for field, tf_name in base.SEMANTICS[flavor].slots:
-    ours = getattr(state, field)
-    assert (ours is None) == (tf_name not in tf_slots), field
-    if ours is not None:
-      assert_bitwise(ours, tf_slots[tf_name][0], field)
+  assert np.asarray(ours).dtype == np.asarray(theirs).dtype, what
+  toolbox.assert_ulp(ours, theirs, context=what)
 
 
 def _legacy_case(path, dtype, steps=20, **extra):
-  import tf_reference  # pylint: disable=g-import-not-at-top
+  import tf_reference
 
-  config = PATHS[path]
-  var, grads = _problem(int(path[1]), dtype, config["sparse"], steps)
-  kwargs = dict(
-    learning_rate=0.01,
-    momentum=config["momentum"],
-    centered=config["centered"],
-    **extra,
-  )
+  var, grads = _problem(int(path[1]), dtype, PATHS[path].sparse, steps)
+  kwargs = dict(learning_rate=0.01, **_options(path), **extra)
   tf_vars, tf_slots, _ = tf_reference.run_tf([var], grads, **kwargs)
   with _x64_if(dtype):
     params, state = _run(ot.rmsprop(**kwargs), var, grads)
-  assert_bitwise(params, tf_vars[0], "var")
-  _assert_slots(state, tf_slots, "keras_legacy")
+  toolbox.assert_same_as_tf(params, state, tf_vars, tf_slots, "keras_legacy")
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -142,9 +105,9 @@ def test_keras_legacy_decay(path, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_keras_legacy_schedule_gets_the_step(dtype):
   """A schedule sees the step (TF casts it to the complex dtype and back)."""
-  import tf_reference  # pylint: disable=g-import-not-at-top
-  from tf_reference import tf  # pylint: disable=g-import-not-at-top
-  from tf_reference import tf_keras  # pylint: disable=g-import-not-at-top
+  import tf_reference
+  from tf_reference import tf
+  from tf_reference import tf_keras
 
   class Steps(tf_keras.optimizers.schedules.LearningRateSchedule):
     def __call__(self, step):
@@ -163,16 +126,15 @@ def test_keras_legacy_schedule_gets_the_step(dtype):
       momentum=0.5,
     )
     params, state = _run(opt, var, grads)
-  assert_bitwise(params, tf_vars[0], "var")
-  _assert_slots(state, tf_slots, "keras_legacy")
+  toolbox.assert_same_as_tf(params, state, tf_vars, tf_slots, "keras_legacy")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_keras_legacy_keras_schedule_port(dtype):
   """The package's port of a Keras schedule, as TF evaluates it in a graph."""
-  from optax_tfrmsprop.keras import schedules  # pylint: disable=g-import-not-at-top
-  import tf_reference  # pylint: disable=g-import-not-at-top
-  from tf_reference import tf_keras  # pylint: disable=g-import-not-at-top
+  from optax_tfrmsprop.keras import schedules
+  import tf_reference
+  from tf_reference import tf_keras
 
   var, grads = _problem(4, dtype, True, 12)
   args = (0.05, 3, 0.5)
@@ -185,38 +147,33 @@ def test_keras_legacy_keras_schedule_port(dtype):
   with _x64_if(dtype):
     opt = ot.rmsprop(schedules.ExponentialDecay(*args), momentum=0.5)
     params, state = _run(opt, var, grads)
-  assert_bitwise(params, tf_vars[0], "var")
-  _assert_slots(state, tf_slots, "keras_legacy")
+  toolbox.assert_same_as_tf(params, state, tf_vars, tf_slots, "keras_legacy")
 
 
 @pytest.mark.parametrize("path", ["P3", "P4", "P7", "P8"])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_tf1(path, dtype):
   """TF1 always takes the kernels; momentum=0 is P3/P4/P7/P8 too."""
-  import tf_reference  # pylint: disable=g-import-not-at-top
+  import tf_reference
 
-  config = PATHS[path]
-  var, grads = _problem(10 + int(path[1]), dtype, config["sparse"], 20)
+  var, grads = _problem(10 + int(path[1]), dtype, PATHS[path].sparse, 20)
   momentum = 0.0 if path in ("P3", "P8") else 0.5
   kwargs = dict(
-    learning_rate=0.01, momentum=momentum, centered=config["centered"]
+    learning_rate=0.01, momentum=momentum, centered=PATHS[path].centered
   )
   tf_vars, tf_slots = tf_reference.run_tf1([var], grads, **kwargs)
   with _x64_if(dtype):
     params, state = _run(ot.tf1_rmsprop(**kwargs), var, grads)
-  assert_bitwise(params, tf_vars[0], "var")
-  _assert_slots(state, tf_slots, "tf1")
+  toolbox.assert_same_as_tf(params, state, tf_vars, tf_slots, "tf1")
 
 
 @pytest.mark.parametrize("path", ["P1", "P2", "P3", "P4"])
 def test_keras3_complex64_eager(path):
   """Keras 3's dense formula, op by op (as ``apply_gradients`` eagerly)."""
-  import tf_reference  # pylint: disable=g-import-not-at-top
+  import tf_reference
 
-  config = PATHS[path]
   var, grads = _problem(20 + int(path[1]), np.complex64, False, 20)
-  kwargs = dict(learning_rate=0.01, momentum=config["momentum"])
-  kwargs["centered"] = config["centered"]
+  kwargs = dict(learning_rate=0.01, **_options(path))
   tf_vars, tf_opt = tf_reference.run_keras3([var], grads, eager=True, **kwargs)
   params, state = _run(ot.keras3_rmsprop(**kwargs), var, grads)
   assert_bitwise(params, tf_vars[0], "var")
@@ -236,26 +193,24 @@ def test_tf_xla_momentum_paths(path, dtype):
   P1/P2/P5/P6 and Keras 3, do not: the two XLA versions compute complex
   square roots differently; see docs/differences.md.)
   """
-  import tf_reference  # pylint: disable=g-import-not-at-top
+  import tf_reference
 
-  config = PATHS[path]
   var, grads = _problem(30 + int(path[1]), dtype, False, 20)
-  kwargs = dict(learning_rate=0.01, momentum=0.5, centered=config["centered"])
+  kwargs = dict(learning_rate=0.01, **_options(path))
   tf_vars, tf_slots, _ = tf_reference.run_tf(
     [var], grads, jit_compile=True, **kwargs
   )
   with _x64_if(dtype):
     params, state = _run(ot.rmsprop(rounding="tf_xla", **kwargs), var, grads)
-  assert_bitwise(params, tf_vars[0], "var")
-  _assert_slots(state, tf_slots, "keras_legacy")
+  toolbox.assert_same_as_tf(params, state, tf_vars, tf_slots, "keras_legacy")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_keras_class_matches_tf(dtype):
   """``optax_tfrmsprop.keras.RMSprop`` on a dense and a sparse variable."""
-  from optax_tfrmsprop import keras as ot_keras  # pylint: disable=g-import-not-at-top
-  import tf_reference  # pylint: disable=g-import-not-at-top
+  from optax_tfrmsprop import keras as ot_keras
+  import tf_reference
 
   dense_var, dense_grads = _problem(40, dtype, False, 12, shape=(9,))
   sparse_var, sparse_grads = _problem(41, dtype, True, 12)
@@ -271,7 +226,7 @@ def test_keras_class_matches_tf(dtype):
     ]
     opt = ot_keras.RMSprop(**kwargs)
     for step in grads:
-      opt.apply_gradients(zip([_to_jax(g) for g in step], variables))
+      opt.apply_gradients(zip([toolbox.to_jax(g) for g in step], variables))
     for ours, theirs in zip(variables, tf_vars):
       assert_bitwise(ours.numpy(), theirs, "var")
     for name in ("rms", "mg", "momentum"):
@@ -287,7 +242,7 @@ def test_eigen_complex_ops_match_tf(dtype):
   tail; zero real or imaginary parts at both ends and magnitudes from 1e-23
   to 1e21 reach every branch.
   """
-  from tf_reference import tf  # pylint: disable=g-import-not-at-top
+  from tf_reference import tf
 
   rng = np.random.default_rng(7)
   ops = {
@@ -322,7 +277,7 @@ def test_eigen_complex_ops_match_tf(dtype):
   "option", [dict(clipvalue=1.0), dict(clipnorm=1.0), dict(global_clipnorm=1.0)]
 )
 def test_clipping_complex_raises_type_error_like_tf(option):
-  import tf_reference  # pylint: disable=g-import-not-at-top
+  import tf_reference
 
   var, grads = _problem(50, np.complex64, False, 1)
   with pytest.raises(TypeError):  # TF's clip ops have no complex kernels.
@@ -342,7 +297,7 @@ def test_clipping_complex_raises_type_error_like_tf(option):
 
 
 def test_keras3_sparse_complex_raises_type_error_like_keras3():
-  import tf_reference  # pylint: disable=g-import-not-at-top
+  import tf_reference
 
   var, grads = _problem(51, np.complex64, True, 1)
   with pytest.raises(TypeError):  # tf.math.is_nan has no complex kernel.
@@ -350,8 +305,8 @@ def test_keras3_sparse_complex_raises_type_error_like_keras3():
   opt = ot.keras3_rmsprop(0.01)
   state = opt.init(jnp.asarray(var))
   with pytest.raises(TypeError, match="IndexedSlices"):
-    opt.update(_to_jax(grads[0][0]), state)
-  dense = _to_jax(grads[0][0]).to_dense()
+    opt.update(toolbox.to_jax(grads[0][0]), state)
+  dense = toolbox.to_jax(grads[0][0]).to_dense()
   updates, _ = opt.update(dense, state)
   assert updates.dtype == jnp.complex64
 

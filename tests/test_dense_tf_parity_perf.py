@@ -12,7 +12,8 @@ import optax
 import pytest
 
 import optax_tfrmsprop
-from tf_reference import run_tf  # tests/ is on sys.path under pytest
+from tf_reference import run_tf
+import toolbox
 
 _STEPS = 200
 _SHAPES = {
@@ -21,36 +22,22 @@ _SHAPES = {
   "dense": (17, 5),
   "gamma": (13,),
 }
-_PATHS = {
-  "plain": dict(momentum=0.0, centered=False),
-  "momentum": dict(momentum=0.9, centered=False),
-  "centered": dict(momentum=0.0, centered=True),
-  "momentum+centered": dict(momentum=0.9, centered=True),
-}
-_TF_SLOT = {"ms": "rms", "mg": "mg", "mom": "momentum"}
 
 
 def _problem():
-  rng = np.random.default_rng(6)
-  params = {
-    k: rng.standard_normal(s).astype(np.float32) for k, s in _SHAPES.items()
-  }
-  grads = [
-    {
-      k: (rng.standard_normal(s) * rng.choice([1e-3, 1.0, 30.0])).astype(
-        np.float32
-      )
-      for k, s in _SHAPES.items()
-    }
-    for _ in range(_STEPS)
-  ]
-  return params, grads
+  variables, grad_steps = toolbox.problem(
+    6, np.float32, _STEPS, list(_SHAPES.values())
+  )
+  return (
+    dict(zip(_SHAPES, variables)),
+    [dict(zip(_SHAPES, grads)) for grads in grad_steps],
+  )
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("path", list(_PATHS))
+@pytest.mark.parametrize("path", toolbox.DENSE_PATHS)
 def test_jitted_donated_step_matches_tf_for_200_steps(path):
-  config = dict(learning_rate=0.01, rho=0.9, epsilon=1e-7, **_PATHS[path])
+  config = toolbox.options(path, learning_rate=0.01, rho=0.9, epsilon=1e-7)
   params, grads = _problem()
   names = sorted(params)  # jax's leaf order of a dict
   tf_vars, tf_slots, _ = run_tf(
@@ -69,15 +56,5 @@ def test_jitted_donated_step_matches_tf_for_200_steps(path):
   for g in grads:
     p, state = step(p, state, g)
 
-  for i, name in enumerate(names):
-    assert optax_tfrmsprop.ulp_distance(p[name], tf_vars[i]).max() == 0, name
-    for slot, tf_name in _TF_SLOT.items():
-      ours = getattr(state, slot)
-      if ours is None:
-        assert tf_name not in tf_slots
-        continue
-      np.testing.assert_array_equal(
-        optax_tfrmsprop.ulp_distance(ours[name], tf_slots[tf_name][i]),
-        0,
-        err_msg=f"{slot} of {name}",
-      )
+  # The dicts' leaves are in sorted key order: TF's variable order.
+  toolbox.assert_same_as_tf(p, state, tf_vars, tf_slots)

@@ -11,111 +11,50 @@ import pytest
 
 import optax_tfrmsprop
 from optax_tfrmsprop._src import cpu_kernel
+import toolbox
+from toolbox import backend_params
+from toolbox import needs_kernel
 
-BACKENDS = ("xla", "ffi")
-PATHS = {
-  "P1": dict(momentum=0.0, centered=False),
-  "P2": dict(momentum=0.0, centered=True),
-  "P3": dict(momentum=0.9, centered=False),
-  "P4": dict(momentum=0.9, centered=True),
-}
 # 33708 elements in all: above the kernel's threshold for splitting work over
 # threads, so thread ranges cut across leaves; (5,) has a scalar-loop tail.
 SHAPES = ((3, 11000), (37, 19), (5,))
-
-needs_kernel = pytest.mark.skipif(
-  not optax_tfrmsprop.cpu_kernel_is_built(),
-  reason="the C++ kernel is not built",
-)
+CONFIG = dict(learning_rate=0.01, rho=0.9, epsilon=1e-7)
 
 
-def _backend_param(backend):
-  marks = [needs_kernel] if backend == "ffi" else []
-  return pytest.param(backend, marks=marks, id=backend)
-
-
-backend_params = [_backend_param(b) for b in BACKENDS]
-
-
-def _problem(dtype, steps, seed=0):
-  rng = np.random.default_rng(seed)
-  params = [rng.normal(size=s).astype(dtype) for s in SHAPES]
-  grads = [
-    [
-      (rng.normal(size=s) * rng.choice([1e-3, 1.0, 30.0])).astype(dtype)
-      for s in SHAPES
-    ]
-    for _ in range(steps)
-  ]
-  return params, grads
+@functools.cache
+def _problem(dtype, steps):
+  return toolbox.problem(0, dtype, steps, SHAPES)
 
 
 @functools.cache
 def _tf_result(path, dtype, steps):
-  from tf_reference import run_tf  # pylint: disable=g-import-not-at-top
+  import tf_reference
 
-  params, grads = _problem(dtype, steps)
-  return run_tf(
-    params, grads, learning_rate=0.01, rho=0.9, epsilon=1e-7, **PATHS[path]
+  return tf_reference.run_tf(
+    *_problem(dtype, steps), **CONFIG, **toolbox.options(path)
   )
 
 
 def _run(path, dtype, steps, backend, *, fused):
   """``steps`` jitted steps; ``fused`` uses rmsprop_apply with donation."""
-  params, grads = _problem(dtype, steps)
-  config = dict(learning_rate=0.01, rho=0.9, epsilon=1e-7, **PATHS[path])
+  config = dict(CONFIG, **toolbox.options(path))
   opt = optax_tfrmsprop.rmsprop(**config, backend=backend)
-  params = [jnp.asarray(p) for p in params]
-  state = opt.init(params)
-  if fused:
-    del config["centered"]
-    step = jax.jit(
-      lambda p, s, g: optax_tfrmsprop.rmsprop_apply(
-        p, g, s, **config, backend=backend
-      ),
-      donate_argnums=(0, 1),
-    )
-  else:
-
-    @jax.jit
-    def step(p, s, g):
-      updates, s = opt.update(g, s, p)
-      return optax.apply_updates(p, updates), s
-
-  for g in grads:
-    params, state = step(params, state, g)
-  return params, state
-
-
-def _assert_zero_ulp(actual, expected):
-  for a, e in zip(actual, expected):
-    ulps = optax_tfrmsprop.ulp_distance(np.asarray(a), np.asarray(e))
-    assert ulps.max() == 0, f"max {ulps.max()} ULP on {ulps.mean():.1%}"
+  del config["centered"]  # rmsprop_apply reads it from the state.
+  fused = dict(config, backend=backend) if fused else None
+  return toolbox.run(opt, *_problem(dtype, steps), fused=fused)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("fused", [False, True], ids=["optax", "fused"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("path", sorted(PATHS))
+@pytest.mark.parametrize("path", toolbox.DENSE_PATHS)
 @pytest.mark.parametrize("backend", backend_params)
 def test_200_steps_match_tf(x64, backend, path, dtype, fused):
   del x64
   tf_vars, tf_slots, iterations = _tf_result(path, dtype, 200)
   params, state = _run(path, dtype, 200, backend, fused=fused)
   assert int(state.count) == iterations == 200
-  _assert_zero_ulp(params, tf_vars)
-  _assert_zero_ulp(state.ms, tf_slots["rms"])
-  if PATHS[path]["centered"]:
-    _assert_zero_ulp(state.mg, tf_slots["mg"])
-  if PATHS[path]["momentum"]:
-    _assert_zero_ulp(state.mom, tf_slots["momentum"])
-
-
-def _bitwise_equal(a, b):
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_array_equal(
-      np.atleast_1d(x).view(np.uint8), np.atleast_1d(y).view(np.uint8)
-    )
+  toolbox.assert_same_as_tf(params, state, tf_vars, tf_slots)
 
 
 def _steps(opt, params, n=5, seed=1, jit=True):
@@ -173,7 +112,9 @@ COMPOSITIONS = {
 @pytest.mark.parametrize("name", sorted(COMPOSITIONS))
 def test_composes_bit_identically(name):
   make = COMPOSITIONS[name]
-  _bitwise_equal(_steps(make("ffi"), _params()), _steps(make("xla"), _params()))
+  toolbox.assert_bitwise(
+    _steps(make("ffi"), _params()), _steps(make("xla"), _params())
+  )
 
 
 @needs_kernel
@@ -186,14 +127,19 @@ def test_schedule_and_traced_hyperparams():
     )
     return _steps(opt, _params())
 
-  _bitwise_equal(run("ffi"), run("xla"))
+  toolbox.assert_bitwise(run("ffi"), run("xla"))
 
 
 @needs_kernel
 def test_half_precision_leaves_fall_back_to_xla():
   params = dict(_params(), h=jnp.ones((9,), jnp.bfloat16))
-  make = lambda b: optax_tfrmsprop.rmsprop(0.01, momentum=0.9, backend=b)
-  _bitwise_equal(_steps(make("ffi"), params), _steps(make("xla"), params))
+
+  def make(backend):
+    return optax_tfrmsprop.rmsprop(0.01, momentum=0.9, backend=backend)
+
+  toolbox.assert_bitwise(
+    _steps(make("ffi"), params), _steps(make("xla"), params)
+  )
 
 
 @needs_kernel
@@ -235,7 +181,7 @@ def test_sharded_params_update_shard_by_shard():
       leaf,
       sharding,
     )
-  _bitwise_equal(
+  toolbox.assert_bitwise(
     (new_params, new_state),
     jax.jit(functools.partial(step, "xla"))(params, grads),
   )
@@ -263,10 +209,9 @@ def test_other_platforms_lower_to_jnp():
   opt = optax_tfrmsprop.rmsprop(0.01, momentum=0.9, backend="ffi")
   params = _params()
   state = opt.init(params)
-  update = lambda g, s: opt.update(g, s)
   for platform, has_kernel in (("cpu", True), ("cuda", False), ("tpu", False)):
     exported = jax.export.export(
-      jax.jit(update),
+      jax.jit(opt.update),
       platforms=[platform],
       disabled_checks=[
         jax.export.DisabledSafetyCheck.custom_call("tfrmsprop_dense")

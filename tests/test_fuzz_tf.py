@@ -37,6 +37,7 @@ import optax_tfrmsprop as ot
 from optax_tfrmsprop._src import cpu_kernel
 from optax_tfrmsprop._src import update_rules
 import tf_reference
+import toolbox
 
 STEPS = 3
 FUZZ_EXAMPLES_ENV_VAR = "OPTAX_TFRMSPROP_FUZZ_EXAMPLES"
@@ -48,65 +49,27 @@ CLIP_MODES = {
   "clipvalue+clipnorm": {"clipvalue": 0.5, "clipnorm": 0.7},
   "clipvalue+global_clipnorm": {"clipvalue": 0.5, "global_clipnorm": 0.9},
 }
-PATHS = {  # (dense, sparse) paths: (momentum on, centered)
-  "P1+P5": (False, False),
-  "P2+P6": (False, True),
-  "P3+P7": (True, False),
-  "P4+P8": (True, True),
-}
+# Each example runs the dense path and its sparse twin together.
+PATHS = tuple(f"{p}+{toolbox.sparse_twin(p)}" for p in toolbox.DENSE_PATHS)
 DTYPES = {"float32": np.float32, "float64": np.float64}
-SPECIALS = ("zero", "subnormal", "1e30", "inf", "nan")
-
-
-def _special(kind, dtype):
-  info = np.finfo(dtype)
-  return {
-    "zero": 0.0,
-    "subnormal": info.smallest_subnormal * 3,
-    "1e30": 1e30,
-    "inf": np.inf,
-    "nan": np.nan,
-  }[kind]
 
 
 @functools.cache
 def _problem(dtype_name, dense_shape, table_shape, n_ids, specials, seed):
   """Initial variables and ``STEPS`` steps of gradients, from ``seed``.
 
-  Gradients are normal at mixed scales; an element becomes one of the
-  ``specials`` (with a random sign) with probability 0.1, and a whole
-  gradient is zero with probability 0.1 when ``"zero"`` is among them.
-  Sparse gradients are ``(values, indices, dense_shape)`` tuples.
+  A dense scalar, a dense array and an embedding table; an element becomes
+  one of the ``specials`` with probability 0.1 (``toolbox.problem``).
   """
-  dtype = DTYPES[dtype_name]
-  rng = np.random.default_rng(seed)
-  shapes = [(), dense_shape]
-  variables = [rng.standard_normal(s).astype(dtype) for s in shapes]
-  variables.append(rng.standard_normal(table_shape).astype(dtype))
-
-  def gradient(shape):
-    g = rng.standard_normal(shape) * rng.choice([1e-3, 1.0, 30.0], size=shape)
-    if specials:
-      pick = rng.random(shape) < 0.1
-      kinds = rng.choice(specials, size=shape)
-      signs = rng.choice([-1.0, 1.0], size=shape)
-      values = (
-        np.vectorize(lambda k: _special(k, dtype), otypes=[float])(kinds)
-        * signs
-      )
-      g = np.where(pick, values, g)
-      if "zero" in specials and rng.random() < 0.1:
-        g = np.zeros(shape)
-    return np.asarray(g, dtype)
-
-  steps = []
-  for _ in range(STEPS):
-    values = gradient((n_ids,) + table_shape[1:])
-    indices = rng.integers(0, table_shape[0], n_ids).astype(np.int32)
-    steps.append(
-      [gradient(s) for s in shapes] + [(values, indices, table_shape)]
-    )
-  return variables, steps
+  table = toolbox.Table(*table_shape, n_ids)
+  return toolbox.problem(
+    seed,
+    DTYPES[dtype_name],
+    STEPS,
+    [(), dense_shape, table],
+    specials=specials,
+    special_rate=0.1,
+  )
 
 
 @functools.cache
@@ -126,9 +89,9 @@ def _path_configs(config):
   """The configuration of each of the four path pairs, in PATHS' order."""
   momentum = config.pop("momentum")
   configs = []
-  for momentum_on, centered in PATHS.values():
-    path_config = dict(config, centered=centered)
-    if momentum_on:
+  for path in toolbox.DENSE_PATHS:
+    path_config = dict(config, centered=toolbox.PATHS[path].centered)
+    if toolbox.PATHS[path].momentum:
       path_config["momentum"] = momentum
     configs.append(path_config)
   return configs
@@ -156,11 +119,7 @@ def _run_jax(variables, steps, config, *, fused):
     return tuple(map(list, zip(*new)))
 
   for raw in steps:
-    grads = [
-      ot.IndexedSlices(*g) if isinstance(g, tuple) else jnp.asarray(g)
-      for g in raw
-    ]
-    params, states = step(params, states, grads)
+    params, states = step(params, states, [toolbox.to_jax(g) for g in raw])
   return params, states
 
 
@@ -169,7 +128,7 @@ def _run_jax(variables, steps, config, *, fused):
 # no norm is NaN and every path's arithmetic is compared.
 SPECIAL_SETS = (
   ("zero", "subnormal"),
-  SPECIALS,
+  toolbox.SPECIALS,
   (),
   ("1e30",),
   ("inf",),
@@ -235,8 +194,9 @@ def _check(key, fused):
     PATHS, _tf_results(key), params, states
   ):
     assert int(state.count) == iterations == STEPS
-    ulps = tf_reference.max_ulps(p, state, tf_vars, tf_slots)
-    assert ulps == dict.fromkeys(ulps, 0), (path, ulps, key, fused)
+    toolbox.assert_same_as_tf(
+      p, state, tf_vars, tf_slots, context=(path, key, fused)
+    )
 
 
 def _fuzz(backend, clip_mode, max_examples):

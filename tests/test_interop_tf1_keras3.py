@@ -7,22 +7,15 @@ import pytest
 
 import optax_tfrmsprop
 import tf_reference
-from tf_reference import tf
+import toolbox
+from toolbox import DENSE_PATHS
 
-PATHS = [(0.0, False), (0.0, True), (0.9, False), (0.9, True)]
-PATH_IDS = ["mom0", "mom0-centered", "mom", "mom-centered"]
 SHAPES = {"dense/kernel": (6, 10), "dense/bias": (10,)}
 
 
 def _grads(steps, seed):
-  rng = np.random.default_rng(seed)
-  return [
-    {
-      name: rng.standard_normal(s).astype(np.float32) * 3
-      for name, s in SHAPES.items()
-    }
-    for _ in range(steps)
-  ]
+  _, grad_steps = toolbox.problem(seed, np.float32, steps, SHAPES.values())
+  return [dict(zip(SHAPES, grads)) for grads in grad_steps]
 
 
 def _continue_in_jax(opt, params, state, grad_steps):
@@ -31,11 +24,6 @@ def _continue_in_jax(opt, params, state, grad_steps):
     updates, state = step(grads, state)
     params = optax.apply_updates(params, updates)
   return params, state
-
-
-def _assert_exact(actual, expected):
-  for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
-    assert optax_tfrmsprop.ulp_distance(np.asarray(a), np.asarray(e)).max() == 0
 
 
 def test_tf1_slot_names_follow_creation_order():
@@ -48,15 +36,11 @@ def test_tf1_slot_names_follow_creation_order():
   ) == {"ms": "w/Opt", "mg": "w/Opt_1", "mom": "w/Opt_2"}
 
 
-@pytest.mark.parametrize(("momentum", "centered"), PATHS, ids=PATH_IDS)
-def test_tf1_saver_checkpoint_continues_exactly(tmp_path, momentum, centered):
-  config = dict(
-    learning_rate=0.01,
-    decay=0.9,
-    momentum=momentum,
-    epsilon=1e-3,
-    centered=centered,
-  )
+@pytest.mark.parametrize("path", DENSE_PATHS)
+def test_tf1_saver_checkpoint_continues_exactly(tmp_path, path):
+  tf = tf_reference.tf
+  config = toolbox.options(path, learning_rate=0.01, decay=0.9, epsilon=1e-3)
+  centered = config["centered"]
   before, after = _grads(30, seed=1), _grads(30, seed=2)
   rng = np.random.default_rng(0)
   init = {
@@ -92,10 +76,11 @@ def test_tf1_saver_checkpoint_continues_exactly(tmp_path, momentum, centered):
   assert (state.mg is not None) == centered and state.mom is not None
   opt = optax_tfrmsprop.tf1_rmsprop(**config)
   params, _ = _continue_in_jax(opt, params, state, after)
-  _assert_exact(params, tf_final)
+  toolbox.assert_ulp(params, tf_final)
 
 
 def test_tf1_checkpoint_names_missing_slot(tmp_path):
+  tf = tf_reference.tf
   graph = tf.Graph()
   with graph.as_default():
     w = tf.compat.v1.get_variable("w", initializer=np.ones(3, np.float32))
@@ -114,12 +99,12 @@ def test_tf1_checkpoint_names_missing_slot(tmp_path):
     )
 
 
-@pytest.mark.parametrize(("momentum", "centered"), PATHS, ids=PATH_IDS)
-def test_keras3_optimizer_continues_exactly(momentum, centered):
+@pytest.mark.parametrize("path", DENSE_PATHS)
+def test_keras3_optimizer_continues_exactly(path):
   keras = tf_reference.keras3()
-  config = dict(
-    learning_rate=0.01, rho=0.9, momentum=momentum, centered=centered
-  )
+  tf = tf_reference.tf
+  config = toolbox.options(path, learning_rate=0.01, rho=0.9)
+  centered = config["centered"]
   before, after = _grads(30, seed=1), _grads(30, seed=2)
   rng = np.random.default_rng(0)
   variables = {
@@ -136,13 +121,13 @@ def test_keras3_optimizer_continues_exactly(momentum, centered):
   params, state = optax_tfrmsprop.keras3_state_from_optimizer(opt, variables)
   assert int(state.count) == len(before)
   assert (state.mg is not None) == centered
-  assert (state.mom is not None) == (momentum > 0)
+  assert (state.mom is not None) == toolbox.PATHS[path].momentum
   for grads in after:
     opt.apply_gradients([(tf.constant(grads[n]), variables[n]) for n in SHAPES])
   jax_opt = optax_tfrmsprop.keras3_rmsprop(**config)
   params, state = _continue_in_jax(jax_opt, params, state, after)
-  _assert_exact(params, {n: v.numpy() for n, v in variables.items()})
-  _assert_exact(
+  toolbox.assert_ulp(params, {n: v.numpy() for n, v in variables.items()})
+  toolbox.assert_ulp(
     state.ms, {n: v.numpy() for n, v in zip(SHAPES, opt._velocities)}
   )
   assert int(state.count) == int(opt.iterations.numpy())

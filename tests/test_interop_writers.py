@@ -17,6 +17,7 @@ import optax_tfrmsprop
 from optax_tfrmsprop import interop
 import tf_reference
 from tf_reference import tf
+import toolbox
 
 
 def _fit(model, epochs=1):
@@ -28,11 +29,7 @@ def _assert_models_equal(model, reference):
   for ours, theirs in zip(
     model.trainable_variables, reference.trainable_variables
   ):
-    np.testing.assert_array_equal(
-      optax_tfrmsprop.ulp_distance(ours.numpy(), theirs.numpy()),
-      0,
-      err_msg=ours.name,
-    )
+    toolbox.assert_ulp(ours.numpy(), theirs.numpy(), context=ours.name)
     for slot in ("rms", "momentum", "mg"):
       np.testing.assert_array_equal(
         model.optimizer.get_slot(ours, slot).numpy(),
@@ -124,14 +121,8 @@ SHAPES = {"dense/kernel": (6, 10), "dense/bias": (10,)}
 
 
 def _grads(steps, seed):
-  rng = np.random.default_rng(seed)
-  return [
-    {
-      n: rng.standard_normal(s).astype(np.float32) * 3
-      for n, s in SHAPES.items()
-    }
-    for _ in range(steps)
-  ]
+  _, grad_steps = toolbox.problem(seed, np.float32, steps, SHAPES.values())
+  return [dict(zip(SHAPES, grads)) for grads in grad_steps]
 
 
 def _tf1_session(config, init, steps, *, restore=None, save=None):
@@ -207,10 +198,7 @@ def test_tf1_to_jax_to_tf1_saver(tmp_path, momentum, centered):
   zeros = {n: np.zeros(s, np.float32) for n, s in SHAPES.items()}
   final, step, _ = _tf1_session(config, zeros, after, restore=prefix)
   assert step == len(before) + len(middle)
-  for name in SHAPES:
-    np.testing.assert_array_equal(
-      optax_tfrmsprop.ulp_distance(final[name], expected[name]), 0
-    )
+  toolbox.assert_ulp(final, expected)
 
 
 def test_tf1_global_step_beyond_int32_is_refused(tmp_path):
@@ -305,12 +293,10 @@ def test_keras3_to_jax_to_keras3(momentum, centered):
     interop.correspondence(model, linen_like),
   )
   keras_steps(opt, model, steps[20:])
-  for ours, theirs in zip(
-    model.trainable_variables, reference.trainable_variables
-  ):
-    np.testing.assert_array_equal(
-      optax_tfrmsprop.ulp_distance(ours.numpy(), theirs.numpy()), 0
-    )
+  toolbox.assert_ulp(
+    [v.numpy() for v in model.trainable_variables],
+    [v.numpy() for v in reference.trainable_variables],
+  )
   assert int(opt.iterations.numpy()) == 30
 
 

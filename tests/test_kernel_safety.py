@@ -121,10 +121,10 @@ def test_the_library_and_python_share_the_constants(monkeypatch):
 def test_two_targets_dispatch_on_the_element_type(x64):
   """One dense and one sparse target serve float32 and float64 alike."""
   del x64
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import jax
+  import jax.numpy as jnp
 
-  import optax_tfrmsprop  # pylint: disable=g-import-not-at-top
+  import optax_tfrmsprop
 
   for dtype in (jnp.float32, jnp.float64):
     params = {"w": jnp.ones((4, 8), dtype)}

@@ -9,6 +9,8 @@ P3/P4 through the optax API, sparse P7/P8 both ways) is checked against a
 loop of unbatched steps, and the batched program must contain the kernel.
 """
 
+import operator
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,18 +19,12 @@ import pytest
 
 import optax_tfrmsprop
 from optax_tfrmsprop._src import cpu_kernel
+import toolbox
+from toolbox import PATHS
 
-pytestmark = pytest.mark.skipif(
-  not cpu_kernel.is_built(), reason="the C++ kernel is not built"
-)
+pytestmark = toolbox.needs_kernel
 
 BATCH = 3
-PATHS = {
-  "P1": dict(momentum=0.0, centered=False),
-  "P2": dict(momentum=0.0, centered=True),
-  "P3": dict(momentum=0.9, centered=False),
-  "P4": dict(momentum=0.9, centered=True),
-}
 # A schedule of the (batched) step count makes the hyperparameters batched.
 LEARNING_RATES = {
   "shared_hypers": 0.01,
@@ -37,13 +33,14 @@ LEARNING_RATES = {
 
 
 def _assert_bitwise(batched, loop):
-  stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *loop)
-  assert jax.tree.structure(batched) == jax.tree.structure(stacked)
-  for x, y in zip(jax.tree.leaves(batched), jax.tree.leaves(stacked)):
-    assert x.shape == y.shape and x.dtype == y.dtype
-    np.testing.assert_array_equal(
-      np.asarray(x).view(np.uint8), np.asarray(y).view(np.uint8)
-    )
+  toolbox.assert_bitwise(
+    batched, jax.tree.map(lambda *xs: jnp.stack(xs), *loop)
+  )
+
+
+def _at(tree, index):
+  """Every leaf of ``tree`` indexed by ``index``."""
+  return jax.tree.map(operator.itemgetter(index), tree)
 
 
 def _check(step, args, in_axes, target):
@@ -53,8 +50,7 @@ def _check(step, args, in_axes, target):
   batched = batched_step(*args)
   unbatched = jax.jit(step)
   take = lambda i: [
-    a if axis is None else jax.tree.map(lambda x: x[i], a)
-    for a, axis in zip(args, in_axes)
+    a if axis is None else _at(a, i) for a, axis in zip(args, in_axes)
   ]
   _assert_bitwise(batched, [unbatched(*take(i)) for i in range(BATCH)])
 
@@ -71,10 +67,7 @@ def test_the_reported_example():
   params = jnp.arange(12.0).reshape(BATCH, 4)
   state = jax.vmap(opt.init)(params)
   updates, new_state = jax.vmap(opt.update)(params, state)
-  loop = [
-    opt.update(params[i], jax.tree.map(lambda x: x[i], state))
-    for i in range(BATCH)
-  ]
+  loop = [opt.update(params[i], _at(state, i)) for i in range(BATCH)]
   _assert_bitwise((updates, new_state), loop)
 
 
@@ -82,9 +75,9 @@ def test_the_reported_example():
 # path), float32 with shared and batched hyperparameters, float64 with shared.
 DENSE_CASES = [
   pytest.param(path, fused, lr, dtype, id=f"{path}-{mode}-{lr}-{dtype}")
-  for path in sorted(PATHS)
+  for path in toolbox.DENSE_PATHS
   for fused, mode in ((False, "optax"), (True, "fused"))
-  if fused or PATHS[path]["momentum"]
+  if fused or PATHS[path].momentum
   for lr, dtype in (
     ("shared_hypers", "float32"),
     ("batched_hypers", "float32"),
@@ -98,7 +91,7 @@ def test_dense_paths(x64, path, fused, lr, dtype):
   del x64
   rng = np.random.default_rng(0)
   params, grads = _tree(rng, dtype), _tree(rng, dtype)
-  config = dict(learning_rate=LEARNING_RATES[lr], **PATHS[path])
+  config = dict(learning_rate=LEARNING_RATES[lr], **PATHS[path].options)
   opt = optax_tfrmsprop.rmsprop(**config, backend="ffi")
   state = jax.vmap(opt.init)(params)
   # Different counts per batch element: batched hyperparameters under a
@@ -151,11 +144,8 @@ def test_nested_vmap():
   out = nested(params, state)
   for i in range(2):
     _assert_bitwise(
-      jax.tree.map(lambda x: x[i], out),
-      [
-        opt.update(params[i, j], jax.tree.map(lambda x: x[i, j], state))
-        for j in range(BATCH)
-      ],
+      _at(out, i),
+      [opt.update(params[i, j], _at(state, (i, j))) for j in range(BATCH)],
     )
 
 
@@ -226,8 +216,5 @@ def test_sharded_batch_runs_shard_by_shard():
   assert new_state.mom.sharding.is_equivalent_to(sharding, 3)
   _assert_bitwise(
     (updates, new_state),
-    [
-      jax.jit(step)(params[i], jax.tree.map(lambda x: x[i], state))
-      for i in range(BATCH)
-    ],
+    [jax.jit(step)(params[i], _at(state, i)) for i in range(BATCH)],
   )

@@ -6,6 +6,7 @@ devices; with the order-fixed gradient reduction the two runs must agree bit
 for bit, on the XLA path and on the CPU kernel.
 """
 
+import contextlib
 import importlib.util
 import os
 import socket
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 
 from optax_tfrmsprop._src import cpu_kernel
-from test_ffi_kernel import backend_params
+from toolbox import backend_params
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLE = os.path.join(REPO, "examples", "multiprocess_train.py")
@@ -64,8 +65,11 @@ def _finish(processes, logs):
 @pytest.mark.parametrize("backend", backend_params)
 def test_two_processes_equal_one_process(tmp_path, backend):
   address = f"127.0.0.1:{_free_port()}"
-  logs = [open(tmp_path / f"process{i}.log", "w+") for i in range(3)]
-  try:
+  with contextlib.ExitStack() as stack:
+    logs = [
+      stack.enter_context(open(tmp_path / f"process{i}.log", "w+"))
+      for i in range(3)
+    ]
     processes = [
       _start(
         f"--coordinator-address={address}",
@@ -90,9 +94,6 @@ def test_two_processes_equal_one_process(tmp_path, backend):
     _finish([single], logs[2:])
     logs[0].seek(0)
     assert "on 4 devices in 2 processes" in logs[0].read()
-  finally:
-    for log in logs:
-      log.close()
 
   two = np.load(tmp_path / "two_processes.npz")
   one = np.load(tmp_path / "one_process.npz")

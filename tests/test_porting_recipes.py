@@ -1,35 +1,21 @@
 """The recipes of docs/porting.md, checked against real TensorFlow."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
 import optax_tfrmsprop
 from tf_reference import run_tf
+import toolbox
 
 
 def _problem(dtype, steps):
-  rng = np.random.default_rng(1)
-  x0 = rng.normal(size=1000).astype(dtype)
-  grads = [
-    [(rng.normal(size=1000) * 10.0 ** rng.uniform(-3, 1, 1000)).astype(dtype)]
-    for _ in range(steps)
-  ]
+  (x0,), grads = toolbox.problem(1, dtype, steps, [(1000,)])
   return x0, grads
 
 
 def _train(opt, x0, grads):
-  params = jnp.asarray(x0)
-  state = opt.init(params)
-
-  @jax.jit
-  def step(params, state, g):
-    updates, state = opt.update(g, state, params)
-    return optax.apply_updates(params, updates), state
-
-  for (g,) in grads:
-    params, state = step(params, state, jnp.asarray(g))
+  (params,), state = toolbox.run(opt, [x0], grads)
   return np.asarray(params), state
 
 
@@ -41,7 +27,7 @@ def test_injected_static_momentum_keeps_the_momentum_free_path():
   )(learning_rate=0.01)
   got, state = _train(static, x0, grads)
   assert state.inner_state.mom is None
-  assert optax_tfrmsprop.ulp_distance(got, want).max() == 0
+  toolbox.assert_ulp(got, want)
   # Injected as an array, a zero momentum takes TF's kernel path instead
   # (epsilon inside the square root), as a zero tf.constant would.
   injected = optax.inject_hyperparams(optax_tfrmsprop.rmsprop)(
@@ -61,7 +47,7 @@ def test_float64_needs_float32_hyperparams_and_a_static_epsilon(x64):
     opt = optax.inject_hyperparams(optax_tfrmsprop.rmsprop, **inject_kwargs)(
       learning_rate=0.01
     )
-    return optax_tfrmsprop.ulp_distance(_train(opt, x0, grads)[0], want).max()
+    return toolbox.max_ulp(_train(opt, x0, grads)[0], want)
 
   assert (
     distance(static_args=("momentum", "epsilon"), hyperparam_dtype=jnp.float32)

@@ -7,8 +7,11 @@ import optax
 import pytest
 
 import optax_tfrmsprop
+from optax_tfrmsprop._src import base
 from optax_tfrmsprop._src import transform
 import tf_reference
+import toolbox
+from toolbox import DENSE_PATHS
 
 pytestmark = pytest.mark.usefixtures(
   "both_backends"
@@ -16,80 +19,31 @@ pytestmark = pytest.mark.usefixtures(
 
 STEPS = 200
 SHAPES = ((37,), (5, 9))
-PATHS = [(0.0, False), (0.0, True), (0.9, False), (0.9, True)]
-PATH_IDS = ["mom0", "mom0-centered", "mom", "mom-centered"]
-ROUNDINGS = ("tf_cpu", "tf_xla")
 
 
 def _problem(dtype, steps=STEPS, seed=0):
-  """Initial values and per-step gradients with mixed scales and zeros."""
-  rng = np.random.default_rng(seed)
-  values = [rng.standard_normal(s).astype(dtype) for s in SHAPES]
-  scales = np.array([1e-3, 1.0, 30.0])
-  grad_steps = []
-  for _ in range(steps):
-    grads = []
-    for s in SHAPES:
-      g = rng.standard_normal(s) * rng.choice(scales, size=s)
-      g[rng.random(s) < 0.05] = 0.0
-      grads.append(g.astype(dtype))
-    grad_steps.append(grads)
-  return values, grad_steps
+  return toolbox.problem(seed, dtype, steps, SHAPES)
 
 
-def _run_jax(opt, values, grad_steps):
-  params = [jnp.asarray(v) for v in values]
-  state = opt.init(params)
+def tf1_ulps(path, rounding, dtype=np.float32, steps=STEPS, **config):
+  """Largest ULP distances (vars and each slot) of tf1_rmsprop vs TF1.
 
-  @jax.jit
-  def step(params, state, grads):
-    updates, state = opt.update(grads, state, params)
-    return optax.apply_updates(params, updates), state
-
-  for grads in grad_steps:
-    params, state = step(params, state, [jnp.asarray(g) for g in grads])
-  return params, state
-
-
-def _max_ulp(actual, expected):
-  return max(
-    int(optax_tfrmsprop.ulp_distance(np.asarray(a), e).max())
-    for a, e in zip(actual, expected)
-  )
-
-
-def tf1_ulps(
-  momentum, centered, rounding, dtype=np.float32, steps=STEPS, **config
-):
-  """Largest ULP distances (vars and each slot) of tf1_rmsprop vs TF1."""
+  TF1 always runs its momentum kernels: P1/P2's options (momentum 0) take
+  them with a zero momentum.
+  """
   values, grad_steps = _problem(dtype, steps)
-  config = dict(
-    learning_rate=0.01, momentum=momentum, centered=centered, **config
-  )
+  config = toolbox.options(path, learning_rate=0.01, **config)
   tf_vars, tf_slots = tf_reference.run_tf1(
     values, grad_steps, jit_compile=rounding == "tf_xla", **config
   )
-  params, state = _run_jax(
+  params, state = toolbox.run(
     optax_tfrmsprop.tf1_rmsprop(**config, rounding=rounding), values, grad_steps
   )
-  ulps = dict(
-    var=_max_ulp(params, tf_vars),
-    ms=_max_ulp(state.ms, tf_slots["rms"]),
-    mom=_max_ulp(state.mom, tf_slots["momentum"]),
-  )
-  if centered:
-    ulps["mg"] = _max_ulp(state.mg, tf_slots["mg"])
-  return ulps
+  return toolbox.slot_ulps(params, state, tf_vars, tf_slots, "tf1")
 
 
 def keras3_ulps(
-  momentum,
-  centered,
-  rounding,
-  dtype=np.float32,
-  steps=STEPS,
-  eager=None,
-  **config,
+  path, rounding, dtype=np.float32, steps=STEPS, eager=None, **config
 ):
   """Largest ULP distances (vars and each slot) of keras3_rmsprop vs Keras 3.
 
@@ -97,9 +51,7 @@ def keras3_ulps(
   ``tf.function(jit_compile=True)`` for ``"tf_xla"``.
   """
   values, grad_steps = _problem(dtype, steps)
-  config = dict(
-    learning_rate=0.01, momentum=momentum, centered=centered, **config
-  )
+  config = toolbox.options(path, learning_rate=0.01, **config)
   xla = rounding == "tf_xla"
   tf_vars, opt = tf_reference.run_keras3(
     values,
@@ -108,54 +60,56 @@ def keras3_ulps(
     eager=not xla if eager is None else eager,
     **config,
   )
-  params, state = _run_jax(
+  params, state = toolbox.run(
     optax_tfrmsprop.keras3_rmsprop(**config, rounding=rounding),
     values,
     grad_steps,
   )
-  ulps = dict(
-    var=_max_ulp(params, tf_vars),
-    ms=_max_ulp(state.ms, [v.numpy() for v in opt._velocities]),
-  )
-  if momentum:
-    ulps["mom"] = _max_ulp(state.mom, [v.numpy() for v in opt._momentums])
-  if centered:
-    ulps["mg"] = _max_ulp(state.mg, [v.numpy() for v in opt._average_gradients])
   assert int(opt.iterations.numpy()) == int(state.count) == steps
-  return ulps
+  return toolbox.slot_ulps(params, state, tf_vars, keras3_slots(opt), "keras3")
 
 
-@pytest.mark.parametrize("rounding", ROUNDINGS)
-@pytest.mark.parametrize(("momentum", "centered"), PATHS, ids=PATH_IDS)
-def test_tf1_matches_tf1_optimizer_f32(momentum, centered, rounding):
-  ulps = tf1_ulps(momentum, centered, rounding)
+def keras3_slots(opt):
+  """Keras 3's variables by slot name, as ``tf_reference.run_tf`` gives TF's."""
+  lists = {
+    "velocity": opt._velocities,
+    "momentum": opt._momentums,  # [] without momentum
+    "average_gradient": opt._average_gradients,  # [] unless centered
+  }
+  return {k: [v.numpy() for v in vs] for k, vs in lists.items() if vs}
+
+
+@pytest.mark.parametrize("rounding", base.ROUNDINGS)
+@pytest.mark.parametrize("path", DENSE_PATHS)
+def test_tf1_matches_tf1_optimizer_f32(path, rounding):
+  ulps = tf1_ulps(path, rounding)
   assert ulps == dict.fromkeys(ulps, 0)
 
 
-@pytest.mark.parametrize("rounding", ROUNDINGS)
-@pytest.mark.parametrize(("momentum", "centered"), PATHS, ids=PATH_IDS)
-def test_keras3_matches_keras3_optimizer_f32(momentum, centered, rounding):
-  ulps = keras3_ulps(momentum, centered, rounding)
+@pytest.mark.parametrize("rounding", base.ROUNDINGS)
+@pytest.mark.parametrize("path", DENSE_PATHS)
+def test_keras3_matches_keras3_optimizer_f32(path, rounding):
+  ulps = keras3_ulps(path, rounding)
   assert ulps == dict.fromkeys(ulps, 0)
 
 
-@pytest.mark.parametrize(("momentum", "centered"), [(0.0, False), (0.9, True)])
-def test_presets_match_in_float64(x64, momentum, centered):
+@pytest.mark.parametrize("path", ["P1", "P4"])
+def test_presets_match_in_float64(x64, path):
   # TF1 rounds epsilon (1e-10) through float32; Keras 3 converts it directly
   # and computes 1 - rho in double.
-  tf1 = tf1_ulps(momentum, centered, "tf_cpu", np.float64, steps=50)
-  keras3 = keras3_ulps(momentum, centered, "tf_cpu", np.float64, steps=50)
+  tf1 = tf1_ulps(path, "tf_cpu", np.float64, steps=50)
+  keras3 = keras3_ulps(path, "tf_cpu", np.float64, steps=50)
   assert tf1 == dict.fromkeys(tf1, 0)
   assert keras3 == dict.fromkeys(keras3, 0)
 
 
 def test_tf1_keeps_zero_epsilon():
-  ulps = tf1_ulps(0.5, False, "tf_cpu", steps=20, epsilon=0.0)
+  ulps = tf1_ulps("P3", "tf_cpu", steps=20, epsilon=0.0, momentum=0.5)
   assert ulps == dict.fromkeys(ulps, 0)
 
 
 def test_keras3_keeps_zero_epsilon():
-  ulps = keras3_ulps(0.0, False, "tf_cpu", steps=20, epsilon=0.0, rho=0.8)
+  ulps = keras3_ulps("P1", "tf_cpu", steps=20, epsilon=0.0, rho=0.8)
   assert ulps == dict.fromkeys(ulps, 0)
 
 
@@ -170,7 +124,7 @@ def test_keras3_in_tf_function_is_close_not_exact(momentum):
   values, grad_steps = _problem(np.float32, steps)
   config = dict(learning_rate=0.01, momentum=momentum)
   tf_vars, _ = tf_reference.run_keras3(values, grad_steps, **config)
-  params, _ = _run_jax(
+  params, _ = toolbox.run(
     optax_tfrmsprop.keras3_rmsprop(**config), values, grad_steps
   )
   for p, v in zip(params, tf_vars):
@@ -305,12 +259,12 @@ def test_tf1_efficientnet_settings_reproduce_training():
   opt = optax_tfrmsprop.tf1_rmsprop(**EFFICIENTNET)
 
   # Fed TF's gradients, the preset walks TF's trajectory bit for bit.
-  replayed, _ = _run_jax(
+  replayed, _ = toolbox.run(
     opt,
     [params[k] for k in sorted(params)],
     [[g[k] for k in sorted(g)] for g in tf_grads],
   )
-  assert _max_ulp(replayed, [tf_params[k] for k in sorted(params)]) == 0
+  toolbox.assert_ulp(replayed, [tf_params[k] for k in sorted(params)])
 
   # Trained end to end in JAX (lax.conv, JAX's own gradients), the loss curve
   # follows TF's; the residue is the conv/matmul gradient summation order.
@@ -331,42 +285,13 @@ def test_tf1_efficientnet_settings_reproduce_training():
 
 
 def _sparse_problem(steps=40, seed=5):
-  """A 30 x 67 table and a dense vector, with duplicate-row IndexedSlices.
+  """A 30 x 67 table (IndexedSlices with duplicate rows) and a dense vector.
 
   The rows are wider than a packet.
   """
-  rng = np.random.default_rng(seed)
-  values = [
-    rng.standard_normal((30, 67)).astype(np.float32),
-    rng.standard_normal(5).astype(np.float32),
-  ]
-  grad_steps = [
-    [
-      (
-        rng.standard_normal((12, 67)).astype(np.float32),
-        rng.integers(0, 30, 12).astype(np.int32),
-        (30, 67),
-      ),
-      rng.standard_normal(5).astype(np.float32),
-    ]
-    for _ in range(steps)
-  ]
-  return values, grad_steps
-
-
-def _run_jax_sparse(opt, values, grad_steps):
-  params = [jnp.asarray(v) for v in values]
-  state = opt.init(params)
-
-  @jax.jit
-  def step(params, state, rows, ids, dense):
-    grads = [optax_tfrmsprop.IndexedSlices(rows, ids, values[0].shape), dense]
-    updates, state = opt.update(grads, state, params)
-    return optax_tfrmsprop.apply_updates(params, updates), state
-
-  for (rows, ids, _), dense in grad_steps:
-    params, state = step(params, state, rows, ids, dense)
-  return params, state
+  return toolbox.problem(
+    seed, np.float32, steps, [toolbox.Table(30, 67, 12), (5,)]
+  )
 
 
 @pytest.mark.parametrize("centered", [False, True])
@@ -380,11 +305,11 @@ def test_tf1_sparse_gradients_match_tf1(centered, both_backends):
   values, grad_steps = _sparse_problem()
   config = dict(learning_rate=0.01, momentum=0.5, centered=centered)
   tf_vars, _ = tf_reference.run_tf1(values, grad_steps, **config)
-  params, _ = _run_jax_sparse(
+  params, _ = toolbox.run(
     optax_tfrmsprop.tf1_rmsprop(**config), values, grad_steps
   )
   if both_backends == "ffi":
-    assert _max_ulp(params, tf_vars) == 0
+    toolbox.assert_ulp(params, tf_vars)
   else:
     steps = len(grad_steps)
     np.testing.assert_allclose(
@@ -401,7 +326,7 @@ def test_keras3_sparse_gradients_are_densified_like_keras3(momentum):
   values, grad_steps = _sparse_problem()
   config = dict(learning_rate=0.01, momentum=momentum, centered=True)
   tf_vars, _ = tf_reference.run_keras3(values, grad_steps, eager=True, **config)
-  params, _ = _run_jax_sparse(
+  params, _ = toolbox.run(
     optax_tfrmsprop.keras3_rmsprop(**config), values, grad_steps
   )
-  assert _max_ulp(params, tf_vars) == 0
+  toolbox.assert_ulp(params, tf_vars)

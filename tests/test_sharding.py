@@ -21,8 +21,9 @@ import optax
 import pytest
 
 import optax_tfrmsprop
-from test_ffi_kernel import backend_params
-from test_ffi_kernel import needs_kernel
+import toolbox
+from toolbox import backend_params
+from toolbox import needs_kernel
 
 COLLECTIVES = re.compile(
   r"\b(all-reduce|all-gather|reduce-scatter|all-to-all|collective-permute|"
@@ -32,10 +33,10 @@ COLLECTIVES = re.compile(
 STEPS = 3
 
 DENSE_PATHS = {
-  "plain": dict(),
-  "centered": dict(centered=True),
-  "momentum": dict(momentum=0.9),
-  "centered_momentum_xla": dict(momentum=0.9, centered=True, rounding="tf_xla"),
+  "P1": toolbox.options("P1"),
+  "P2": toolbox.options("P2"),
+  "P3": toolbox.options("P3"),
+  "P4_tf_xla": toolbox.options("P4", rounding="tf_xla"),
 }
 
 
@@ -122,7 +123,7 @@ def _slot_trees(state):
 # only: the others run the same XLA code whatever the backend.
 PATH_BACKENDS = [
   pytest.param(path, "xla", id=f"{path}-xla") for path in DENSE_PATHS
-] + [pytest.param("momentum", "ffi", marks=needs_kernel, id="momentum-ffi")]
+] + [pytest.param("P3", "ffi", marks=needs_kernel, id="P3-ffi")]
 
 
 @pytest.mark.parametrize("path, backend", PATH_BACKENDS)
@@ -168,21 +169,13 @@ def _single_device_run(path):
   return _run(optimizer, None)[:2]
 
 
-KERNEL_PATHS = {
-  "P1": dict(),
-  "P2": dict(centered=True),
-  "P3": dict(momentum=0.9),
-  "P4": dict(momentum=0.9, centered=True),
-}
-
-
 def _run_fused(path, layout, backend):
   """``STEPS`` of ``rmsprop_apply``; returns (params, state, compiled step)."""
-  config = dict(KERNEL_PATHS[path])
-  centered = config.pop("centered", False)
+  config = toolbox.options(path)
+  centered = config.pop("centered")
   params = _params() if layout is None else jax.device_put(_params(), layout)
   state = optax_tfrmsprop.rmsprop_init(
-    params, centered=centered, use_momentum="momentum" in config
+    params, centered=centered, use_momentum=toolbox.PATHS[path].momentum
   )
   step = jax.jit(
     functools.partial(
@@ -202,7 +195,7 @@ def _run_fused(path, layout, backend):
 
 
 @needs_kernel
-@pytest.mark.parametrize("path", KERNEL_PATHS)
+@pytest.mark.parametrize("path", toolbox.DENSE_PATHS)
 @pytest.mark.parametrize("layout_name", ["fully sharded", "2d mixed"])
 def test_sharded_kernel_apply_runs_shard_by_shard(layout_name, path):
   """``rmsprop_apply`` takes the kernel in every path: no collective either."""
@@ -311,9 +304,9 @@ def test_sharded_norm_clipping_tf_xla_only_all_reduces(layout_name, clipping):
   )
   print(
     f"\n{layout_name} {clipping}: first update "
-    f"{_max_ulp(updates, expected_updates)} ULP, ms after {STEPS} steps "
-    f"{_max_ulp(state.ms, expected_state.ms)} ULP, params "
-    f"{_max_ulp(params, expected_params)} ULP (bounded above, not by "
+    f"{toolbox.max_ulp(updates, expected_updates)} ULP, ms after {STEPS} steps "
+    f"{toolbox.max_ulp(state.ms, expected_state.ms)} ULP, params "
+    f"{toolbox.max_ulp(params, expected_params)} ULP (bounded above, not by "
     "these counts)"
   )
   lr, c = 0.01, 1 - np.float32(0.9)
@@ -322,13 +315,6 @@ def test_sharded_norm_clipping_tf_xla_only_all_reduces(layout_name, clipping):
     np.testing.assert_allclose(
       p, want, rtol=2 * STEPS * u, atol=STEPS**2 * (2 * delta + 32 * u) * term
     )
-
-
-def _max_ulp(tree, expected):
-  return max(
-    int(np.max(optax_tfrmsprop.ulp_distance(a, b)))
-    for a, b in zip(jax.tree.leaves(tree), jax.tree.leaves(expected))
-  )
 
 
 @pytest.mark.parametrize("backend", backend_params)

@@ -10,19 +10,12 @@ import pytest
 import optax_tfrmsprop as ot
 from optax_tfrmsprop._src import cpu_kernel
 from optax_tfrmsprop._src import sparse
-from test_ffi_kernel import backend_params
-from test_ffi_kernel import needs_kernel
 import tf_reference
 from tf_reference import run_tf
-from tf_reference import tf
+import toolbox
+from toolbox import backend_params
+from toolbox import needs_kernel
 
-PATHS = {
-  "P5": dict(momentum=0.0, centered=False),
-  "P6": dict(momentum=0.0, centered=True),
-  "P7": dict(momentum=0.9, centered=False),
-  "P8": dict(momentum=0.9, centered=True),
-}
-SLOTS = {"rms": "ms", "mg": "mg", "momentum": "mom"}
 # P7/P8 in float32 on the xla backend differ from TF's packet rsqrt within a
 # bound derived in tf_reference (the ffi backend computes TF's and is
 # bit-identical; see docs/sparse.md).
@@ -32,83 +25,39 @@ RSQRT_RELATIVE = tf_reference.RSQRT_RELATIVE
 
 def _make_steps(seed, dtype, *, rows=10, width=12, n=7, steps=100, dense=True):
   """Random sparse steps with duplicates (and a dense second variable)."""
-  rng = np.random.default_rng(seed)
-  shape = (rows, width)
-  var_values = [rng.normal(size=shape).astype(dtype)]
-  if dense:
-    var_values.append(rng.normal(size=(3,)).astype(dtype))
-  grad_steps = []
-  for t in range(steps):
-    scale = (1e-3, 1.0, 30.0)[t % 3]
-    grads = [
-      (
-        (rng.normal(size=(n, width)) * scale).astype(dtype),
-        rng.integers(0, rows, n).astype(np.int32),
-        shape,
-      )
-    ]
-    if dense:
-      grads.append((rng.normal(size=(3,)) * scale).astype(dtype))
-    grad_steps.append(grads)
-  return var_values, grad_steps
+  shapes = [toolbox.Table(rows, width, n)] + ([(3,)] if dense else [])
+  return toolbox.problem(seed, dtype, steps, shapes)
 
 
-def _to_jax(g):
-  if isinstance(g, tuple):
-    return ot.IndexedSlices(jnp.asarray(g[0]), jnp.asarray(g[1]), g[2])
-  return jnp.asarray(g)
+def _config(path, **config):
+  """``learning_rate=0.01`` and the options of ``path``."""
+  return toolbox.options(path, learning_rate=0.01, **config)
 
 
-def _run_jax(
-  var_values, grad_steps, *, state=None, centered=False, fused=False, **config
-):
-  """Runs jitted steps; returns params, state.
+def _run_jax(var_values, grad_steps, *, state=None, fused=False, **config):
+  """Runs jitted steps of ``rmsprop(**config)``; returns params, state.
 
   A step is ``rmsprop`` + ``apply_updates``, or with ``fused`` the
   ``rmsprop_apply`` step with params and state donated.
   """
-  opt = ot.rmsprop(centered=centered, **config)
-  params = [jnp.asarray(v) for v in var_values]
-  state = opt.init(params) if state is None else state
-
-  if fused:
-    step = jax.jit(
-      lambda p, s, g: ot.rmsprop_apply(p, g, s, **config), donate_argnums=(0, 1)
-    )
-  else:
-
-    @jax.jit
-    def step(params, state, grads):
-      updates, state = opt.update(grads, state)
-      return ot.apply_updates(params, updates), state
-
-  for grads in grad_steps:
-    params, state = step(params, state, [_to_jax(g) for g in grads])
-  return params, state
+  opt = ot.rmsprop(**config)
+  config.pop("centered", None)  # rmsprop_apply reads it from the state.
+  fused = config if fused else None
+  return toolbox.run(opt, var_values, grad_steps, state=state, fused=fused)
 
 
-def _max_ulp(tf_result, params, state):
-  """Largest ULP distance over the variables and every TF slot."""
+def _assert_same_as_tf(tf_result, params, state):
   tf_vars, tf_slots, _ = tf_result
-  worst = max(
-    int(ot.ulp_distance(np.asarray(p), v).max())
-    for p, v in zip(params, tf_vars)
-  )
-  for tf_name, values in tf_slots.items():
-    ours = getattr(state, SLOTS[tf_name])
-    worst = max(
-      worst,
-      *(
-        int(ot.ulp_distance(np.asarray(a), b).max())
-        for a, b in zip(ours, values)
-      ),
-    )
-  return worst
+  toolbox.assert_same_as_tf(params, state, tf_vars, tf_slots)
 
 
 def _state_from_tf(tf_result, count):
   _, tf_slots, _ = tf_result
-  slots = {SLOTS[k]: [jnp.asarray(v) for v in vs] for k, vs in tf_slots.items()}
+  slots = {
+    field: [jnp.asarray(v) for v in tf_slots[tf_name]]
+    for field, tf_name in toolbox.tf_slot_names().items()
+    if tf_name in tf_slots
+  }
   return ot.RMSpropState(count=jnp.asarray(count, jnp.int32), **slots)
 
 
@@ -116,10 +65,10 @@ def _state_from_tf(tf_result, count):
 @pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
 def test_no_momentum_paths_bit_identical_over_100_steps(path, dtype, x64):
   var_values, grad_steps = _make_steps(0, np.dtype(dtype))
-  config = dict(learning_rate=0.01, **PATHS[path])
+  config = _config(path)
   tf_result = run_tf(var_values, grad_steps, **config)
   params, state = _run_jax(var_values, grad_steps, **config)
-  assert _max_ulp(tf_result, params, state) == 0
+  _assert_same_as_tf(tf_result, params, state)
 
 
 @pytest.mark.parametrize("backend", backend_params)
@@ -127,10 +76,10 @@ def test_no_momentum_paths_bit_identical_over_100_steps(path, dtype, x64):
 @pytest.mark.parametrize("dtype", ["float64", "float16"])
 def test_momentum_paths_bit_identical_in_f64_and_f16(path, dtype, backend, x64):
   var_values, grad_steps = _make_steps(1, np.dtype(dtype))
-  config = dict(learning_rate=0.01, **PATHS[path])
+  config = _config(path)
   tf_result = run_tf(var_values, grad_steps, **config)
   params, state = _run_jax(var_values, grad_steps, backend=backend, **config)
-  assert _max_ulp(tf_result, params, state) == 0
+  _assert_same_as_tf(tf_result, params, state)
 
 
 @functools.cache
@@ -139,7 +88,7 @@ def _wide_rows_tf(path, width):
   var_values, grad_steps = _make_steps(
     10, np.float32, rows=50, width=width, n=40
   )
-  config = dict(learning_rate=0.01, **PATHS[path])
+  config = _config(path)
   return (
     var_values,
     grad_steps,
@@ -159,7 +108,7 @@ def test_momentum_paths_f32_bit_identical_on_the_kernel(path, width, fused):
   params, state = _run_jax(
     var_values, grad_steps, backend="ffi", fused=fused, **config
   )
-  assert _max_ulp(tf_result, params, state) == 0
+  _assert_same_as_tf(tf_result, params, state)
 
 
 def _tf_packet_rsqrt(x):
@@ -168,6 +117,7 @@ def _tf_packet_rsqrt(x):
   With rho 1, epsilon 0, momentum 0, lr 1 and a gradient of ones,
   ResourceSparseApplyRMSProp leaves ``ms = x`` and sets ``mom = rsqrt(x)``.
   """
+  tf = tf_reference.tf
   var, ms, mom = (
     tf.Variable(v) for v in (np.zeros_like(x), x, np.zeros_like(x))
   )
@@ -238,7 +188,7 @@ def test_momentum_paths_f32_per_step_bound(path):
   side. The variable can be near zero, so its bound is absolute.
   """
   var_values, grad_steps = _make_steps(2, np.float32, rows=40, width=20, n=30)
-  config = dict(learning_rate=0.01, **PATHS[path])
+  config = _config(path)
   for k in (0, 60):
     before = run_tf(var_values, grad_steps[:k], **config) if k else None
     start = before[0] if k else var_values
@@ -268,7 +218,7 @@ def test_momentum_paths_f32_per_step_bound(path):
 @pytest.mark.parametrize("path", ["P7", "P8"])
 def test_momentum_paths_f32_close_after_100_steps(path):
   var_values, grad_steps = _make_steps(3, np.float32)
-  config = dict(learning_rate=0.01, **PATHS[path])
+  config = _config(path)
   tf_vars, tf_slots, _ = run_tf(var_values, grad_steps, **config)
   params, state = _run_jax(var_values, grad_steps, backend="xla", **config)
   # Only rsqrt lanes differ (by an ULP); the slots that do not depend on it
@@ -286,10 +236,10 @@ def test_momentum_paths_f32_close_after_100_steps(path):
 def test_narrow_rows_have_no_packet_lanes_and_are_exact(backend):
   # Rows narrower than Eigen's 8-lane packet use 1/sqrt only.
   var_values, grad_steps = _make_steps(4, np.float32, width=7, dense=False)
-  config = dict(learning_rate=0.01, **PATHS["P8"])
+  config = _config("P8")
   tf_result = run_tf(var_values, grad_steps, **config)
   params, state = _run_jax(var_values, grad_steps, backend=backend, **config)
-  assert _max_ulp(tf_result, params, state) == 0
+  _assert_same_as_tf(tf_result, params, state)
 
 
 @pytest.mark.parametrize("backend", backend_params)
@@ -297,10 +247,10 @@ def test_narrow_rows_have_no_packet_lanes_and_are_exact(backend):
 def test_clipvalue_matches_tf(path, backend, x64):
   # float64 keeps P7/P8 exact, so any clipping difference would show.
   var_values, grad_steps = _make_steps(5, np.float64, steps=20)
-  config = dict(learning_rate=0.01, clipvalue=0.5, **PATHS[path])
+  config = _config(path, clipvalue=0.5)
   tf_result = run_tf(var_values, grad_steps, **config)
   params, state = _run_jax(var_values, grad_steps, backend=backend, **config)
-  assert _max_ulp(tf_result, params, state) == 0
+  _assert_same_as_tf(tf_result, params, state)
 
 
 @pytest.mark.parametrize("backend", backend_params)
@@ -315,28 +265,30 @@ def test_norm_clipping_covers_duplicated_rows_like_tf(path, clip, backend, x64):
   are bit-identical.
   """
   var_values, grad_steps = _make_steps(5, np.float64, steps=20)
-  config = dict(learning_rate=0.01, **PATHS[path], **clip)
+  config = _config(path, **clip)
   tf_result = run_tf(var_values, grad_steps, **config)
   params, state = _run_jax(var_values, grad_steps, backend=backend, **config)
-  assert _max_ulp(tf_result, params, state) == 0
+  _assert_same_as_tf(tf_result, params, state)
 
 
 def test_bfloat16_no_momentum_paths_match_tf():
   var_values, grad_steps = _make_steps(6, jnp.bfloat16, steps=30)
   for path in ("P5", "P6"):
-    config = dict(learning_rate=0.01, **PATHS[path])
+    config = _config(path)
     tf_result = run_tf(var_values, grad_steps, **config)
     params, state = _run_jax(var_values, grad_steps, **config)
-    assert _max_ulp(tf_result, params, state) == 0
+    _assert_same_as_tf(tf_result, params, state)
 
 
 def test_bfloat16_momentum_paths_have_no_tf_cpu_kernel():
+  tf = tf_reference.tf
   var_values, grad_steps = _make_steps(6, jnp.bfloat16, steps=1, dense=False)
   with pytest.raises(tf.errors.InvalidArgumentError, match="No OpKernel"):
-    run_tf(var_values, grad_steps, **PATHS["P7"])
+    run_tf(var_values, grad_steps, **toolbox.options("P7"))
 
 
 def test_deduplicate_matches_tf_unique_and_segment_sum():
+  tf = tf_reference.tf
   indices = np.array([5, 2, 5, 0, 2, 5, 7, 0], np.int32)
   # Sums that depend on the order of addition in float32.
   values = np.array([1e8, 1.0, 1.0, 3.0, -1.0, -1e8, 2.0, 0.5], np.float32)
@@ -364,10 +316,10 @@ def test_empty_index_set_follows_tf(path, backend, x64):
   ]
   empty = [(np.zeros((0, 12)), np.zeros(0, np.int32), (10, 12)), np.ones(3)]
   grad_steps = [nonempty, empty, empty]
-  config = dict(learning_rate=0.01, **PATHS[path])
+  config = _config(path)
   tf_result = run_tf(var_values, grad_steps, **config)
   params, state = _run_jax(var_values, grad_steps, backend=backend, **config)
-  assert _max_ulp(tf_result, params, state) == 0
+  _assert_same_as_tf(tf_result, params, state)
 
 
 @pytest.mark.parametrize("backend", backend_params)
@@ -485,6 +437,7 @@ def test_sparse_embedding_grad_equals_dense_gradient():
 
 def test_embedding_model_trains_like_tf():
   """The helper's IndexedSlices drive rmsprop as TF's gather gradient does."""
+  tf = tf_reference.tf
   rng = np.random.default_rng(9)
   table0 = rng.normal(size=(30, 6)).astype(np.float32)
   w = jnp.asarray(rng.normal(size=(6, 4)).astype(np.float32))

@@ -1,4 +1,10 @@
-"""Runs the real tf_keras legacy RMSprop: the oracle of the differential tests."""
+"""Runs the real TF/Keras RMSprops: the oracles of the differential tests.
+
+TensorFlow is imported on first use, not with this module: a test that needs
+it skips without it (``pytest.importorskip``), and the other tests of a file
+that imports this module run without TensorFlow installed. ``tf`` and
+``tf_keras`` here import on first attribute access too.
+"""
 
 import os
 
@@ -7,12 +13,30 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 import pytest
 
-tf = pytest.importorskip("tensorflow")
-tf_keras = pytest.importorskip("tf_keras")
+
+class _LazyModule:
+  """A module imported on first attribute access; the test skips without it.
+
+  So ``from tf_reference import tf`` at the top of a test file imports
+  nothing: ``tf.constant(...)`` inside a test imports TensorFlow then, or
+  skips that test (``pytest.importorskip``) where it is not installed.
+  """
+
+  def __init__(self, name):
+    self._name = name
+
+  def __getattr__(self, attr):
+    if attr.startswith("_"):  # pytest's probes while it collects a module
+      raise AttributeError(attr)
+    return getattr(pytest.importorskip(self._name), attr)
+
+
+tf = _LazyModule("tensorflow")
+tf_keras = _LazyModule("tf_keras")
 
 
 def _to_tf(g):
-  """A numpy gradient, or ``(values, indices, dense_shape)`` as IndexedSlices."""
+  """A numpy gradient, or ``(values, indices, dense_shape)``, as TF's."""
   if isinstance(g, tuple):
     values, indices, dense_shape = g
     return tf.IndexedSlices(
@@ -130,46 +154,6 @@ def keras3():
   if int(keras.__version__.split(".")[0]) < 3:
     pytest.skip("Keras 3 is not installed.")
   return keras
-
-
-def max_ulps(params, state, tf_vars, tf_slots, flavor="keras_legacy"):
-  """Largest ULP distance of the variables and of each slot from TF's.
-
-  NaN counts as equal to NaN. Slots are matched through the flavor's slot
-  names (``base.SEMANTICS``); a slot present on one side only is an error.
-
-  Args:
-    params: our variables, a list of arrays.
-    state: our state.
-    tf_vars: TF's variables, in the same order.
-    tf_slots: TF's slots, ``{slot name: [per-variable values]}`` (as
-      :func:`run_tf` returns them).
-    flavor: the flavor whose slot names TF used.
-
-  Returns:
-    ``{"var": ulps, <field>: ulps, ...}`` for every slot present.
-  """
-  import jax  # pylint: disable=g-import-not-at-top
-
-  import optax_tfrmsprop  # pylint: disable=g-import-not-at-top
-  from optax_tfrmsprop._src import base  # pylint: disable=g-import-not-at-top
-
-  def worst(ours, theirs):
-    ours, theirs = list(ours), list(theirs)
-    assert len(ours) == len(theirs)
-    distances = (
-      optax_tfrmsprop.ulp_distance(np.asarray(a), np.asarray(b))
-      for a, b in zip(ours, theirs)
-    )
-    return max((int(d.max(initial=0)) for d in distances), default=0)
-
-  ulps = {"var": worst(params, tf_vars)}
-  for field, tf_name in base.SEMANTICS[flavor].slots:
-    ours = getattr(state, field)
-    assert (ours is None) == (tf_name not in tf_slots), (field, tf_slots.keys())
-    if ours is not None:
-      ulps[field] = worst(jax.tree.leaves(ours), tf_slots[tf_name])
-  return ulps
 
 
 # TF's float32 sparse momentum kernels (P7/P8) take Eigen's packet rsqrt: a
