@@ -230,10 +230,6 @@ def _check_present(where: str, what: str, x, wanted: bool, path: str) -> None:
 def _check_dense(leaves, hypers, centered, momentum, apply) -> None:
   """Raises a ValueError naming the first operand the dense call cannot take."""
   where = "cpu_kernel.dense_update"
-  if not apply and not momentum:
-    raise ValueError(
-      f"{where}: the momentum-free paths (P1/P2) run only with apply=True."
-    )
   dtype = _check_hypers(where, hypers)
   path = f"the path centered={centered}, momentum={momentum}, apply={apply}"
   wanted = dict(gradient=True, params=apply, ms=True, mg=centered, mom=momentum)
@@ -453,13 +449,15 @@ def dense_update(
       in the leaves' dtype, float32 or float64.
     centered: the ``mg`` slot is present.
     momentum: the ``mom`` slot is present (TF's kernel paths P3/P4).
-    apply: update ``var`` in place instead of returning optax updates.
-      Required without ``momentum``: P1/P2's update would need a buffer of its
-      own, which costs more than the XLA path (docs/cpu_kernel.md).
+    apply: update ``var`` in place. Without it there is no update output:
+      P3/P4's update is ``-mom``, and P1/P2 update only their slots (their
+      update, ``update_rules.plain_update`` of the new slots, is computed in
+      the loop that applies it; a buffer of its own would cost a page fault
+      per 4 KiB every step, docs/cpu_kernel.md).
 
   Returns:
     Per leaf ``(first, ms, mg, mom)``: ``first`` is the new variable with
-    ``apply``, else ``None`` (the P3/P4 update is ``-mom``).
+    ``apply``, else ``None``.
 
   Raises:
     ValueError: naming the first operand whose presence, shape or dtype does

@@ -480,10 +480,6 @@ def _dense_leaves(leaves, xla_leaf, hyper, backend, *, apply):
 
   if not cpu_kernel.use_kernel(backend):
     return xla()
-  if not apply and leaves and leaves[0][4] is None:
-    # P1/P2 through the optax API: a kernel update would need a buffer of its
-    # own, which XLA fills with a copy of the gradient; measured slower.
-    return xla()
   # Materialise the hyperparameters outside both branches: cached inside one,
   # they would leak that branch's tracers into the other.
   for leaf in leaves:
@@ -507,7 +503,15 @@ def _dense_leaves(leaves, xla_leaf, hyper, backend, *, apply):
         apply=apply,
       )
       for i, (first, ms, mg, mom) in zip(indices, out):
-        results[i] = (-mom if first is None else first), ms, mg, mom
+        if first is not None:  # The new variable.
+          update = first
+        elif mom is not None:  # P3/P4.
+          update = -mom
+        else:  # P1/P2: from the new slots, in the loop that applies it.
+          update = update_rules.plain_update(
+            leaves[i][0], ms, mg, hyper(dtype), numerics.rounded
+          )
+        results[i] = update, ms, mg, mom
     return results
 
   return jax.lax.platform_dependent(cpu=kernel, default=xla)

@@ -192,9 +192,6 @@ ffi::Error Dense(ffi::AnyBuffer hypers, ffi::RemainingArgs args,
                  ffi::RemainingRets rets, bool centered, bool momentum,
                  bool apply) {
   const DenseLayout layout{centered, momentum, apply};
-  if (!apply && !momentum) {
-    return Invalid("the momentum-free paths (P1/P2) run only with apply.");
-  }
   TFRMSPROP_RETURN_IF_ERROR(CheckHypers(hypers));
   return DispatchFloat(hypers.element_type(), [&](auto zero) {
     using T = decltype(zero);
@@ -204,9 +201,7 @@ ffi::Error Dense(ffi::AnyBuffer hypers, ffi::RemainingArgs args,
     const Hypers<T> h = ReadHypers<T>(hypers);
     return DispatchFlags(
         [&](auto kCentered, auto kMomentum, auto kApply) {
-          if constexpr (kApply || kMomentum) {
-            RunAll<T, kCentered, kMomentum, kApply>(leaves, h);
-          }
+          RunAll<T, kCentered, kMomentum, kApply>(leaves, h);
           return ffi::Error::Success();
         },
         centered, momentum, apply);
@@ -230,8 +225,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
         .Attr<bool>("centered")
         // The mom slot is present (TF's kernel paths P3/P4).
         .Attr<bool>("momentum")
-        // Update var in place; without it (P3/P4 only) the optax update is
-        // -mom, negated in JAX.
+        // Update var in place; without it P1/P2 update only their slots
+        // and P3/P4's optax update is -mom, negated in JAX.
         .Attr<bool>("apply"));
 
 // The constants of tfrmsprop.h, for cpu_kernel.py to check against its own.
