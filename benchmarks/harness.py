@@ -1,6 +1,8 @@
 """Timing, statistics, machine description and reports of the benchmarks."""
 
 import argparse
+from collections.abc import Callable
+from importlib import metadata
 import json
 import os
 import pathlib
@@ -9,18 +11,22 @@ import statistics
 import subprocess
 import sys
 import time
-from importlib import metadata
-from typing import Callable
-
 
 # Environment of every suite and worker process: Keras 3 on the JAX backend
 # (it reads this once, at import), TensorFlow without its start-up chatter.
 WORKER_ENV = {"KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
-def time_interleaved(steps: dict, *, warmup: int, min_reps: int,
-                     max_reps: int, budget_s: float,
-                     calls_per_rep: int = 1) -> dict:
+def time_interleaved(
+  steps: dict,
+  *,
+  warmup: int,
+  min_reps: int,
+  max_reps: int,
+  budget_s: float,
+  calls_per_rep: int = 1,
+  clocks: dict | None = None,
+) -> dict:
   """Times ``steps`` round-robin; returns ``{name: [seconds per call]}``.
 
   Each round runs every step ``calls_per_rep`` times in a row, starting one
@@ -36,26 +42,32 @@ def time_interleaved(steps: dict, *, warmup: int, min_reps: int,
     budget_s: wall time after which no new round starts past ``min_reps``.
     calls_per_rep: calls timed together in a round (for steps of
       microseconds, where one call is too short to time alone).
+    clocks: optional ``{clock name: clock function}`` (e.g.
+      ``time.process_time``) to read, besides the wall clock, around each
+      step's calls of a round.
 
   Returns:
-    The wall time per call of each step, one sample per round.
+    The wall time per call of each step, one sample per round; with
+    ``clocks``, ``{clock name: that dict}`` with ``"wall"`` among them.
   """
   names = list(steps)
+  clocks = {"wall": time.perf_counter, **(clocks or {})}
   for _ in range(warmup):
     for name in names:
       steps[name]()
-  times = {name: [] for name in names}
+  times = {clock: {name: [] for name in names} for clock in clocks}
   start = time.perf_counter()
   for rep in range(max_reps):
     for i in range(len(names)):
       name = names[(rep + i) % len(names)]
-      t0 = time.perf_counter()
+      t0 = [clock() for clock in clocks.values()]
       for _ in range(calls_per_rep):
         steps[name]()
-      times[name].append((time.perf_counter() - t0) / calls_per_rep)
+      for clock, read, begin in zip(clocks, clocks.values(), t0):
+        times[clock][name].append((read() - begin) / calls_per_rep)
     if rep + 1 >= min_reps and time.perf_counter() - start > budget_s:
       break
-  return times
+  return times if len(clocks) > 1 else times["wall"]
 
 
 def timed(fn: Callable[[], object]) -> tuple:
@@ -67,8 +79,12 @@ def timed(fn: Callable[[], object]) -> tuple:
 
 def summary(samples: list) -> dict:
   """Median, min, max and count of a list of seconds."""
-  return dict(median=statistics.median(samples), min=min(samples),
-              max=max(samples), reps=len(samples))
+  return dict(
+    median=statistics.median(samples),
+    min=min(samples),
+    max=max(samples),
+    reps=len(samples),
+  )
 
 
 def _version(package: str) -> str:
@@ -100,19 +116,36 @@ def _memory_gib() -> float:
 def machine_info() -> dict:
   """The machine and software a result came from."""
   return dict(
-      cpu=_cpu_model(),
-      cores=os.cpu_count(),
-      memory_gib=round(_memory_gib(), 1),
-      load_average=[round(x, 2) for x in os.getloadavg()],
-      platform=platform.platform(),
-      python=platform.python_version(),
-      packages={p: _version(p) for p in (
-          "jax", "jaxlib", "optax", "keras", "tensorflow-cpu", "tf-keras",
-          "torch", "numpy")},
-      # Settings that change how the kernels and XLA use the cores.
-      environment={k: os.environ[k] for k in (
-          "XLA_FLAGS", "OMP_NUM_THREADS", "OMP_WAIT_POLICY",
-          "OPTAX_TFRMSPROP_BACKEND") if k in os.environ},
+    cpu=_cpu_model(),
+    cores=os.cpu_count(),
+    memory_gib=round(_memory_gib(), 1),
+    load_average=[round(x, 2) for x in os.getloadavg()],
+    platform=platform.platform(),
+    python=platform.python_version(),
+    packages={
+      p: _version(p)
+      for p in (
+        "jax",
+        "jaxlib",
+        "optax",
+        "keras",
+        "tensorflow-cpu",
+        "tf-keras",
+        "torch",
+        "numpy",
+      )
+    },
+    # Settings that change how the kernels and XLA use the cores.
+    environment={
+      k: os.environ[k]
+      for k in (
+        "XLA_FLAGS",
+        "OMP_NUM_THREADS",
+        "OMP_WAIT_POLICY",
+        "OPTAX_TFRMSPROP_BACKEND",
+      )
+      if k in os.environ
+    },
   )
 
 
@@ -123,16 +156,21 @@ def run_worker(module: str, args: list, log) -> int:
   """
   full_env = dict(os.environ, **WORKER_ENV)
   proc = subprocess.run(
-      [sys.executable, "-m", module, *args], env=full_env, stdout=log,
-      stderr=subprocess.STDOUT, check=False)
+    [sys.executable, "-m", module, *args],
+    env=full_env,
+    stdout=log,
+    stderr=subprocess.STDOUT,
+    check=False,
+  )
   return proc.returncode
 
 
 # --- Suites -----------------------------------------------------------------
 
 
-def suite_arguments(name: str, description: str, argv=None, *,
-                    workers: bool = False):
+def suite_arguments(
+  name: str, description: str, argv=None, *, workers: bool = False
+):
   """Parses the options every suite takes: ``--small``, ``--out``, ...
 
   Args:
@@ -147,65 +185,93 @@ def suite_arguments(name: str, description: str, argv=None, *,
     report (the entry point's when it passed ``--command``).
   """
   parser = argparse.ArgumentParser(description=description)
-  parser.add_argument("--small", action="store_true",
-                      help="tiny sizes and few repetitions (CI smoke test)")
-  parser.add_argument("--out", default="benchmarks/results",
-                      help=f"directory for {name}.{{md,json,png}}")
+  parser.add_argument(
+    "--small",
+    action="store_true",
+    help="tiny sizes and few repetitions (CI smoke test)",
+  )
+  parser.add_argument(
+    "--out",
+    default="benchmarks/results",
+    help=f"directory for {name}.{{md,json,png}}",
+  )
   parser.add_argument("--command", help=argparse.SUPPRESS)
   if workers:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--json", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if not args.command:
-    args.command = " ".join([f"python -m benchmarks.{name}"] + list(
-        sys.argv[1:] if argv is None else argv))
+    args.command = " ".join(
+      [f"python -m benchmarks.{name}"]
+      + list(sys.argv[1:] if argv is None else argv)
+    )
   return args
 
 
 def ms(stats: dict) -> str:
   """``median (min–max)`` of a :func:`summary`, in milliseconds."""
-  return (f"{1e3 * stats['median']:.2f} "
-          f"({1e3 * stats['min']:.2f}–{1e3 * stats['max']:.2f})")
+  return (
+    f"{1e3 * stats['median']:.2f} "
+    f"({1e3 * stats['min']:.2f}–{1e3 * stats['max']:.2f})"
+  )
 
 
 def table(header: list, rows: list) -> list:
   """The lines of a markdown table."""
-  return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] +
-          ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
+  return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
+    "| " + " | ".join(str(c) for c in row) + " |" for row in rows
+  ]
 
 
 def report_head(title: str, command: str, info: dict) -> list:
   """The first lines of a report: title, command, machine and packages."""
   return [
-      f"# {title}", "",
-      f"Command: `{command}`", "",
-      f"Machine: {info['cpu']}, {info['cores']} cores, "
-      f"{info['memory_gib']} GiB; {info['platform']}; Python "
-      f"{info['python']}; load average at start {info['load_average']}, at "
-      f"end {info['load_average_end']}; {info['wall_s']} s.", "",
-      "Packages: " + ", ".join(f"{k} {v}" for k, v in
-                               info["packages"].items()) + "; environment: "
-      + (", ".join(f"{k}={v}" for k, v in info["environment"].items())
-         or "no XLA, OpenMP or backend settings") + ".", "",
+    f"# {title}",
+    "",
+    f"Command: `{command}`",
+    "",
+    f"Machine: {info['cpu']}, {info['cores']} cores, "
+    f"{info['memory_gib']} GiB; {info['platform']}; Python "
+    f"{info['python']}; load average at start {info['load_average']}, at "
+    f"end {info['load_average_end']}; {info['wall_s']} s.",
+    "",
+    "Packages: "
+    + ", ".join(f"{k} {v}" for k, v in info["packages"].items())
+    + "; environment: "
+    + (
+      ", ".join(f"{k}={v}" for k, v in info["environment"].items())
+      or "no XLA, OpenMP or backend settings"
+    )
+    + ".",
+    "",
   ]
 
 
 def skipped_lines(records: list) -> list:
   """A ``Skipped`` section: each skipped contender once, with the reason."""
-  skipped = sorted({(r["contender"], r["skipped"]) for r in records
-                    if "skipped" in r})
+  skipped = sorted(
+    {(r["contender"], r["skipped"]) for r in records if "skipped" in r}
+  )
   if not skipped:
     return []
-  return ["## Skipped", ""] + [f"- {name}: {why}" for name, why in
-                               skipped] + [""]
+  return (
+    ["## Skipped", ""] + [f"- {name}: {why}" for name, why in skipped] + [""]
+  )
 
 
 def targets_table(targets: list) -> list:
   """Lines of the ``(issue, target, measured, met)`` tuples as a table."""
-  return ["## Targets, as measured", ""] + table(
+  return (
+    ["## Targets, as measured", ""]
+    + table(
       ["issue", "target", "measured", "met"],
-      [(issue, target, measured, "yes" if met else "NO")
-       for issue, target, measured, met in targets]) + [""]
+      [
+        (issue, target, measured, "yes" if met else "NO")
+        for issue, target, measured, met in targets
+      ],
+    )
+    + [""]
+  )
 
 
 class Run:
@@ -221,8 +287,9 @@ class Run:
     self.info["wall_s"] = round(time.perf_counter() - self._start, 1)
     return self.info
 
-  def write(self, name: str, out: str, command: str, records: list,
-            report: str) -> pathlib.Path:
+  def write(
+    self, name: str, out: str, command: str, records: list, report: str
+  ) -> pathlib.Path:
     """Writes ``<name>.{md,json}`` into ``out``, prints the report.
 
     Returns:
@@ -230,15 +297,17 @@ class Run:
     """
     folder = pathlib.Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{name}.json").write_text(json.dumps(
-        dict(command=command, machine=self.info, records=records), indent=1))
+    (folder / f"{name}.json").write_text(
+      json.dumps(
+        dict(command=command, machine=self.info, records=records), indent=1
+      )
+    )
     (folder / f"{name}.md").write_text(report)
     print(report, flush=True)
     return folder
 
 
-def run_suite(name: str, description: str, measure, markdown,
-              argv=None) -> int:
+def run_suite(name: str, description: str, measure, markdown, argv=None) -> int:
   """``main()`` of a suite that measures in its own process.
 
   Args:

@@ -1,4 +1,4 @@
-"""Measures how far other RMSprop implementations land from tf_keras' legacy one.
+"""Measures how far other RMSprop implementations land from tf_keras' legacy.
 
 Produces the numbers of ``docs/differences.md``. Every optimizer starts from
 the same float32 parameters and receives the same gradient sequence (the

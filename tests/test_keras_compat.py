@@ -11,7 +11,9 @@ import pytest
 
 import optax_tfrmsprop as otr
 from optax_tfrmsprop._src.keras import rmsprop as keras_compat
-from tests.tf_reference import run_tf, tf, tf_keras
+from tests.tf_reference import run_tf
+from tests.tf_reference import tf
+from tests.tf_reference import tf_keras
 
 SHAPES = [(3, 4), (4,), (2, 2, 3)]
 
@@ -19,8 +21,13 @@ SHAPES = [(3, 4), (4,), (2, 2, 3)]
 def _problem(seed, steps, dtype=np.float32, shapes=SHAPES):
   rng = np.random.RandomState(seed)
   values = [rng.randn(*s).astype(dtype) for s in shapes]
-  grads = [[(rng.randn(*s) * rng.choice([1e-3, 1.0, 30.0])).astype(dtype)
-            for s in shapes] for _ in range(steps)]
+  grads = [
+    [
+      (rng.randn(*s) * rng.choice([1e-3, 1.0, 30.0])).astype(dtype)
+      for s in shapes
+    ]
+    for _ in range(steps)
+  ]
   return values, grads
 
 
@@ -43,14 +50,14 @@ def _tf_optimizer_weights(opt):
 
 
 CONFIGS = [
-    dict(learning_rate=0.01),
-    dict(learning_rate=0.01, centered=True),
-    dict(learning_rate=0.01, momentum=0.9),
-    dict(learning_rate=0.01, momentum=0.5, centered=True, rho=0.8),
-    dict(learning_rate=0.02, momentum=0.3, decay=0.01),
-    dict(learning_rate=0.02, clipvalue=0.5, decay=0.05),
-    dict(learning_rate=0.02, clipnorm=1.0, momentum=0.9),
-    dict(learning_rate=0.02, global_clipnorm=2.0, centered=True),
+  dict(learning_rate=0.01),
+  dict(learning_rate=0.01, centered=True),
+  dict(learning_rate=0.01, momentum=0.9),
+  dict(learning_rate=0.01, momentum=0.5, centered=True, rho=0.8),
+  dict(learning_rate=0.02, momentum=0.3, decay=0.01),
+  dict(learning_rate=0.02, clipvalue=0.5, decay=0.05),
+  dict(learning_rate=0.02, clipnorm=1.0, momentum=0.9),
+  dict(learning_rate=0.02, global_clipnorm=2.0, centered=True),
 ]
 
 
@@ -77,14 +84,22 @@ def test_sparse_gradients_match_tf_bit_for_bit(config):
   steps = []
   for _ in range(15):
     rows = rng.randint(0, 10, size=6).astype(np.int32)
-    steps.append([(rng.randn(6, 4).astype(np.float32), rows, (10, 4)),
-                  rng.randn(3).astype(np.float32)])
+    steps.append(
+      [
+        (rng.randn(6, 4).astype(np.float32), rows, (10, 4)),
+        rng.randn(3).astype(np.float32),
+      ]
+    )
   tf_vars, _, _ = run_tf([table, dense], steps, **config)
   variables = [otr.Variable(table), otr.Variable(dense)]
   opt = otr.RMSprop(**config)
   for (values, rows, shape), g in steps:
-    opt.apply_gradients([(otr.IndexedSlices(values, rows, shape), variables[0]),
-                         (g, variables[1])])
+    opt.apply_gradients(
+      [
+        (otr.IndexedSlices(values, rows, shape), variables[0]),
+        (g, variables[1]),
+      ]
+    )
   for ours, theirs in zip(variables, tf_vars):
     _assert_bits_equal(ours.numpy(), theirs)
 
@@ -105,21 +120,20 @@ def test_matches_tf_bit_for_bit_f64(x64, config):
 def test_docstring_example_of_tf():
   opt = otr.RMSprop(learning_rate=0.1)
   var = otr.Variable(10.0)
-  step = opt.minimize(lambda: (var.value ** 2) / 2.0, [var])
+  step = opt.minimize(lambda: (var.value**2) / 2.0, [var])
   assert step.numpy() == 1
   assert var.numpy() == np.float32(9.683772)
 
 
 def test_steps_never_retrace_when_hyperparameters_change(monkeypatch):
   traces = []
-  core_update = keras_compat.transform.rmsprop_update
+  core_update = keras_compat.transform.rmsprop_apply
 
   def counting_update(*args, **kwargs):
     traces.append(1)  # Runs only while jax traces the compiled step.
     return core_update(*args, **kwargs)
 
-  monkeypatch.setattr(keras_compat.transform, "rmsprop_update",
-                      counting_update)
+  monkeypatch.setattr(keras_compat.transform, "rmsprop_apply", counting_update)
   # Shapes no other test uses, so the first step must trace once.
   values, grads = _problem(2, 6, shapes=[(5, 7), (7,)])
   variables = [otr.Variable(v) for v in values]
@@ -134,7 +148,7 @@ def test_steps_never_retrace_when_hyperparameters_change(monkeypatch):
   opt.epsilon = 1e-6
   for step_grads in grads[3:]:
     opt.apply_gradients(zip([jnp.asarray(g) for g in step_grads], variables))
-  loss = lambda: sum(jnp.sum(v.value ** 2) for v in variables)
+  loss = lambda: sum(jnp.sum(v.value**2) for v in variables)
   opt.minimize(loss, variables)
   opt.minimize(loss, lambda: variables)
   assert len(traces) == 1 and int(opt.iterations) == 8
@@ -148,14 +162,14 @@ def test_callable_hyperparameters_are_read_every_step_like_tf():
     def lr():
       calls["lr"] += 1
       return 0.01 * calls["lr"]
+
     return lr
 
   config = dict(momentum=lambda: 0.5, decay=0.1)
   # TF eager calls the callables at every apply (tf.function would freeze
   # them at trace time).
   tf_variables = [tf.Variable(v) for v in values]
-  tf_opt = tf_keras.optimizers.legacy.RMSprop(learning_rate=make_lr(),
-                                              **config)
+  tf_opt = tf_keras.optimizers.legacy.RMSprop(learning_rate=make_lr(), **config)
   for step_grads in grads:
     tf_opt.apply_gradients(zip(step_grads, tf_variables))
   assert calls["lr"] == len(grads)
@@ -168,9 +182,12 @@ def test_callable_hyperparameters_are_read_every_step_like_tf():
 
 def test_momentum_path_rule_follows_tf():
   var = otr.Variable(np.ones(3, np.float32))
-  for momentum, expected in [(0.0, ["rms"]), (0.1, ["rms", "momentum"]),
-                             (jnp.asarray(0.0), ["rms", "momentum"]),
-                             (lambda: 0.0, ["rms", "momentum"])]:
+  for momentum, expected in [
+    (0.0, ["rms"]),
+    (0.1, ["rms", "momentum"]),
+    (jnp.asarray(0.0), ["rms", "momentum"]),
+    (lambda: 0.0, ["rms", "momentum"]),
+  ]:
     opt = otr.RMSprop(momentum=momentum)
     opt.apply_gradients([(np.ones(3, np.float32), var)])
     assert opt.get_slot_names() == expected
@@ -204,7 +221,7 @@ def _tf_train(values, grad_steps, config, weights=None):
   variables = [tf.Variable(v) for v in values]
   opt = tf_keras.optimizers.legacy.RMSprop(**config)
   if weights is not None:
-    opt._create_all_weights(variables)  # pylint: disable=protected-access
+    opt._create_all_weights(variables)
     opt.set_weights(weights)
 
   @tf.function
@@ -226,8 +243,9 @@ def test_tf_to_jax_and_back_stays_bit_identical(config):
   opt = otr.RMSprop(**config)
   opt.build(variables)
   opt.set_weights(tf_opt.get_weights())
-  tf_values2, tf_opt2 = _tf_train(tf_values, second, config,
-                                  tf_opt.get_weights())
+  tf_values2, tf_opt2 = _tf_train(
+    tf_values, second, config, tf_opt.get_weights()
+  )
   for step_grads in second:
     opt.apply_gradients(zip(step_grads, variables))
   for ours, theirs in zip(variables, tf_values2):
@@ -235,8 +253,9 @@ def test_tf_to_jax_and_back_stays_bit_identical(config):
   for ours, theirs in zip(opt.get_weights(), tf_opt2.get_weights()):
     _assert_bits_equal(ours, theirs)
   # And back: a fresh TF optimizer takes our weights and continues.
-  tf_values3, _ = _tf_train([v.numpy() for v in variables], third, config,
-                            opt.get_weights())
+  tf_values3, _ = _tf_train(
+    [v.numpy() for v in variables], third, config, opt.get_weights()
+  )
   for step_grads in third:
     opt.apply_gradients(zip(step_grads, variables))
   for ours, theirs in zip(variables, tf_values3):
@@ -249,19 +268,22 @@ def test_functional_converters_round_trip_with_tf():
   tf_values, tf_opt = _tf_train(values, grads[:6], config)
   params = [jnp.asarray(v) for v in tf_values]
   state = otr.state_from_keras_weights(
-      tf_opt.get_weights(), params, centered=True, use_momentum=True)
+    tf_opt.get_weights(), params, centered=True, use_momentum=True
+  )
   assert int(state.count) == 6
   transformation = otr.rmsprop(**config)
   step = jax.jit(transformation.update)
   for step_grads in grads[6:]:
     updates, state = step([jnp.asarray(g) for g in step_grads], state)
     params = jax.tree.map(lambda p, u: p + u, params, updates)
-  tf_values2, tf_opt2 = _tf_train(tf_values, grads[6:], config,
-                                  tf_opt.get_weights())
+  tf_values2, tf_opt2 = _tf_train(
+    tf_values, grads[6:], config, tf_opt.get_weights()
+  )
   for ours, theirs in zip(params, tf_values2):
     _assert_bits_equal(ours, theirs)
-  for ours, theirs in zip(otr.state_to_keras_weights(state),
-                          tf_opt2.get_weights()):
+  for ours, theirs in zip(
+    otr.state_to_keras_weights(state), tf_opt2.get_weights()
+  ):
     _assert_bits_equal(ours, theirs)
 
 
@@ -275,17 +297,27 @@ def test_set_weights_accepts_the_keras1_form_without_iterations():
     _assert_bits_equal(a, b)
 
 
-@pytest.mark.parametrize("mutate, message", [
-    (lambda w: w[:2], "weight list of length 2, but the optimizer was "
-                      "expecting 4 weights"),
-    (lambda w: w[:2] + [np.zeros(9, np.float32)] + w[3:],
-     r"Weight 2: optimizer weight shape \(4,\) not compatible"),
-    (lambda w: w[:3] + [w[3].astype(np.float64)],
-     r"Weight 3: optimizer weight dtype float32 differs"),
+@pytest.mark.parametrize(
+  "mutate, message",
+  [
+    (
+      lambda w: w[:2],
+      "weight list of length 2, but the optimizer was expecting 4 weights",
+    ),
+    (
+      lambda w: w[:2] + [np.zeros(9, np.float32)] + w[3:],
+      r"Weight 2: optimizer weight shape \(4,\) not compatible",
+    ),
+    (
+      lambda w: w[:3] + [w[3].astype(np.float64)],
+      r"Weight 3: optimizer weight dtype float32 differs",
+    ),
     (lambda w: [np.float32(1.0)] + w[1:], "Weight 0"),
-])
+  ],
+)
 def test_set_weights_errors_name_the_position_and_change_nothing(
-    mutate, message):
+  mutate, message
+):
   values, grads = _problem(8, 2)
   opt, _ = _run_ours(values, grads)
   before = opt.get_weights()
@@ -296,17 +328,25 @@ def test_set_weights_errors_name_the_position_and_change_nothing(
 
 
 def test_fresh_optimizer_expects_no_weights():
-  with pytest.raises(ValueError, match="a  weight list of length 1, but the "
-                     "optimizer was expecting 0 weights"):
+  with pytest.raises(
+    ValueError,
+    match="a  weight list of length 1, but the "
+    "optimizer was expecting 0 weights",
+  ):
     otr.RMSprop().set_weights([np.zeros(2)])
 
 
 def test_gradient_errors_follow_tf_and_leave_state_untouched():
-  v, w = otr.Variable(np.ones(2, np.float32), name="v"), otr.Variable(
-      np.ones(3, np.float32), name="w")
+  v, w = (
+    otr.Variable(np.ones(2, np.float32), name="v"),
+    otr.Variable(np.ones(3, np.float32), name="w"),
+  )
   opt = otr.RMSprop()
-  with pytest.raises(ValueError, match=r"No gradients provided for any "
-                     r"variable: \(\['v:0', 'w:0'\],\)"):
+  with pytest.raises(
+    ValueError,
+    match=r"No gradients provided for any "
+    r"variable: \(\['v:0', 'w:0'\],\)",
+  ):
     opt.apply_gradients([(None, v), (None, w)])
   with pytest.raises(TypeError, match="item 0"):
     opt.apply_gradients([np.ones(2, np.float32)])
@@ -319,28 +359,42 @@ def test_gradient_errors_follow_tf_and_leave_state_untouched():
   with pytest.raises(ValueError, match="dtype float64"):
     opt.apply_gradients([(np.ones(2, np.float64), v)])
   assert opt.weights == [] and v.numpy().tolist() == [1.0, 1.0]
-  with pytest.warns(UserWarning, match=r"Gradients do not exist for "
-                    r"variables \['w:0'\]"):
+  with pytest.warns(
+    UserWarning,
+    match=r"Gradients do not exist for "
+    r"variables \['w:0'\]",
+  ):
     opt.apply_gradients([(np.ones(2, np.float32), v), (None, w)])
-  assert [x.name for x in opt.weights] == ["RMSprop/iter:0",
-                                           "RMSprop/v/rms:0"]
+  assert [x.name for x in opt.weights] == ["RMSprop/iter:0", "RMSprop/v/rms:0"]
   with pytest.raises(KeyError):
     opt.get_slot(w, "rms")
   assert opt.apply_gradients([]) is None
   assert int(opt.iterations) == 1
 
 
-@pytest.mark.parametrize("kwargs, error, message", [
-    (dict(foo=1), TypeError, "Unexpected keyword argument passed to "
-                             "optimizer: foo"),
-    (dict(clipnorm=-1.0), ValueError, "Expected clipnorm >= 0, received: "
-                                      "-1.0"),
+@pytest.mark.parametrize(
+  "kwargs, error, message",
+  [
+    (
+      dict(foo=1),
+      TypeError,
+      "Unexpected keyword argument passed to optimizer: foo",
+    ),
+    (dict(clipnorm=-1.0), ValueError, "Expected clipnorm >= 0, received: -1.0"),
     (dict(decay=-0.5), ValueError, "Expected decay >= 0"),
-    (dict(clipnorm=1.0, global_clipnorm=1.0), ValueError,
-     "Cannot accept both `clipnorm` and `global_clipnorm`"),
-    (dict(momentum=1.5), ValueError, r"`momentum` must be between \[0, 1\]. "
-                                     "Received: momentum=1.5"),
-])
+    (
+      dict(clipnorm=1.0, global_clipnorm=1.0),
+      ValueError,
+      "Cannot accept both `clipnorm` and `global_clipnorm`",
+    ),
+    (
+      dict(momentum=1.5),
+      ValueError,
+      r"`momentum` must be between \[0, 1\]. "
+      "Received: momentum=1.5",
+    ),
+  ],
+)
 def test_constructor_errors_like_tf(kwargs, error, message):
   with pytest.raises(error, match=message):
     otr.RMSprop(**kwargs)
@@ -359,10 +413,19 @@ def test_lr_alias_warns_and_attributes_alias():
 
 
 CONFIG_CASES = [
-    dict(),
-    dict(learning_rate=0.01, rho=0.8, momentum=0.5, epsilon=1e-6,
-         centered=True, name="opt", clipnorm=1.0, clipvalue=0.3, decay=0.1),
-    dict(global_clipnorm=2.0, lr=0.2),
+  dict(),
+  dict(
+    learning_rate=0.01,
+    rho=0.8,
+    momentum=0.5,
+    epsilon=1e-6,
+    centered=True,
+    name="opt",
+    clipnorm=1.0,
+    clipvalue=0.3,
+    decay=0.1,
+  ),
+  dict(global_clipnorm=2.0, lr=0.2),
 ]
 
 
@@ -373,16 +436,19 @@ def test_get_config_matches_tf_and_is_json(kwargs):
     ours = otr.RMSprop(**kwargs)
     theirs = tf_keras.optimizers.legacy.RMSprop(**kwargs)
   assert ours.get_config() == theirs.get_config()
-  var, tf_var = otr.Variable(np.ones(2, np.float32)), tf.Variable(
-      np.ones(2, np.float32))
+  var, tf_var = (
+    otr.Variable(np.ones(2, np.float32)),
+    tf.Variable(np.ones(2, np.float32)),
+  )
   ours.apply_gradients([(np.ones(2, np.float32), var)])
   theirs.apply_gradients([(np.ones(2, np.float32), tf_var)])
   ours_config, tf_config = ours.get_config(), theirs.get_config()
   assert list(ours_config) == list(tf_config)
   for key, value in tf_config.items():
     # TF's turn into np.float32 after the first step; ours stay Python.
-    assert ours_config[key] == (float(np.float64(value))
-                                if isinstance(value, np.floating) else value)
+    assert ours_config[key] == (
+      float(np.float64(value)) if isinstance(value, np.floating) else value
+    )
   json.dumps(ours_config)
   rebuilt = otr.RMSprop.from_config(tf_config)
   assert rebuilt.get_config() == ours_config
@@ -392,12 +458,19 @@ def test_from_config_with_schedules_and_custom_objects():
   schedule = tf_keras.optimizers.schedules.PolynomialDecay(0.1, 10, 0.01)
   tf_opt = tf_keras.optimizers.legacy.RMSprop(learning_rate=schedule)
   opt = otr.RMSprop.from_config(tf_opt.get_config())
-  assert isinstance(opt.learning_rate, otr.schedules.PolynomialDecay)
   assert opt.get_config() == tf_opt.get_config()
+  # Reading a hyperparameter creates the float32 hyper variables, in both.
+  assert isinstance(opt.learning_rate, otr.schedules.PolynomialDecay)
+  assert isinstance(
+    tf_opt.learning_rate, tf_keras.optimizers.schedules.PolynomialDecay
+  )
+  assert opt.get_config() == {
+    k: float(v) if isinstance(v, np.floating) else v
+    for k, v in tf_opt.get_config().items()
+  }
   json.dumps(opt.get_config())
 
   class MySched(otr.schedules.LearningRateSchedule):
-
     def __init__(self, rate):
       self.rate = rate
 
@@ -409,15 +482,18 @@ def test_from_config_with_schedules_and_custom_objects():
 
   config = otr.RMSprop(learning_rate=MySched(0.5)).get_config()
   assert config["learning_rate"]["registered_name"] == "MySched"
-  with pytest.raises(TypeError, match="Cannot deserialize object of type "
-                     "`MySched`"):
+  with pytest.raises(
+    TypeError, match="Cannot deserialize object of type `MySched`"
+  ):
     otr.RMSprop.from_config(config)
   rebuilt = otr.RMSprop.from_config(config, {"MySched": MySched})
   assert rebuilt.learning_rate.rate == 0.5
   with pytest.raises(TypeError, match="foo"):
     otr.RMSprop.from_config(dict(config, foo=1), {"MySched": MySched})
-  bad = dict(config, learning_rate={"class_name": "ExponentialDecay",
-                                    "config": {"nope": 1}})
+  bad = dict(
+    config,
+    learning_rate={"class_name": "ExponentialDecay", "config": {"nope": 1}},
+  )
   with pytest.raises(ValueError, match="Invalid config"):
     otr.RMSprop.from_config(bad)
 
@@ -432,7 +508,8 @@ def test_slot_and_weight_helpers():
   assert extra.numpy().tolist() == [[1.0] * 3] * 2
   assert opt.get_slot_names() == ["rms", "extra"]
   weight = opt.add_weight("w", shape=[2], dtype=jnp.float32)
-  assert weight.name == "opt/w:0" and weight not in opt.weights
+  assert weight.name == "opt/w:0"
+  assert all(w is not weight for w in opt.weights)
   fresh = otr.RMSprop()
   fresh.iterations = 5
   assert int(fresh.iterations) == 5 and fresh.weights == [fresh.iterations]
@@ -446,7 +523,7 @@ def test_get_gradients_and_get_updates():
   var = otr.Variable(np.array([1.0, -2.0], np.float32))
   unused = otr.Variable(np.zeros(2, np.float32))
   opt = otr.RMSprop(learning_rate=0.1, clipvalue=0.5)
-  loss = lambda: jnp.sum(var.value ** 2)
+  loss = lambda: jnp.sum(var.value**2)
   grads = opt.get_gradients(loss, [var])
   np.testing.assert_array_equal(grads[0], [2.0, -4.0])
   with pytest.raises(ValueError, match="has `None` for gradient"):
@@ -456,10 +533,9 @@ def test_get_gradients_and_get_updates():
   with pytest.warns(UserWarning, match="Gradients do not exist"):
     opt.minimize(loss, [var, unused])
   tf_var = tf.Variable(np.array([1.0, -2.0], np.float32))
-  tf_opt = tf_keras.optimizers.legacy.RMSprop(learning_rate=0.1,
-                                              clipvalue=0.5)
+  tf_opt = tf_keras.optimizers.legacy.RMSprop(learning_rate=0.1, clipvalue=0.5)
   for _ in range(2):
-    tf_opt.minimize(lambda: tf.reduce_sum(tf_var ** 2), [tf_var])
+    tf_opt.minimize(lambda: tf.reduce_sum(tf_var**2), [tf_var])
   _assert_bits_equal(var.numpy(), tf_var.numpy())
 
 

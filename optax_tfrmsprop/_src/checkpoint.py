@@ -13,6 +13,7 @@ things are left to the caller on restore, and these helpers do them:
 Neither helper imports orbax: they work on shapes, dtypes and tree paths.
 """
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -37,7 +38,7 @@ def _replicated_like(sharding: jax.sharding.Sharding) -> jax.sharding.Sharding:
   """A sharding that replicates a value over ``sharding``'s devices."""
   if isinstance(sharding, NamedSharding):
     return NamedSharding(sharding.mesh, PartitionSpec())
-  devices = sharding._device_assignment  # pylint: disable=protected-access
+  devices = sharding._device_assignment
   if len(devices) == 1:
     return jax.sharding.SingleDeviceSharding(devices[0])
   mesh = jax.sharding.Mesh(np.asarray(devices), ("devices",))
@@ -134,13 +135,12 @@ def checkpoint_target(
 
   def target(node):
     if isinstance(node, base.RMSpropState):
-      return node.replace(
-        count=with_sharding(node.count, replicated),
-        **{
-          field: slot_target(field, getattr(node, field))
-          for field in ("ms", "mg", "mom")
-        },
-      )
+      targets: dict[str, Any] = {
+        field: slot_target(field, getattr(node, field))
+        for field in ("ms", "mg", "mom")
+      }
+      targets["count"] = with_sharding(node.count, replicated)
+      return dataclasses.replace(node, **targets)
     if is_node(node):
       return jax.tree.unflatten(
         params_def,

@@ -175,7 +175,7 @@ def make_state(
 def check_state(state: Any, flavor: str, argument: str = "state") -> None:
   """Raises a TypeError unless ``state`` is the ``flavor``'s state class."""
   expected = base.STATE_CLASSES[flavor]
-  if type(state) is not expected:  # pylint: disable=unidiomatic-typecheck
+  if type(state) is not expected:
     raise TypeError(
       f"`{argument}` must be a {expected.__name__} (the state of "
       f"{base.semantics(flavor).optimizer}), got "

@@ -12,7 +12,7 @@ of :mod:`optax_tfrmsprop.interop` uses it: weight lists, TF2/TF1 checkpoints,
 import collections
 from collections.abc import Iterator, Sequence
 import re
-from typing import Any, Union
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +29,7 @@ _NAME_ALIASES = {
   "embeddings": ("embedding",),
 }
 
-PathLike = Union[str, Sequence[Any]]
+PathLike = str | Sequence[Any]
 
 
 def _keras_name(variable: Any) -> str:
@@ -218,7 +218,9 @@ class Correspondence:
       tf = common.require("tensorflow", "Finding a model's object paths")
       found = {}
       seen = {id(self.model)}
-      queue = collections.deque([(self.model, ())])
+      queue: collections.deque[tuple[Any, tuple[str, ...]]] = collections.deque(
+        [(self.model, ())]
+      )
       while queue:
         node, path = queue.popleft()
         for name, child in tf.train.TrackableView(node).children(node).items():
@@ -507,7 +509,7 @@ def _by_layers(names, kinfo, key_paths, jinfo, jnames, keras_desc) -> list[int]:
           "layer with the same shapes"
         )
       raise ValueError(
-        f"{first}: Keras layers {[l.name() for l in these_layers]} and "
+        f"{first}: Keras layers {[layer.name() for layer in these_layers]} and "
         f"JAX modules {[m.name() for m in candidates]} have them. JAX "
         "modules with shapes of no Keras layer: "
         f"{[f'{m.name()} ({m.listing()})' for m in others]}." + hint
@@ -523,7 +525,7 @@ def _by_layers(names, kinfo, key_paths, jinfo, jnames, keras_desc) -> list[int]:
       for b in range(a + 1, len(candidates)):
         if not _order_known(candidates[a].key, candidates[b].key):
           raise ValueError(
-            f"Keras layers {[l.name() for l in these_layers]} have the "
+            f"Keras layers {[layer.name() for layer in these_layers]} have the "
             "same shapes as the JAX modules "
             f"{[m.name() for m in candidates]}, whose names do not say "
             f"which comes first ({candidates[a].name()!r} and "
@@ -533,7 +535,7 @@ def _by_layers(names, kinfo, key_paths, jinfo, jnames, keras_desc) -> list[int]:
           )
     pairs.extend(zip(these_layers, candidates))
 
-  leaf_index = [None] * len(names)
+  leaf_index: list[Any] = [None] * len(names)
   for layer, module in pairs:
     for i, short, shape, _ in layer.members:
       same = [m for m in module.members if m[2] == shape]

@@ -9,7 +9,7 @@ is the count. :func:`state_from_keras3` reads a built optimizer into a
 writes one back into an optimizer (and the params into the variables).
 """
 
-from typing import Any, Union
+from typing import Any
 
 import jax
 import numpy as np
@@ -19,7 +19,7 @@ from optax_tfrmsprop._src import base
 from optax_tfrmsprop._src.interop import common
 from optax_tfrmsprop._src.interop import correspondence as correspondence_lib
 
-Variables = Union[Any, correspondence_lib.Correspondence]
+Variables = Any | correspondence_lib.Correspondence
 
 
 def _variables_and_pairs(variables: Variables):
@@ -122,7 +122,7 @@ def state_from_keras3(
 
 def keras3_state_from_optimizer(
   optimizer: Any, variables: Any
-) -> tuple[optax.Params, base.RMSpropState]:
+) -> tuple[Any, base.RMSpropState]:
   """Reads a built Keras 3 ``keras.optimizers.RMSprop`` and its variables.
 
   Kept for backward compatibility: the ``(params, state)`` of

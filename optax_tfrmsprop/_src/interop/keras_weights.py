@@ -10,7 +10,7 @@ validates ``set_weights`` with the same checks.
 """
 
 from collections.abc import Sequence
-from typing import Any, Union
+from typing import Any
 
 import jax
 import numpy as np
@@ -25,7 +25,7 @@ SLOT_FIELDS = tuple(
   (tf_name, field) for field, tf_name in common.slot_names("keras_legacy")
 )
 
-ParamsOrCorrespondence = Union[optax.Params, correspondence_lib.Correspondence]
+ParamsOrCorrespondence = optax.Params | correspondence_lib.Correspondence
 
 
 def expected_signature(arrays) -> list[tuple[tuple[int, ...], np.dtype]]:
@@ -58,10 +58,10 @@ def check_weights(weights: Sequence[Any], slot_signature, *, owner: str):
     common.checked_count(weights[0], "Weight 0 (the iteration count)")
   )
   slots = []
-  for position, (w, (shape, dtype)) in enumerate(
+  for position, (weight, (shape, dtype)) in enumerate(
     zip(weights[1:], slot_signature), start=1
   ):
-    w = np.asarray(w)
+    w = np.asarray(weight)
     if w.shape != shape:
       raise ValueError(
         f"Weight {position}: optimizer weight shape {shape} not compatible "
@@ -125,7 +125,7 @@ def state_to_optimizer_weights(
     ([(), (2,), (2,)], dtype('int64'))
   """
   common.check_state(state, "keras_legacy")
-  weights = [np.int64(state.count)]
+  weights: list[Any] = [np.int64(state.count)]
   for field in common.present_fields(state):
     tree = getattr(state, field)
     leaves = (

@@ -11,7 +11,7 @@ imported only inside them.
 """
 
 import os
-from typing import Any, Union
+from typing import Any
 
 import jax
 import numpy as np
@@ -21,7 +21,7 @@ from optax_tfrmsprop._src import base
 from optax_tfrmsprop._src.interop import common
 from optax_tfrmsprop._src.interop import correspondence as correspondence_lib
 
-VarNames = Union[Any, correspondence_lib.Correspondence]
+VarNames = Any | correspondence_lib.Correspondence
 
 
 def tf1_slot_names(
@@ -55,7 +55,9 @@ def tf1_slot_names(
   }
 
 
-def _names_and_pairs(var_names: VarNames, shapes_of):
+def _names_and_pairs(
+  var_names: VarNames, shapes_of
+) -> tuple[list[str], correspondence_lib.Correspondence]:
   """``(names in order, correspondence)`` for a name tree or a correspondence.
 
   Args:
@@ -64,7 +66,7 @@ def _names_and_pairs(var_names: VarNames, shapes_of):
     shapes_of: name -> ``(shape, dtype)``, for a name tree's template.
   """
   if isinstance(var_names, correspondence_lib.Correspondence):
-    return list(var_names.keras_names), var_names
+    return [str(name) for name in var_names.keras_names], var_names
   names = jax.tree.leaves(var_names)
   template = jax.tree.unflatten(
     jax.tree.structure(var_names),
@@ -186,7 +188,7 @@ def tf1_state_from_checkpoint(
   centered: bool = False,
   optimizer_name: str = "RMSProp",
   global_step_name: str | None = None,
-) -> tuple[optax.Params, base.RMSpropState]:
+) -> tuple[Any, base.RMSpropState]:
   """Reads a TF1 ``tf.compat.v1.train.Saver`` checkpoint of RMSPropOptimizer.
 
   Kept for backward compatibility: the ``(params, state)`` of
@@ -318,7 +320,7 @@ def state_to_tf1_checkpoint(
     # Building (not running) the update creates the slots, named as TF1
     # names them.
     optimizer.apply_gradients([(tf.zeros_like(v), v) for v in variables])
-    assignments = list(zip(variables, values))
+    assignments: list[tuple[Any, Any]] = list(zip(variables, values))
     for field, slot in common.slot_names("tf1"):
       if getattr(state, field) is not None:
         slot_values = [np.asarray(v) for v in to_keras(getattr(state, field))]

@@ -19,7 +19,7 @@ continue it. TensorFlow is imported only inside them (the ``tf`` extra).
 
 from collections.abc import Callable, Mapping
 import os
-from typing import Any, Union
+from typing import Any
 import zipfile
 
 import numpy as np
@@ -37,7 +37,7 @@ _ITER = "/iter" + _VALUE
 _HYPERS = ("learning_rate", "rho", "momentum", "decay")
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
-Mapping_ = Union[Mapping[str, str], Callable[[str], str], None]
+Mapping_ = Mapping[str, str] | Callable[[str], str] | None
 
 RestoredRMSprop = common.RestoredRMSprop  # Its historical home.
 param_path = common.param_path
@@ -62,11 +62,13 @@ def keras_archive_error(path: str) -> ValueError:
     names = archive.namelist()
     if "model.weights.h5" in names:
       h5py = common.require("h5py", "Reading a .keras archive")
-      with archive.open("model.weights.h5") as raw:
-        with h5py.File(raw, "r") as weights:
-          holds_optimizer = "optimizer" in weights and any(
-            True for _ in weights["optimizer"].get("vars", {})
-          )
+      with (
+        archive.open("model.weights.h5") as raw,
+        h5py.File(raw, "r") as weights,
+      ):
+        holds_optimizer = "optimizer" in weights and any(
+          True for _ in weights["optimizer"].get("vars", {})
+        )
   if holds_optimizer:
     return ValueError(
       f"{path!r} is a Keras v3 archive that holds a Keras 3 optimizer's "
