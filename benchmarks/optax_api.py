@@ -54,7 +54,7 @@ def _settings(small: bool) -> dict:
 
 def _jitted(fn, params, state, grads, donate: bool):
   """A step of ``fn(params, state, grads) -> (params, state)``, jitted."""
-  import jax  # pylint: disable=g-import-not-at-top
+  import jax
 
   step_fn = jax.jit(fn, donate_argnums=(0, 1) if donate else ())
   carry = [jax.device_put(params), jax.device_put(state)]
@@ -68,7 +68,7 @@ def _jitted(fn, params, state, grads, donate: bool):
 
 
 def _optax_like(opt, params, grads, donate):
-  import optax  # pylint: disable=g-import-not-at-top
+  import optax
 
   def update_and_apply(params, state, grads):
     updates, state = opt.update(grads, state, params)
@@ -78,7 +78,7 @@ def _optax_like(opt, params, grads, donate):
 
 
 def _api(params, grads, path, donate):
-  import optax_tfrmsprop  # pylint: disable=g-import-not-at-top
+  import optax_tfrmsprop
 
   opt = optax_tfrmsprop.rmsprop(
     momentum=path.momentum, centered=path.centered, **HYPERPARAMS
@@ -87,7 +87,7 @@ def _api(params, grads, path, donate):
 
 
 def _optax(params, grads, path, donate):
-  import optax  # pylint: disable=g-import-not-at-top
+  import optax
 
   opt = optax.rmsprop(
     HYPERPARAMS["learning_rate"],
@@ -101,7 +101,7 @@ def _optax(params, grads, path, donate):
 
 
 def _fused(params, grads, path, donate):
-  import optax_tfrmsprop  # pylint: disable=g-import-not-at-top
+  import optax_tfrmsprop
 
   state = optax_tfrmsprop.rmsprop_init(
     params, centered=path.centered, use_momentum=path.momentum > 0
@@ -114,7 +114,7 @@ def _fused(params, grads, path, donate):
 
 def _dispatch(params, grads, path, donate):
   """The jitted call alone: params and slots returned as they came."""
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp
 
   slots = 1 + path.centered + (path.momentum > 0)
   state = [
@@ -142,7 +142,7 @@ CONTENDERS = {
 
 
 def _arrays(workload, dtype: str):
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp
 
   params, grads = workload.arrays()
   cast = lambda tree: {k: v.astype(jnp.dtype(dtype)) for k, v in tree.items()}
@@ -151,7 +151,7 @@ def _arrays(workload, dtype: str):
 
 def run_dtype(dtype: str, small: bool) -> list:
   """Times every contender on every workload and path in ``dtype``."""
-  import jax  # pylint: disable=g-import-not-at-top
+  import jax
 
   if dtype == "float64":
     jax.config.update("jax_enable_x64", True)

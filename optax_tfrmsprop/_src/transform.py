@@ -483,7 +483,7 @@ def _runs_in_kernel(leaf, apply: bool) -> bool:
   return ms.ndim >= 2 and ms.shape[-1] < _TINY_MINOR_DIM
 
 
-def _checked_donation(leaves, apply):
+def _checked_donation(leaves, apply: bool) -> list[tuple[Any, ...]]:
   """``leaves`` with the arrays the kernel updates in place checked.
 
   See :func:`cpu_kernel.check_donated`: the params (with ``apply``) and the
