@@ -15,7 +15,7 @@ from benchmarks import harness
 
 # A suite is a module of this package whose main() takes --small, --out and
 # --command (see harness.suite_arguments). Add one by naming it here.
-SUITES = ("dense", "sparse_embedding", "keras_wrapper_overhead")
+SUITES = ("dense", "optax_api", "sparse_embedding", "keras_wrapper_overhead")
 
 
 def main(argv=None) -> int:
