@@ -17,6 +17,7 @@ from benchmarks import harness
 # --command (see harness.suite_arguments). Add one by naming it here.
 SUITES = (
   "dense",
+  "optax_api",
   "sparse_embedding",
   "keras_wrapper_overhead",
   "under_load",

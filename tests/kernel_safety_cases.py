@@ -207,13 +207,16 @@ def dense_update_float64_hypers_float32_leaves():
   )
 
 
-@case(match=r"momentum-free paths \(P1/P2\) run only with apply=True")
-def dense_update_p1_without_apply():
+@case(
+  match=r"leaves\[0\] params is given, but the path centered=True, "
+  r"momentum=False, apply=False has none"
+)
+def dense_update_p2_slots_only_with_params():
   x = jnp.zeros(4)
   return _kernel().dense_update(
-    [(x, None, x, None, None)],
+    [(x, x, x, x, None)],
     _H32(),
-    centered=False,
+    centered=True,
     momentum=False,
     apply=False,
   )
@@ -388,12 +391,24 @@ def ffi_dense_int_hypers():
   )
 
 
-@case(error="*", match=r"momentum-free paths \(P1/P2\) run only with apply")
-def ffi_dense_p1_without_apply():
+@case(error="*", match=r"leaf 0 ms result: the result is not aliased")
+def ffi_dense_p1_slots_only_not_aliased():
   return _dense(
     [_H32(), _V(), _V()],
     [S((100,), jnp.float32)],
-    {2: 0},
+    {},
+    momentum=False,
+    apply=False,
+  )
+
+
+@case(error="*", match=r"leaf 0 mg operand has dtype F32 and shape \(50,\)")
+def ffi_dense_p2_slots_only_short_mg():
+  return _dense(
+    [_H32(), _V(), _V(), jnp.zeros(50)],
+    [S((100,), jnp.float32), S((50,), jnp.float32)],
+    {2: 0, 3: 1},
+    centered=True,
     momentum=False,
     apply=False,
   )

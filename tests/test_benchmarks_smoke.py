@@ -61,5 +61,14 @@ def test_small_benchmark_writes_every_table(tmp_path):
   ):
     assert f"| 16-32-10 | {contender} | " in keras, contender
   assert "## Targets, as measured" in keras
-  for suite in ("dense", "sparse_embedding", "keras_wrapper_overhead"):
+  optax_api = (tmp_path / "optax_api.md").read_text()
+  for dtype in ("float32", "float64", "bfloat16"):
+    assert f"| {dtype} | conv-mini OIHW | momentum+centered | " in optax_api
+  assert "## Targets, as measured" in optax_api
+  for suite in (
+    "dense",
+    "optax_api",
+    "sparse_embedding",
+    "keras_wrapper_overhead",
+  ):
     assert (tmp_path / f"{suite}.json").stat().st_size > 0

@@ -39,6 +39,9 @@ import warnings
 
 import jax
 from jax.experimental import custom_partitioning as cp
+from jax.extend import core as jex_core
+from jax.interpreters import batching
+from jax.interpreters import mlir
 import jax.numpy as jnp
 import numpy as np
 
@@ -248,10 +251,6 @@ def _check_present(where: str, what: str, x, wanted: bool, path: str) -> None:
 def _check_dense(leaves, hypers, centered, momentum, apply) -> None:
   """Raises a ValueError naming the first operand the dense call cannot take."""
   where = "cpu_kernel.dense_update"
-  if not apply and not momentum:
-    raise ValueError(
-      f"{where}: the momentum-free paths (P1/P2) run only with apply=True."
-    )
   dtype = _check_hypers(where, hypers)
   path = f"the path centered={centered}, momentum={momentum}, apply={apply}"
   wanted = dict(gradient=True, params=apply, ms=True, mg=centered, mom=momentum)
@@ -322,6 +321,90 @@ def _check_sparse(values, indices, var, ms, mg, mom, hypers, apply) -> None:
         f"{where}: indices[{k}] = {concrete[k]} is not in [0, {num_rows}] "
         f"({num_rows} marks an invalid index)."
       )
+
+
+# Donation. The kernel updates the params and slots in place (each result is
+# aliased to its operand); XLA copies an operand first when it cannot give
+# its buffer away, as for an argument of the jitted function that is not
+# donated. Those copies (a read and a write of each array) make the step
+# slower than optax's, which writes fresh buffers (docs/benchmarks.md).
+
+
+def _undonated_argument(value) -> bool:
+  """Whether ``value`` is an argument of the top-level function, not donated.
+
+  ``jax.jit`` marks a donated argument of its ``main`` function with
+  ``tf.aliasing_output`` or ``jax.buffer_donor`` before lowering the body.
+  Anything else (a value computed in the step, an argument of a nested
+  function) is not known to be undonated.
+  """
+  if not isinstance(value, mlir.ir.BlockArgument):
+    return False
+  function = value.owner.owner.operation
+  if function.name != "func.func" or "sym_name" not in function.attributes:
+    return False
+  if mlir.ir.StringAttr(function.attributes["sym_name"]).value != "main":
+    return False
+  if "arg_attrs" not in function.attributes:
+    return True
+  attributes = mlir.ir.ArrayAttr(function.attributes["arg_attrs"])
+  attrs = mlir.ir.DictAttr(attributes[value.arg_number])
+  return not ("tf.aliasing_output" in attrs or "jax.buffer_donor" in attrs)
+
+
+_donation_check_p = jex_core.Primitive("tfrmsprop_donation_check")
+_donation_check_p.multiple_results = True
+_donation_check_p.def_impl(lambda *arrays, what: arrays)
+_donation_check_p.def_abstract_eval(lambda *avals, what: avals)
+
+
+def _donation_check_lowering(ctx, *values, what):
+  """Warns when an operand is an argument of the jitted step not donated."""
+  del ctx
+  undonated = sum(map(_undonated_argument, values))
+  if undonated:
+    warnings.warn(
+      f"optax_tfrmsprop: {undonated} of the {len(values)} {what} updated "
+      "in place by the CPU kernel are arguments of the jitted function that "
+      "are not donated, so XLA copies each of them first, and the step is "
+      "slower than optax's. Donate them: jax.jit(step, donate_argnums=...) "
+      "with the positions of the params and the optimizer state (or pass "
+      "backend='xla').",
+      RuntimeWarning,
+      stacklevel=2,
+    )
+  return values
+
+
+# On CPU only (elsewhere the kernel does not run), and not cacheable: a cached
+# lowering is emitted in a function of its own, whose arguments are not those
+# of the jitted function.
+mlir.register_lowering(
+  _donation_check_p, _donation_check_lowering, "cpu", cacheable=False
+)
+mlir.register_lowering(_donation_check_p, lambda ctx, *values, what: values)
+batching.primitive_batchers[_donation_check_p] = lambda arrays, dims, what: (
+  _donation_check_p.bind(*arrays, what=what),
+  dims,
+)
+
+
+def check_donated(arrays, what: str) -> list:
+  """Returns ``arrays``; warns when the jitted step does not donate them.
+
+  The identity, checked when the enclosing ``jax.jit`` lowers (once per
+  compilation, at no cost to the step): a warning names ``donate_argnums``
+  when one of ``arrays`` is an argument of the jitted function that is not
+  donated, which the kernel would make XLA copy.
+
+  Args:
+    arrays: the arrays the kernel updates in place.
+    what: what they are, for the warning ("params and slot buffers").
+
+  Returns:
+    ``arrays``, as a list.
+  """
+  return list(_donation_check_p.bind(*arrays, what=what)) if arrays else []
 
 
 # The dense call: all leaves of one dtype in one custom call, partitioned
@@ -471,13 +554,15 @@ def dense_update(
       in the leaves' dtype, float32 or float64.
     centered: the ``mg`` slot is present.
     momentum: the ``mom`` slot is present (TF's kernel paths P3/P4).
-    apply: update ``var`` in place instead of returning optax updates.
-      Required without ``momentum``: P1/P2's update would need a buffer of its
-      own, which costs more than the XLA path (docs/cpu_kernel.md).
+    apply: update ``var`` in place. Without it there is no update output:
+      P3/P4's update is ``-mom``, and P1/P2 update only their slots (their
+      update, ``update_rules.plain_update`` of the new slots, is computed in
+      the loop that applies it; a buffer of its own would cost a page fault
+      per 4 KiB every step, docs/cpu_kernel.md).
 
   Returns:
     Per leaf ``(first, ms, mg, mom)``: ``first`` is the new variable with
-    ``apply``, else ``None`` (the P3/P4 update is ``-mom``).
+    ``apply``, else ``None``.
 
   Raises:
     ValueError: naming the first operand whose presence, shape or dtype does

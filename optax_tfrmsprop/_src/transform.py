@@ -523,6 +523,58 @@ def _sparse_leaf(g, var, ms, mg, mom, xla_leaf, hyper, backend, *, apply):
   )
 
 
+# XLA:CPU runs an elementwise loop with the minor dimension innermost: on a
+# leaf whose minor dimension is tiny (the 1x1, 3x3, 7x7 windows of an OIHW
+# convolution kernel) its loops are about 2x slower than on the same data in
+# 1-D. The kernel's loops do not depend on the shape.
+_TINY_MINOR_DIM = 8
+
+
+def _runs_in_kernel(leaf, apply: bool) -> bool:
+  """Whether the CPU kernel updates this dense leaf ``(g, var, ms, mg, mom)``.
+
+  Every float32/float64 leaf, except through the optax API without momentum
+  and centering (P1 without ``apply``): there the kernel's slot pass and
+  XLA's loops move the same 7N bytes, so the kernel takes only the leaves
+  whose XLA loops are slow for their layout (a tiny minor dimension).
+  """
+  _, _, ms, mg, mom = leaf
+  if not cpu_kernel.handles(ms.dtype):
+    return False
+  if apply or mg is not None or mom is not None:
+    return True
+  return ms.ndim >= 2 and ms.shape[-1] < _TINY_MINOR_DIM
+
+
+def _checked_donation(leaves, apply: bool) -> list[tuple[Any, ...]]:
+  """``leaves`` with the arrays the kernel updates in place checked.
+
+  See :func:`cpu_kernel.check_donated`: the params (with ``apply``) and the
+  slots of the leaves the kernel runs must be donated to the jitted step, or
+  XLA copies them. Checked here, where they are still the jitted function's
+  arguments (inside ``platform_dependent`` they are a branch's).
+  """
+  in_place = [
+    x
+    for leaf in leaves
+    if _runs_in_kernel(leaf, apply)
+    for x in leaf[1:]
+    if x is not None
+  ]
+  checked = iter(
+    cpu_kernel.check_donated(
+      in_place,
+      "params and slot buffers" if apply else "optimizer state buffers",
+    )
+  )
+  return [
+    (leaf[0], *(None if x is None else next(checked) for x in leaf[1:]))
+    if _runs_in_kernel(leaf, apply)
+    else leaf
+    for leaf in leaves
+  ]
+
+
 def _dense_leaves(leaves, xla_leaf, hyper, backend, *, apply):
   """Runs ``xla_leaf`` on every leaf, or the CPU kernel where it can.
 
@@ -543,10 +595,7 @@ def _dense_leaves(leaves, xla_leaf, hyper, backend, *, apply):
 
   if not cpu_kernel.use_kernel(backend):
     return xla()
-  if not apply and leaves and leaves[0][4] is None:
-    # P1/P2 through the optax API: a kernel update would need a buffer of its
-    # own, which XLA fills with a copy of the gradient; measured slower.
-    return xla()
+  leaves = _checked_donation(leaves, apply)
   # Materialise the hyperparameters outside both branches: cached inside one,
   # they would leak that branch's tracers into the other.
   for leaf in leaves:
@@ -556,9 +605,9 @@ def _dense_leaves(leaves, xla_leaf, hyper, backend, *, apply):
     results: list[Any] = [None] * len(leaves)
     by_dtype = {}
     for i, leaf in enumerate(leaves):
-      if cpu_kernel.handles(leaf[2].dtype):
+      if _runs_in_kernel(leaf, apply):
         by_dtype.setdefault(jnp.dtype(leaf[2].dtype), []).append(i)
-      else:  # float16 and bfloat16 stay on XLA.
+      else:  # float16, bfloat16 and P1's well-shaped leaves stay on XLA.
         results[i] = xla_leaf(*leaf)
     for dtype, indices in by_dtype.items():
       _, _, _, mg, mom = leaves[indices[0]]
@@ -570,7 +619,15 @@ def _dense_leaves(leaves, xla_leaf, hyper, backend, *, apply):
         apply=apply,
       )
       for i, (first, ms, mg, mom) in zip(indices, out):
-        results[i] = (-mom if first is None else first), ms, mg, mom
+        if first is not None:  # The new variable.
+          update = first
+        elif mom is not None:  # P3/P4.
+          update = -mom
+        else:  # P1/P2: from the new slots, in the loop that applies it.
+          update = update_rules.plain_update(
+            leaves[i][0], ms, mg, hyper(dtype), numerics.rounded
+          )
+        results[i] = update, ms, mg, mom
     return results
 
   return jax.lax.platform_dependent(cpu=kernel, default=xla)

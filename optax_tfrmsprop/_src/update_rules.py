@@ -149,11 +149,9 @@ def dense_leaf(g, ms, mg, mom, h: base.Hyperparams, rounding: base.Rounding):
   if mom is None:
     # P1/P2: tf_keras' graph ops, epsilon outside the square root.
     ms = r(rho * ms) + r(c * (g * g))
-    denom = ms
     if mg is not None:
       mg = r(rho * mg) + r(c * g)
-      denom = ms - r(mg * mg)
-    return -((lr * g) / (numerics.sqrt(denom) + eps)), ms, mg, mom
+    return plain_update(g, ms, mg, h, r), ms, mg, mom
   if rounding == "tf_cpu":
     # P3/P4: the Eigen functors of ResourceApply[Centered]RMSProp, with their
     # incremental EMA form and epsilon inside the square root.
@@ -172,6 +170,19 @@ def dense_leaf(g, ms, mg, mom, h: base.Hyperparams, rounding: base.Rounding):
       denom = (ms - mg * mg) + eps
     mom = mom * mu + (g * lr) * jax.lax.rsqrt(denom)
   return -mom, ms, mg, mom
+
+
+def plain_update(g, ms, mg, h: base.Hyperparams, r):
+  """P1/P2's update from the new slots ``ms`` and ``mg`` (or ``None``).
+
+  The end of :func:`dense_leaf`'s momentum-free branch, on its own so that
+  the optax API can update the slots in the CPU kernel and compute this in
+  the loop that applies it (``transform``): the kernel mirrors the slot
+  lines, this mirrors the rest.
+  """
+  lr, _, _, _, eps = h
+  denom = ms if mg is None else ms - r(mg * mg)
+  return -((lr * g) / (numerics.sqrt(denom) + eps))
 
 
 def packet_rsqrt(x: Any, round_) -> Any:

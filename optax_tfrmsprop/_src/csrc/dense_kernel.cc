@@ -190,9 +190,6 @@ ffi::Error Dense(ffi::AnyBuffer hypers, ffi::RemainingArgs args,
                  ffi::RemainingRets rets, bool centered, bool momentum,
                  bool apply, ffi::ThreadPool pool) {
   const DenseLayout layout{centered, momentum, apply};
-  if (!apply && !momentum) {
-    return Invalid("the momentum-free paths (P1/P2) run only with apply.");
-  }
   TFRMSPROP_RETURN_IF_ERROR(CheckHypers(hypers));
   return DispatchFloat(hypers.element_type(), [&](auto zero) {
     using T = decltype(zero);
@@ -202,9 +199,7 @@ ffi::Error Dense(ffi::AnyBuffer hypers, ffi::RemainingArgs args,
     const Hypers<T> h = ReadHypers<T>(hypers);
     return DispatchFlags(
         [&](auto kCentered, auto kMomentum, auto kApply) {
-          if constexpr (kApply || kMomentum) {
-            RunAll<T, kCentered, kMomentum, kApply>(pool, leaves, h);
-          }
+          RunAll<T, kCentered, kMomentum, kApply>(pool, leaves, h);
           return ffi::Error::Success();
         },
         centered, momentum, apply);
@@ -228,8 +223,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
         .Attr<bool>("centered")
         // The mom slot is present (TF's kernel paths P3/P4).
         .Attr<bool>("momentum")
-        // Update var in place; without it (P3/P4 only) the optax update is
-        // -mom, negated in JAX.
+        // Update var in place; without it P1/P2 update only their slots
+        // and P3/P4's optax update is -mom, negated in JAX.
         .Attr<bool>("apply")
         // XLA's intra-op thread pool, which runs the loop (parallel.h).
         .Ctx<ffi::ThreadPool>());

@@ -19,14 +19,14 @@ namespace tfrmsprop {
 namespace TFRMSPROP_ISA_NAMESPACE {
 
 // Updates elements [lo, hi) of one leaf. With kApply, `out` holds the
-// variable and is updated in place; without it (P3/P4 only) `out` is unused:
-// the optax update is -mom, negated in JAX.
+// variable and is updated in place; without it `out` is unused: P1/P2 update
+// only their slots (JAX computes the optax update from the new slots, in the
+// loop that applies it) and P3/P4's optax update is -mom, negated in JAX.
 template <typename T, bool kCentered, bool kMomentum, bool kApply>
 TFRMSPROP_ISA_TARGET void DenseRange(
     const T* __restrict g, T* __restrict out,
     T* __restrict ms, T* __restrict mg, T* __restrict mom, std::size_t lo,
     std::size_t hi, const Hypers<T>& h) {
-  static_assert(kApply || kMomentum, "P1/P2 run only in apply mode");
   // The names of update_rules.dense_leaf.
   const T lr = h.lr, rho = h.rho, c = h.one_minus_rho, mu = h.momentum,
           eps = h.epsilon;
@@ -43,8 +43,10 @@ TFRMSPROP_ISA_TARGET void DenseRange(
         mg[i] = mg_i;
         denom = ms_i - (mg_i * mg_i);
       }
-      const T step = (lr * gi) / (std::sqrt(denom) + eps);
-      out[i] = out[i] - step;
+      if constexpr (kApply) {
+        const T step = (lr * gi) / (std::sqrt(denom) + eps);
+        out[i] = out[i] - step;
+      }
     } else {
       // P3/P4: ResourceApply[Centered]RMSProp's Eigen functors, incremental
       // EMA form, epsilon inside the square root.

@@ -85,8 +85,8 @@ Hypers<T> ReadHypers(ffi::AnyBuffer hypers) {
 // so result r of a leaf is operand r + 1 of that leaf, and must be aliased to
 // it (same buffer): the kernel reads the variable and slots through the
 // result. Every operand and result of a leaf has the dtype of the
-// hyperparameters and the shape of g. The momentum-free paths (P1/P2) run
-// only with apply.
+// hyperparameters and the shape of g. Without apply, the momentum-free
+// paths (P1/P2) update only their slots.
 struct DenseLayout {
   bool centered, momentum, apply;
 
