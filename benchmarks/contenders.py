@@ -47,7 +47,7 @@ class Contender:
 
 def _jax_step(update_and_apply, params, state, grads) -> Step:
   """Jits ``update_and_apply`` with donated params and state; returns a step."""
-  import jax  # pylint: disable=g-import-not-at-top
+  import jax
 
   step_fn = jax.jit(update_and_apply, donate_argnums=(0, 1))
   carry = [jax.device_put(params), jax.device_put(state)]
@@ -61,8 +61,8 @@ def _jax_step(update_and_apply, params, state, grads) -> Step:
 
 
 def _optax_step(opt, params, grads) -> Step:
-  import jax  # pylint: disable=g-import-not-at-top
-  import optax  # pylint: disable=g-import-not-at-top
+  import jax
+  import optax
 
   def update_and_apply(params, state, grads):
     updates, state = opt.update(grads, state, params)
@@ -74,9 +74,9 @@ def _optax_step(opt, params, grads) -> Step:
 
 def _ours_fused(backend: str):
   def make(params, grads, path):
-    import functools  # pylint: disable=g-import-not-at-top
+    import functools
 
-    import optax_tfrmsprop  # pylint: disable=g-import-not-at-top
+    import optax_tfrmsprop
 
     state = optax_tfrmsprop.rmsprop_init(
       params, centered=path.centered, use_momentum=path.momentum > 0
@@ -93,7 +93,7 @@ def _ours_fused(backend: str):
 
 
 def _ours_optax_api(params, grads, path):
-  import optax_tfrmsprop  # pylint: disable=g-import-not-at-top
+  import optax_tfrmsprop
 
   opt = optax_tfrmsprop.rmsprop(
     momentum=path.momentum, centered=path.centered, **HYPERPARAMS
@@ -102,7 +102,7 @@ def _ours_optax_api(params, grads, path):
 
 
 def _optax(params, grads, path):
-  import optax  # pylint: disable=g-import-not-at-top
+  import optax
 
   # TF's epsilon sits outside the square root on the momentum-free paths and
   # inside on the kernel (momentum) paths; optax's initial_scale=0 is TF's.
@@ -118,12 +118,12 @@ def _optax(params, grads, path):
 
 
 def _keras3(params, grads, path):
-  import os  # pylint: disable=g-import-not-at-top
+  import os
 
   if os.environ.get("KERAS_BACKEND") != "jax":
     raise Unavailable("needs KERAS_BACKEND=jax set before keras is imported")
   try:
-    import keras  # pylint: disable=g-import-not-at-top
+    import keras
   except ImportError as e:
     raise Unavailable(f"keras is not installed ({e})") from e
   opt = keras.optimizers.RMSprop(
@@ -146,8 +146,8 @@ def _keras3(params, grads, path):
 
 def _tf_keras(params, grads, path):
   try:
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    import tf_keras  # pylint: disable=g-import-not-at-top
+    import tensorflow as tf
+    import tf_keras
   except ImportError as e:
     raise Unavailable(f"tensorflow/tf_keras is not installed ({e})") from e
   opt = tf_keras.optimizers.legacy.RMSprop(
@@ -165,7 +165,7 @@ def _tf_keras(params, grads, path):
 
 def _torch(params, grads, path):
   try:
-    import torch  # pylint: disable=g-import-not-at-top
+    import torch
   except ImportError as e:
     raise Unavailable(
       "torch is not installed (the CPU build is optional: the default "
@@ -201,7 +201,7 @@ def _xla_roofline(params, grads, path):
   gradient once and writes each of them once (separate arrays would give one
   loop per written array, each reading the gradient again).
   """
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp
 
   del params
   g = _flat(grads)
@@ -223,10 +223,10 @@ def _flat(tree: dict) -> np.ndarray:
 @functools.cache
 def _roofline_library():
   """Compiles ``roofline.c`` into a temporary folder and loads it."""
-  import ctypes  # pylint: disable=g-import-not-at-top
-  import shutil  # pylint: disable=g-import-not-at-top
-  import subprocess  # pylint: disable=g-import-not-at-top
-  import tempfile  # pylint: disable=g-import-not-at-top
+  import ctypes
+  import shutil
+  import subprocess
+  import tempfile
 
   compiler = shutil.which("cc") or shutil.which("gcc")
   if compiler is None:

@@ -181,8 +181,9 @@ def _times(ratio) -> str:
 
 
 def targets(rows: list, workloads: list) -> list:
-  """Issues 6 and 9's targets, as measured: ``(issue, target, measured,
-  met)``.
+  """Issues 6 and 9's targets, as measured.
+
+  Returns ``(issue, target, measured, met)`` tuples.
   """
   out = []
   paths = _paths(rows)
@@ -412,10 +413,10 @@ def markdown(records: list, info: dict, command: str, small: bool) -> str:
 
 def plot(records: list, small: bool, path: pathlib.Path) -> None:
   """Bar chart of each contender's share of the XLA roofline, per workload."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
+  import matplotlib as mpl
 
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  mpl.use("Agg")
+  import matplotlib.pyplot as plt
 
   rows = ratios(records)
   workloads = workloads_lib.dense_workloads(small)

@@ -88,10 +88,10 @@ def _settings(small: bool) -> dict:
 
 def _jax_steps(values, grads_np) -> dict:
   """The raw jitted step and the class' ``apply_gradients``."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import jax
+  import jax.numpy as jnp
 
-  import optax_tfrmsprop as otr  # pylint: disable=g-import-not-at-top
+  import optax_tfrmsprop as otr
 
   grads = [jnp.asarray(g) for g in grads_np]
 
@@ -128,8 +128,8 @@ def _jax_steps(values, grads_np) -> dict:
 
 def _tf_keras_steps(values, grads_np) -> dict:
   """tf_keras' legacy ``apply_gradients``, eager and in ``tf.function``."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  import tf_keras  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
+  import tf_keras
 
   tf_grads = [tf.constant(g) for g in grads_np]
   eager_vars = [tf.Variable(v) for v in values]
@@ -151,8 +151,8 @@ def _tf_keras_steps(values, grads_np) -> dict:
 
 def _keras3_steps(values, grads_np) -> dict:
   """Keras 3's eager ``apply_gradients`` on the JAX backend."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import keras  # pylint: disable=g-import-not-at-top
+  import jax
+  import keras
 
   if keras.backend.backend() != "jax":
     raise Unavailable("needs KERAS_BACKEND=jax set before keras is imported")
@@ -184,11 +184,11 @@ def _init(widths: list, rng) -> list:
 
 def _jax_train_steps(values, batches) -> dict:
   """The guide's step in JAX: raw, class + jitted grad, class minimize."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import optax  # pylint: disable=g-import-not-at-top
+  import jax
+  import jax.numpy as jnp
+  import optax
 
-  import optax_tfrmsprop as otr  # pylint: disable=g-import-not-at-top
+  import optax_tfrmsprop as otr
 
   batches = [(jnp.asarray(x), jnp.asarray(y)) for x, y in batches]
 
@@ -265,8 +265,8 @@ def _jax_train_steps(values, batches) -> dict:
 
 def _tf_train_steps(values, batches) -> dict:
   """The guide's ``GradientTape`` step with tf_keras, eager and compiled."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  import tf_keras  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
+  import tf_keras
 
   batches = [(tf.constant(x), tf.constant(y)) for x, y in batches]
   loss_fn = tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True)

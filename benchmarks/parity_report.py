@@ -12,10 +12,10 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 
-import jax  # pylint: disable=g-import-not-at-top
+import jax
 import numpy as np
 
-import test_tf_parity as parity  # pylint: disable=g-import-not-at-top
+import test_tf_parity as parity
 
 
 def measure(config, dtype, steps, jit_compile):
@@ -50,7 +50,7 @@ def main():
             cells.append(
               f"{measure(config, dtype, args.steps, jit_compile)} ULP"
             )
-          except Exception as e:  # pylint: disable=broad-except
+          except Exception as e:  # noqa: BLE001 - TF's error is the result
             cells.append(f"TF error: {type(e).__name__}")
       print(f"| {path} | {name} | {cells[0]} | {cells[1]} |")
 

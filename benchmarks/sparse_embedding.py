@@ -72,9 +72,9 @@ def _settings(small: bool) -> dict:
 
 def _jax_sparse(path, table, gradients, *, fused: bool):
   """A donated jitted sparse step, and its compiled temporary bytes."""
-  import jax  # pylint: disable=g-import-not-at-top
+  import jax
 
-  import optax_tfrmsprop as ot  # pylint: disable=g-import-not-at-top
+  import optax_tfrmsprop as ot
 
   opt = ot.rmsprop(
     momentum=path.momentum, centered=path.centered, **workloads.HYPERPARAMS
@@ -110,8 +110,8 @@ def _jax_sparse(path, table, gradients, *, fused: bool):
 
 def _tf_sparse(path, table, gradients):
   """TF's own sparse apply in ``tf.function``."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  import tf_keras  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
+  import tf_keras
 
   var = tf.Variable(table)
   opt = tf_keras.optimizers.legacy.RMSprop(

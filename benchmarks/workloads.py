@@ -97,11 +97,11 @@ def resnet50_shapes(
   d = width_divisor
   conv("conv1", 7, 3, 64 // d)
   cin = 64 // d
-  for stage, (blocks, width) in enumerate(
+  for stage, (stage_blocks, stage_width) in enumerate(
     zip(blocks, (64, 128, 256, 512)), start=2
   ):
-    width //= d
-    for block in range(1, blocks + 1):
+    width = stage_width // d
+    for block in range(1, stage_blocks + 1):
       name = f"conv{stage}_block{block}"
       if block == 1:
         conv(f"{name}/0", 1, cin, 4 * width)

@@ -80,7 +80,8 @@ def _rmsprop(
     del params, extra_args
     return transform.step(updates, state, config)
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  # optax's OptState alias does not name chex dataclasses, which are pytrees.
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)  # pyrefly: ignore[bad-argument-type]
 
 
 def rmsprop(

@@ -34,7 +34,7 @@ import functools
 import importlib.machinery
 import os
 import pathlib
-from typing import Literal
+from typing import cast, Literal
 import warnings
 
 import jax
@@ -149,11 +149,12 @@ def use_kernel(backend: Backend) -> bool:
   """
   check_backend(backend)
   if backend == "auto":
-    backend = os.environ.get(BACKEND_ENV_VAR, "auto").lower() or "auto"
-    if backend not in BACKENDS:
+    chosen = os.environ.get(BACKEND_ENV_VAR, "auto").lower() or "auto"
+    if chosen not in BACKENDS:
       raise ValueError(
-        f"{BACKEND_ENV_VAR} must be one of {BACKENDS}, got {backend!r}."
+        f"{BACKEND_ENV_VAR} must be one of {BACKENDS}, got {chosen!r}."
       )
+    backend = cast(Backend, chosen)
   if backend == "xla":
     return False
   reason = _load()
@@ -201,7 +202,9 @@ def handles_sparse(dtype) -> bool:
   dtype = np.dtype(dtype)
   if dtype not in DTYPES or _load() is not None:
     return False
-  return dtype != np.float32 or bool(_library().TfRmspropSparseF32Supported())
+  library = _library()
+  assert not isinstance(library, str)  # _load() returned None.
+  return dtype != np.float32 or bool(library.TfRmspropSparseF32Supported())
 
 
 # Operand checks. The handlers check every operand again (csrc/tfrmsprop.h);

@@ -912,8 +912,9 @@ def step(
       results[i] = result
   updates, ms, mg, mom = map(list, zip(*results)) if results else ([],) * 4
   unflatten = treedef.unflatten
-  new_state = state.replace(
-    count=optax.safe_increment(state.count),
+  new_state = dataclasses.replace(
+    state,
+    count=jnp.asarray(optax.safe_increment(state.count)),
     ms=unflatten(ms),
     mg=None if state.mg is None else unflatten(mg),
     mom=None if state.mom is None else unflatten(mom),
