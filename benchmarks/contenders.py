@@ -45,11 +45,14 @@ class Contender:
   description: str = ""
 
 
-def _jax_step(update_and_apply, params, state, grads) -> Step:
-  """Jits ``update_and_apply`` with donated params and state; returns a step."""
+def _jax_step(update_and_apply, params, state, grads, donate=True) -> Step:
+  """Jits ``update_and_apply`` with params and state donated; returns a step.
+
+  ``donate=False`` times the same step without donation.
+  """
   import jax
 
-  step_fn = jax.jit(update_and_apply, donate_argnums=(0, 1))
+  step_fn = jax.jit(update_and_apply, donate_argnums=(0, 1) if donate else ())
   carry = [jax.device_put(params), jax.device_put(state)]
   grads = jax.device_put(grads)
 
@@ -60,7 +63,7 @@ def _jax_step(update_and_apply, params, state, grads) -> Step:
   return step
 
 
-def _optax_step(opt, params, grads) -> Step:
+def _optax_step(opt, params, grads, donate=True) -> Step:
   import jax
   import optax
 
@@ -69,11 +72,11 @@ def _optax_step(opt, params, grads) -> Step:
     return optax.apply_updates(params, updates), state
 
   params = jax.device_put(params)
-  return _jax_step(update_and_apply, params, opt.init(params), grads)
+  return _jax_step(update_and_apply, params, opt.init(params), grads, donate)
 
 
 def _ours_fused(backend: str):
-  def make(params, grads, path):
+  def make(params, grads, path, donate=True):
     import functools
 
     import optax_tfrmsprop
@@ -87,21 +90,23 @@ def _ours_fused(backend: str):
       backend=backend,
       **HYPERPARAMS,
     )
-    return _jax_step(lambda p, s, g: apply(p, g, s), params, state, grads)
+    return _jax_step(
+      lambda p, s, g: apply(p, g, s), params, state, grads, donate
+    )
 
   return make
 
 
-def _ours_optax_api(params, grads, path):
+def _ours_optax_api(params, grads, path, donate=True):
   import optax_tfrmsprop
 
   opt = optax_tfrmsprop.rmsprop(
     momentum=path.momentum, centered=path.centered, **HYPERPARAMS
   )
-  return _optax_step(opt, params, grads)
+  return _optax_step(opt, params, grads, donate)
 
 
-def _optax(params, grads, path):
+def _optax(params, grads, path, donate=True):
   import optax
 
   # TF's epsilon sits outside the square root on the momentum-free paths and
@@ -114,7 +119,7 @@ def _optax(params, grads, path):
     centered=path.centered,
     momentum=path.momentum or None,
   )
-  return _optax_step(opt, params, grads)
+  return _optax_step(opt, params, grads, donate)
 
 
 def _keras3(params, grads, path):

@@ -30,7 +30,6 @@ import numpy as np
 from benchmarks import contenders as contenders_lib
 from benchmarks import harness
 from benchmarks import workloads as workloads_lib
-from benchmarks.workloads import HYPERPARAMS
 
 DTYPES = ("float32", "float64", "bfloat16")
 # Above this many elements, only float32 and only the donated steps are timed:
@@ -54,64 +53,9 @@ def _settings(small: bool, dtype: str) -> dict:
   return dict(warmup=1, min_reps=5, max_reps=15, budget_s=1.5)
 
 
-def _jitted(fn, params, state, grads, donate: bool):
-  """A step of ``fn(params, state, grads) -> (params, state)``, jitted."""
-  import jax
-
-  step_fn = jax.jit(fn, donate_argnums=(0, 1) if donate else ())
-  carry = [jax.device_put(params), jax.device_put(state)]
-  grads = jax.device_put(grads)
-
-  def step():
-    carry[:] = step_fn(carry[0], carry[1], grads)
-    jax.block_until_ready(carry)
-
-  return step
-
-
-def _optax_like(opt, params, grads, donate):
-  import optax
-
-  def update_and_apply(params, state, grads):
-    updates, state = opt.update(grads, state, params)
-    return optax.apply_updates(params, updates), state
-
-  return _jitted(update_and_apply, params, opt.init(params), grads, donate)
-
-
-def _api(params, grads, path, donate):
-  import optax_tfrmsprop
-
-  opt = optax_tfrmsprop.rmsprop(
-    momentum=path.momentum, centered=path.centered, **HYPERPARAMS
-  )
-  return _optax_like(opt, params, grads, donate)
-
-
-def _optax(params, grads, path, donate):
-  import optax
-
-  opt = optax.rmsprop(
-    HYPERPARAMS["learning_rate"],
-    decay=HYPERPARAMS["rho"],
-    eps=HYPERPARAMS["epsilon"],
-    eps_in_sqrt=path.momentum > 0,
-    centered=path.centered,
-    momentum=path.momentum or None,
-  )
-  return _optax_like(opt, params, grads, donate)
-
-
-def _fused(params, grads, path, donate):
-  import optax_tfrmsprop
-
-  state = optax_tfrmsprop.rmsprop_init(
-    params, centered=path.centered, use_momentum=path.momentum > 0
-  )
-  apply = functools.partial(
-    optax_tfrmsprop.rmsprop_apply, momentum=path.momentum, **HYPERPARAMS
-  )
-  return _jitted(lambda p, s, g: apply(p, g, s), params, state, grads, donate)
+_api = contenders_lib._ours_optax_api
+_optax = contenders_lib._optax
+_fused = contenders_lib._ours_fused("auto")
 
 
 def _dispatch(params, grads, path, donate):
@@ -122,7 +66,9 @@ def _dispatch(params, grads, path, donate):
   state = [
     {k: jnp.zeros_like(v) for k, v in params.items()} for _ in range(slots)
   ]
-  return _jitted(lambda p, s, g: (p, s), params, state, grads, donate)
+  return contenders_lib._jax_step(
+    lambda p, s, g: (p, s), params, state, grads, donate
+  )
 
 
 def _c_roofline(params, grads, path, donate):
