@@ -127,3 +127,41 @@ def assert_same_as_keras(pairs, params, model):
 
 def correspondence(model, flax):
   return interop.correspondence(model, flax.params)
+
+
+TF1_SHAPES = {"dense/kernel": (6, 10), "dense/bias": (10,)}
+"""The TF1 graph of the Saver tests: one dense layer."""
+
+
+def tf1_grads(steps, seed):
+  """``steps`` gradients of :data:`TF1_SHAPES`, as dicts by variable name."""
+  _, grad_steps = toolbox.problem(seed, np.float32, steps, TF1_SHAPES.values())
+  return [dict(zip(TF1_SHAPES, grads)) for grads in grad_steps]
+
+
+def tf1_session(config, init, steps, *, restore=None, save=None):
+  """Runs TF1's RMSPropOptimizer in a graph; returns the variables' values."""
+  graph = tf.Graph()
+  with graph.as_default():
+    variables = {
+      n: tf.compat.v1.get_variable(n, initializer=v) for n, v in init.items()
+    }
+    feeds = {
+      n: tf.compat.v1.placeholder(tf.float32, s) for n, s in TF1_SHAPES.items()
+    }
+    global_step = tf.compat.v1.train.get_or_create_global_step()
+    train = tf.compat.v1.train.RMSPropOptimizer(**config).apply_gradients(
+      [(feeds[n], variables[n]) for n in TF1_SHAPES], global_step=global_step
+    )
+    saver = tf.compat.v1.train.Saver()
+    with tf.compat.v1.Session(graph=graph) as sess:
+      if restore is None:
+        sess.run(tf.compat.v1.global_variables_initializer())
+      else:
+        saver.restore(sess, restore)
+      start = sess.run(global_step)
+      for grads in steps:
+        sess.run(train, {feeds[n]: g for n, g in grads.items()})
+      if save is not None:
+        saver.save(sess, save, global_step=global_step)
+      return sess.run(variables), start, list(variables.values())

@@ -5,17 +5,11 @@ import numpy as np
 import optax
 import pytest
 
+import interop_helpers as helpers
 import optax_tfrmsprop
 import tf_reference
 import toolbox
 from toolbox import DENSE_PATHS
-
-SHAPES = {"dense/kernel": (6, 10), "dense/bias": (10,)}
-
-
-def _grads(steps, seed):
-  _, grad_steps = toolbox.problem(seed, np.float32, steps, SHAPES.values())
-  return [dict(zip(SHAPES, grads)) for grads in grad_steps]
 
 
 def _continue_in_jax(opt, params, state, grad_steps):
@@ -38,37 +32,18 @@ def test_tf1_slot_names_follow_creation_order():
 
 @pytest.mark.parametrize("path", DENSE_PATHS)
 def test_tf1_saver_checkpoint_continues_exactly(tmp_path, path):
-  tf = tf_reference.tf
   config = toolbox.options(path, learning_rate=0.01, decay=0.9, epsilon=1e-3)
   centered = config["centered"]
-  before, after = _grads(30, seed=1), _grads(30, seed=2)
+  before, after = helpers.tf1_grads(30, seed=1), helpers.tf1_grads(30, seed=2)
   rng = np.random.default_rng(0)
   init = {
-    n: rng.standard_normal(s).astype(np.float32) for n, s in SHAPES.items()
+    n: rng.standard_normal(s).astype(np.float32)
+    for n, s in helpers.TF1_SHAPES.items()
   }
-  graph = tf.Graph()
-  with graph.as_default():
-    variables = {
-      n: tf.compat.v1.get_variable(n, initializer=v) for n, v in init.items()
-    }
-    feeds = {
-      n: tf.compat.v1.placeholder(tf.float32, s) for n, s in SHAPES.items()
-    }
-    global_step = tf.compat.v1.train.get_or_create_global_step()
-    train = tf.compat.v1.train.RMSPropOptimizer(**config).apply_gradients(
-      [(feeds[n], variables[n]) for n in SHAPES], global_step=global_step
-    )
-    saver = tf.compat.v1.train.Saver()
-    with tf.compat.v1.Session(graph=graph) as sess:
-      sess.run(tf.compat.v1.global_variables_initializer())
-      for grads in before:
-        sess.run(train, {feeds[n]: g for n, g in grads.items()})
-      saver.save(sess, str(tmp_path / "model.ckpt"), global_step=global_step)
-      for grads in after:
-        sess.run(train, {feeds[n]: g for n, g in grads.items()})
-      tf_final = sess.run(variables)
+  helpers.tf1_session(config, init, before, save=str(tmp_path / "model.ckpt"))
+  tf_final, _, _ = helpers.tf1_session(config, init, before + after)
 
-  names = {n: n for n in SHAPES}
+  names = {n: n for n in helpers.TF1_SHAPES}
   params, state = optax_tfrmsprop.tf1_state_from_checkpoint(
     str(tmp_path), names, centered=centered, global_step_name="global_step"
   )
@@ -105,30 +80,35 @@ def test_keras3_optimizer_continues_exactly(path):
   tf = tf_reference.tf
   config = toolbox.options(path, learning_rate=0.01, rho=0.9)
   centered = config["centered"]
-  before, after = _grads(30, seed=1), _grads(30, seed=2)
+  before, after = helpers.tf1_grads(30, seed=1), helpers.tf1_grads(30, seed=2)
   rng = np.random.default_rng(0)
   variables = {
     n: keras.Variable(
       rng.standard_normal(s).astype(np.float32), name=n.replace("/", "_")
     )
-    for n, s in SHAPES.items()
+    for n, s in helpers.TF1_SHAPES.items()
   }
   opt = keras.optimizers.RMSprop(**config)
   opt.build(list(variables.values()))
   for grads in before:  # Eagerly: Keras 3's ops as written.
-    opt.apply_gradients([(tf.constant(grads[n]), variables[n]) for n in SHAPES])
+    opt.apply_gradients(
+      [(tf.constant(grads[n]), variables[n]) for n in helpers.TF1_SHAPES]
+    )
 
   params, state = optax_tfrmsprop.keras3_state_from_optimizer(opt, variables)
   assert int(state.count) == len(before)
   assert (state.mg is not None) == centered
   assert (state.mom is not None) == toolbox.PATHS[path].momentum
   for grads in after:
-    opt.apply_gradients([(tf.constant(grads[n]), variables[n]) for n in SHAPES])
+    opt.apply_gradients(
+      [(tf.constant(grads[n]), variables[n]) for n in helpers.TF1_SHAPES]
+    )
   jax_opt = optax_tfrmsprop.keras3_rmsprop(**config)
   params, state = _continue_in_jax(jax_opt, params, state, after)
   toolbox.assert_ulp(params, {n: v.numpy() for n, v in variables.items()})
   toolbox.assert_ulp(
-    state.ms, {n: v.numpy() for n, v in zip(SHAPES, opt._velocities)}
+    state.ms,
+    {n: v.numpy() for n, v in zip(helpers.TF1_SHAPES, opt._velocities)},
   )
   assert int(state.count) == int(opt.iterations.numpy())
 

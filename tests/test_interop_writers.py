@@ -117,42 +117,6 @@ def test_tf_checkpoint_writer_checks_its_arguments(tmp_path):
     )
 
 
-SHAPES = {"dense/kernel": (6, 10), "dense/bias": (10,)}
-
-
-def _grads(steps, seed):
-  _, grad_steps = toolbox.problem(seed, np.float32, steps, SHAPES.values())
-  return [dict(zip(SHAPES, grads)) for grads in grad_steps]
-
-
-def _tf1_session(config, init, steps, *, restore=None, save=None):
-  """Runs TF1's RMSPropOptimizer in a graph; returns the variables' values."""
-  graph = tf.Graph()
-  with graph.as_default():
-    variables = {
-      n: tf.compat.v1.get_variable(n, initializer=v) for n, v in init.items()
-    }
-    feeds = {
-      n: tf.compat.v1.placeholder(tf.float32, s) for n, s in SHAPES.items()
-    }
-    global_step = tf.compat.v1.train.get_or_create_global_step()
-    train = tf.compat.v1.train.RMSPropOptimizer(**config).apply_gradients(
-      [(feeds[n], variables[n]) for n in SHAPES], global_step=global_step
-    )
-    saver = tf.compat.v1.train.Saver()
-    with tf.compat.v1.Session(graph=graph) as sess:
-      if restore is None:
-        sess.run(tf.compat.v1.global_variables_initializer())
-      else:
-        saver.restore(sess, restore)
-      start = sess.run(global_step)
-      for grads in steps:
-        sess.run(train, {feeds[n]: g for n, g in grads.items()})
-      if save is not None:
-        saver.save(sess, save, global_step=global_step)
-      return sess.run(variables), start, list(variables.values())
-
-
 @pytest.mark.parametrize(("momentum", "centered"), [(0.0, False), (0.9, True)])
 def test_tf1_to_jax_to_tf1_saver(tmp_path, momentum, centered):
   config = dict(
@@ -162,14 +126,19 @@ def test_tf1_to_jax_to_tf1_saver(tmp_path, momentum, centered):
     epsilon=1e-3,
     centered=centered,
   )
-  before, middle, after = _grads(10, 1), _grads(10, 2), _grads(10, 3)
+  before, middle, after = (
+    helpers.tf1_grads(10, 1),
+    helpers.tf1_grads(10, 2),
+    helpers.tf1_grads(10, 3),
+  )
   rng = np.random.default_rng(0)
   init = {
-    n: rng.standard_normal(s).astype(np.float32) for n, s in SHAPES.items()
+    n: rng.standard_normal(s).astype(np.float32)
+    for n, s in helpers.TF1_SHAPES.items()
   }
-  expected, _, _ = _tf1_session(config, init, before + middle + after)
+  expected, _, _ = helpers.tf1_session(config, init, before + middle + after)
 
-  _, _, graph_variables = _tf1_session(
+  _, _, graph_variables = helpers.tf1_session(
     config, init, before, save=str(tmp_path / "tf1.ckpt")
   )
   # The JAX side is a flax-style tree; the correspondence pairs it with the
@@ -195,8 +164,8 @@ def test_tf1_to_jax_to_tf1_saver(tmp_path, momentum, centered):
     global_step_name="global_step",
   )
 
-  zeros = {n: np.zeros(s, np.float32) for n, s in SHAPES.items()}
-  final, step, _ = _tf1_session(config, zeros, after, restore=prefix)
+  zeros = {n: np.zeros(s, np.float32) for n, s in helpers.TF1_SHAPES.items()}
+  final, step, _ = helpers.tf1_session(config, zeros, after, restore=prefix)
   assert step == len(before) + len(middle)
   toolbox.assert_ulp(final, expected)
 
