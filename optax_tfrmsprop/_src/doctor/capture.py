@@ -213,6 +213,30 @@ def _lr_config(per_step: np.ndarray | None, nominal) -> Any:
   return float(nominal)
 
 
+def _keras_config(own: dict, hypers: dict[str, np.ndarray]) -> dict:
+  """The record's config from a Keras RMSprop's ``get_config()``.
+
+  Both generations (tf_keras legacy, Keras 3) share these keys: learning
+  rate, rho, momentum, epsilon, centered and clipping.
+  """
+  lr = own["learning_rate"]
+  if isinstance(lr, dict):
+    lr = {"schedule": lr}
+  else:
+    lr = _lr_config(hypers.get("learning_rate"), lr)
+  config = dict(
+    learning_rate=lr,
+    rho=float(own["rho"]),
+    momentum=float(own["momentum"]),
+    epsilon=float(own["epsilon"]),
+    centered=bool(own["centered"]),
+  )
+  for key in ("clipnorm", "clipvalue", "global_clipnorm"):
+    if own.get(key) is not None:
+      config[key] = float(own[key])
+  return config
+
+
 class _KerasLegacyAdapter(_TFAdapter):
   """``tf_keras.optimizers.legacy.RMSprop`` (TF 2.0-2.10's tf.keras)."""
 
@@ -245,23 +269,10 @@ class _KerasLegacyAdapter(_TFAdapter):
 
   def config(self, hypers):
     own = self.opt.get_config()
-    lr = own["learning_rate"]
-    if isinstance(lr, dict):
-      lr = {"schedule": lr}
-    else:
-      lr = _lr_config(hypers.get("learning_rate"), lr)
-    config = dict(
-      learning_rate=lr,
-      rho=float(own["rho"]),
-      momentum=float(own["momentum"]),
-      epsilon=float(own["epsilon"]),
-      centered=bool(own["centered"]),
-      decay=float(own["decay"]),
-      momentum_path=bool(self.opt._momentum),
+    config = _keras_config(own, hypers)
+    config.update(
+      decay=float(own["decay"]), momentum_path=bool(self.opt._momentum)
     )
-    for key in ("clipnorm", "clipvalue", "global_clipnorm"):
-      if own.get(key) is not None:
-        config[key] = float(own[key])
     return config, own
 
 
@@ -351,22 +362,7 @@ class _Keras3Adapter(_TFAdapter):
 
   def config(self, hypers):
     own = self.opt.get_config()
-    lr = own["learning_rate"]
-    if isinstance(lr, dict):
-      lr = {"schedule": lr}
-    else:
-      lr = _lr_config(hypers.get("learning_rate"), lr)
-    config = dict(
-      learning_rate=lr,
-      rho=float(own["rho"]),
-      momentum=float(own["momentum"]),
-      epsilon=float(own["epsilon"]),
-      centered=bool(own["centered"]),
-      decay=0.0,
-    )
-    for key in ("clipnorm", "clipvalue", "global_clipnorm"):
-      if own.get(key) is not None:
-        config[key] = float(own[key])
+    config = dict(_keras_config(own, hypers), decay=0.0)
     unsupported = {
       k: own[k]
       for k in (
