@@ -213,7 +213,7 @@ def _lr_config(per_step: np.ndarray | None, nominal) -> Any:
   return float(nominal)
 
 
-def _keras_config(own: dict, hypers: dict[str, np.ndarray]) -> dict:
+def _keras_config(own: dict, hypers: dict[str, np.ndarray]) -> dict[str, Any]:
   """The record's config from a Keras RMSprop's ``get_config()``.
 
   Both generations (tf_keras legacy, Keras 3) share these keys: learning
@@ -362,7 +362,7 @@ class _Keras3Adapter(_TFAdapter):
 
   def config(self, hypers):
     own = self.opt.get_config()
-    config = dict(_keras_config(own, hypers), decay=0.0)
+    config: dict[str, Any] = dict(_keras_config(own, hypers), decay=0.0)
     unsupported = {
       k: own[k]
       for k in (
