@@ -31,6 +31,7 @@ setuptools.setup(
         "optax_tfrmsprop/_src/csrc/sparse_kernel.cc",
       ],
       depends=[
+        "optax_tfrmsprop/_src/csrc/bfloat16.h",
         "optax_tfrmsprop/_src/csrc/dense_loops.h",
         "optax_tfrmsprop/_src/csrc/parallel.h",
         "optax_tfrmsprop/_src/csrc/tfrmsprop.h",

@@ -183,7 +183,7 @@ def dense_update_short_mg():
   )
 
 
-@case(match=r"hypers must be a \(5,\) float32 or float64 array")
+@case(match=r"hypers must be a \(5,\) array of one of float32, float64")
 def dense_update_four_hypers():
   x = jnp.zeros(4)
   return _kernel().dense_update(
@@ -352,6 +352,24 @@ def ffi_dense_float64_mom():
   )
 
 
+@case(error="*", match=r"runs float32, float64 and bfloat16 leaves, got F16")
+def ffi_dense_float16_hypers():
+  return _dense(
+    [_H32().astype(jnp.float16), *[_V(jnp.float16)] * 4],
+    [S((100,), jnp.float16)] * 3,
+    _P3,
+  )
+
+
+@case(error="*", match=r"leaf 0 g operand has dtype F32 .* BF16")
+def ffi_dense_bfloat16_hypers_float32_leaves():
+  return _dense(
+    [_H32().astype(jnp.bfloat16), _V(), _V(), _V(), _V()],
+    [S((100,), jnp.float32)] * 3,
+    _P3,
+  )
+
+
 @case(x64=True, error="*", match=r"leaf 0 g operand has dtype F32 .* F64")
 def ffi_dense_float64_hypers_float32_leaves():
   return _dense(
@@ -382,7 +400,7 @@ def ffi_dense_four_hypers():
   )
 
 
-@case(error="*", match=r"float32 and float64 leaves, got S32")
+@case(error="*", match=r"float32, float64 and bfloat16 leaves, got S32")
 def ffi_dense_int_hypers():
   return _dense(
     [_H32().astype(jnp.int32), _V(), _V(), _V(), _V()],

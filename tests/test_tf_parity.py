@@ -52,6 +52,28 @@ def test_bit_identical_to_tf_cpu(path, dtype):
   check_against_tf(toolbox.options(path), DTYPES[dtype], steps=200)
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["api", "fused"])
+@pytest.mark.parametrize("path", DENSE_PATHS)
+def test_bfloat16_special_values_bit_identical(path, fused):
+  """bfloat16 (the kernel's Eigen arithmetic on ffi) with every special value.
+
+  Zeros, subnormals, 1e30, infinities and NaN among the gradients; a leaf
+  with a minor dimension below 8 makes P1's optax update take the kernel too.
+  """
+  shapes = ((), (37,), (8, 16), (5, 3))
+  variables, grads = toolbox.problem(
+    4, ml_dtypes.bfloat16, 30, shapes, specials=toolbox.SPECIALS
+  )
+  config = toolbox.options(path)
+  tf_vars, tf_slots, _ = tf_reference.run_tf(variables, grads, **config)
+  centered = config.pop("centered", False)
+  opt = optax_tfrmsprop.rmsprop(centered=centered, **config)
+  params, state = toolbox.run(
+    opt, variables, grads, fused=dict(config) if fused else None
+  )
+  toolbox.assert_same_as_tf(params, state, tf_vars, tf_slots)
+
+
 @pytest.mark.parametrize("path", DENSE_PATHS)
 def test_bit_identical_to_tf_cpu_float64(path, x64):
   del x64

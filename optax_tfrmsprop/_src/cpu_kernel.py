@@ -52,12 +52,14 @@ BACKENDS = ("auto", "ffi", "xla")
 BACKEND_ENV_VAR = "OPTAX_TFRMSPROP_BACKEND"
 
 # The two FFI targets and their handler symbols in the library. Each
-# dispatches on the element type of its operands (float32 or float64).
+# dispatches on the element type of its operands (DENSE_DTYPES, DTYPES).
 DENSE_TARGET = "tfrmsprop_dense"
 SPARSE_TARGET = "tfrmsprop_sparse"
 _HANDLERS = {DENSE_TARGET: "TfRmspropDense", SPARSE_TARGET: "TfRmspropSparse"}
-# The kernel's float types; other dtypes use jnp.
+# The sparse kernel's float types, and the dense kernel's (bfloat16 in TF's
+# Eigen arithmetic, csrc/bfloat16.h); other dtypes use jnp.
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+DENSE_DTYPES = (*DTYPES, np.dtype(jnp.bfloat16))
 # The hyperparameter operand of both targets, in this order: mirrors
 # csrc/tfrmsprop.h::HyperIndex (the library's count is checked on loading).
 HYPER_ORDER = ("lr", "rho", "one_minus_rho", "momentum", "epsilon")
@@ -188,8 +190,8 @@ def check_dtype(backend: Backend, dtype, where: str) -> None:
 
 
 def handles(dtype) -> bool:
-  """Whether the kernel has loops for leaves of ``dtype``."""
-  return np.dtype(dtype) in DTYPES
+  """Whether the dense kernel has loops for leaves of ``dtype``."""
+  return np.dtype(dtype) in DENSE_DTYPES
 
 
 @functools.cache
@@ -215,15 +217,16 @@ def _describe(x) -> str:
   return f"shape {tuple(jnp.shape(x))} and dtype {jnp.result_type(x)}"
 
 
-def _check_hypers(where: str, hypers) -> np.dtype:
-  """Returns the leaf dtype that the hyperparameter operand selects."""
+def _check_hypers(where: str, hypers, dtypes) -> np.dtype:
+  """Returns the leaf dtype, one of ``dtypes``, that ``hypers`` selects."""
   if (
     jnp.shape(hypers) != (len(HYPER_ORDER),)
-    or jnp.result_type(hypers) not in DTYPES
+    or jnp.result_type(hypers) not in dtypes
   ):
+    names = ", ".join(map(str, dtypes))
     raise ValueError(
-      f"{where}: hypers must be a ({len(HYPER_ORDER)},) float32 or float64 "
-      f"array [{', '.join(HYPER_ORDER)}], got {_describe(hypers)}."
+      f"{where}: hypers must be a ({len(HYPER_ORDER)},) array of one of "
+      f"{names} [{', '.join(HYPER_ORDER)}], got {_describe(hypers)}."
     )
   return jnp.result_type(hypers)
 
@@ -254,7 +257,7 @@ def _check_present(where: str, what: str, x, wanted: bool, path: str) -> None:
 def _check_dense(leaves, hypers, centered, momentum, apply) -> None:
   """Raises a ValueError naming the first operand the dense call cannot take."""
   where = "cpu_kernel.dense_update"
-  dtype = _check_hypers(where, hypers)
+  dtype = _check_hypers(where, hypers, DENSE_DTYPES)
   path = f"the path centered={centered}, momentum={momentum}, apply={apply}"
   wanted = dict(gradient=True, params=apply, ms=True, mg=centered, mom=momentum)
   for k, leaf in enumerate(leaves):
@@ -282,7 +285,7 @@ def _check_dense(leaves, hypers, centered, momentum, apply) -> None:
 def _check_sparse(values, indices, var, ms, mg, mom, hypers, apply) -> None:
   """Raises a ValueError naming the first operand the sparse call refuses."""
   where = "cpu_kernel.sparse_update"
-  dtype = _check_hypers(where, hypers)
+  dtype = _check_hypers(where, hypers, DTYPES)
   path = f"the path centered={mg is not None}, apply={apply}"
   _check_present(where, "ms", ms, True, path)
   _check_present(where, "mom", mom, True, "a sparse momentum path")

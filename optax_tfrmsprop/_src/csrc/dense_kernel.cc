@@ -1,8 +1,8 @@
 // The XLA FFI handler tfrmsprop_dense: TF-exact RMSprop over every leaf of
 // one dtype in one pass.
 //
-// One custom call updates all float32 (or float64: the element type of the
-// hyperparameters picks the loops) leaves of a step: each element of
+// One custom call updates all float32 (or float64, or bfloat16: the element
+// type of the hyperparameters picks the loops) leaves of a step: each element of
 // gradient, variable and slots is read once and written once, the slots (and
 // the variable, in apply mode) in place through XLA's input/output aliasing.
 // The elements of all leaves, laid end to end, are cut into blocks that run on
@@ -25,7 +25,8 @@
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define TFRMSPROP_ISA_NAMESPACE avx512
-#define TFRMSPROP_ISA_TARGET __attribute__((target("avx512f,avx512vl,avx2")))
+#define TFRMSPROP_ISA_TARGET \
+  __attribute__((target("avx512f,avx512vl,avx512bw,avx2")))
 #include "dense_loops.h"
 #undef TFRMSPROP_ISA_NAMESPACE
 #undef TFRMSPROP_ISA_TARGET
@@ -61,7 +62,8 @@ enum class Isa { kBaseline, kAvx2, kAvx512 };
 Isa DetectIsa() {
 #if defined(__x86_64__) && defined(__GNUC__)
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")) {
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("avx512bw")) {  // bw: 16-bit lanes (bfloat16)
     return Isa::kAvx512;
   }
   if (__builtin_cpu_supports("avx2")) return Isa::kAvx2;
@@ -79,7 +81,7 @@ Isa ChosenIsa() {
 
 template <typename T, bool kCentered, bool kMomentum, bool kApply>
 void RunRange(const Leaf<T>& l, std::size_t lo, std::size_t hi,
-              const Hypers<T>& h) {
+              const Hypers<Compute<T>>& h) {
   switch (ChosenIsa()) {
 #if defined(__x86_64__) && defined(__GNUC__)
     case Isa::kAvx512:
@@ -100,7 +102,7 @@ void RunRange(const Leaf<T>& l, std::size_t lo, std::size_t hi,
 template <typename T, bool kCentered, bool kMomentum, bool kApply>
 void RunSpan(const std::vector<Leaf<T>>& leaves,
              const std::vector<std::size_t>& ends, std::size_t lo,
-             std::size_t hi, const Hypers<T>& h) {
+             std::size_t hi, const Hypers<Compute<T>>& h) {
   std::size_t k = std::upper_bound(ends.begin(), ends.end(), lo) - ends.begin();
   for (; k < leaves.size(); ++k) {
     const std::size_t start = ends[k] - leaves[k].size;
@@ -113,7 +115,7 @@ void RunSpan(const std::vector<Leaf<T>>& leaves,
 
 template <typename T, bool kCentered, bool kMomentum, bool kApply>
 void RunAll(ffi::ThreadPool& pool, const std::vector<Leaf<T>>& leaves,
-            const Hypers<T>& h) {
+            const Hypers<Compute<T>>& h) {
   std::vector<std::size_t> ends(leaves.size());
   std::size_t total = 0;
   for (std::size_t k = 0; k < leaves.size(); ++k) {
@@ -191,12 +193,12 @@ ffi::Error Dense(ffi::AnyBuffer hypers, ffi::RemainingArgs args,
                  bool apply, ffi::ThreadPool pool) {
   const DenseLayout layout{centered, momentum, apply};
   TFRMSPROP_RETURN_IF_ERROR(CheckHypers(hypers));
-  return DispatchFloat(hypers.element_type(), [&](auto zero) {
+  return DispatchFloat</*kBFloat16=*/true>(hypers.element_type(), [&](auto zero) {
     using T = decltype(zero);
     std::vector<Leaf<T>> leaves;
     TFRMSPROP_RETURN_IF_ERROR(
         CollectLeaves(layout, hypers.element_type(), args, rets, leaves));
-    const Hypers<T> h = ReadHypers<T>(hypers);
+    const Hypers<Compute<T>> h = ReadHypers<T>(hypers);
     return DispatchFlags(
         [&](auto kCentered, auto kMomentum, auto kApply) {
           RunAll<T, kCentered, kMomentum, kApply>(pool, leaves, h);
@@ -212,8 +214,9 @@ ffi::Error Dense(ffi::AnyBuffer hypers, ffi::RemainingArgs args,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
     TfRmspropDense, tfrmsprop::Dense,
     ffi::Ffi::Bind()
-        // [lr, rho, 1 - rho, momentum, epsilon] in the leaves' dtype, float32
-        // or float64 (tfrmsprop.h::HyperIndex); its dtype picks the loops.
+        // [lr, rho, 1 - rho, momentum, epsilon] in the leaves' dtype, float32,
+        // float64 or bfloat16 (tfrmsprop.h::HyperIndex); its dtype picks the
+        // loops.
         .Arg<ffi::AnyBuffer>()
         // Per leaf: g, [var], ms, [mg], [mom] (tfrmsprop.h::DenseLayout).
         .RemainingArgs()

@@ -7,12 +7,12 @@
 // EVERY EXPRESSION MIRRORS optax_tfrmsprop/_src/update_rules.py::dense_leaf
 // ("tf_cpu" rounding) LINE BY LINE: same operations, same operand order, same
 // parenthesisation. The file is compiled with -ffp-contract=off, so each
-// operation rounds once to T, as in TF's Eigen kernels and as `rounded`
-// enforces on the XLA side. Change one, change both (docs/cpu_kernel.md).
+// operation rounds once to T (bfloat16 through BFloat16Arith, bfloat16.h), as
+// in TF's Eigen kernels and as `rounded` enforces on the XLA side. Change one, change both (docs/cpu_kernel.md).
 
-#include <cmath>
 #include <cstddef>
 
+#include "bfloat16.h"
 #include "tfrmsprop.h"
 
 namespace tfrmsprop {
@@ -26,42 +26,45 @@ template <typename T, bool kCentered, bool kMomentum, bool kApply>
 TFRMSPROP_ISA_TARGET void DenseRange(
     const T* __restrict g, T* __restrict out,
     T* __restrict ms, T* __restrict mg, T* __restrict mom, std::size_t lo,
-    std::size_t hi, const Hypers<T>& h) {
+    std::size_t hi, const Hypers<Compute<T>>& h) {
+  using A = Compute<T>;  // T's arithmetic (bfloat16.h)
   // The names of update_rules.dense_leaf.
-  const T lr = h.lr, rho = h.rho, c = h.one_minus_rho, mu = h.momentum,
+  const A lr = h.lr, rho = h.rho, c = h.one_minus_rho, mu = h.momentum,
           eps = h.epsilon;
 #pragma GCC ivdep
   for (std::size_t i = lo; i < hi; ++i) {
-    const T gi = g[i];
+    const A gi = ToCompute(g[i]);
     if constexpr (!kMomentum) {
       // P1/P2: tf_keras' graph ops, epsilon outside the square root.
-      const T ms_i = (rho * ms[i]) + (c * (gi * gi));
-      ms[i] = ms_i;
-      T denom = ms_i;
+      const A ms_i = (rho * ToCompute(ms[i])) + (c * (gi * gi));
+      ms[i] = ToStorage(ms_i);
+      A denom = ms_i;
       if constexpr (kCentered) {
-        const T mg_i = (rho * mg[i]) + (c * gi);
-        mg[i] = mg_i;
+        const A mg_i = (rho * ToCompute(mg[i])) + (c * gi);
+        mg[i] = ToStorage(mg_i);
         denom = ms_i - (mg_i * mg_i);
       }
       if constexpr (kApply) {
-        const T step = (lr * gi) / (std::sqrt(denom) + eps);
-        out[i] = out[i] - step;
+        const A step = (lr * gi) / (Sqrt(denom) + eps);
+        out[i] = ToStorage(ToCompute(out[i]) - step);
       }
     } else {
       // P3/P4: ResourceApply[Centered]RMSProp's Eigen functors, incremental
       // EMA form, epsilon inside the square root.
-      const T ms_i = ms[i] + (((gi * gi) - ms[i]) * c);
-      ms[i] = ms_i;
-      T denom = ms_i + eps;
+      const A ms_old = ToCompute(ms[i]);
+      const A ms_i = ms_old + (((gi * gi) - ms_old) * c);
+      ms[i] = ToStorage(ms_i);
+      A denom = ms_i + eps;
       if constexpr (kCentered) {
-        const T mg_i = mg[i] + ((gi - mg[i]) * c);
-        mg[i] = mg_i;
+        const A mg_old = ToCompute(mg[i]);
+        const A mg_i = mg_old + ((gi - mg_old) * c);
+        mg[i] = ToStorage(mg_i);
         denom = (ms_i - (mg_i * mg_i)) + eps;
       }
-      const T mom_i = (mom[i] * mu) + ((gi * lr) / std::sqrt(denom));
-      mom[i] = mom_i;
+      const A mom_i = (ToCompute(mom[i]) * mu) + ((gi * lr) / Sqrt(denom));
+      mom[i] = ToStorage(mom_i);
       if constexpr (kApply) {
-        out[i] = out[i] - mom_i;
+        out[i] = ToStorage(ToCompute(out[i]) - mom_i);
       }
     }
   }

@@ -308,7 +308,7 @@ ffi::Error Sparse(ffi::AnyBuffer hypers, ffi::AnyBuffer values,
                   bool apply, ffi::ThreadPool pool) {
   TFRMSPROP_RETURN_IF_ERROR(CheckHypers(hypers));
   const ffi::DataType type = hypers.element_type();
-  return DispatchFloat(type, [&](auto zero) {
+  return DispatchFloat</*kBFloat16=*/false>(type, [&](auto zero) {
     using T = decltype(zero);
     if constexpr (std::is_same_v<T, float>) {
       if (!HasPacketRsqrt()) {

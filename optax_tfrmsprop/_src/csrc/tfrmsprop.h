@@ -18,6 +18,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "bfloat16.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace tfrmsprop {
@@ -63,11 +64,12 @@ struct Hypers {
 };
 
 // Reads the record from a hyperparameter operand already checked by
-// CheckHypers.
+// CheckHypers, in the arithmetic type of T (bfloat16.h).
 template <typename T>
-Hypers<T> ReadHypers(ffi::AnyBuffer hypers) {
+Hypers<Compute<T>> ReadHypers(ffi::AnyBuffer hypers) {
   const T* h = hypers.typed_data<T>();
-  return {h[kLr], h[kRho], h[kOneMinusRho], h[kMomentum], h[kEpsilon]};
+  return {ToCompute(h[kLr]), ToCompute(h[kRho]), ToCompute(h[kOneMinusRho]),
+          ToCompute(h[kMomentum]), ToCompute(h[kEpsilon])};
 }
 
 // ---------------------------------------------------------------------------
@@ -197,16 +199,21 @@ inline ffi::Error CheckEmpty(ffi::AnyBuffer buffer, const Where& where) {
 // Dispatch
 // ---------------------------------------------------------------------------
 
-// Calls f(T{}) for the kernel's float types, T float or double.
-template <typename F>
+// Calls f(T{}) for the kernels' types: float or double, and BFloat16 with
+// kBFloat16 (the dense kernel; TF's sparse momentum kernels have none).
+template <bool kBFloat16, typename F>
 ffi::Error DispatchFloat(ffi::DataType type, F&& f) {
   switch (type) {
     case ffi::DataType::F32:
       return f(float{});
     case ffi::DataType::F64:
       return f(double{});
+    case ffi::DataType::BF16:
+      if constexpr (kBFloat16) return f(BFloat16{});
+      [[fallthrough]];
     default:
-      return Invalid("the kernel runs float32 and float64 leaves, got ", type,
+      return Invalid("this kernel runs float32, float64",
+                     kBFloat16 ? " and bfloat16" : "", " leaves, got ", type,
                      ".");
   }
 }
