@@ -45,8 +45,8 @@ def rounded(x: jax.Array) -> jax.Array:
   Returns:
     An array equal to ``x``.
   """
-  if isinstance(x, EigenComplex):
-    return x  # Every real operation inside is rounded already.
+  if isinstance(x, EigenValue):
+    return x  # Every operation inside is rounded already.
   return jnp.where(is_nan(x), jnp.asarray(jnp.nan, x.dtype), x)
 
 
@@ -734,13 +734,110 @@ class EigenComplex:
     return EigenComplex(re, im, True)
 
 
+class EigenBFloat16:
+  """bfloat16 values computed as TF's Eigen computes them, in float32 words.
+
+  Eigen evaluates each bfloat16 operation in float32 and rounds the result to
+  bfloat16, to nearest even; as float32 has more than twice bfloat16's
+  precision plus two bits, that is the correctly rounded bfloat16 operation.
+  XLA:CPU computes a bfloat16 array op the same way, but its float32 to
+  bfloat16 conversion costs more than the arithmetic, so a step of a dozen
+  operations is compute-bound. This class holds the values as float32 (low 16
+  bits zero) and rounds each result with three integer operations, the
+  arithmetic of the CPU kernel (``csrc/bfloat16.h::BFloat16Arith``): the same
+  bits, about 1.7x faster. The integer rounding also stands between every
+  product and sum or quotient, so XLA cannot contract or rewrite them.
+
+  Attributes:
+    x: the float32 values.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> a = EigenBFloat16.wrap(jnp.bfloat16([1.0, 3.0]))
+    >>> (a / 3).value()
+    Array([0.333984, 1], dtype=bfloat16)
+  """
+
+  def __init__(self, x: jax.Array):
+    self.x = x
+
+  @classmethod
+  def wrap(cls, z) -> "EigenBFloat16":
+    """``z`` (a bfloat16 array) as an :class:`EigenBFloat16`."""
+    if isinstance(z, EigenBFloat16):
+      return z
+    # Widened on the bits: XLA may drop a float32 -> bfloat16 -> float32
+    # pair of converts (excess precision), leaving z's producer unrounded.
+    bits = jax.lax.bitcast_convert_type(
+      jnp.asarray(z, jnp.bfloat16), jnp.uint16
+    )
+    wide = bits.astype(jnp.uint32) << np.uint32(16)
+    return cls(jax.lax.bitcast_convert_type(wide, jnp.float32))
+
+  @staticmethod
+  def _round(x: jax.Array) -> "EigenBFloat16":
+    bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
+    odd = (bits >> 16) & np.uint32(1)
+    nearest_even = (bits + np.uint32(0x7FFF) + odd) & np.uint32(0xFFFF0000)
+    return EigenBFloat16(jax.lax.bitcast_convert_type(nearest_even, x.dtype))
+
+  def value(self) -> jax.Array:
+    """The bfloat16 array: the top 16 bits (the low 16 are zero)."""
+    bits = jax.lax.bitcast_convert_type(self.x, jnp.uint32) >> np.uint32(16)
+    return jax.lax.bitcast_convert_type(bits.astype(jnp.uint16), jnp.bfloat16)
+
+  @property
+  def shape(self) -> tuple[int, ...]:
+    return jnp.shape(self.x)
+
+  @property
+  def dtype(self):
+    return jnp.dtype(jnp.bfloat16)
+
+  def _other(self, other) -> "EigenBFloat16":
+    return EigenBFloat16.wrap(other)
+
+  def __neg__(self):
+    return EigenBFloat16(-self.x)
+
+  def __add__(self, other):
+    return self._round(self.x + self._other(other).x)
+
+  def __radd__(self, other):
+    return self._other(other) + self
+
+  def __sub__(self, other):
+    return self._round(self.x - self._other(other).x)
+
+  def __rsub__(self, other):
+    return self._other(other) - self
+
+  def __mul__(self, other):
+    return self._round(self.x * self._other(other).x)
+
+  def __rmul__(self, other):
+    return self._other(other) * self
+
+  def __truediv__(self, other):
+    return self._round(self.x / self._other(other).x)
+
+  def __rtruediv__(self, other):
+    return self._other(other) / self
+
+  def sqrt(self) -> "EigenBFloat16":
+    return self._round(jnp.sqrt(self.x))
+
+
+EigenValue = EigenComplex | EigenBFloat16
+
+
 def sqrt(x: Any) -> Any:
-  """``jnp.sqrt``, or TF's complex square root for an :class:`EigenComplex`."""
-  if isinstance(x, EigenComplex):
+  """``jnp.sqrt``, or TF's square root of an Eigen value."""
+  if isinstance(x, EigenValue):
     return x.sqrt()
   return jnp.sqrt(x)
 
 
 def plain(x: Any) -> Any:
-  """The array behind ``x``: an :class:`EigenComplex`'s value, else ``x``."""
-  return x.value() if isinstance(x, EigenComplex) else x
+  """The array behind ``x``: an Eigen value's array, else ``x``."""
+  return x.value() if isinstance(x, EigenValue) else x

@@ -533,15 +533,16 @@ _TINY_MINOR_DIM = 8
 def _runs_in_kernel(leaf, apply: bool) -> bool:
   """Whether the CPU kernel updates this dense leaf ``(g, var, ms, mg, mom)``.
 
-  Every float32/float64 leaf, except through the optax API without momentum
-  and centering (P1 without ``apply``): there the kernel's slot pass and
-  XLA's loops move the same 7N bytes, so the kernel takes only the leaves
-  whose XLA loops are slow for their layout (a tiny minor dimension).
+  Every float32, float64 and bfloat16 leaf, except through the optax API
+  without momentum and centering (P1 without ``apply``): there the kernel's
+  slot pass and XLA's loops move the same 7N bytes, so the kernel takes only
+  the leaves whose XLA loops are slow: for their layout (a tiny minor
+  dimension), or compute-bound (bfloat16, rounded after every operation).
   """
   _, _, ms, mg, mom = leaf
   if not cpu_kernel.handles(ms.dtype):
     return False
-  if apply or mg is not None or mom is not None:
+  if apply or mg is not None or mom is not None or ms.dtype == jnp.bfloat16:
     return True
   return ms.ndim >= 2 and ms.shape[-1] < _TINY_MINOR_DIM
 
@@ -607,7 +608,7 @@ def _dense_leaves(leaves, xla_leaf, hyper, backend, *, apply):
     for i, leaf in enumerate(leaves):
       if _runs_in_kernel(leaf, apply):
         by_dtype.setdefault(jnp.dtype(leaf[2].dtype), []).append(i)
-      else:  # float16, bfloat16 and P1's well-shaped leaves stay on XLA.
+      else:  # float16, complex and P1's well-shaped leaves stay on XLA.
         results[i] = xla_leaf(*leaf)
     for dtype, indices in by_dtype.items():
       _, _, _, mg, mom = leaves[indices[0]]
@@ -624,8 +625,11 @@ def _dense_leaves(leaves, xla_leaf, hyper, backend, *, apply):
         elif mom is not None:  # P3/P4.
           update = -mom
         else:  # P1/P2: from the new slots, in the loop that applies it.
-          update = update_rules.plain_update(
-            leaves[i][0], ms, mg, hyper(dtype), numerics.rounded
+          g, h, new_ms, new_mg = update_rules.eigen_operands(
+            leaves[i][0], hyper(dtype), dtype, "tf_cpu", ms, mg
+          )
+          update = numerics.plain(
+            update_rules.plain_update(g, new_ms, new_mg, h, numerics.rounded)
           )
         results[i] = update, ms, mg, mom
     return results

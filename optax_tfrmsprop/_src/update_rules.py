@@ -9,9 +9,11 @@ row-sparse paths (P5-P8); :func:`update_leaf` picks one from the flavor's
 whose loops (``csrc/``) mirror the ``"tf_cpu"`` expressions here line by line:
 change one, change both.
 
-Complex leaves run the same rules: with ``"tf_cpu"`` rounding on
-:class:`~optax_tfrmsprop._src.numerics.EigenComplex` values, whose operators
-compute TF's Eigen complex arithmetic (the kernel has no complex loops).
+Complex and bfloat16 leaves run the same rules: with ``"tf_cpu"`` rounding on
+:class:`~optax_tfrmsprop._src.numerics.EigenComplex` and
+:class:`~optax_tfrmsprop._src.numerics.EigenBFloat16` values, whose operators
+compute TF's Eigen arithmetic (the kernel has bfloat16 loops, no complex
+ones).
 """
 
 from typing import Any
@@ -45,11 +47,9 @@ def update_leaf(
   The one dispatch on ``semantics.update_rule``: ``"keras3"`` runs
   :func:`keras3_leaf` on every gradient; ``"tf_kernels"`` runs
   :func:`sparse_leaf` on an ``IndexedSlices`` and :func:`dense_leaf` on an
-  array. A complex leaf in ``"tf_cpu"`` rounding runs them on
-  :class:`~optax_tfrmsprop._src.numerics.EigenComplex` values (the gradient
-  marked with the elements TF computes in scalar code,
-  :func:`~optax_tfrmsprop._src.numerics.eigen_tail`), and the results are
-  unwrapped; ``"tf_xla"`` uses XLA's complex arithmetic, as TF's XLA does.
+  array. Complex and bfloat16 leaves in ``"tf_cpu"`` rounding run them in
+  TF's Eigen arithmetic (:func:`eigen_operands`), and the results are
+  unwrapped; ``"tf_xla"`` uses XLA's arithmetic, as TF's XLA does.
 
   Args:
     g: the (clipped) gradient: an array or an ``IndexedSlices``.
@@ -64,11 +64,7 @@ def update_leaf(
     ``(update, ms, mg, mom)``: ``update`` is added to the variable; it is an
     ``IndexedSlices`` of row updates on TF's sparse paths.
   """
-  if rounding == "tf_cpu" and numerics.is_complex(ms.dtype):
-    # TF's Eigen arithmetic; sparse rows get their tail after de-duplication.
-    h = base.Hyperparams._make(map(numerics.EigenComplex.wrap, h))
-    if not isinstance(g, sparse.IndexedSlices):
-      g = numerics.EigenComplex.wrap(g, numerics.eigen_tail(ms.shape, ms.dtype))
+  g, h = eigen_operands(g, h, ms.dtype, rounding)
   if semantics.update_rule == "keras3":
     result = keras3_leaf(g, ms, mg, mom, h, numerics.rounder(rounding))
   elif isinstance(g, sparse.IndexedSlices):
@@ -81,6 +77,47 @@ def update_leaf(
       numerics.plain(update.values), update.indices, update.dense_shape
     )
   return update, ms, mg, mom
+
+
+def eigen_operands(g, h, dtype, rounding: base.Rounding, *slots):
+  """``(g, h, *slots)`` in TF's Eigen arithmetic for leaves of ``dtype``.
+
+  With ``"tf_cpu"`` rounding, complex hyperparameters and a dense complex
+  gradient become :class:`~optax_tfrmsprop._src.numerics.EigenComplex` (the
+  gradient marked with the elements TF computes in scalar code,
+  :func:`~optax_tfrmsprop._src.numerics.eigen_tail`), and a dense bfloat16
+  gradient and its hyperparameters
+  :class:`~optax_tfrmsprop._src.numerics.EigenBFloat16`; so do the given
+  slots (``None`` stays ``None``). Other operands, and ``"tf_xla"`` (XLA's
+  own arithmetic, as TF's XLA), pass through. Results come back with
+  :func:`~optax_tfrmsprop._src.numerics.plain`.
+
+  Args:
+    g: the gradient: an array or an ``IndexedSlices`` (kept as it is; its
+      rows are converted after de-duplication).
+    h: the hyperparameters in ``dtype``.
+    dtype: the leaf dtype.
+    rounding: the TF evaluation to reproduce.
+    *slots: slots to convert too. Those left out are converted where they
+      meet a converted operand, except in an operation between two slots.
+
+  Returns:
+    ``(g, h, *slots)``.
+  """
+  if rounding != "tf_cpu":
+    return g, h, *slots
+  dense = not isinstance(g, sparse.IndexedSlices)
+  if numerics.is_complex(dtype):
+    wrap = numerics.EigenComplex.wrap
+    if dense:
+      g = wrap(g, numerics.eigen_tail(g.shape, dtype))
+  elif jnp.dtype(dtype) == jnp.bfloat16 and dense:
+    wrap = numerics.EigenBFloat16.wrap
+    g = wrap(g)
+  else:
+    return g, h, *slots
+  h = type(h)._make(map(wrap, h))
+  return g, h, *(None if x is None else wrap(x) for x in slots)
 
 
 def keras3_leaf(g, ms, mg, mom, h: base.Hyperparams, r):
