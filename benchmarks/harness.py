@@ -135,7 +135,8 @@ def machine_info() -> dict:
         "numpy",
       )
     },
-    # Settings that change how the kernels and XLA use the cores.
+    # Settings that change how the kernels and XLA use the cores, and how
+    # memory is paged (glibc.malloc.hugetlb=1: huge pages for large arrays).
     environment={
       k: os.environ[k]
       for k in (
@@ -143,6 +144,7 @@ def machine_info() -> dict:
         "OMP_NUM_THREADS",
         "OMP_WAIT_POLICY",
         "OPTAX_TFRMSPROP_BACKEND",
+        "GLIBC_TUNABLES",
       )
       if k in os.environ
     },

@@ -8,6 +8,10 @@ process per dtype:
 * ``api``: ``optax_tfrmsprop.rmsprop(...).update`` + ``optax.apply_updates``,
   jitted as the ``optax`` contender is (issue 17, item 1);
 * ``optax``: ``optax.rmsprop`` with the matching options;
+* ``optax, again``: a second, independent instance of the same optax step.
+  Two instances of one program can differ by 10-20% on this machine, from
+  where their arrays land in memory (4 KiB or huge pages); its ratio to
+  ``optax`` is the noise floor of every ratio in its row;
 * ``fused``: ``optax_tfrmsprop.rmsprop_apply`` (item 2);
 
 each with params and state donated (``donate_argnums=(0, 1)``) and without,
@@ -80,6 +84,7 @@ def _c_roofline(params, grads, path, donate):
 CONTENDERS = {
   "api": (_api, True, False),
   "optax": (_optax, True, False),
+  "optax, again": (_optax, True, False),
   "fused": (_fused, True, False),
   "api, not donated": (_api, False, False),
   "optax, not donated": (_optax, False, False),
@@ -186,6 +191,7 @@ def ratio_rows(records: list) -> list:
         api_nd=over(m["api, not donated"], m["optax, not donated"]),
         fused=over(m["fused"], m["optax"]),
         fused_nd=over(m["fused, not donated"], m["optax, not donated"]),
+        again=over(m["optax, again"], m["optax"]),
         fused_roof=roof / m["fused"] if roof else None,
         # The roofline plus what calling a jitted step on the tree costs.
         fused_roof_dispatch=(roof + floor) / m["fused"] if roof else None,
@@ -267,6 +273,9 @@ def markdown(records: list, info: dict, command: str) -> str:
     "`% C roof + dispatch` adds to the roofline the time of a donated "
     "jitted step that returns its inputs (the cost of calling a jitted "
     "function on that many buffers, which the C roofline does not pay). "
+    "`optax again`: a second instance of the optax step over optax's, the "
+    "noise floor of the row (two instances of one program differ by where "
+    "their arrays land in memory). "
     "Learning rate 1e-3, rho 0.9, epsilon 1e-7, momentum 0.9 on the "
     "momentum paths.",
     "",
@@ -282,6 +291,7 @@ def markdown(records: list, info: dict, command: str) -> str:
       "api, not donated",
       "fused",
       "fused, not donated",
+      "optax again",
       "% C roof (fused)",
       "% C roof + dispatch",
     ],
@@ -294,6 +304,7 @@ def markdown(records: list, info: dict, command: str) -> str:
         _fmt(r["api_nd"]),
         _fmt(r["fused"]),
         _fmt(r["fused_nd"]),
+        _fmt(r["again"]),
         f"{100 * r['fused_roof']:.0f}%" if r["fused_roof"] else "–",
         f"{100 * r['fused_roof_dispatch']:.0f}%"
         if r["fused_roof_dispatch"]
@@ -301,7 +312,16 @@ def markdown(records: list, info: dict, command: str) -> str:
       ]
       for r in rows
     ],
-  ) + ["", "## Medians, ms", ""]
+  )
+  floor = [r["again"] for r in rows if r["again"]]
+  if floor:
+    lines += [
+      "",
+      "The noise floor, `optax again` over `optax` over all rows: median "
+      f"{statistics.median(floor):.2f}, from {min(floor):.2f} to "
+      f"{max(floor):.2f}.",
+    ]
+  lines += ["", "## Medians, ms", ""]
   names = list(CONTENDERS)
   lines += harness.table(
     ["dtype", "workload", "path"] + names,
