@@ -7,6 +7,7 @@ import json
 import os
 import pathlib
 import platform
+import random
 import statistics
 import subprocess
 import sys
@@ -29,10 +30,12 @@ def time_interleaved(
 ) -> dict:
   """Times ``steps`` round-robin; returns ``{name: [seconds per call]}``.
 
-  Each round runs every step ``calls_per_rep`` times in a row, starting one
-  further along each round, so that a burst of load from elsewhere hits every
-  contender alike. Rounds stop after ``max_reps``, or once ``min_reps`` are
-  done and ``budget_s`` has passed.
+  Each round runs every step ``calls_per_rep`` times in a row, in an order
+  shuffled afresh each round (seeded), so that a burst of load from
+  elsewhere hits every contender alike, and no contender always runs after
+  the same one (a step can leave work behind that slows the next: threads
+  still spinning, memory being returned). Rounds stop after ``max_reps``, or
+  once ``min_reps`` are done and ``budget_s`` has passed.
 
   Args:
     steps: name to a callable that runs one step and returns when it is done.
@@ -57,9 +60,9 @@ def time_interleaved(
       steps[name]()
   times = {clock: {name: [] for name in names} for clock in clocks}
   start = time.perf_counter()
+  order = random.Random(0)
   for rep in range(max_reps):
-    for i in range(len(names)):
-      name = names[(rep + i) % len(names)]
+    for name in order.sample(names, len(names)):
       t0 = [clock() for clock in clocks.values()]
       for _ in range(calls_per_rep):
         steps[name]()
