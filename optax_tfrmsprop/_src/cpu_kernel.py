@@ -557,7 +557,7 @@ def dense_update(
       (``var`` is used only with ``apply``), all of one shape each and of the
       dtype of ``hypers``.
     hypers: ``[lr, rho, 1 - rho, momentum, epsilon]`` (:data:`HYPER_ORDER`)
-      in the leaves' dtype, float32 or float64.
+      in the leaves' dtype, float32, float64 or bfloat16.
     centered: the ``mg`` slot is present.
     momentum: the ``mom`` slot is present (TF's kernel paths P3/P4).
     apply: update ``var`` in place. Without it there is no update output:
