@@ -746,7 +746,10 @@ class EigenBFloat16:
   bits zero) and rounds each result with three integer operations, the
   arithmetic of the CPU kernel (``csrc/bfloat16.h::BFloat16Arith``): the same
   bits, about 1.7x faster. The integer rounding also stands between every
-  product and sum or quotient, so XLA cannot contract or rewrite them.
+  product and sum or quotient, so XLA cannot contract them; it may still turn
+  a division by a broadcast scalar into a multiply by its reciprocal
+  (:func:`divide_by_scalar`), which the update rules never ask of it: they
+  divide by arrays.
 
   Attributes:
     x: the float32 values.
