@@ -18,11 +18,8 @@ commits with different ``--label``s to compare implementations; the report
 names the commit of the package it imported.
 """
 
-import argparse
 import functools
-import os
 import statistics
-import subprocess
 import sys
 
 import numpy as np
@@ -38,10 +35,7 @@ def _settings(small: bool) -> dict:
     return dict(
       sizes=(1 << 16, 1 << 18),
       compile_reps=1,
-      warmup=1,
-      min_reps=3,
-      max_reps=3,
-      budget_s=0.0,
+      **harness.SMOKE_ROUNDS,
     )
   return dict(
     sizes=(1 << 20, 1 << 24, 1 << 26),
@@ -72,29 +66,6 @@ def _clip_fn(case: str):
     )[0]
 
   return clip
-
-
-def package_commit() -> str:
-  """The commit of the imported package's checkout (+ if it has changes)."""
-  import optax_tfrmsprop
-
-  where = os.path.dirname(os.path.dirname(optax_tfrmsprop.__file__))
-  try:
-    head = subprocess.run(
-      ["git", "-C", where, "rev-parse", "--short", "HEAD"],
-      capture_output=True,
-      text=True,
-      check=True,
-    ).stdout.strip()
-    dirty = subprocess.run(
-      ["git", "-C", where, "status", "--porcelain", "optax_tfrmsprop"],
-      capture_output=True,
-      text=True,
-      check=True,
-    ).stdout.strip()
-  except (OSError, subprocess.CalledProcessError):
-    return "unknown"
-  return head + ("+" if dirty else "")
 
 
 def _call(compiled, g) -> None:
@@ -139,13 +110,7 @@ def measure(small: bool) -> list:
         f"{records[-1]['compile_s']:.3f} s",
         flush=True,
       )
-    times = harness.time_interleaved(
-      steps,
-      warmup=settings["warmup"],
-      min_reps=settings["min_reps"],
-      max_reps=settings["max_reps"],
-      budget_s=settings["budget_s"],
-    )
+    times = harness.time_rounds(steps, settings)
     for record in records[-len(CASES) :]:
       record["step"] = harness.summary(times[record["case"]])
   return records
@@ -224,20 +189,9 @@ def targets(records: list) -> list:
 
 
 def main(argv=None) -> int:
-  pre = argparse.ArgumentParser(add_help=False)
-  pre.add_argument("--label", default="")
-  pre.add_argument("--note", default="", help="a line for the report")
-  known, rest = pre.parse_known_args(argv)
-  args = harness.suite_arguments(NAME, __doc__.splitlines()[0], rest)
-  name = f"{NAME}_{known.label}" if known.label else NAME
-  run = harness.Run()
-  commit = package_commit()
-  records = measure(args.small)
-  report = markdown(
-    records, run.finish(), args.command, f"{commit}{known.note}"
+  return harness.run_suite(
+    NAME, __doc__.splitlines()[0], measure, markdown, argv, labelled=True
   )
-  run.write(name, args.out, args.command, records, report)
-  return 0
 
 
 if __name__ == "__main__":

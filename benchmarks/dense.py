@@ -6,12 +6,10 @@
 writes ``dense.json``, ``dense.md`` and ``dense.png`` into ``DIR``.
 """
 
-import functools
 import json
 import pathlib
 import statistics
 import sys
-import tempfile
 
 from benchmarks import contenders as contenders_lib
 from benchmarks import harness
@@ -24,7 +22,7 @@ from benchmarks.contenders import ROOFLINE
 
 def _settings(small: bool) -> dict:
   if small:
-    return dict(warmup=1, min_reps=3, max_reps=3, budget_s=0.0, compile_reps=1)
+    return dict(**harness.SMOKE_ROUNDS, compile_reps=1)
   return dict(warmup=2, min_reps=5, max_reps=30, budget_s=3.0, compile_reps=3)
 
 
@@ -84,13 +82,7 @@ def run_group(group: str, small: bool) -> list:
           continue
         steps[contender.name] = step
         timed.append((record, contender))
-      times = harness.time_interleaved(
-        steps,
-        warmup=settings["warmup"],
-        min_reps=settings["min_reps"],
-        max_reps=settings["max_reps"],
-        budget_s=settings["budget_s"],
-      )
+      times = harness.time_rounds(steps, settings)
       for record, contender in timed:
         record["step"] = harness.summary(times[contender.name])
         if workload.time_first_call and contender.compiled:
@@ -474,26 +466,11 @@ def main(argv=None) -> int:
     pathlib.Path(args.json).write_text(json.dumps(records))
     return 0
   run = harness.Run()
-  records, failures = [], []
-  with tempfile.TemporaryDirectory() as tmp:
-    for group in _groups():
-      result = pathlib.Path(tmp, f"{group}.json")
-      worker_args = ["--worker", group, "--json", str(result)]
-      worker_args += ["--small"] if args.small else []
-      print(f"== group {group}", flush=True)
-      status, took = harness.timed(
-        functools.partial(
-          harness.run_worker, "benchmarks.dense", worker_args, sys.stdout
-        )
-      )
-      print(f"== group {group}: {took:.0f} s", flush=True)
-      if status or not result.exists():
-        failures.append(f"group {group} exited with status {status}")
-        continue
-      records += json.loads(result.read_text())
+  records, failures = harness.run_workers(
+    "benchmarks.dense", _groups(), ["--small"] if args.small else []
+  )
   report = markdown(records, run.finish(), args.command, args.small)
-  if failures:
-    report += "\n## Failures\n\n" + "\n".join(f"- {f}" for f in failures)
+  report += harness.failures_section(failures)
   out = run.write("dense", args.out, args.command, records, report)
   plot(records, args.small, out / "dense.png")
   return 1 if failures else 0

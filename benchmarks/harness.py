@@ -2,6 +2,7 @@
 
 import argparse
 from collections.abc import Callable
+import functools
 from importlib import metadata
 import json
 import os
@@ -11,6 +12,7 @@ import random
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 # Environment of every suite and worker process: Keras 3 on the JAX backend
@@ -71,6 +73,16 @@ def time_interleaved(
     if rep + 1 >= min_reps and time.perf_counter() - start > budget_s:
       break
   return times if len(clocks) > 1 else times["wall"]
+
+
+# The round settings of time_interleaved, and those of a --small smoke run.
+ROUND_SETTINGS = ("warmup", "min_reps", "max_reps", "budget_s")
+SMOKE_ROUNDS = dict(warmup=1, min_reps=3, max_reps=3, budget_s=0.0)
+
+
+def time_rounds(steps: dict, settings: dict) -> dict:
+  """:func:`time_interleaved` with the round settings in ``settings``."""
+  return time_interleaved(steps, **{k: settings[k] for k in ROUND_SETTINGS})
 
 
 def timed(fn: Callable[[], object]) -> tuple:
@@ -312,22 +324,100 @@ class Run:
     return folder
 
 
-def run_suite(name: str, description: str, measure, markdown, argv=None) -> int:
+def package_commit() -> str:
+  """The commit of the imported package's checkout (+ if it has changes)."""
+  import optax_tfrmsprop
+
+  where = os.path.dirname(os.path.dirname(optax_tfrmsprop.__file__))
+
+  def git(*args) -> str:
+    return subprocess.run(
+      ["git", "-C", where, *args], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+  try:
+    head = git("rev-parse", "--short", "HEAD")
+    dirty = git("status", "--porcelain", "optax_tfrmsprop")
+  except (OSError, subprocess.CalledProcessError):
+    return "unknown"
+  return head + ("+" if dirty else "")
+
+
+def run_suite(
+  name: str,
+  description: str,
+  measure,
+  markdown,
+  argv=None,
+  *,
+  labelled: bool = False,
+) -> int:
   """``main()`` of a suite that measures in its own process.
 
   Args:
     name: the suite's module name in :mod:`benchmarks`.
     description: its one-line description.
     measure: ``measure(small) -> records``.
-    markdown: ``markdown(records, info, command) -> report``.
+    markdown: ``markdown(records, info, command) -> report``; with
+      ``labelled``, ``markdown(records, info, command, note)``, the note
+      naming the package's commit (:func:`package_commit`) and ``--note``.
     argv: the arguments (``sys.argv[1:]`` when ``None``).
+    labelled: also take ``--label LABEL`` (the files are then
+      ``<name>_<LABEL>.*``, to compare builds) and ``--note TEXT``.
 
   Returns:
     The exit status.
   """
-  args = suite_arguments(name, description, argv)
+  pre = argparse.ArgumentParser(add_help=False)
+  if labelled:
+    pre.add_argument("--label", default="")
+    pre.add_argument("--note", default="", help="a line for the report")
+  known, rest = pre.parse_known_args(argv)
+  args = suite_arguments(name, description, rest)
   run = Run()
+  commit = package_commit() if labelled else None
   records = measure(args.small)
-  report = markdown(records, run.finish(), args.command)
+  info = run.finish()
+  if labelled:
+    report = markdown(records, info, args.command, f"{commit}{known.note}")
+    name = f"{name}_{known.label}" if known.label else name
+  else:
+    report = markdown(records, info, args.command)
   run.write(name, args.out, args.command, records, report)
   return 0
+
+
+def run_workers(module: str, groups, worker_args: list) -> tuple:
+  """Runs ``python -m module --worker GROUP --json FILE`` per group.
+
+  Args:
+    module: the suite's module (``benchmarks.dense``).
+    groups: the worker groups, run one after the other.
+    worker_args: further arguments of every worker (``["--small"]``).
+
+  Returns:
+    ``(records, failures)``: the workers' records, and a line per worker
+    that failed.
+  """
+  records, failures = [], []
+  with tempfile.TemporaryDirectory() as tmp:
+    for group in groups:
+      result = pathlib.Path(tmp, f"{group}.json")
+      args = ["--worker", group, "--json", str(result), *worker_args]
+      print(f"== {group}", flush=True)
+      status, took = timed(
+        functools.partial(run_worker, module, args, sys.stdout)
+      )
+      print(f"== {group}: {took:.0f} s", flush=True)
+      if status or not result.exists():
+        failures.append(f"{group} worker exited with status {status}")
+        continue
+      records += json.loads(result.read_text())
+  return records, failures
+
+
+def failures_section(failures: list) -> str:
+  """The report's closing section on failed workers ("" when none)."""
+  if not failures:
+    return ""
+  return "\n## Failures\n\n" + "\n".join(f"- {f}" for f in failures)

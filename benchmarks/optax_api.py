@@ -23,12 +23,10 @@ jitted function on that many buffers costs.
 It writes ``optax_api.json`` and ``optax_api.md`` into ``DIR``.
 """
 
-import functools
 import json
 import pathlib
 import statistics
 import sys
-import tempfile
 import warnings
 
 import numpy as np
@@ -53,7 +51,7 @@ FUSED_ROOF_TARGET = 0.90
 
 def _settings(small: bool, dtype: str) -> dict:
   if small:
-    return dict(warmup=1, min_reps=3, max_reps=3, budget_s=0.0)
+    return dict(harness.SMOKE_ROUNDS)
   if dtype != "float32":  # Checks of "never slower": fewer rounds.
     return dict(warmup=1, min_reps=5, max_reps=5, budget_s=0.0)
   return dict(warmup=1, min_reps=5, max_reps=15, budget_s=1.5)
@@ -374,26 +372,11 @@ def main(argv=None) -> int:
     pathlib.Path(args.json).write_text(json.dumps(records))
     return 0
   run = harness.Run()
-  records, failures = [], []
-  with tempfile.TemporaryDirectory() as tmp:
-    for dtype in DTYPES:
-      result = pathlib.Path(tmp, f"{dtype}.json")
-      worker_args = ["--worker", dtype, "--json", str(result)]
-      worker_args += ["--small"] if args.small else []
-      print(f"== {dtype}", flush=True)
-      status, took = harness.timed(
-        functools.partial(
-          harness.run_worker, "benchmarks.optax_api", worker_args, sys.stdout
-        )
-      )
-      print(f"== {dtype}: {took:.0f} s", flush=True)
-      if status or not result.exists():
-        failures.append(f"{dtype} worker exited with status {status}")
-        continue
-      records += json.loads(result.read_text())
+  records, failures = harness.run_workers(
+    "benchmarks.optax_api", DTYPES, ["--small"] if args.small else []
+  )
   report = markdown(records, run.finish(), args.command)
-  if failures:
-    report += "\n## Failures\n\n" + "\n".join(f"- {f}" for f in failures)
+  report += harness.failures_section(failures)
   run.write("optax_api", args.out, args.command, records, report)
   return 1 if failures else 0
 

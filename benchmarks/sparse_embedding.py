@@ -50,10 +50,7 @@ def _settings(small: bool) -> dict:
       rows=10_000,
       width=64,
       ids=256,
-      warmup=1,
-      min_reps=3,
-      max_reps=3,
-      budget_s=0.0,
+      **harness.SMOKE_ROUNDS,
       paths=workloads.dense_paths(small=True),
     )
   # TF's no-momentum sparse steps decay the whole table's slots and take
@@ -179,13 +176,7 @@ def measure(small: bool) -> list:
           skipped=f"tensorflow/tf_keras not installed ({e})",
         )
       )
-    times = harness.time_interleaved(
-      steps,
-      warmup=settings["warmup"],
-      min_reps=settings["min_reps"],
-      max_reps=settings["max_reps"],
-      budget_s=settings["budget_s"],
-    )
+    times = harness.time_rounds(steps, settings)
     for name, samples in times.items():
       records.append(
         dict(

@@ -17,7 +17,6 @@ Run it on two builds with different ``--label``s to compare kernels; the
 report names the commit of the package it imported.
 """
 
-import argparse
 import contextlib
 import os
 import statistics
@@ -25,7 +24,6 @@ import subprocess
 import sys
 import time
 
-from benchmarks import clip_compile
 from benchmarks import contenders as contenders_lib
 from benchmarks import harness
 from benchmarks import workloads as workloads_lib
@@ -40,10 +38,7 @@ def _settings(small: bool) -> dict:
     return dict(
       workloads=[workloads_lib.Workload("leaf 256K", {"w": (1 << 18,)})],
       paths=workloads_lib.PATHS[:1],
-      warmup=1,
-      min_reps=3,
-      max_reps=3,
-      budget_s=0.0,
+      **harness.SMOKE_ROUNDS,
       settle_s=0.1,
       passes=1,
     )
@@ -103,13 +98,7 @@ def measure(small: bool) -> list:
         for busy in BUSY if rep % 2 == 0 else BUSY[::-1]:
           with busy_processes(busy, settings["settle_s"]):
             loads[busy].append(os.getloadavg()[0])
-            times = harness.time_interleaved(
-              steps,
-              warmup=settings["warmup"],
-              min_reps=settings["min_reps"],
-              max_reps=settings["max_reps"],
-              budget_s=settings["budget_s"],
-            )
+            times = harness.time_rounds(steps, settings)
           for name in makers:
             samples[(busy, name)] += times[name]
       for busy in BUSY:
@@ -212,20 +201,9 @@ def markdown(records: list, info: dict, command: str, commit: str) -> str:
 
 
 def main(argv=None) -> int:
-  pre = argparse.ArgumentParser(add_help=False)
-  pre.add_argument("--label", default="")
-  pre.add_argument("--note", default="", help="a line for the report")
-  known, rest = pre.parse_known_args(argv)
-  args = harness.suite_arguments(NAME, __doc__.splitlines()[0], rest)
-  name = f"{NAME}_{known.label}" if known.label else NAME
-  run = harness.Run()
-  commit = clip_compile.package_commit()
-  records = measure(args.small)
-  report = markdown(
-    records, run.finish(), args.command, f"{commit}{known.note}"
+  return harness.run_suite(
+    NAME, __doc__.splitlines()[0], measure, markdown, argv, labelled=True
   )
-  run.write(name, args.out, args.command, records, report)
-  return 0
 
 
 if __name__ == "__main__":
