@@ -37,13 +37,6 @@ def _workloads(small: bool) -> list:
   ]
 
 
-def _as(tree: dict, dtype: str) -> dict:
-  """NumPy copies in ``dtype``: each contender puts (and donates) its own."""
-  import jax.numpy as jnp
-
-  return {k: v.astype(jnp.dtype(dtype)) for k, v in tree.items()}
-
-
 def measure(small: bool) -> list:
   import jax
 
@@ -51,8 +44,7 @@ def measure(small: bool) -> list:
   records = []
   for dtype in ("float32", "bfloat16"):
     for workload in _workloads(small):
-      params, grads = workload.arrays()
-      params, grads = _as(params, dtype), _as(grads, dtype)
+      params, grads = workload.arrays(dtype=dtype)
       for path in workloads_lib.dense_paths(small):
         steps = {
           name: make(params, grads, path) for name, make in CONTENDERS.items()

@@ -100,14 +100,6 @@ CONTENDERS = {
 }
 
 
-def _arrays(workload, dtype: str):
-  import jax.numpy as jnp
-
-  params, grads = workload.arrays()
-  cast = lambda tree: {k: v.astype(jnp.dtype(dtype)) for k, v in tree.items()}
-  return cast(params), cast(grads)
-
-
 def run_dtype(dtype: str, small: bool) -> list:
   """Times every contender on every workload and path in ``dtype``."""
   import jax
@@ -121,7 +113,7 @@ def run_dtype(dtype: str, small: bool) -> list:
     big = workload.size > MAX_FULL_SIZE
     if big and dtype != "float32":
       continue
-    params, grads = _arrays(workload, dtype)
+    params, grads = workload.arrays(dtype=dtype)
     itemsize = np.dtype(params[next(iter(params))].dtype).itemsize
     for path in workloads_lib.dense_paths(small):
       steps = {}

@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import ml_dtypes  # noqa: F401  (numpy's bfloat16, for Workload.arrays)
 import numpy as np
 
 HYPERPARAMS = dict(learning_rate=1e-3, rho=0.9, epsilon=1e-7)
@@ -58,14 +59,21 @@ class Workload:
   def size(self) -> int:
     return sum(int(np.prod(s)) for s in self.shapes.values())
 
-  def arrays(self, seed: int = 0):
-    """Returns ``(params, grads)``: dicts of float32 numpy arrays."""
+  def arrays(self, seed: int = 0, dtype="float32"):
+    """Returns ``(params, grads)``: dicts of numpy arrays of ``dtype``.
+
+    The values are drawn in float32 and cast, so every dtype sees the same
+    numbers (rounded). Each contender puts (and donates) its own copy.
+    """
     rng = np.random.default_rng(seed)
     params, grads = {}, {}
     for name, shape in self.shapes.items():
       params[name] = rng.standard_normal(shape, dtype=np.float32)
       grads[name] = rng.standard_normal(shape, dtype=np.float32) * 1e-3
-    return params, grads
+    cast = lambda tree: {
+      k: v.astype(dtype, copy=False) for k, v in tree.items()
+    }
+    return cast(params), cast(grads)
 
 
 def resnet50_shapes(
