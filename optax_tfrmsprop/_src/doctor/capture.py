@@ -31,13 +31,11 @@ import weakref
 
 import numpy as np
 
+from optax_tfrmsprop._src import base
 from optax_tfrmsprop._src.doctor import record as record_lib
 
-_SLOT_NAMES = {
-  "keras_legacy": {"ms": "rms", "mg": "mg", "mom": "momentum"},
-  "tf1": {"ms": "rms", "mg": "mg", "mom": "momentum"},
-  "keras3": {"ms": "velocity", "mg": "average_gradient", "mom": "momentum"},
-}
+# Canonical slot (state field) to TF's slot name, per flavor.
+_SLOT_NAMES = {f: dict(base.SEMANTICS[f].slots) for f in base.FLAVORS}
 
 
 def _versions() -> dict[str, str]:
@@ -176,7 +174,6 @@ class _TFAdapter:
   """What differs between the three TF optimizers the recorder instruments."""
 
   source = ""
-  optimizer = ""
 
   def __init__(self, opt):
     self.opt = opt
@@ -198,6 +195,11 @@ class _TFAdapter:
     ``hypers`` holds the per-step values read through :meth:`hyper_tensors`.
     """
     raise NotImplementedError
+
+  @property
+  def optimizer(self) -> str:
+    """The TF optimizer's name (``base.Semantics.optimizer``)."""
+    return base.SEMANTICS[self.source].optimizer
 
   @staticmethod
   def value(v):
@@ -241,7 +243,6 @@ class _KerasLegacyAdapter(_TFAdapter):
   """``tf_keras.optimizers.legacy.RMSprop`` (TF 2.0-2.10's tf.keras)."""
 
   source = "keras_legacy"
-  optimizer = "tf_keras.optimizers.legacy.RMSprop"
 
   def slots(self, var):
     import tf_keras
@@ -280,7 +281,6 @@ class _TF1Adapter(_TFAdapter):
   """``tf.compat.v1.train.RMSPropOptimizer``."""
 
   source = "tf1"
-  optimizer = "tf.compat.v1.train.RMSPropOptimizer"
   _HYPERS = (
     ("learning_rate", "_learning_rate"),
     ("rho", "_decay"),
@@ -327,7 +327,6 @@ class _Keras3Adapter(_TFAdapter):
   """Keras 3's ``keras.optimizers.RMSprop`` on the TensorFlow backend."""
 
   source = "keras3"
-  optimizer = "keras.optimizers.RMSprop"
   _LISTS = (
     ("ms", "_velocities"),
     ("mom", "_momentums"),
@@ -676,7 +675,6 @@ class _TFRecorder(Recorder):
   # The three schedules of capture.
 
   def _step_eager(self, grads, apply_original):
-    tf = self._tf
     recording = int(self._counter.numpy()) < self.steps
     if recording and int(self._counter.numpy()) == 0:
       self._host_before(*[t.numpy() for t in self._before_tensors()])
@@ -686,7 +684,6 @@ class _TFRecorder(Recorder):
         *[t.numpy() for t in self._grad_tensors(grads) + self._after_tensors()]
       )
     self._counter.assign_add(1)
-    del tf
     return result
 
   def _step_graph(self, grads, apply_original):
@@ -945,7 +942,6 @@ class _Keras3JaxRecorder(Recorder):
         )
         initial = split(slots_before) if int(iteration) else None
         self._writer.begin([np.asarray(p) for p in before], initial)
-        self._first_iteration = int(iteration)
       self._writer.step(
         [np.asarray(g) for g in grads],
         [np.asarray(p) for p in after],
@@ -1191,39 +1187,14 @@ def _optax_config(factory, kwargs) -> tuple[str, dict, dict]:
   )
 
 
-def _slots_of_state(state) -> dict[str, Any]:
-  """Canonical slots of an optax.rmsprop or optax_tfrmsprop state, as lists.
-
-  optax's ``trace`` accumulates updates that already carry ``-lr``; it is
-  negated into TF's convention (``var -= mom``).
-  """
-  import jax
-  import optax
-
-  from optax_tfrmsprop._src import base
-
-  if isinstance(state, base.RMSpropState):
-    return {
-      f: None
-      if getattr(state, f) is None
-      else jax.tree.leaves(getattr(state, f))
-      for f in record_lib.SLOTS
-    }
-  get = lambda key: optax.tree_utils.tree_get(state, key, default=None)
-  trace = get("trace")
-  return {
-    "ms": jax.tree.leaves(get("nu")),
-    "mg": None if get("mu") is None else jax.tree.leaves(get("mu")),
-    "mom": None if trace is None else [-t for t in jax.tree.leaves(trace)],
-  }
-
-
 def _recording_transformation(
   inner, host: Callable[..., None], set_names: Callable[[list[str]], None]
 ):
   """``inner`` whose ``update`` hands each step to ``host`` (debug callback)."""
   import jax
   import optax
+
+  from optax_tfrmsprop._src.doctor import replay as replay_lib
 
   def update_fn(updates, state, params=None, **extra_args):
     if params is None:
@@ -1246,7 +1217,7 @@ def _recording_transformation(
       host,
       jax.tree.leaves(updates),
       jax.tree.leaves(params),
-      _slots_of_state(new_state),
+      replay_lib.canonical_slots(new_state),
     )
     return new_updates, new_state
 

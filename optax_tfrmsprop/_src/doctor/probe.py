@@ -208,12 +208,10 @@ def probe(rec: record_lib.Record) -> Findings:
       if votes[best] >= 0.95 * total and votes[1 - best] < 0.5 * total:
         found.initial_ms = best
   else:
-    initial = (rec.initial_slots or {}).get("ms")
     found.notes.append(
       "the record starts from a trained optimizer; its "
       "initial slots are taken from the record"
     )
-    del initial
 
   expected = expected_learning_rates(rec)
 

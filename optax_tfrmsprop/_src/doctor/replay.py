@@ -43,6 +43,39 @@ _PRESETS = {
 }
 
 
+# TF's slots in an optax.rmsprop state. Its ``trace`` accumulates updates
+# that already carry ``-lr``: TF's ``mom`` (``var -= mom``) negated.
+OPTAX_SLOTS = (("ms", "nu"), ("mg", "mu"), ("mom", "trace"))
+
+
+def canonical_slots(state) -> dict[str, list[Any] | None]:
+  """The slots of an optax_tfrmsprop or optax.rmsprop state, as TF has them.
+
+  Args:
+    state: an :class:`~optax_tfrmsprop.RMSpropState` or an ``optax.rmsprop``
+      state.
+
+  Returns:
+    Canonical slot name (``ms``, ``mg``, ``mom``) to its leaves, or ``None``
+    for a slot the state does not have.
+  """
+  if isinstance(state, base.RMSpropState):
+    return {
+      f: None
+      if getattr(state, f) is None
+      else jax.tree.leaves(getattr(state, f))
+      for f in record_lib.SLOTS
+    }
+  slots = {}
+  for field, key in OPTAX_SLOTS:
+    value = optax.tree_utils.tree_get(state, key, default=None)
+    leaves = None if value is None else jax.tree.leaves(value)
+    slots[field] = (
+      [-t for t in leaves] if field == "mom" and leaves is not None else leaves
+    )
+  return slots
+
+
 def build_schedule(
   config: dict[str, Any], evaluation: schedules.Evaluation | None
 ):
@@ -116,9 +149,13 @@ class Candidate:
     """Whether epsilon sits inside the square root for this config."""
     if self.family == "optax":
       return bool(self.eps_in_sqrt)
-    if self.family == "keras_legacy":
-      return bool(config.get("momentum_path")) or config["momentum"] > 0
-    return True
+    # Inside on TF's kernel (momentum) paths and in Keras 3's one formula.
+    semantics = base.SEMANTICS[self.family]
+    return (
+      semantics.update_rule == "keras3"
+      or bool(config.get("momentum_path"))
+      or semantics.uses_momentum(config["momentum"])
+    )
 
   @property
   def initial_ms(self) -> float:
@@ -141,7 +178,11 @@ class Candidate:
     ]
     if config.get("decay"):
       extras.append("decay")
-    if self.family != "keras_legacy" and extras:
+    if self.family != "optax":
+      extras = [
+        k for k in extras if k not in base.SEMANTICS[self.family].options
+      ]
+    if extras:
       return (
         f"{self.family} has no {', '.join(extras)} (Keras' "
         "inverse-time decay and clipping are tf_keras options)"
@@ -213,7 +254,7 @@ class Candidate:
   def build(self, rec: record_lib.Record) -> optax.GradientTransformation:
     """This semantics for the record's config (see :meth:`not_applicable`)."""
     config = rec.config
-    lr: Any = _learning_rate(rec, self.schedule, self.family)
+    lr: Any = _learning_rate(rec, self.schedule)
     if self.family == "optax":
       rho = nominal(config["rho"])
       opts = config.get("optax") or {}
@@ -250,28 +291,13 @@ class Candidate:
       return alias.tf1_rmsprop(lr, decay=rho, momentum=momentum, **common)
     return alias.keras3_rmsprop(lr, rho, momentum, **common)
 
-  def slots(self, state) -> dict[str, list[Any] | None]:
-    """The canonical slots of a state of this candidate (TF's convention)."""
-    if self.family == "optax":
-      get = lambda key: optax.tree_utils.tree_get(state, key, default=None)
-      trace = get("trace")
-      return {
-        "ms": list(get("nu")),
-        "mg": None if get("mu") is None else list(get("mu")),
-        "mom": None if trace is None else [-t for t in trace],
-      }
-    return {
-      f: None if getattr(state, f) is None else list(getattr(state, f))
-      for f in record_lib.SLOTS
-    }
-
   def state_from(self, opt, params, slots: dict[str, list[Any]], count: int):
     """This candidate's state holding the recorded ``slots`` (not fresh)."""
     state = opt.init(params)
-    present = self.slots(state)
+    present = canonical_slots(state)
     if self.family == "optax":
       values = {}
-      for field, key in (("ms", "nu"), ("mg", "mu"), ("mom", "trace")):
+      for field, key in OPTAX_SLOTS:
         if present[field] is not None and field in slots:
           sign = -1 if field == "mom" else 1
           values[key] = [sign * jnp.asarray(s) for s in slots[field]]
@@ -319,9 +345,7 @@ def nominal(x: Any) -> Any:
 
 
 def _learning_rate(
-  rec: record_lib.Record,
-  evaluation: schedules.Evaluation | None,
-  family: str,
+  rec: record_lib.Record, evaluation: schedules.Evaluation | None
 ):
   lr = rec.config["learning_rate"]
   if isinstance(lr, dict):
@@ -335,7 +359,6 @@ def _learning_rate(
       index = jnp.asarray(step).astype(jnp.int32) - first
       return jnp.asarray(table)[jnp.clip(index, 0, last)]
 
-    del family
     return per_step
   return nominal(float(lr))
 
@@ -574,12 +597,12 @@ def _replay(rec, candidate, ulps):
 
   def step(params, state, grads):
     updates, state = opt.update(grads, state, params)
-    return apply(params, updates), state, candidate.slots(state)
+    return apply(params, updates), state, canonical_slots(state)
 
   if candidate.rounding != "op_by_op":
     step = jax.jit(step)
   structure = []
-  present = candidate.slots(state)
+  present = canonical_slots(state)
   for field in record_lib.SLOTS:
     in_record = field in rec.slots
     in_candidate = present[field] is not None

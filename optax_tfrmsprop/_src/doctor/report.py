@@ -24,13 +24,6 @@ _ROUNDING_ULPS = 16
 """A first departure of at most this many ULP, where the algebra agrees, is a
 rounding difference (FMA contraction, rsqrt against a division, op order)."""
 
-_SOURCE_NAMES = {
-  "keras_legacy": "tf_keras.optimizers.legacy.RMSprop",
-  "tf1": "tf.compat.v1.train.RMSPropOptimizer",
-  "keras3": "keras.optimizers.RMSprop",
-  "optax": "optax.rmsprop",
-}
-
 
 @dataclasses.dataclass
 class Diagnosis:
