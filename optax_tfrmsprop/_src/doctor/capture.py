@@ -233,7 +233,7 @@ def _keras_config(own: dict, hypers: dict[str, np.ndarray]) -> dict[str, Any]:
     epsilon=float(own["epsilon"]),
     centered=bool(own["centered"]),
   )
-  for key in ("clipnorm", "clipvalue", "global_clipnorm"):
+  for key in record_lib.CLIP_OPTIONS:
     if own.get(key) is not None:
       config[key] = float(own[key])
   return config
@@ -1172,7 +1172,7 @@ def _optax_config(factory, kwargs) -> tuple[str, dict, dict]:
       flavor=flavor,
       rounding=args.get("rounding", "tf_cpu"),
     )
-    for key in ("clipnorm", "clipvalue", "global_clipnorm"):
+    for key in record_lib.CLIP_OPTIONS:
       if args.get(key) is not None:
         config[key] = float(args[key])
     own.update(

@@ -107,9 +107,7 @@ def _gradients_used(rec: record_lib.Record, steps: int) -> list[list[Any]]:
   but their rows count in the global norm.
   """
   config = rec.config
-  clips = {
-    k: config.get(k) for k in ("clipvalue", "clipnorm", "global_clipnorm")
-  }
+  clips = {k: config.get(k) for k in record_lib.CLIP_OPTIONS}
   clip = None
   if any(v is not None for v in clips.values()):
     import jax

@@ -44,6 +44,8 @@ FORMAT = "optax_tfrmsprop.doctor.record"
 VERSION = 1
 SLOTS = ("ms", "mg", "mom")
 """The canonical slot names: TF's ``rms``, ``mg`` and ``momentum``."""
+CLIP_OPTIONS = ("clipnorm", "clipvalue", "global_clipnorm")
+"""Keras' gradient clipping options, in the order records and reports use."""
 
 SOURCES = (
   "keras_legacy",

@@ -171,11 +171,7 @@ class Candidate:
 
   def not_applicable(self, config: dict[str, Any]) -> str | None:
     """Why this candidate cannot express ``config``, or None."""
-    extras = [
-      k
-      for k in ("clipnorm", "clipvalue", "global_clipnorm")
-      if config.get(k) is not None
-    ]
+    extras = [k for k in record_lib.CLIP_OPTIONS if config.get(k) is not None]
     if config.get("decay"):
       extras.append("decay")
     if self.family != "optax":
@@ -245,7 +241,7 @@ class Candidate:
     if self.family == "keras_legacy":
       if config.get("decay"):
         args.append(f"decay={fmt(config['decay'])}")
-      for key in ("clipnorm", "clipvalue", "global_clipnorm"):
+      for key in record_lib.CLIP_OPTIONS:
         if config.get(key) is not None:
           args.append(f"{key}={fmt(config[key])}")
     args.append(f"rounding={self.rounding!r}")
@@ -281,7 +277,7 @@ class Candidate:
         momentum = jnp.asarray(0.0, jnp.float32)  # TF's tensor momentum.
       clips = {
         k: config[k]
-        for k in ("clipnorm", "clipvalue", "global_clipnorm")
+        for k in record_lib.CLIP_OPTIONS
         if config.get(k) is not None
       }
       return alias.rmsprop(

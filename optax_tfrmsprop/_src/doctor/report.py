@@ -556,7 +556,7 @@ def _describe_config(config: dict[str, Any]) -> str:
   for key in ("rho", "momentum", "epsilon"):
     parts.append(f"{key}={replay_lib.nominal(config[key])!r}")
   parts.append(f"centered={config['centered']}")
-  for key in ("decay", "clipnorm", "clipvalue", "global_clipnorm"):
+  for key in ("decay", *record_lib.CLIP_OPTIONS):
     if config.get(key):
       parts.append(f"{key}={config[key]!r}")
   opts = config.get("optax")
