@@ -784,14 +784,7 @@ class _TFRecorder(Recorder):
 
   def _extra_meta(self):
     hypers = {k: np.stack(v) for k, v in self._hypers.items()}
-    config, own = self._adapter.config(hypers)
-    meta = {
-      "config": record_lib.json_safe(
-        dict({"momentum": 0.0, "centered": False, "decay": 0.0}, **config)
-      )
-    }
-    meta["optimizer_config"] = record_lib.json_safe(own)
-    return meta
+    return record_lib.config_meta(*self._adapter.config(hypers))
 
   def record(self):
     rec = super().record()
@@ -959,13 +952,7 @@ class _Keras3JaxRecorder(Recorder):
     self._jax.effects_barrier()
 
   def _extra_meta(self):
-    config, own = self._adapter.config({})
-    return {
-      "config": record_lib.json_safe(
-        dict({"momentum": 0.0, "centered": False, "decay": 0.0}, **config)
-      ),
-      "optimizer_config": record_lib.json_safe(own),
-    }
+    return record_lib.config_meta(*self._adapter.config({}))
 
 
 def _is_keras3_jax(opt) -> bool:

@@ -78,6 +78,24 @@ def _from_storable(a: np.ndarray, dtype_name: str) -> np.ndarray:
   return a
 
 
+def config_meta(config: dict, optimizer_config: dict) -> dict[str, Any]:
+  """A record's ``config`` and ``optimizer_config`` entries.
+
+  Args:
+    config: the canonical config; the options it omits get their defaults
+      (no momentum, not centered, no decay).
+    optimizer_config: the optimizer's own config, as it reports it.
+
+  Returns:
+    ``{"config": ..., "optimizer_config": ...}``, JSON-safe.
+  """
+  defaults = {"momentum": 0.0, "centered": False, "decay": 0.0}
+  return {
+    "config": json_safe(dict(defaults, **config)),
+    "optimizer_config": json_safe(dict(optimizer_config)),
+  }
+
+
 def json_safe(value: Any) -> Any:
   """Config values as JSON: numpy scalars to Python, tuples to lists."""
   if isinstance(value, Mapping):
@@ -417,10 +435,7 @@ class RecordWriter:
       "version": VERSION,
       "source": source,
       "optimizer": optimizer,
-      "config": json_safe(
-        dict({"momentum": 0.0, "centered": False, "decay": 0.0}, **config)
-      ),
-      "optimizer_config": json_safe(dict(optimizer_config or {})),
+      **config_meta(config, optimizer_config or {}),
       "run": json_safe(dict({"host": host_description()}, **(run or {}))),
       "slots": dict(slot_names),
     }
