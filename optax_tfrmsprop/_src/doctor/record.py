@@ -78,7 +78,9 @@ def _from_storable(a: np.ndarray, dtype_name: str) -> np.ndarray:
   return a
 
 
-def config_meta(config: dict, optimizer_config: dict) -> dict[str, Any]:
+def config_meta(
+  config: Mapping[str, Any], optimizer_config: Mapping[str, Any]
+) -> dict[str, Any]:
   """A record's ``config`` and ``optimizer_config`` entries.
 
   Args:
