@@ -112,6 +112,14 @@ class Recorder:
     """The number of complete steps recorded so far."""
     return 0 if self._writer is None else self._writer.num_steps
 
+  def _claim(self, opt) -> None:
+    """Marks ``opt`` as recorded by this recorder; one recorder at a time."""
+    if getattr(opt, "_parity_doctor_recorder", None) is not None:
+      raise ValueError(
+        "This optimizer is already being recorded by the parity doctor."
+      )
+    opt._parity_doctor_recorder = self
+
   def _collect(self) -> None:
     """Brings steps held elsewhere (device buffers) into the writer."""
 
@@ -450,11 +458,7 @@ class _TFRecorder(Recorder):
 
   def _patch(self):
     opt = self._adapter.opt
-    if getattr(opt, "_parity_doctor_recorder", None) is not None:
-      raise ValueError(
-        "This optimizer is already being recorded by the parity doctor."
-      )
-    opt._parity_doctor_recorder = self
+    self._claim(opt)
     if self._adapter.source == "keras3":
       original = opt.apply
 
@@ -828,11 +832,7 @@ class _Keras3JaxRecorder(Recorder):
     self._adapter = _Keras3Adapter(opt)
     self._how = how
     self._fields: Any = None
-    if getattr(opt, "_parity_doctor_recorder", None) is not None:
-      raise ValueError(
-        "This optimizer is already being recorded by the parity doctor."
-      )
-    opt._parity_doctor_recorder = self
+    self._claim(opt)
     stateless_apply = opt.stateless_apply
     apply = opt.apply
 
