@@ -38,6 +38,23 @@ from optax_tfrmsprop._src.doctor import record as record_lib
 _SLOT_NAMES = {f: dict(base.SEMANTICS[f].slots) for f in base.FLAVORS}
 
 
+def _common_fields(per_var: list[dict[str, Any]]) -> list[str]:
+  """The canonical slots every variable has (none without variables)."""
+  return [
+    f for f in record_lib.SLOTS if per_var and all(f in s for s in per_var)
+  ]
+
+
+def _by_field(flat: list, fields: list[str], n: int) -> dict[str, list]:
+  """Slot values laid out variable by variable, as ``{field: per variable}``.
+
+  ``flat`` holds, for each of ``n`` variables in turn, one value per field
+  of ``fields`` (the order the recorders read slots in).
+  """
+  k = len(fields)
+  return {f: [flat[i * k + j] for i in range(n)] for j, f in enumerate(fields)}
+
+
 def _versions() -> dict[str, str]:
   """Versions of the libraries that may have run the recorded optimizer."""
   import importlib.metadata
@@ -564,9 +581,7 @@ class _TFRecorder(Recorder):
   def _slot_vars(self):
     per_var = [self._adapter.slots(v) for v in self._vars]
     if self._fields is None:
-      self._fields = [
-        f for f in record_lib.SLOTS if per_var and all(f in s for s in per_var)
-      ]
+      self._fields = _common_fields(per_var)
     return [[s[f] for f in self._fields] for s in per_var]
 
   def _read(self, v):
@@ -614,12 +629,8 @@ class _TFRecorder(Recorder):
     rest = list(arrays[n:])
     initial = None
     if self._had_slots:
-      k = len(self._initial_fields)
-      initial = {
-        f: [rest[i * k + j] for i in range(n)]
-        for j, f in enumerate(self._initial_fields)
-      }
-      rest = rest[n * k :]
+      initial = _by_field(rest, self._initial_fields, n)
+      rest = rest[n * len(self._initial_fields) :]
     self._first_iteration = int(rest[0]) if rest else None
     self._pending_initial = (params, initial)
     return np.int64(0)
@@ -658,11 +669,7 @@ class _TFRecorder(Recorder):
       n = len(self._vars)
       params = arrays[:n]
       k = len(self._fields)
-      flat = arrays[n : n + n * k]
-      slots = {
-        f: [flat[i * k + j] for i in range(n)]
-        for j, f in enumerate(self._fields)
-      }
+      slots = _by_field(arrays[n : n + n * k], self._fields, n)
       for name, value in zip(self._hyper_names, arrays[n + n * k :]):
         self._hypers.setdefault(name, []).append(np.asarray(value))
       iteration = (
@@ -892,10 +899,8 @@ class _Keras3JaxRecorder(Recorder):
     opt = self._adapter.opt
     per_var = [self._adapter.slots(v) for v in opt._trainable_variables]
     if self._fields is None:
-      self._fields = [
-        f for f in record_lib.SLOTS if per_var and all(f in s for s in per_var)
-      ]
-    return [s[f] for f in self._fields for s in per_var]
+      self._fields = _common_fields(per_var)
+    return [s[f] for s in per_var for f in self._fields]
 
   def _indices(self):
     opt = self._adapter.opt
@@ -911,10 +916,9 @@ class _Keras3JaxRecorder(Recorder):
         return
       opt = self._adapter.opt
       n = len(after)
-      split = lambda flat: {
-        f: [np.asarray(flat[j * n + i]) for i in range(n)]
-        for j, f in enumerate(self._fields)
-      }
+      split = lambda flat: _by_field(
+        [np.asarray(x) for x in flat], self._fields, n
+      )
       if self._writer is None:
         device = self._jax.devices()[0]
         run = dict(
