@@ -498,7 +498,7 @@ class Replay:
 def _float_view(a: np.ndarray) -> np.ndarray:
   """Complex arrays as their real float components, for ULP distances."""
   if np.iscomplexobj(a):
-    return np.ascontiguousarray(a).view(np.finfo(a.dtype).dtype)
+    return np.ascontiguousarray(a).view(numerics.real_dtype(a.dtype))
   return a
 
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from optax_tfrmsprop._src import numerics
 from optax_tfrmsprop._src.doctor import probe as probe_lib
 from optax_tfrmsprop._src.doctor import record as record_lib
 from optax_tfrmsprop._src.doctor import replay as replay_lib
@@ -241,9 +241,7 @@ def _scale_name(d: replay_lib.Divergence) -> str:
 
 def _rounding_level(rec, d: replay_lib.Divergence) -> bool:
   """Whether a first departure is of the size rounding leaves."""
-  dtype = rec.params[d.variable].dtype
-  if np.iscomplexobj(np.zeros((), dtype)):
-    dtype = np.finfo(dtype).dtype
+  dtype = numerics.real_dtype(rec.params[d.variable].dtype)
   eps = float(probe_lib.finfo(dtype).eps)
   return d.ulp <= _ROUNDING_ULPS or d.step_relative <= 64 * eps
 
