@@ -193,6 +193,41 @@ def test_checkpoint_of_another_model_names_the_weight(tmp_path):
     interop.state_from_tf_checkpoint(path, pairs)
 
 
+@pytest.mark.parametrize("slot", ["momentum", "mg"])
+def test_a_slot_missing_for_the_first_weight_only_is_refused(tmp_path, slot):
+  """Not read as a state without that slot: the other weights still have it.
+
+  TF's ``load_weights(...).assert_consumed()`` raises a NotFoundError there.
+  """
+  model = helpers.keras_model()
+  _fit(model)
+  path = _save(model, "save_weights", tmp_path)
+  reader = tf.train.load_checkpoint(path)
+  dropped = (
+    f"layer_with_weights-0/kernel/.OPTIMIZER_SLOT/optimizer/{slot}"
+    "/.ATTRIBUTES/VARIABLE_VALUE"
+  )
+  keys = [k for k, _ in tf.train.list_variables(path) if k != dropped]
+  assert len(keys) == len(tf.train.list_variables(path)) - 1
+  damaged = str(tmp_path / "damaged")
+  tf.raw_ops.SaveV2(
+    prefix=damaged,
+    tensor_names=keys,
+    shape_and_slices=[""] * len(keys),
+    tensors=[tf.constant(reader.get_tensor(k)) for k in keys],
+  )
+  pairs = helpers.correspondence(model, helpers.Flax("linen"))
+  with pytest.raises(
+    ValueError,
+    match=(
+      r"checkpoint path 'layer_with_weights-0/bias' has the slots "
+      rf"\['rms', 'momentum', 'mg'\], but .*'layer_with_weights-0/kernel' "
+      r"has \[.*\]: every weight of one RMSprop has the same slots"
+    ),
+  ):
+    interop.state_from_tf_checkpoint(damaged, pairs)
+
+
 def test_files_of_other_formats_say_what_to_use(tmp_path):
   model = helpers.keras_model()
   _fit(model)

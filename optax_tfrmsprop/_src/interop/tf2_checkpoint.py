@@ -331,11 +331,27 @@ def state_from_tf_checkpoint(
     )
   optimizer = owners[0]
   slot_owner = optimizer
-  present = [
-    field
-    for field, slot in common.slot_names("keras_legacy")
-    if checkpoint.slot_key(names[0], slot_owner, slot) in checkpoint.keys
-  ]
+
+  def slots_of(i: int) -> dict[str, str]:
+    """The checkpoint's slots of weight ``i``: field to TF slot name."""
+    return {
+      field: slot
+      for field, slot in common.slot_names("keras_legacy")
+      if checkpoint.slot_key(names[i], slot_owner, slot) in checkpoint.keys
+    }
+
+  # The slots present decide the path (centered, momentum), so every weight
+  # must have the same ones: one missing for some weight is a damaged
+  # checkpoint, not another optimizer.
+  present = slots_of(0) if names else {}
+  for i in range(1, len(names)):
+    if slots_of(i) != present:
+      raise ValueError(
+        f"In {checkpoint.path!r}, {where(i)} has the slots "
+        f"{list(slots_of(i).values())}, but {where(0)} has "
+        f"{list(present.values())}: every weight of one RMSprop has the "
+        "same slots."
+      )
 
   def fetch(key: str, i: int, what: str):
     if key not in checkpoint.keys:
@@ -347,16 +363,13 @@ def state_from_tf_checkpoint(
   values = pairs.from_keras(
     [fetch(n + _VALUE, i, "value") for i, n in enumerate(names)], "value"
   )
-  slots = {}
-  for field, slot in common.slot_names("keras_legacy"):
-    if field in present:
-      slots[field] = pairs.from_keras(
-        [
-          fetch(checkpoint.slot_key(n, slot_owner, slot), i, f"{slot!r} slot")
-          for i, n in enumerate(names)
-        ],
-        f"{slot!r} slot",
-      )
+  slots = {
+    field: pairs.from_keras(
+      [checkpoint.get(checkpoint.slot_key(n, slot_owner, slot)) for n in names],
+      f"{slot!r} slot",
+    )
+    for field, slot in present.items()
+  }
   count = common.checked_count(
     checkpoint.get(optimizer + _ITER),
     f"The checkpoint's iteration count ({optimizer}/iter)",
