@@ -332,6 +332,42 @@ def test_global_clipnorm_momentum_centered_matches_tf(backend):
   toolbox.assert_same_as_tf(params, state, tf_vars, tf_slots)
 
 
+@pytest.mark.parametrize("sparse", [False, True])
+def test_global_clipnorm_of_mixed_dtypes_raises_like_tf(sparse, x64):
+  """tf.clip_by_global_norm stacks the norms: one dtype or an exception."""
+  import tf_reference
+
+  variables = [np.ones(3, np.float32), np.ones(2, np.float64)]
+  grads = [np.full(3, 2, np.float32), np.full(2, 2, np.float64)]
+  if sparse:
+    grads[1] = (grads[1][:1], np.array([1]), np.array([2]))
+  with pytest.raises(TypeError, match="float"):  # Pack of float and double.
+    tf_reference.run_tf(variables, [grads], global_clipnorm=0.5)
+  jax_grads = [
+    ot.IndexedSlices(jnp.asarray(g[0]), jnp.asarray(g[1]), (2,))
+    if isinstance(g, tuple)
+    else jnp.asarray(g)
+    for g in grads
+  ]
+  opt = ot.rmsprop(0.1, global_clipnorm=0.5)
+  state = opt.init([jnp.asarray(v) for v in variables])
+  with pytest.raises(
+    TypeError,
+    match=r"global_clipnorm=0.5: .*\[0\] is float32, \[1\] is float64",
+  ):
+    opt.update(jax_grads, state)
+  keras = ot.RMSprop(0.1, global_clipnorm=0.5)
+  params = [ot.Variable(v) for v in variables]
+  with pytest.raises(TypeError, match="global_clipnorm"):
+    keras.apply_gradients(zip(jax_grads, params))
+  assert int(keras.iterations) == 0
+  for param, value in zip(params, variables):
+    np.testing.assert_array_equal(np.asarray(param), value)
+  # One dtype clips as before.
+  same = [jnp.ones(3), jnp.ones(2)]
+  opt.update(same, opt.init(same))
+
+
 def test_hyperparams_record_is_in_the_kernels_operand_order():
   from optax_tfrmsprop._src import cpu_kernel
 

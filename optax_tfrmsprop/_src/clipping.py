@@ -58,20 +58,21 @@ def global_norm_scale(leaves: list[jax.Array], global_clipnorm: Any, rounding):
 
   ``norm = sqrt(2 * sum(l2_loss(g)))`` with ``l2_loss(g) = sum(g * g * 0.5)``,
   then ``scale = C * min(1 / norm, 1 / C) + (norm - norm)``, so a non-finite
-  norm gives NaN. Mixed dtypes are summed in the widest of them.
+  norm gives NaN.
 
   Args:
-    leaves: the gradients.
+    leaves: the gradients, all of one dtype (TF raises otherwise; see
+      ``transform._check_global_clipnorm_dtypes``).
     global_clipnorm: the bound ``C``.
     rounding: the rounding target.
 
   Returns:
-    A scalar in the widest gradient dtype.
+    A scalar of the gradients' dtype.
   """
   round_ = numerics.rounder(rounding)
-  dtype = jnp.result_type(*leaves)
+  dtype = leaves[0].dtype
   half_squares = jnp.stack(
-    [_sum(round_(round_(g * g) * 0.5), rounding).astype(dtype) for g in leaves]
+    [_sum(round_(round_(g * g) * 0.5), rounding) for g in leaves]
   )
   norm = jnp.sqrt(_sum(half_squares, rounding) * 2)
   c = jnp.asarray(global_clipnorm).astype(dtype)

@@ -300,6 +300,37 @@ def _check_config(
       )
 
 
+def _check_global_clipnorm_dtypes(
+  config: UpdateConfig, semantics: base.Semantics, grads
+) -> None:
+  """Raises a TypeError where ``tf.clip_by_global_norm`` does.
+
+  TF stacks the per-gradient norms into one tensor, which fails when the
+  gradients have several dtypes (a TypeError in ``tf.function``, an
+  InvalidArgumentError eagerly).
+  """
+  if config.global_clipnorm is None:
+    return
+  first_of = {}
+  for path, g in jax.tree_util.tree_leaves_with_path(
+    grads, is_leaf=sparse.is_indexed_slices
+  ):
+    dtype = jnp.dtype(
+      g.values.dtype if sparse.is_indexed_slices(g) else g.dtype
+    )
+    first_of.setdefault(dtype, path)
+  if len(first_of) > 1:
+    examples = ", ".join(
+      f"{_where(path)} is {dtype}" for dtype, path in first_of.items()
+    )
+    raise TypeError(
+      f"global_clipnorm={config.global_clipnorm!r}: the gradients have "
+      f"several dtypes ({examples}), and {semantics.optimizer} raises then "
+      "(tf.clip_by_global_norm stacks their norms into one tensor). Give "
+      "every parameter one dtype, or clip each dtype's gradients separately."
+    )
+
+
 def _check_complex(
   config: UpdateConfig,
   state: base.RMSpropState,
@@ -862,6 +893,7 @@ def step(
   _check_config(config, state, semantics)
   _check_matches(grads, state)
   _check_complex(config, state, semantics, grads)
+  _check_global_clipnorm_dtypes(config, semantics, grads)
   apply = params is not None
 
   leaves, treedef = jax.tree.flatten(grads, is_leaf=sparse.is_indexed_slices)
