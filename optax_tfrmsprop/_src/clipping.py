@@ -50,7 +50,7 @@ def clip_by_norm(g: jax.Array, clipnorm: Any, rounding) -> jax.Array:
   squares = _sum(round_(g * g), rounding)
   positive = squares > 0
   norm = jnp.where(positive, jnp.sqrt(jnp.where(positive, squares, 1)), squares)
-  return numerics.divide_by_scalar(g * c, jnp.maximum(norm, c))
+  return numerics.divide(g * c, jnp.maximum(norm, c))
 
 
 def global_norm_scale(leaves: list[jax.Array], global_clipnorm: Any, rounding):

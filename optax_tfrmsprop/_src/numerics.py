@@ -59,23 +59,29 @@ def is_nan(x: jax.Array) -> jax.Array:
   return magnitude > inf_bits
 
 
-def divide_by_scalar(x: jax.Array, divisor: jax.Array) -> jax.Array:
-  """``x / divisor`` rounded as a true division, under ``jit`` too.
+def divide(x: Any, divisor: Any) -> Any:
+  """``x / divisor`` rounded as a true division, under ``jit`` and ``vmap``.
 
-  XLA turns a division by a broadcast scalar into a multiply by its rounded
-  reciprocal, and sinks any elementwise op on the broadcast scalar below the
-  broadcast. Selecting the divisor per element on ``x``'s NaN-ness keeps it an
-  array; the select changes nothing, as ``nan / d`` is NaN anyway.
+  XLA turns a division by a broadcast (a scalar, or under ``vmap`` an
+  unbatched divisor of a batched dividend) into a multiply by its rounded
+  reciprocal, and sinks any elementwise op on the broadcast value below the
+  broadcast. Selecting the divisor per element on ``x``'s NaN-ness makes it
+  as wide as ``x``; the select changes nothing, as ``nan / d`` is NaN anyway.
+  Eigen values divide with this inside (:class:`EigenBFloat16`,
+  :class:`EigenComplex`).
 
   Args:
     x: the dividend.
-    divisor: a scalar.
+    divisor: an array that broadcasts to ``x``'s shape.
 
   Returns:
     ``x / divisor``, elementwise.
   """
+  if isinstance(x, EigenValue) or isinstance(divisor, EigenValue):
+    return x / divisor
+  x = jnp.asarray(x)
   nan = jnp.asarray(jnp.nan, x.dtype)
-  return x / jnp.where(is_nan(x), nan, divisor.astype(x.dtype))
+  return x / jnp.where(is_nan(x), nan, jnp.asarray(divisor).astype(x.dtype))
 
 
 def rounder(rounding: base.Rounding):
@@ -659,7 +665,10 @@ class EigenComplex:
       denom = r(cs * cs) + r(ds * ds)
       re = r(a * cs) - r(b * -ds)
       im = r(a * -ds) + r(b * cs)
-      return r(r(re / denom) / m), r(r(im / denom) / m)
+      return (
+        r(divide(r(divide(re, denom)), m)),
+        r(divide(r(divide(im, denom)), m)),
+      )
 
     def scalar():  # Smith's division, as clang emits it for std::complex.
       by_d = jnp.abs(c) < jnp.abs(d)
@@ -668,7 +677,7 @@ class EigenComplex:
       denom = r(p * ratio) + q
       re = jnp.where(by_d, r(a * ratio) + b, r(b * ratio) + a)
       im = jnp.where(by_d, r(b * ratio) - a, b - r(a * ratio))
-      return r(re / denom), r(im / denom)
+      return r(divide(re, denom)), r(divide(im, denom))
 
     tail = self._tail(o)
     return EigenComplex(*_select(tail, scalar, packet), tail)
@@ -746,10 +755,8 @@ class EigenBFloat16:
   bits zero) and rounds each result with three integer operations, the
   arithmetic of the CPU kernel (``csrc/bfloat16.h::BFloat16Arith``): the same
   bits, about 1.7x faster. The integer rounding also stands between every
-  product and sum or quotient, so XLA cannot contract them; it may still turn
-  a division by a broadcast scalar into a multiply by its reciprocal
-  (:func:`divide_by_scalar`), which the update rules never ask of it: they
-  divide by arrays.
+  product and sum or quotient, so XLA cannot contract them; a quotient goes
+  through :func:`divide`, so that a broadcast divisor stays a division.
 
   Attributes:
     x: the float32 values.
@@ -822,7 +829,7 @@ class EigenBFloat16:
     return self._other(other) * self
 
   def __truediv__(self, other):
-    return self._round(self.x / self._other(other).x)
+    return self._round(divide(self.x, self._other(other).x))
 
   def __rtruediv__(self, other):
     return self._other(other) / self
