@@ -14,6 +14,7 @@ import optax_tfrmsprop as otr
 from optax_tfrmsprop import schedules
 from tests.tf_reference import tf
 from tests.tf_reference import tf_keras
+import toolbox
 
 CASES = [
   (
@@ -138,6 +139,16 @@ def test_jitted_schedule_equals_keras_at_every_step(name, config):
   actual = _ours(name, config, steps, jnp.float32)
   assert actual.dtype == expected.dtype
   np.testing.assert_array_equal(otr.ulp_distance(actual, expected), 0)
+
+
+@pytest.mark.parametrize("evaluation", ["eager", "graph"])
+@pytest.mark.parametrize("name, config", CASES, ids=IDS)
+def test_vmap_over_steps_equals_one_step_at_a_time(name, config, evaluation):
+  """A batched step must not turn a division into a reciprocal multiply."""
+  schedule = getattr(schedules, name)(**config, evaluation=evaluation)
+  steps = jnp.arange(0, 400, 7, dtype=jnp.float32)
+  one_at_a_time = np.array([jax.jit(schedule)(s) for s in steps])
+  toolbox.assert_bitwise(jax.jit(jax.vmap(schedule))(steps), one_at_a_time)
 
 
 @pytest.mark.slow

@@ -92,9 +92,11 @@ def _divide(x: jax.Array, divisor: jax.Array) -> jax.Array:
   """``x / divisor``, rounded once, as TF divides.
 
   XLA replaces a division by a compile-time constant with a multiplication by
-  its (rounded) reciprocal; the optimisation barrier hides the constant.
+  its (rounded) reciprocal; the optimisation barrier hides the constant, and
+  :func:`numerics.divide` the broadcast that ``vmap`` over the step makes of
+  it.
   """
-  return x / jax.lax.optimization_barrier(jnp.asarray(divisor))
+  return numerics.divide(x, jax.lax.optimization_barrier(jnp.asarray(divisor)))
 
 
 def _quotient(x: jax.Array, divisor: jax.Array) -> jax.Array:
