@@ -84,12 +84,27 @@ def divide(x: Any, divisor: Any) -> Any:
   return x / jnp.where(is_nan(x), nan, jnp.asarray(divisor).astype(x.dtype))
 
 
+def unrounded(x: Any) -> Any:
+  """The rounding hook of ``"tf_xla"``: XLA fuses as it fuses TF's program."""
+  return x
+
+
+def quotient(x: Any, divisor: Any, round_) -> Any:
+  """``x / divisor`` as the rounding target of ``round_`` divides.
+
+  A true division (:func:`divide`) for ``"tf_cpu"``; for ``"tf_xla"`` the
+  plain ``/``, which XLA may rewrite (``a / sqrt(b)`` to ``a * rsqrt(b)``) as
+  it rewrites TF's own program.
+  """
+  return x / divisor if round_ is unrounded else divide(x, divisor)
+
+
 def rounder(rounding: base.Rounding):
-  """The rounding hook of a rounding target: :func:`rounded` or identity."""
+  """The rounding hook of a rounding target (rounded or unrounded)."""
   if rounding == "tf_cpu":
     return rounded
   if rounding == "tf_xla":
-    return lambda x: x
+    return unrounded
   raise ValueError(
     f"rounding must be one of {base.ROUNDINGS}, got rounding={rounding!r}."
   )

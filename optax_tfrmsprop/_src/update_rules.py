@@ -154,7 +154,7 @@ def keras3_leaf(g, ms, mg, mom, h: base.Hyperparams, r):
   if isinstance(g, sparse.IndexedSlices):
     at = sparse.valid_rows(jnp.asarray(g.indices), g.dense_shape[0])
     increment = sparse.IndexedSlices(
-      numerics.divide(lr * g.values, sparse.take_rows(root, at)),
+      numerics.quotient(lr * g.values, sparse.take_rows(root, at), r),
       g.indices,
       g.dense_shape,
     )
@@ -167,7 +167,7 @@ def keras3_leaf(g, ms, mg, mom, h: base.Hyperparams, r):
       )
     increment = r(increment.to_dense())
   else:
-    increment = numerics.divide(lr * g, root)
+    increment = numerics.quotient(lr * g, root, r)
   if mom is None:
     return -increment, ms, mg, mom
   mom = r(mu * mom) + increment
@@ -199,7 +199,7 @@ def dense_leaf(g, ms, mg, mom, h: base.Hyperparams, rounding: base.Rounding):
     if mg is not None:
       mg = mg + r((g - mg) * c)
       denom = (ms - r(mg * mg)) + eps
-    mom = r(mom * mu) + numerics.divide(g * lr, r(numerics.sqrt(denom)))
+    mom = r(mom * mu) + numerics.quotient(g * lr, r(numerics.sqrt(denom)), r)
   else:
     # P3/P4 as tf2xla lowers them (plain EMA form, rsqrt), for XLA to fuse.
     ms = (g * g) * c + ms * rho
@@ -221,7 +221,7 @@ def plain_update(g, ms, mg, h: base.Hyperparams, r):
   """
   lr, _, _, _, eps = h
   denom = ms if mg is None else ms - r(mg * mg)
-  return -numerics.divide(lr * g, numerics.sqrt(denom) + eps)
+  return -numerics.quotient(lr * g, numerics.sqrt(denom) + eps, r)
 
 
 def packet_rsqrt(x: Any, round_) -> Any:
@@ -326,7 +326,7 @@ def sparse_leaf(g: sparse.IndexedSlices, ms, mg, mom, h, round_):
       mg_rows = take(mg) + round_(grad * c)
       mg = put(mg, mg_rows)
       denom = ms_rows - round_(mg_rows * mg_rows)
-    step = numerics.divide((-lr) * grad, numerics.sqrt(denom) + eps)
+    step = numerics.quotient((-lr) * grad, numerics.sqrt(denom) + eps, round_)
     return sparse.IndexedSlices(step, rows, g.dense_shape), ms, mg, mom
   # P7/P8: mirrored line by line by csrc/sparse_kernel.cc::UpdateRow, which
   # the "ffi" backend runs on CPU; change one, change both.
