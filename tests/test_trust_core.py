@@ -39,6 +39,38 @@ def test_momentum_without_mom_slot_raises_and_says_how_to_build_it(fused):
   call(momentum=0.0)  # TF's momentum-free path: fine.
 
 
+@pytest.mark.parametrize(
+  "make",
+  [ot.rmsprop, ot.tf1_rmsprop, ot.keras3_rmsprop],
+  ids=lambda f: f.__name__,
+)
+def test_an_optimizer_refuses_a_state_of_another_configuration(make):
+  """The slots pick TF's path: a state built for another one is refused."""
+  configs = [
+    dict(learning_rate=0.01, momentum=m, centered=c)
+    for m in (0.0, 0.9)
+    for c in (False, True)
+  ]
+  for built in configs:
+    state = make(**built).init(PARAMS)
+    for config in configs:
+      opt = make(**config)
+      same = (state.mg is None, state.mom is None) == (
+        opt.init(PARAMS).mg is None,
+        opt.init(PARAMS).mom is None,
+      )
+      if same:
+        opt.update(GRADS, state)
+      else:
+        with pytest.raises(ValueError, match=r"the (mg|mom) slot.*init"):
+          opt.update(GRADS, state)
+  # inject_hyperparams passes momentum as an array: init and update agree.
+  injected = optax.inject_hyperparams(make)(
+    learning_rate=0.01, momentum=0.0, centered=True
+  )
+  injected.update(GRADS, injected.init(PARAMS))
+
+
 def test_init_momentum_argument_applies_tfs_rule():
   assert ot.rmsprop_init(PARAMS, momentum=0.9).mom is not None
   assert ot.rmsprop_init(PARAMS, momentum=0.0).mom is None

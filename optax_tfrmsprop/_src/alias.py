@@ -29,6 +29,29 @@ def uses_momentum(momentum: Any) -> bool:
   return base.SEMANTICS["keras_legacy"].uses_momentum(momentum)
 
 
+def _check_slots_match(
+  state: Any, centered: bool, use_momentum: bool, momentum: Any
+) -> None:
+  """Raises a ValueError unless ``state`` has the slots this optimizer makes.
+
+  The slots pick TF's path (``mg``: centered, ``mom``: the momentum kernels),
+  so a state built by another configuration would silently step another
+  optimizer. (:func:`transform.rmsprop_update` takes its path from the state
+  on purpose.) Anything but a state is left to :func:`transform.step`.
+  """
+  if not isinstance(state, base.RMSpropState):
+    return
+  for slot, made in (("mg", centered), ("mom", use_momentum)):
+    if (getattr(state, slot) is not None) != made:
+      raise ValueError(
+        f"The state {'lacks' if made else 'has'} the {slot} slot, but this "
+        f"optimizer (momentum={momentum!r}, centered={centered}) "
+        f"{'makes' if made else 'makes no'} {slot}: TF would take another "
+        "path. Step the state this optimizer's init built (or call "
+        "rmsprop_update, whose path follows the state)."
+      )
+
+
 def _rmsprop(
   flavor: base.Flavor,
   *,
@@ -78,6 +101,7 @@ def _rmsprop(
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
+    _check_slots_match(state, centered, use_momentum, momentum)
     return transform.step(updates, state, config)
 
   # optax's OptState alias does not name chex dataclasses, which are pytrees.
