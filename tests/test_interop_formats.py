@@ -221,7 +221,7 @@ def test_a_slot_missing_for_the_first_weight_only_is_refused(tmp_path, slot):
     ValueError,
     match=(
       r"checkpoint path 'layer_with_weights-0/bias' has the slots "
-      rf"\['rms', 'momentum', 'mg'\], but .*'layer_with_weights-0/kernel' "
+      r"\['rms', 'momentum', 'mg'\], but .*'layer_with_weights-0/kernel' "
       r"has \[.*\]: every weight of one RMSprop has the same slots"
     ),
   ):
