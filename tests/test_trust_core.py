@@ -206,6 +206,26 @@ def test_schedule_returning_an_array_raises_at_trace_time():
     ot.rmsprop(learning_rate=schedule).update(GRADS, state)
 
 
+@pytest.mark.parametrize("returned", [None, "0.1", True, 1j])
+def test_schedule_returning_no_real_number_raises_naming_it(returned):
+  state = ot.rmsprop_init(PARAMS)
+  with pytest.raises(TypeError, match="learning_rate: .*real number"):
+    ot.rmsprop_update(GRADS, state, learning_rate=lambda count: returned)
+
+
+@pytest.mark.parametrize("backend", toolbox.backend_params)
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_python_number_gradient_is_an_array_of_the_params_dtype(
+  backend, momentum
+):
+  params = jnp.float32(1.0)
+  state = ot.rmsprop_init(params, momentum=momentum)
+  step = lambda g: ot.rmsprop_apply(
+    params, g, state, momentum=momentum, backend=backend
+  )
+  toolbox.assert_bitwise(step(0.5), step(jnp.float32(0.5)))
+
+
 def test_traced_hyperparameters_of_the_wrong_shape_raise():
   state = ot.rmsprop_init(PARAMS)
   with pytest.raises(ValueError, match=r"rho must be a scalar"):

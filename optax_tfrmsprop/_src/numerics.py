@@ -246,7 +246,19 @@ def hyperparams(
   step = count.astype(dtype)
   if callable(learning_rate):
     lr_step = step if semantics.schedule_step_in_leaf_dtype else count
-    value = jnp.asarray(learning_rate(lr_step))
+    returned = learning_rate(lr_step)
+    try:
+      value = jnp.asarray(returned)
+    except (TypeError, ValueError):
+      value = None
+    if value is None or not (
+      jnp.issubdtype(value.dtype, jnp.floating)
+      or jnp.issubdtype(value.dtype, jnp.integer)
+    ):
+      raise TypeError(
+        "learning_rate: the schedule must return a real number, got "
+        f"{returned!r}."
+      )
     if jnp.ndim(value) != 0:
       raise ValueError(
         "learning_rate: the schedule must return a scalar, got an array of "

@@ -897,6 +897,11 @@ def step(
   apply = params is not None
 
   leaves, treedef = jax.tree.flatten(grads, is_leaf=sparse.is_indexed_slices)
+  # A Python number stands for a gradient as TF converts one: an array.
+  leaves = [
+    g if isinstance(g, sparse.IndexedSlices) else jnp.asarray(g, ms.dtype)
+    for g, ms in zip(leaves, jax.tree.leaves(state.ms))
+  ]
   # TF clips the rows of a sparse gradient before de-duplicating them.
   is_sparse = [isinstance(g, sparse.IndexedSlices) for g in leaves]
   clipped = clipping.clip_gradients(
