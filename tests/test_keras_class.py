@@ -684,6 +684,27 @@ def test_minimize_grad_loss_and_partial_losses():
     )
 
 
+def test_minimize_edge_cases_change_nothing_or_raise_first():
+  """As tf_keras: an empty var_list steps nothing (None, iterations 0).
+
+  A Variable listed twice (TF updates it twice) and a grad_loss that does
+  not fit the loss raise, before any slot or count changes.
+  """
+  a = Variable(np.array([1.0, 2.0], np.float32), name="a")
+  opt = RMSprop(0.1)
+  assert opt.minimize(lambda: jnp.float32(1.0), []) is None
+  assert int(opt.iterations) == 0
+  with pytest.raises(ValueError, match="appears twice in var_list"):
+    opt.minimize(lambda: a[0] * 2, [a, a])
+  with pytest.raises(ValueError, match=r"grad_loss has shape \(3,\).*\(2,\)"):
+    opt.minimize(lambda: a * a, [a], grad_loss=np.ones(3, np.float32))
+  assert int(opt.iterations) == 0
+  assert len(opt.weights) == 1  # iterations only: no slot was made.
+  np.testing.assert_array_equal(a.numpy(), [1.0, 2.0])
+  opt.minimize(lambda: a * a, [a], grad_loss=np.ones(2, np.float32))
+  assert int(opt.iterations) == 1
+
+
 def test_tf_docstring_example_and_steps_through_minimize_never_retrace(
   count_traces,
 ):

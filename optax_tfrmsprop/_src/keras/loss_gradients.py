@@ -228,6 +228,7 @@ class _Entry:
     ]
     self.extras: list[Variable] = []  # Read, but not in var_list.
     self.used: list[bool] = []
+    self.loss_shape = None  # Known once traced.
     self.function = None  # (diff, fixed, leaves, grad_loss) -> used grads.
     self.compiled = None  # Its jit.
     self.fused = None  # A caller's jit of the gradients and its update.
@@ -292,6 +293,7 @@ class _Entry:
     except _CONCRETE_ERRORS:
       self.eager = True
       return
+    self.loss_shape = jaxpr.out_avals[0].shape
     # A Variable whose value no equation uses gets TF's None gradient.
     referenced = {id(x) for eqn in jaxpr.jaxpr.eqns for x in eqn.invars}
     referenced |= {id(x) for x in jaxpr.jaxpr.outvars}
@@ -310,7 +312,22 @@ class _Entry:
     self.compiled = jax.jit(gradients)
 
   def inputs(self, var_list, leaves, grad_loss) -> tuple:
-    """The arguments of :attr:`function` at this call."""
+    """The arguments of :attr:`function` at this call.
+
+    Raises:
+      ValueError: ``grad_loss`` does not broadcast to the loss' shape
+        (checked here, before the caller's step creates any slot).
+    """
+    if grad_loss is not None and self.loss_shape is not None:
+      try:
+        fits = jnp.broadcast_shapes(grad_loss.shape, self.loss_shape)
+      except ValueError:
+        fits = None
+      if fits != self.loss_shape:
+        raise ValueError(
+          f"grad_loss has shape {grad_loss.shape}, which does not broadcast "
+          f"to the loss' shape {self.loss_shape}."
+        )
     diff, fixed = self._inputs(var_list)
     return diff, fixed, list(leaves), grad_loss
 

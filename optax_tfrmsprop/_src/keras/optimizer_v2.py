@@ -538,7 +538,7 @@ class OptimizerV2:
     """
     plan = self._plans.get(key)
     if plan is None:
-      _check_unique(variables)
+      _check_unique(variables, "grads_and_vars")
       plan = self._plan(variables)  # Creates the weights, as TF does here.
     iterations = self.iterations
     # Calls callables: may raise.
@@ -602,7 +602,9 @@ class OptimizerV2:
       A :class:`Variable` with the new iteration count.
 
     Raises:
-      ValueError: if ``loss`` is not callable or a ``tape`` is given.
+      ValueError: if ``loss`` is not callable, a ``tape`` is given,
+        ``var_list`` names a Variable twice or ``grad_loss`` does not
+        broadcast to the loss' shape (before anything changes).
       TypeError: if ``var_list`` holds something other than Variables.
     """
     if tape is not None or not callable(loss):
@@ -613,6 +615,9 @@ class OptimizerV2:
       )
     with self._lock:
       var_list = _variable_list(var_list)
+      _check_unique(var_list, "var_list")
+      if not var_list:  # TF applies nothing and counts no step.
+        return self.apply_gradients([], name=name)
       if self.gradient_aggregator is None and not self.gradient_transformers:
         iterations = self._gradient_cache.run(
           loss,
@@ -873,13 +878,22 @@ def _filter_empty_gradients(grads_and_vars) -> list[tuple[Any, Variable]]:
   return kept
 
 
-def _check_unique(variables: list[Variable]) -> None:
+def _check_unique(variables: list[Variable], where: str) -> None:
+  """Raises a ValueError naming a Variable that ``where`` lists twice.
+
+  TF would update it once per occurrence, each from the other's result; one
+  step per Variable is what is reproduced here.
+  """
   seen = set()
   for v in variables:
     if v._unique_id in seen:
       raise ValueError(
-        f"Variable {v.name} appears twice in grads_and_vars; sum its "
-        "gradients into one."
+        f"Variable {v.name} appears twice in {where}; "
+        + (
+          "sum its gradients into one."
+          if where == "grads_and_vars"
+          else "list it once."
+        )
       )
     seen.add(v._unique_id)
 
