@@ -267,3 +267,37 @@ def test_eigen_sum_matches_tf_reduce_sum(dtype, x64):
   for n in [0, 1, 7, 8, 31, 33, 100, 4097, 8193, 50_000, 100_000]:
     x = (3 * rng.standard_normal(n)).astype(dtype) ** 2
     assert np.asarray(eigen_sum(x)) == reduce_sum(x).numpy(), n
+
+
+@pytest.mark.filterwarnings(
+  "ignore:optax_tfrmsprop.*not donated:RuntimeWarning"
+)
+@pytest.mark.parametrize("backend", toolbox.backend_params)
+@pytest.mark.parametrize("path", ["P2", "P3", "P4"])
+def test_signed_zero_gradients_with_init_in_the_same_jit(path, backend):
+  """Zero slots made in the step's own jit stay variables: +0, as TF's.
+
+  XLA folded ``0 + x`` to ``x``, so a -0 gradient left -0 in ``mg`` and
+  ``mom`` where TF has +0 (found by a hostile tester).
+  """
+  params = np.array([-1.0, -0.5, 0.5, 1.0], np.float32)
+  grads = np.array([-0.0, 0.3, -0.0, 0.0], np.float32)
+  options = toolbox.options(path)
+  tf_vars, tf_slots, _ = tf_reference.run_tf(
+    [params], [[grads]], learning_rate=0.01, **options
+  )
+  config = {k: v for k, v in options.items() if k != "centered"}
+
+  def first_step(p, g):
+    state = optax_tfrmsprop.rmsprop_init(p, **options)
+    return optax_tfrmsprop.rmsprop_apply(
+      p, g, state, learning_rate=0.01, backend=backend, **config
+    )
+
+  new_params, state = jax.jit(first_step)(params, grads)
+  toolbox.assert_bitwise(new_params, jnp.asarray(tf_vars[0]))
+  for field, slot in (("mg", "mg"), ("mom", "momentum")):
+    if getattr(state, field) is not None:
+      toolbox.assert_bitwise(
+        getattr(state, field), jnp.asarray(tf_slots[slot][0])
+      )

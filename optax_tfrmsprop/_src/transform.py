@@ -480,9 +480,11 @@ def rmsprop_init(
       _where(path), p.dtype if hasattr(p, "dtype") else jnp.result_type(p)
     )
   # Strongly typed slots, so a weakly typed param (a Python scalar) cannot make
-  # the state's type change after the first update and force a retrace.
-  filled = lambda value: jax.tree.map(
-    lambda p: jnp.full_like(p, value, dtype=p.dtype), params
+  # the state's type change after the first update and force a retrace. The
+  # barrier keeps them variables when init and update share a jit: XLA would
+  # fold 0 + x to x, which is -0 where TF's sum is +0.
+  filled = lambda value: jax.lax.optimization_barrier(
+    jax.tree.map(lambda p: jnp.full_like(p, value, dtype=p.dtype), params)
   )
   return base.STATE_CLASSES[flavor](
     count=jnp.zeros([], jnp.int32),
