@@ -898,11 +898,11 @@ def step(
   _check_global_clipnorm_dtypes(config, semantics, grads)
   apply = params is not None
 
-  leaves, treedef = jax.tree.flatten(grads, is_leaf=sparse.is_indexed_slices)
+  given, treedef = jax.tree.flatten(grads, is_leaf=sparse.is_indexed_slices)
   # A Python number stands for a gradient as TF converts one: an array.
-  leaves = [
+  leaves: list[Any] = [
     g if isinstance(g, sparse.IndexedSlices) else jnp.asarray(g, ms.dtype)
-    for g, ms in zip(leaves, jax.tree.leaves(state.ms))
+    for g, ms in zip(given, jax.tree.leaves(state.ms))
   ]
   # TF clips the rows of a sparse gradient before de-duplicating them.
   is_sparse = [isinstance(g, sparse.IndexedSlices) for g in leaves]
