@@ -120,3 +120,73 @@ def test_keras3_unknown_variable_is_named():
   stranger = keras.Variable(np.ones(2, np.float32), name="stranger")
   with pytest.raises(ValueError, match="stranger_velocity"):
     optax_tfrmsprop.keras3_state_from_optimizer(opt, [stranger])
+
+
+def _tf1_checkpoint(path, optimizers):
+  """A Saver checkpoint of ``w`` and the slots of ``(name, centered)``s."""
+  tf = tf_reference.tf
+  graph = tf.Graph()
+  with graph.as_default():
+    w = tf.compat.v1.get_variable("w", initializer=np.ones(3, np.float32))
+    train = [
+      tf.compat.v1.train.RMSPropOptimizer(
+        0.1, momentum=0.9, centered=centered, name=name
+      ).minimize(tf.reduce_sum(w * w * w))
+      for name, centered in optimizers
+    ]
+    with tf.compat.v1.Session(graph=graph) as sess:
+      sess.run(tf.compat.v1.global_variables_initializer())
+      sess.run(train)
+      return tf.compat.v1.train.Saver().save(sess, str(path))
+
+
+def test_tf1_centered_checkpoint_read_as_plain_is_refused(tmp_path):
+  # Read with centered=False, a centered checkpoint's 'w/RMSProp_1' (mg)
+  # was taken for the momentum slot.
+  prefix = _tf1_checkpoint(tmp_path / "centered", [("RMSProp", True)])
+  with pytest.raises(
+    ValueError,
+    match=(
+      r"looks centered: for param 'w' it holds 'w/RMSProp_2'.*"
+      r"'w/RMSProp_1' is its 'mg' slot.*Pass centered=True"
+    ),
+  ):
+    optax_tfrmsprop.interop.state_from_tf1_checkpoint(
+      prefix, {"w": "w"}, centered=False
+    )
+  _, state, _ = optax_tfrmsprop.interop.state_from_tf1_checkpoint(
+    prefix, {"w": "w"}, centered=True
+  )
+  assert state.mg is not None
+
+
+@pytest.mark.parametrize(
+  ("optimizers", "read"),
+  [
+    # Two plain optimizers: w/RMSProp to w/RMSProp_3; the first's slots
+    # are w/RMSProp and w/RMSProp_1, but a centered one then a plain one
+    # would leave w/RMSProp_1 to the mg slot.
+    ([("RMSProp", False), ("RMSProp", False)], ("RMSProp", False)),
+    ([("RMSProp", False), ("RMSProp", True)], ("RMSProp", True)),
+    # RMSProp_1's first slot takes w/RMSProp_1_1: read as named, its
+    # 'w/RMSProp_1' would be the other optimizer's momentum.
+    ([("RMSProp", False), ("RMSProp_1", False)], ("RMSProp_1", False)),
+    # RMSProp_1 first: RMSProp's momentum is w/RMSProp_2, not _1.
+    ([("RMSProp_1", False), ("RMSProp", False)], ("RMSProp", False)),
+  ],
+)
+def test_tf1_slot_names_of_several_optimizers_are_refused(
+  tmp_path, optimizers, read
+):
+  prefix = _tf1_checkpoint(tmp_path / "ckpt", optimizers)
+  name, centered = read
+  with pytest.raises(
+    ValueError,
+    match=(
+      r"holds \[.*\] besides \[.*\], the slots of param 'w' .*"
+      r"cannot be told from the names"
+    ),
+  ):
+    optax_tfrmsprop.interop.state_from_tf1_checkpoint(
+      prefix, {"w": "w"}, centered=centered, optimizer_name=name
+    )

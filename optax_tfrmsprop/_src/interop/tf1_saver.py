@@ -10,7 +10,9 @@ writes one that ``Saver.restore`` loads into a TF1 graph. TensorFlow is
 imported only inside them.
 """
 
+import collections
 import os
+import re
 from typing import Any
 
 import jax
@@ -53,6 +55,80 @@ def tf1_slot_names(
     field: prefix if i == 0 else f"{prefix}_{i}"
     for i, field in enumerate(fields)
   }
+
+
+def _stem(name: str) -> str:
+  """``name`` without the ``_1``, ``_2``, ... suffixes TF1 adds to unique it."""
+  match = re.fullmatch(r"(.*?)(?:_[1-9][0-9]*)*", name)
+  return match.group(1) if match else name
+
+
+def _check_slot_layout(
+  stored, names, pairs, *, centered: bool, optimizer_name: str, path: str
+) -> None:
+  """Raises unless each variable's slot keys are exactly one optimizer's.
+
+  TF1 uniques a slot's scope name ``<var>/<name>`` by trying ``<name>``,
+  then ``<name>_1``, ``<name>_2``, ...: the first free one, per variable, in
+  creation order. One ``RMSPropOptimizer`` on a variable thus takes the
+  keys of :func:`tf1_slot_names` (increasing, in its slot order) when it is
+  the only optimizer whose name has the same stem (the name without such
+  suffixes); any other, before or after it (a second ``RMSProp``, or an
+  ``RMSProp_1`` whose first slot collides with ``RMSProp``'s second), takes
+  keys of that stem too, and the names no longer say whose slot is whose
+  (a centered optimizer and a plain one leave ``RMSProp`` to ``RMSProp_4``
+  in either order). So the read is sound only
+  when the keys of the stem are exactly the expected ones; a centered
+  checkpoint read with ``centered=False`` has one more (its ``momentum``).
+  Keys that share no stem with ``optimizer_name`` (another optimizer's
+  ``Adam``) do not interfere and are ignored.
+
+  Args:
+    stored: the checkpoint's keys.
+    names: the TF1 variable names, in ``pairs``' order.
+    pairs: their correspondence, for the messages.
+    centered: whether the optimizer read is centered.
+    optimizer_name: its ``name``.
+    path: the checkpoint, for the messages.
+
+  Raises:
+    ValueError: naming the variable and the keys, before anything is read.
+  """
+  stem = _stem(optimizer_name)
+  family = collections.defaultdict(set)
+  for key in stored:
+    var, _, base = key.rpartition("/")
+    if var and _stem(base) == stem:
+      family[var].add(key)
+  for i, name in enumerate(names):
+    keys = tf1_slot_names(
+      name, centered=centered, optimizer_name=optimizer_name
+    )
+    extra = sorted(family[name] - set(keys.values()))
+    if not extra:
+      continue  # A missing key is named when it is read.
+    as_centered = tf1_slot_names(
+      name, centered=True, optimizer_name=optimizer_name
+    )
+    if not centered and family[name] == set(as_centered.values()):
+      raise ValueError(
+        f"The checkpoint {path!r} looks centered: for "
+        f"{pairs.describe(i)} it holds {as_centered['mom']!r}, the "
+        "'momentum' slot of a centered "
+        f"RMSPropOptimizer(name={optimizer_name!r}), whose "
+        f"{keys['mom']!r} is its 'mg' slot, not 'momentum'. Pass "
+        "centered=True."
+      )
+    raise ValueError(
+      f"The checkpoint {path!r} holds {extra} besides "
+      f"{sorted(keys.values())}, the slots of {pairs.describe(i)} that one "
+      f"RMSPropOptimizer(name={optimizer_name!r}, centered={centered}) "
+      "makes: TF1 numbers the slots of every optimizer on a variable whose "
+      f"name has the stem {stem!r} in one sequence, so which slot is whose "
+      "cannot be told from the names. Save the checkpoint with a Saver "
+      "whose var_list holds the variables and this optimizer's slots only, "
+      "or give the optimizers names with different stems."
+    )
 
 
 def _names_and_pairs(
@@ -107,7 +183,12 @@ def state_from_tf1_checkpoint(
 
   Raises:
     ValueError: when a variable or one of its slots is not in the
-      checkpoint, or the global step is beyond int32.
+      checkpoint, the checkpoint holds more slot keys for a variable than
+      one optimizer named ``optimizer_name`` with this ``centered`` makes
+      (a centered checkpoint read with ``centered=False``; or another
+      optimizer whose name has the same stem, whose slots TF1 numbers in
+      the same sequence, so that the names are ambiguous), or the global
+      step is beyond int32.
     ImportError: when TensorFlow is not installed, naming the extra.
 
   Example:
@@ -158,6 +239,14 @@ def state_from_tf1_checkpoint(
     )
     hyperparams["global_step"] = step
   names, pairs = _names_and_pairs(var_names, shapes_of)
+  _check_slot_layout(
+    stored,
+    names,
+    pairs,
+    centered=centered,
+    optimizer_name=optimizer_name,
+    path=path,
+  )
   slots = {}
   for field, slot in common.slot_names("tf1"):
     if field == "mg" and not centered:
