@@ -317,3 +317,32 @@ def test_keras3_errors(tmp_path):
     ),
   ):
     interop.state_to_keras3(params, state, opt, model.trainable_variables[::-1])
+
+
+def test_tf1_writer_checks_the_state_against_the_params(tmp_path):
+  # A state of {a, b, c} written for params {a, c} put b's slots under
+  # 'c/RMSProp' and 'c/RMSProp_1', position by position.
+  opt = optax_tfrmsprop.tf1_rmsprop(0.1, momentum=0.9)
+  big = {"a": jnp.ones(3), "b": jnp.full(3, 2.0), "c": jnp.full(3, 3.0)}
+  state = opt.init(big)
+  params = {"a": jnp.ones(3), "c": jnp.full(3, 3.0)}
+  with pytest.raises(
+    ValueError,
+    match=(
+      r"The 'rms' slot \(state.ms\) does not have the structure of the "
+      r"params: it has \['b'\], which the params lack"
+    ),
+  ):
+    interop.state_to_tf1_checkpoint(
+      str(tmp_path / "m"), params, state, {"a": "a", "c": "c"}
+    )
+  wrong_shape = opt.init({"a": jnp.ones(3), "c": jnp.ones(4)})
+  with pytest.raises(
+    ValueError,
+    match=r"The 'rms' slot \(state.ms\) of param 'c' is float32\(4,\); the "
+    r"param is float32\(3,\)",
+  ):
+    interop.state_to_tf1_checkpoint(
+      str(tmp_path / "m"), params, wrong_shape, {"a": "a", "c": "c"}
+    )
+  assert not list(tmp_path.iterdir())  # Refused before any file was written.

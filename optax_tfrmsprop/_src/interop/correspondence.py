@@ -154,6 +154,54 @@ class Correspondence:
       )
     return [leaves[i] for i in self._leaf_index]
 
+  def checked_to_keras(self, tree: Any, what: str) -> list[Any]:
+    """The leaves of ``tree`` in Keras order, each checked against its param.
+
+    What a writer calls on the params and every slot before it changes
+    anything: a tree of other params (a state for other variables) would
+    otherwise be written position by position under the wrong names.
+
+    Args:
+      tree: a tree with the structure, shapes and dtypes of the params.
+      what: what the tree is (``"value"``, ``"'rms' slot"``), for the error
+        messages.
+
+    Returns:
+      Its leaves, one per Keras weight, in Keras order.
+
+    Raises:
+      ValueError: naming ``what`` and the paths that the tree has and the
+        params lack (or the reverse), or the weight whose shape or dtype
+        differs.
+    """
+    flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    if treedef != self._treedef:
+      theirs = {common.param_path(path) for path, _ in flat}
+      extra = sorted(theirs - set(self.jax_paths))
+      missing = sorted(set(self.jax_paths) - theirs)
+      diff = "; ".join(
+        text
+        for text, paths in (
+          (f"it has {extra}, which the params lack", extra),
+          (f"it lacks {missing}", missing),
+        )
+        if paths
+      )
+      raise ValueError(
+        f"The {what} does not have the structure of the params"
+        f"{': ' + diff if diff else ''} ({treedef} vs {self._treedef})."
+      )
+    leaves = self.to_keras(tree)
+    for i, leaf in enumerate(leaves):
+      shape, dtype = common.shape_dtype(leaf)
+      if (shape, dtype) != (self.shapes[i], self.dtypes[i]):
+        raise ValueError(
+          f"The {what} of {self.describe(i)} is "
+          f"{common.describe(shape, dtype)}; the param is "
+          f"{common.describe(self.shapes[i], self.dtypes[i])}."
+        )
+    return leaves
+
   def from_keras(
     self, values: Sequence[Any], what: str = "value"
   ) -> optax.Params:

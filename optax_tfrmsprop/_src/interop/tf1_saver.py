@@ -355,6 +355,9 @@ def state_to_tf1_checkpoint(
 
   Raises:
     TypeError: if ``state`` is not a ``TF1RMSpropState``.
+    ValueError: before anything is written, if ``var_names``, the params or
+      a slot of the state does not have the structure, shapes and dtypes of
+      the params (naming the slot and the param).
     ImportError: when TensorFlow is not installed, naming the extra.
 
   Example:
@@ -381,7 +384,7 @@ def state_to_tf1_checkpoint(
   tf = common.require("tensorflow", "Writing a TF1 checkpoint")
   if isinstance(var_names, correspondence_lib.Correspondence):
     names = list(var_names.keras_names)
-    to_keras = var_names.to_keras
+    pairs = var_names
   else:
     names = jax.tree.leaves(var_names)
     if jax.tree.structure(var_names) != jax.tree.structure(params):
@@ -389,8 +392,19 @@ def state_to_tf1_checkpoint(
         "`var_names` must have the structure of the params: "
         f"{jax.tree.structure(var_names)} vs {jax.tree.structure(params)}."
       )
-    to_keras = jax.tree.leaves
-  values = [np.asarray(v) for v in to_keras(params)]
+    pairs = correspondence_lib.Correspondence.from_tree(params)
+  # Everything is checked before a graph is built or a file written.
+  values = [np.asarray(v) for v in pairs.checked_to_keras(params, "value")]
+  slot_values = {
+    field: [
+      np.asarray(v)
+      for v in pairs.checked_to_keras(
+        getattr(state, field), f"{slot!r} slot (state.{field})"
+      )
+    ]
+    for field, slot in common.slot_names("tf1")
+    if getattr(state, field) is not None
+  }
   centered = state.mg is not None
   graph = tf.Graph()
   with graph.as_default():
@@ -411,11 +425,10 @@ def state_to_tf1_checkpoint(
     optimizer.apply_gradients([(tf.zeros_like(v), v) for v in variables])
     assignments: list[tuple[Any, Any]] = list(zip(variables, values))
     for field, slot in common.slot_names("tf1"):
-      if getattr(state, field) is not None:
-        slot_values = [np.asarray(v) for v in to_keras(getattr(state, field))]
+      if field in slot_values:
         assignments += [
           (optimizer.get_slot(v, slot), value)
-          for v, value in zip(variables, slot_values)
+          for v, value in zip(variables, slot_values[field])
         ]
     saved = variables + [slot for slot, _ in assignments[len(variables) :]]
     if global_step_name is not None:
