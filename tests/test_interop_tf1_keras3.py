@@ -190,3 +190,38 @@ def test_tf1_slot_names_of_several_optimizers_are_refused(
     optax_tfrmsprop.interop.state_from_tf1_checkpoint(
       prefix, {"w": "w"}, centered=centered, optimizer_name=name
     )
+
+
+def test_keras3_variables_with_the_same_path_keep_their_own_slots():
+  # Slots were matched by name, and two variables named "w" have slots of
+  # the same name: the second's velocity was read and written for both.
+  keras = tf_reference.keras3()
+  w1 = keras.Variable(np.ones(3, np.float32), name="w")
+  w2 = keras.Variable(np.ones(3, np.float32), name="w")
+  assert w1.path == w2.path
+  opt = keras.optimizers.RMSprop(0.1)
+  opt.apply_gradients(
+    [(np.full(3, 1.0, np.float32), w1), (np.full(3, 10.0, np.float32), w2)]
+  )
+  _, state, _ = optax_tfrmsprop.interop.state_from_keras3(
+    opt, {"w1": w1, "w2": w2}
+  )
+  np.testing.assert_array_equal(state.ms["w1"], opt._velocities[0].numpy())
+  np.testing.assert_array_equal(state.ms["w2"], opt._velocities[1].numpy())
+  assert state.ms["w1"][0] != state.ms["w2"][0]
+
+  other = keras.optimizers.RMSprop(0.1)
+  other.build([w2, w1])  # Built in another order than the tree's.
+  optax_tfrmsprop.interop.state_to_keras3(
+    {"w1": np.ones(3, np.float32), "w2": np.ones(3, np.float32)},
+    state,
+    other,
+    {"w1": w1, "w2": w2},
+  )
+  np.testing.assert_array_equal(other._velocities[0].numpy(), state.ms["w2"])
+  np.testing.assert_array_equal(other._velocities[1].numpy(), state.ms["w1"])
+  with pytest.raises(
+    ValueError,
+    match=r"param 'a' and param 'b' are the same Keras variable \('w'\)",
+  ):
+    optax_tfrmsprop.interop.state_from_keras3(opt, {"a": w1, "b": w1})

@@ -39,23 +39,62 @@ def _variables_and_pairs(variables: Variables):
   return leaves, correspondence_lib.Correspondence.from_tree(template)
 
 
+# The list in which a Keras 3 RMSprop keeps each slot, in its build order.
+_SLOT_LISTS = {
+  "ms": "_velocities",
+  "mom": "_momentums",
+  "mg": "_average_gradients",
+}
+
+
 def _slot_variables(optimizer, variables, pairs, fields):
-  """The optimizer's variable for each (field, variable), by Keras' names."""
-  by_name = {v.name: v for v in optimizer.variables}
+  """The optimizer's variable for each (field, variable), as Keras finds it.
+
+  Keras 3 keeps each slot as a list in build order and finds a variable's
+  entry with ``_get_variable_index`` (keyed by the variable object, as its
+  ``update_step`` does). The slots' names are not unique: two variables
+  with the same ``path`` (two ``keras.Variable(..., name="w")``) have slots
+  of the same name, so a match by name took one for the other.
+
+  Args:
+    optimizer: a built Keras 3 ``RMSprop``.
+    variables: the Keras variables, in ``pairs``' order.
+    pairs: their correspondence, for the messages.
+    fields: the state fields to find (``ms``, ``mom``, ``mg``).
+
+  Returns:
+    A dict from field to the slot variables, in ``pairs``' order.
+
+  Raises:
+    ValueError: naming the variable, when the optimizer was not built with
+      it or it is given twice.
+  """
+  seen = {}
+  for i, variable in enumerate(variables):
+    key = optimizer._var_key(variable)
+    if key in seen:
+      raise ValueError(
+        f"{pairs.describe(seen[key])} and {pairs.describe(i)} are the same "
+        f"Keras variable ({variable.path!r}); each needs its own."
+      )
+    seen[key] = i
   found = {}
   for field, suffix in common.slot_names("keras3"):
     if field not in fields:
       continue
+    slots = getattr(optimizer, _SLOT_LISTS[field])
     found[field] = []
     for i, variable in enumerate(variables):
-      name = f"{variable.path.replace('/', '_')}_{suffix}"
-      if name not in by_name:
+      try:
+        index = optimizer._get_variable_index(variable)
+      except KeyError:
+        name = f"{variable.path.replace('/', '_')}_{suffix}"
         raise ValueError(
           f"The optimizer has no variable {name!r} for "
           f"{pairs.describe(i)} ({variable.path!r}); was it built with "
           "these variables?"
-        )
-      found[field].append(by_name[name])
+        ) from None
+      found[field].append(slots[index])
   return found
 
 
