@@ -346,3 +346,51 @@ def test_tf1_writer_checks_the_state_against_the_params(tmp_path):
       str(tmp_path / "m"), params, wrong_shape, {"a": "a", "c": "c"}
     )
   assert not list(tmp_path.iterdir())  # Refused before any file was written.
+
+
+def test_keras3_writer_builds_in_the_models_order(tmp_path):
+  # Built from a dict, the optimizer took its sorted keys' order; a .keras
+  # archive saves the slots by position and load_model builds in the model's
+  # order, so the two layers' velocities came back swapped.
+  keras = tf_reference.keras3()
+
+  def model():
+    m = keras.Sequential(
+      [
+        keras.Input((4,)),
+        keras.layers.Dense(4, use_bias=False),
+        keras.layers.Dense(4, use_bias=False),
+      ]
+    )
+    m.compile(keras.optimizers.RMSprop(0.01), "mse")
+    return m
+
+  m = model()
+  first, second = m.trainable_variables
+  params = {"z_first": jnp.ones((4, 4)), "a_second": jnp.ones((4, 4))}
+  opt = optax_tfrmsprop.keras3_rmsprop(0.01)
+  _, state = opt.update(
+    {"z_first": jnp.full((4, 4), 1.0), "a_second": jnp.full((4, 4), 100.0)},
+    opt.init(params),
+  )
+  with pytest.raises(
+    ValueError,
+    match=(
+      r"not built, and a dict of variables does not say the order.*"
+      r"optimizer.build\(model.trainable_variables\)"
+    ),
+  ):
+    interop.state_to_keras3(
+      params, state, m.optimizer, {"z_first": first, "a_second": second}
+    )
+  assert not m.optimizer.built  # Refused before any change.
+  pairs = interop.correspondence(m, params, paths=["z_first", "a_second"])
+  interop.state_to_keras3(params, state, m.optimizer, pairs)
+  m.save(str(tmp_path / "m.keras"))
+  loaded = keras.saving.load_model(str(tmp_path / "m.keras"))
+  _, read, _ = interop.state_from_keras3(
+    loaded.optimizer,
+    interop.correspondence(loaded, params, paths=["z_first", "a_second"]),
+  )
+  for name in params:
+    np.testing.assert_array_equal(read.ms[name], state.ms[name])

@@ -98,6 +98,45 @@ def _slot_variables(optimizer, variables, pairs, fields):
   return found
 
 
+def _build_order(given: Variables, variables: list[Any]) -> list[Any]:
+  """The variables in the order to build an unbuilt optimizer with.
+
+  Keras 3 saves an optimizer's slots in a ``.keras`` archive by position and
+  ``load_model`` builds the optimizer with ``model.trainable_variables``, so
+  an optimizer built in another order loads with the slots of one variable
+  on another. A correspondence holds the model's order (or that of the list
+  it was built from), and a list or tuple, or a single variable, says its
+  own; a dict's leaf order (its sorted keys) is not the model's.
+
+  Args:
+    given: the ``variables`` argument of :func:`state_to_keras3`.
+    variables: its variables in leaf (or Keras) order.
+
+  Returns:
+    ``variables``, to build with.
+
+  Raises:
+    ValueError: when ``given`` does not say the order.
+  """
+  if (
+    isinstance(given, correspondence_lib.Correspondence)
+    or isinstance(given, (list, tuple))
+    and all(hasattr(v, "assign") for v in given)
+    or len(variables) <= 1
+  ):
+    return variables
+  raise ValueError(
+    "The Keras 3 optimizer is not built, and a "
+    f"{type(given).__name__} of variables does not say the order Keras "
+    "builds it in (that of model.trainable_variables), in which a "
+    ".keras archive saves its slots: built in the tree's order, it would "
+    "load with one variable's slots on another. Build it first "
+    "(optimizer.build(model.trainable_variables)), or pass "
+    "interop.correspondence(model, params) or a list of the variables in "
+    "the model's order."
+  )
+
+
 def _fields(optimizer) -> list[str]:
   return [
     field
@@ -203,6 +242,15 @@ def state_to_keras3(
   ``Model.fit``) then continues bit-identically to
   :func:`~optax_tfrmsprop.keras3_rmsprop`.
 
+  An unbuilt optimizer is built in the model's order
+  (``model.trainable_variables``), in which a ``.keras`` archive saves its
+  slots and ``keras.saving.load_model`` reads them back: that of a
+  correspondence, or of a list or tuple of variables (taken to be the
+  model's). A dict or other tree of several variables does not say it, and
+  is refused for an unbuilt optimizer: build it first with
+  ``optimizer.build(model.trainable_variables)``. A built optimizer's slots
+  are found for each variable whatever its build order.
+
   Args:
     params: the JAX params.
     state: their :class:`~optax_tfrmsprop.Keras3RMSpropState`.
@@ -210,16 +258,17 @@ def state_to_keras3(
       ``centered`` (``momentum > 0`` iff the state has a ``mom`` slot).
     variables: the Keras variables, as a tree with the params' structure or
       a :class:`~optax_tfrmsprop.interop.Correspondence` built from the Keras
-      3 model.
+      3 model (a dict of several variables only for a built optimizer).
 
   Returns:
     The optimizer.
 
   Raises:
     TypeError: if ``state`` is not a ``Keras3RMSpropState``.
-    ValueError: if the optimizer's ``momentum``/``centered`` ask for other
-      slots than the state has, or a shape or dtype differs (naming the
-      variable).
+    ValueError: before anything changes, if the optimizer's
+      ``momentum``/``centered`` ask for other slots than the state has, a
+      shape or dtype differs (naming the variable), or the optimizer is not
+      built and ``variables`` does not say the model's order.
 
   Example:
     >>> import jax.numpy as jnp
@@ -239,6 +288,7 @@ def state_to_keras3(
     1
   """
   common.check_state(state, "keras3")
+  given = variables
   variables, pairs = _variables_and_pairs(variables)
   fields = _fields(optimizer)
   have = common.present_fields(state)
@@ -261,7 +311,7 @@ def state_to_keras3(
           f"is {common.describe(*common.shape_dtype(variables[i]))}."
         )
   if not optimizer.built:
-    optimizer.build(variables)
+    optimizer.build(_build_order(given, variables))
   slots = _slot_variables(optimizer, variables, pairs, fields)
   for variable, value in zip(variables, values):
     variable.assign(np.asarray(value))
