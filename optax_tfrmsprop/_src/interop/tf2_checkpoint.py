@@ -345,6 +345,11 @@ def state_from_tf_checkpoint(
   # checkpoint, not another optimizer.
   present = slots_of(0) if names else {}
   for i in range(1, len(names)):
+    if not slots_of(i):  # Not a variable this optimizer updated.
+      key = checkpoint.slot_key(names[i], slot_owner, "rms")
+      raise ValueError(
+        f"The checkpoint has no 'rms' slot for {where(i)} (no {key!r})."
+      )
     if slots_of(i) != present:
       raise ValueError(
         f"In {checkpoint.path!r}, {where(i)} has the slots "
