@@ -193,14 +193,19 @@ class Correspondence:
       )
     leaves = self.to_keras(tree)
     for i, leaf in enumerate(leaves):
-      shape, dtype = common.shape_dtype(leaf)
-      if (shape, dtype) != (self.shapes[i], self.dtypes[i]):
-        raise ValueError(
-          f"The {what} of {self.describe(i)} is "
-          f"{common.describe(shape, dtype)}; the param is "
-          f"{common.describe(self.shapes[i], self.dtypes[i])}."
-        )
+      self._check_like_param(i, leaf, what)
     return leaves
+
+  def _check_like_param(self, i: int, value: Any, what: str):
+    """``value``'s ``(shape, dtype)``; a ValueError unless param ``i``'s."""
+    shape, dtype = common.shape_dtype(value)
+    if (shape, dtype) != (self.shapes[i], self.dtypes[i]):
+      raise ValueError(
+        f"The {what} of {self.describe(i)} is "
+        f"{common.describe(shape, dtype)}; the param is "
+        f"{common.describe(self.shapes[i], self.dtypes[i])}."
+      )
+    return shape, dtype
 
   def from_keras(
     self, values: Sequence[Any], what: str = "value"
@@ -224,13 +229,7 @@ class Correspondence:
       raise ValueError(f"Got {len(values)} {what}s for {len(self)} weights.")
     leaves = [None] * len(self)
     for i, value in enumerate(values):
-      shape, dtype = common.shape_dtype(value)
-      if (shape, dtype) != (self.shapes[i], self.dtypes[i]):
-        raise ValueError(
-          f"The {what} of {self.describe(i)} is "
-          f"{common.describe(shape, dtype)}; the param is "
-          f"{common.describe(self.shapes[i], self.dtypes[i])}."
-        )
+      _, dtype = self._check_like_param(i, value, what)
       leaf = jnp.asarray(np.asarray(value))
       if leaf.dtype != dtype:
         raise ValueError(
