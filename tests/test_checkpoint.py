@@ -254,3 +254,30 @@ def test_matching_checkpoint_passes_the_check(tmp_path):
   optax_tfrmsprop.check_checkpoint(
     saved, optax_tfrmsprop.checkpoint_target(optimizer, PARAMS)
   )
+
+
+def test_check_accepts_standard_checkpointer_step_metadata(tmp_path):
+  # orbax 0.12's StandardCheckpointer().metadata(path) is a StepMetadata,
+  # not a tree: its leaves are in item_metadata.
+  optimizer = optax_tfrmsprop.rmsprop(momentum=0.9)
+  path = tmp_path / "c"
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(path, optimizer.init(PARAMS))
+  with ocp.StandardCheckpointer() as checkpointer:
+    saved = checkpointer.metadata(path)
+  optax_tfrmsprop.check_checkpoint(
+    saved, optax_tfrmsprop.checkpoint_target(optimizer, PARAMS)
+  )
+  centered = optax_tfrmsprop.rmsprop(momentum=0.9, centered=True)
+  with pytest.raises(ValueError, match="does not match") as error:
+    optax_tfrmsprop.check_checkpoint(
+      saved, optax_tfrmsprop.checkpoint_target(centered, PARAMS)
+    )
+  assert "mg/b: expected by the optimizer" in str(error.value)
+  assert "<root>" not in str(error.value)
+
+
+def test_check_refuses_metadata_without_arrays():
+  target = optax_tfrmsprop.checkpoint_target(optax_tfrmsprop.rmsprop(), PARAMS)
+  with pytest.raises(ValueError, match="not a tree of array metadata"):
+    optax_tfrmsprop.check_checkpoint(object(), target)

@@ -171,6 +171,35 @@ def _path_name(path) -> str:
   return "/".join(names) or "<root>"
 
 
+_READ_METADATA_HINT = (
+  "With orbax, read it with CheckpointManager(..., "
+  "item_handlers=ocp.StandardCheckpointHandler()) and pass "
+  "item_metadata(step)."
+)
+
+
+def _saved_tree(saved: Any) -> Any:
+  """The tree of leaf metadata inside what orbax's metadata calls return.
+
+  ``StandardCheckpointer().metadata(path)`` and ``CheckpointManager.metadata
+  (step)`` return a ``StepMetadata`` (orbax 0.12), which keeps the item's
+  metadata in ``item_metadata``; ``CheckpointManager.item_metadata(step)``
+  returns a ``TreeMetadata``, which keeps the tree in ``tree``. Orbax is not
+  imported: both are recognised by those attributes.
+
+  Args:
+    saved: a ``StepMetadata``, a ``TreeMetadata`` or a tree.
+
+  Returns:
+    The tree of leaves.
+  """
+  item = getattr(saved, "item_metadata", None)
+  # A CheckpointManager has an item_metadata method; only unwrap data.
+  if item is not None and not callable(item):
+    saved = item
+  return getattr(saved, "tree", saved)
+
+
 def _leaves_by_name(tree) -> dict[str, Any]:
   return {
     _path_name(path): leaf
@@ -182,7 +211,8 @@ def check_checkpoint(saved: Any, target: Any) -> None:
   """Raises a ValueError naming the leaves where a checkpoint and target differ.
 
   Compares the saved tree (orbax's ``CheckpointManager.item_metadata(step)``,
-  or any tree of leaves with ``shape`` and ``dtype``) with the restore target
+  the ``StepMetadata`` of ``StandardCheckpointer().metadata(path)``, or any
+  tree of leaves with ``shape`` and ``dtype``) with the restore target
   leaf by leaf: missing or unexpected leaves (e.g. a slot of another
   configuration, such as ``mg`` saved by a centered optimizer), then shapes and
   dtypes. Call it before restoring: orbax reports a shape mismatch without
@@ -196,7 +226,8 @@ def check_checkpoint(saved: Any, target: Any) -> None:
     None: it returns only when every leaf matches.
 
   Raises:
-    ValueError: naming every mismatched leaf by its path (``mom/w``).
+    ValueError: naming every mismatched leaf by its path (``mom/w``), or
+      saying how to read the metadata when ``saved`` holds no array metadata.
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -209,14 +240,24 @@ def check_checkpoint(saved: Any, target: Any) -> None:
     ValueError: The checkpoint does not match the optimizer state:
       ms: saved float32(3,), expected float32(4,)
   """
-  # An orbax TreeMetadata keeps the tree in `.tree`.
-  saved_leaves = _leaves_by_name(getattr(saved, "tree", saved))
+  saved_leaves = _leaves_by_name(_saved_tree(saved))
   target_leaves = _leaves_by_name(target)
   if target_leaves and not saved_leaves:
     raise ValueError(
-      "The checkpoint metadata holds no arrays. With orbax, read it with "
-      "CheckpointManager(..., item_handlers=ocp.StandardCheckpointHandler()) "
-      "and pass item_metadata(step)."
+      f"The checkpoint metadata holds no arrays. {_READ_METADATA_HINT}"
+    )
+  # Leaves without a shape and dtype are not array metadata: comparing them
+  # would report every expected leaf missing.
+  opaque = [
+    f"{name} ({type(leaf).__name__})"
+    for name, leaf in saved_leaves.items()
+    if not (hasattr(leaf, "shape") and hasattr(leaf, "dtype"))
+  ]
+  if opaque:
+    raise ValueError(
+      "The checkpoint metadata is not a tree of array metadata (leaves "
+      f"without a shape and dtype: {', '.join(opaque)}). "
+      f"{_READ_METADATA_HINT}"
     )
   problems = [
     f"{name}: expected by the optimizer, not in the checkpoint"
