@@ -169,6 +169,103 @@ def test_load_rejects_a_foreign_file(tmp_path):
     doctor.load(str(path))
 
 
+def _plain_record(path, *, rho=0.9, steps=5):
+  """TF's plain path (epsilon outside the root) in numpy, recorded by hand.
+
+  The config always says rho=0.9; the run decays ms with ``rho``.
+  """
+  f32 = np.float32
+  rng = np.random.default_rng(0)
+  writer = doctor.RecordWriter(
+    source="custom",
+    optimizer="port",
+    config=dict(
+      learning_rate=0.01, rho=0.9, momentum=0.0, epsilon=1e-7, centered=False
+    ),
+    names=["x"],
+    slot_names={"ms": "rms"},
+  )
+  x = rng.normal(size=6).astype(f32)
+  ms = np.zeros(6, f32)
+  writer.begin([x])
+  for _ in range(steps):
+    g = rng.normal(size=6).astype(f32)
+    ms = ms + (g * g - ms) * (f32(1) - f32(rho))
+    x = x - f32(0.01) * g / (np.sqrt(ms) + f32(1e-7))
+    writer.step([g], [x.copy()], {"ms": [ms.copy()]})
+  return writer.save(path)
+
+
+def _with_meta(**changes):
+  """A malformation: the record's meta with ``changes`` (None deletes)."""
+
+  def change(arrays):
+    meta = json.loads(str(arrays["meta"]))
+    for key, value in changes.items():
+      if value is None:
+        del meta[key]
+      else:
+        meta[key] = value(meta) if callable(value) else value
+    arrays["meta"] = np.array(json.dumps(meta))
+
+  return change
+
+
+def _with_config(**changes):
+  return _with_meta(config=lambda meta: dict(meta["config"], **changes))
+
+
+def _set(name, make):
+  def change(arrays):
+    arrays[name] = make(arrays[name])
+
+  return change
+
+
+@pytest.mark.parametrize(
+  "malform, what",
+  [
+    (_set("meta", lambda _: np.array("[1, 2]")), "'meta' is a JSON list"),
+    (_set("meta", lambda _: np.array("{not json")), "'meta' is not valid JSON"),
+    (_with_meta(config=None), "meta has no 'config'"),
+    (_set("grad0", lambda g: g[:2]), "'grad0' has shape (2, 6)"),
+    (
+      _with_meta(slots={"ms": "rms", "mg": "mg"}),
+      "it has no array 'mg0'",
+    ),
+    (
+      _with_meta(variables=lambda meta: meta["variables"] * 2),
+      "it has no array 'var1'",
+    ),
+    (_set("var0", lambda v: v[:, :3]), "'var0' has shape (6, 3)"),
+    (_set("ms0", lambda v: v[:, :2]), "'ms0' has shape (5, 2)"),
+    (_with_config(rho="abc"), "meta['config']['rho'] is 'abc'"),
+    (
+      _with_config(learning_rate=None),
+      "meta['config']['learning_rate'] is None",
+    ),
+    (_set("var0", lambda v: v.astype(np.int32)), "'var0' has dtype int32"),
+    (_with_meta(steps=7), "meta['steps'] is 7"),
+  ],
+)
+def test_malformed_record_is_refused_as_unreadable(tmp_path, malform, what):
+  # Every malformation is one ValueError naming what is wrong, which the
+  # command line reports as an unreadable file (2), not as "no match" (1).
+  from optax_tfrmsprop.doctor import __main__ as cli
+
+  good = np.load(_plain_record(str(tmp_path / "good.npz")))
+  arrays = {k: good[k] for k in good.files}
+  malform(arrays)
+  path = str(tmp_path / "bad.npz")
+  np.savez(path, **arrays)
+  with pytest.raises(ValueError) as error:
+    doctor.load(path)
+  message = str(error.value)
+  assert message.startswith(f"{path} is not a valid parity doctor record: ")
+  assert what in message
+  assert cli.main([path]) == 2
+
+
 def test_record_rejects_a_foreign_target(tmp_path):
   with pytest.raises(TypeError, match="RMSprop"):
     doctor.record(tf_keras.optimizers.legacy.Adam(), str(tmp_path / "r.npz"))

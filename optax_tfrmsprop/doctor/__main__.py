@@ -15,7 +15,8 @@ def main(argv=None) -> int:
 
   Returns:
     The exit status: 0 when some semantics reproduces the record exactly, 1
-    when none does, 2 on a usage error.
+    when none does, 2 when the record cannot be read (missing, not a record,
+    malformed) or on a usage error.
   """
   parser = argparse.ArgumentParser(
     prog="python -m optax_tfrmsprop.doctor",

@@ -37,6 +37,7 @@ import os
 import platform
 from typing import Any
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -270,8 +271,256 @@ class Record:
     return path
 
 
+class _Malformed(ValueError):
+  """A record file whose structure is not what :meth:`Record.save` writes."""
+
+
+def _is_number(value: Any) -> bool:
+  """Whether a JSON value is a number (JSON's true and false are not)."""
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_type(where: str, value: Any, kind: type, what: str) -> None:
+  """Raises :class:`_Malformed` unless ``value`` is a ``kind``.
+
+  Args:
+    where: the value's place in the metadata, for the message.
+    value: the value.
+    kind: the Python type JSON gives it; ``bool`` is not an ``int`` here.
+    what: the expected value, in words.
+
+  Raises:
+    _Malformed: naming ``where`` and the value found.
+  """
+  if not isinstance(value, kind) or isinstance(value, bool) != (kind is bool):
+    raise _Malformed(f"{where} is {value!r}, not {what}")
+
+
+def _check_config(config: Any) -> None:
+  """Raises :class:`_Malformed` unless ``config`` is a canonical config."""
+  _check_type("meta['config']", config, dict, "an object")
+  for key in ("learning_rate", "rho", "momentum", "epsilon", "centered"):
+    if key not in config:
+      raise _Malformed(f"meta['config'] has no {key!r}")
+  lr = config["learning_rate"]
+  if isinstance(lr, dict):
+    _check_type(
+      "meta['config']['learning_rate']['schedule']",
+      lr.get("schedule"),
+      dict,
+      "a serialised Keras schedule (an object)",
+    )
+  elif lr != "per_step" and not _is_number(lr):
+    raise _Malformed(
+      f"meta['config']['learning_rate'] is {lr!r}, not a number, "
+      "'per_step' or {'schedule': ...}"
+    )
+  for key in ("rho", "momentum", "epsilon", "decay"):
+    if key in config and not _is_number(config[key]):
+      raise _Malformed(
+        f"meta['config'][{key!r}] is {config[key]!r}, not a number"
+      )
+  for key in CLIP_OPTIONS:
+    value = config.get(key)
+    if value is not None and not _is_number(value):
+      raise _Malformed(
+        f"meta['config'][{key!r}] is {value!r}, not a number or null"
+      )
+  _check_type(
+    "meta['config']['centered']", config["centered"], bool, "true or false"
+  )
+  for key, kind, what in (
+    ("momentum_path", bool, "true or false"),
+    ("flavor", str, "a string"),
+    ("rounding", str, "a string"),
+    ("optax", dict, "an object"),
+  ):
+    if config.get(key) is not None:
+      _check_type(f"meta['config'][{key!r}]", config[key], kind, what)
+
+
+def _storage_dtype(dtype_name: Any, where: str) -> np.dtype:
+  """The dtype a variable of ``dtype_name`` is stored in (bfloat16: uint16)."""
+  if dtype_name == "bfloat16":
+    return np.dtype(np.uint16)
+  try:
+    dtype = np.dtype(dtype_name) if isinstance(dtype_name, str) else None
+  except TypeError:
+    dtype = None
+  if dtype is None or dtype.kind not in "fc":
+    raise _Malformed(f"{where} is {dtype_name!r}, not a floating-point dtype")
+  return dtype
+
+
+def _check_meta(meta: dict[str, Any]) -> None:
+  """Raises :class:`_Malformed` unless ``meta`` has what :class:`Record` uses.
+
+  The keys and types are those :class:`RecordWriter` writes.
+  """
+  for key in ("source", "optimizer", "config", "variables", "slots"):
+    if key not in meta:
+      raise _Malformed(f"meta has no {key!r}")
+  if meta["source"] not in SOURCES:
+    raise _Malformed(
+      f"meta['source'] is {meta['source']!r}, not one of {SOURCES}"
+    )
+  _check_type("meta['optimizer']", meta["optimizer"], str, "a string")
+  for key in ("run", "optimizer_config"):
+    if key in meta:
+      _check_type(f"meta[{key!r}]", meta[key], dict, "an object")
+  if "fresh" in meta:
+    _check_type("meta['fresh']", meta["fresh"], bool, "true or false")
+  if "steps" in meta:
+    _check_type("meta['steps']", meta["steps"], int, "an integer")
+  _check_config(meta["config"])
+  slots = meta["slots"]
+  _check_type("meta['slots']", slots, dict, "an object")
+  if "ms" not in slots or set(slots) - set(SLOTS):
+    raise _Malformed(
+      f"meta['slots'] names {sorted(slots)}; it must name 'ms' and only "
+      f"slots among {SLOTS}"
+    )
+  variables = meta["variables"]
+  _check_type("meta['variables']", variables, list, "a list")
+  for i, v in enumerate(variables):
+    where = f"meta['variables'][{i}]"
+    _check_type(where, v, dict, "an object")
+    for key in ("name", "shape", "dtype"):
+      if key not in v:
+        raise _Malformed(f"{where} has no {key!r}")
+    _check_type(f"{where}['name']", v["name"], str, "a string")
+    shape = v["shape"]
+    if not isinstance(shape, list) or not all(
+      isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape
+    ):
+      raise _Malformed(f"{where}['shape'] is {shape!r}, not a list of sizes")
+    _storage_dtype(v["dtype"], f"{where}['dtype']")
+
+
+def _check_array(
+  name: str, a: np.ndarray, shape: tuple[int, ...], dtype: np.dtype | None
+) -> None:
+  """Raises :class:`_Malformed` unless array ``name`` has this shape, dtype.
+
+  ``dtype=None`` accepts any floating-point dtype.
+  """
+  if a.shape != shape:
+    raise _Malformed(f"{name!r} has shape {a.shape}, expected {shape}")
+  if dtype is None:
+    ok = a.dtype.kind in "fc"
+  else:
+    ok = a.dtype == dtype
+  if not ok:
+    raise _Malformed(
+      f"{name!r} has dtype {a.dtype}, expected "
+      f"{dtype if dtype is not None else 'a floating-point dtype'}"
+    )
+
+
+def _check_sparse(
+  i: int, arrays: dict[str, np.ndarray], steps: int, shape: tuple, dtype
+) -> None:
+  """Raises :class:`_Malformed` unless variable ``i``'s rows are consistent."""
+  if not shape:
+    raise _Malformed(f"variable {i} is a scalar with row-sparse gradients")
+  values = arrays[f"grad{i}.values"]
+  indices = arrays[f"grad{i}.indices"]
+  offsets = arrays[f"grad{i}.offsets"]
+  for name, a in ((".indices", indices), (".offsets", offsets)):
+    if a.ndim != 1 or a.dtype.kind not in "iu":
+      raise _Malformed(f"'grad{i}{name}' is not a 1-D integer array")
+  rows = len(indices)
+  _check_array(f"grad{i}.values", values, (rows, *shape[1:]), dtype)
+  if len(offsets) != steps + 1:
+    raise _Malformed(
+      f"'grad{i}.offsets' has {len(offsets)} entries, expected {steps + 1}"
+    )
+  if offsets[0] != 0 or offsets[-1] != rows or np.any(np.diff(offsets) < 0):
+    raise _Malformed(
+      f"'grad{i}.offsets' does not split its {rows} rows into steps"
+    )
+  if rows and (indices.min() < 0 or indices.max() >= shape[0]):
+    raise _Malformed(f"'grad{i}.indices' holds rows outside 0..{shape[0] - 1}")
+
+
+def _read_arrays(
+  meta: dict[str, Any], files: set[str], read
+) -> dict[str, np.ndarray]:
+  """Reads and checks every array the (checked) ``meta`` names.
+
+  Args:
+    meta: the record's metadata, checked by :func:`_check_meta`.
+    files: the names in the archive.
+    read: reads one named array.
+
+  Returns:
+    The arrays, stored form (bfloat16 as uint16), by name.
+
+  Raises:
+    _Malformed: naming the first array that is missing or disagrees.
+  """
+  arrays: dict[str, np.ndarray] = {}
+
+  def get(name: str) -> np.ndarray:
+    if name not in files:
+      raise _Malformed(f"it has no array {name!r}")
+    arrays[name] = read(name)
+    return arrays[name]
+
+  steps = None
+  for i, v in enumerate(meta["variables"]):
+    shape = tuple(v["shape"])
+    stored = _storage_dtype(v["dtype"], "")
+    # Gradients and slots may be in any float dtype (a port's own), except
+    # bfloat16's, which are its bits.
+    any_float = stored if v["dtype"] == "bfloat16" else None
+    var = get(f"var{i}")
+    if var.ndim < 1 or var.shape[0] < 1:
+      raise _Malformed(f"'var{i}' has shape {var.shape}, no step axis")
+    if steps is None:
+      steps = var.shape[0] - 1
+    _check_array(f"var{i}", var, (steps + 1, *shape), stored)
+    if f"grad{i}" in files:
+      _check_array(f"grad{i}", get(f"grad{i}"), (steps, *shape), any_float)
+    else:
+      for part in ("values", "indices", "offsets"):
+        get(f"grad{i}.{part}")
+      _check_sparse(i, arrays, steps, shape, any_float)
+    for slot in meta["slots"]:
+      _check_array(f"{slot}{i}", get(f"{slot}{i}"), (steps, *shape), any_float)
+      if f"{slot}0.initial" in files:
+        name = f"{slot}{i}.initial"
+        _check_array(name, get(name), shape, any_float)
+  steps = steps or 0
+  if meta.get("steps", steps) != steps:
+    raise _Malformed(
+      f"meta['steps'] is {meta['steps']}, but the arrays hold {steps} steps"
+    )
+  for name, kinds in (("iterations", "iu"), ("learning_rate", "fiu")):
+    if name in files:
+      a = get(name)
+      if a.shape != (steps,) or a.dtype.kind not in kinds:
+        raise _Malformed(
+          f"{name!r} is {a.dtype}{a.shape}, expected {steps} "
+          f"{'integers' if kinds == 'iu' else 'numbers'}"
+        )
+  if (
+    meta["config"]["learning_rate"] == "per_step"
+    and "learning_rate" not in files
+  ):
+    raise _Malformed(
+      "meta['config']['learning_rate'] is 'per_step' but it has no "
+      "'learning_rate' array"
+    )
+  return arrays
+
+
 def load(path: str | os.PathLike) -> Record:
   """Reads a record written by :meth:`Record.save` (never unpickles).
+
+  The whole structure is checked before anything is returned: the metadata's
+  keys and types, every array it names, and the shapes and step counts of
+  the variables, gradients and slots.
 
   Args:
     path: the ``.npz`` file.
@@ -280,7 +529,9 @@ def load(path: str | os.PathLike) -> Record:
     The :class:`Record`.
 
   Raises:
-    ValueError: if the file is not a doctor record, or is of a newer format.
+    ValueError: if the file is not a doctor record, is of a newer format, or
+      is a malformed one (``<path> is not a valid parity doctor record:
+      <what>``).
 
   Example:
     >>> import os, tempfile
@@ -299,55 +550,89 @@ def load(path: str | os.PathLike) -> Record:
     raise ValueError(f"{path} is not a parity doctor record ({e}).") from e
   if not isinstance(data, np.lib.npyio.NpzFile):
     raise ValueError(f"{path} is not a parity doctor record (not an .npz).")
+
+  def read(name: str) -> np.ndarray:
+    # A damaged member fails in zip, zlib or the .npy parser.
+    try:
+      return data[name]
+    except (EOFError, OSError, ValueError, zipfile.BadZipFile, zlib.error) as e:
+      raise _Malformed(f"its array {name!r} cannot be read ({e})") from e
+
   with data:
     files = set(data.files)
     if "meta" not in files:
       raise ValueError(f"{path} is not a parity doctor record (no 'meta').")
-    meta = json.loads(str(data["meta"]))
+    try:
+      text = read("meta")
+      if text.ndim != 0 or text.dtype.kind not in "US":
+        raise _Malformed("'meta' is not a JSON string")
+      try:
+        meta = json.loads(str(text))
+      except json.JSONDecodeError as e:
+        raise _Malformed(f"'meta' is not valid JSON ({e})") from e
+      if not isinstance(meta, dict):
+        raise _Malformed(
+          f"'meta' is a JSON {type(meta).__name__}, not an object"
+        )
+    except _Malformed as e:
+      raise ValueError(
+        f"{path} is not a valid parity doctor record: {e}."
+      ) from e
     if meta.get("format") != FORMAT:
       raise ValueError(f"{path} is not a parity doctor record.")
-    if int(meta.get("version", 0)) > VERSION:
+    version = meta.get("version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
       raise ValueError(
-        f"{path} has record format version {meta['version']}; this "
+        f"{path} is not a valid parity doctor record: meta['version'] is "
+        f"{version!r}, not an integer."
+      )
+    if version > VERSION:
+      raise ValueError(
+        f"{path} has record format version {version}; this "
         f"version of optax_tfrmsprop reads up to {VERSION}."
       )
-    dtypes = [v["dtype"] for v in meta["variables"]]
-    params, grads = [], []
-    for i, dtype in enumerate(dtypes):
-      params.append(_from_storable(data[f"var{i}"], dtype))
-      if f"grad{i}" in files:
-        grads.append(_from_storable(data[f"grad{i}"], dtype))
-      else:
-        grads.append(
-          SparseSteps(
-            _from_storable(data[f"grad{i}.values"], dtype),
-            data[f"grad{i}.indices"],
-            data[f"grad{i}.offsets"],
-            tuple(meta["variables"][i]["shape"]),
-          )
+    try:
+      _check_meta(meta)
+      arrays = _read_arrays(meta, files, read)
+    except _Malformed as e:
+      raise ValueError(
+        f"{path} is not a valid parity doctor record: {e}."
+      ) from e
+  dtypes = [v["dtype"] for v in meta["variables"]]
+  params, grads = [], []
+  for i, dtype in enumerate(dtypes):
+    params.append(_from_storable(arrays[f"var{i}"], dtype))
+    if f"grad{i}" in arrays:
+      grads.append(_from_storable(arrays[f"grad{i}"], dtype))
+    else:
+      grads.append(
+        SparseSteps(
+          _from_storable(arrays[f"grad{i}.values"], dtype),
+          arrays[f"grad{i}.indices"],
+          arrays[f"grad{i}.offsets"],
+          tuple(meta["variables"][i]["shape"]),
         )
-    slots, initial = {}, {}
-    for name in meta.get("slots", {}):
-      slots[name] = [
-        _from_storable(data[f"{name}{i}"], dtype)
+      )
+  slots, initial = {}, {}
+  for name in meta["slots"]:
+    slots[name] = [
+      _from_storable(arrays[f"{name}{i}"], dtype)
+      for i, dtype in enumerate(dtypes)
+    ]
+    if f"{name}0.initial" in arrays:
+      initial[name] = [
+        _from_storable(arrays[f"{name}{i}.initial"], dtype)
         for i, dtype in enumerate(dtypes)
       ]
-      if f"{name}0.initial" in files:
-        initial[name] = [
-          _from_storable(data[f"{name}{i}.initial"], dtype)
-          for i, dtype in enumerate(dtypes)
-        ]
-    return Record(
-      meta=meta,
-      params=params,
-      grads=grads,
-      slots=slots,
-      initial_slots=initial or None,
-      iterations=data["iterations"] if "iterations" in files else None,
-      learning_rates=(
-        data["learning_rate"] if "learning_rate" in files else None
-      ),
-    )
+  return Record(
+    meta=meta,
+    params=params,
+    grads=grads,
+    slots=slots,
+    initial_slots=initial or None,
+    iterations=arrays.get("iterations"),
+    learning_rates=arrays.get("learning_rate"),
+  )
 
 
 def host_description() -> dict[str, Any]:
