@@ -745,6 +745,40 @@ def test_hint_names_a_learning_rate_outside_the_config(
   assert any(h.startswith("learning rate") for h in d.hints), d.report()
 
 
+def test_hint_names_a_mean_square_decay_outside_the_config(tmp_path):
+  # The run decays ms with rho=0.95, its config says 0.9: step 1's ms / g^2
+  # is 0.05, which fits neither initial ms with 1 - rho = 0.1, so the
+  # initial-ms and 1 - rho probes cannot decide; the decay is measured.
+  d = doctor.diagnose(_plain_record(str(tmp_path / "r.npz"), rho=0.95))
+  assert not d.exact
+  assert d.findings.initial_ms is None and d.findings.one_minus_rho is None
+  start, measured, configured = d.findings.ms_decay
+  assert start == 0.0 and configured == pytest.approx(0.1)
+  assert measured == pytest.approx(0.05, rel=1e-5)
+  assert d.hints[0].startswith("mean-square decay"), d.hints
+  assert "1 - rho = 0.05" in d.hints[0] and "rho = 0.95" in d.hints[0]
+  assert not any("agree" in h for h in d.hints), d.hints
+  assert "1 - rho = 0.05" in d.report()
+
+
+def test_unknown_hint_names_undecided_probes_as_undecided(tmp_path):
+  # Without the decay measurement nothing explains the departure: the hint
+  # may call agreeing only the probes that decided.
+  d = doctor.diagnose(_plain_record(str(tmp_path / "r.npz"), rho=0.95))
+  d.findings.ms_decay = None
+  (hint,) = d.explain(d.closest)
+  assert hint.startswith("unknown"), hint
+  assert "epsilon placement and the learning rate per step agree" in hint
+  assert "initial ms and 1 - rho are undecided" in hint
+
+
+def test_decay_as_configured_is_not_measured(tmp_path):
+  # With the config's rho the initial-ms probe decides: no decay finding.
+  d = doctor.diagnose(_plain_record(str(tmp_path / "r.npz")))
+  assert d.findings.initial_ms == 0.0 and d.findings.ms_decay is None
+  assert not any("mean-square decay" in h for h in d.hints), d.hints
+
+
 def test_gpu_record_is_replayed_on_cpu_and_named_rounding(plain_fit_record):
   """A GPU-labelled record, one ULP away at step 4 (as an FMA leaves it).
 

@@ -6,7 +6,8 @@ fits the recorded steps, in float64, to two algebraic hypotheses that differ
 by far more than rounding, and answers only when the record separates them:
 
 * the initial mean square (0 as in Keras and optax, 1 as in TF1 and
-  ``optax.rmsprop(initial_scale=1)``);
+  ``optax.rmsprop(initial_scale=1)``); when neither fits, the decay the first
+  step's mean square shows (a ``rho`` other than the config's);
 * epsilon inside or outside the square root;
 * the learning rate inside the momentum accumulator (TF, Keras, optax) or
   outside it (PyTorch's ``torch.optim.RMSprop``);
@@ -42,6 +43,10 @@ class Findings:
     one_minus_rho: ``"dtype"`` (``1 - rho`` rounded from float32 operands in
       the variable's dtype) or ``"double"``; None when undecided.
     one_minus_rho_values: the two candidate values of ``1 - rho``.
+    ms_decay: when the initial-mean-square probe is undecided because the
+      first step's ``ms`` fits neither start with the config's ``rho``:
+      ``(initial ms, measured 1 - rho, config's 1 - rho)`` if it fits
+      ``ms = (1 - c) * initial + c * g**2`` for one measured ``c``, else None.
     learning_rates: per probed step ``(step, estimated, expected)``.
     lr_departures: the steps whose estimated learning rate departs from the
       config's by more than 0.1%.
@@ -53,6 +58,7 @@ class Findings:
   lr_in_momentum: bool | None = None
   one_minus_rho: str | None = None
   one_minus_rho_values: tuple[float, float] | None = None
+  ms_decay: tuple[float, float, float] | None = None
   learning_rates: list[tuple[int, float, float]] = dataclasses.field(
     default_factory=list
   )
@@ -161,6 +167,45 @@ def expected_learning_rates(rec: record_lib.Record) -> np.ndarray | None:
   return values
 
 
+def _fit_ms_decay(
+  rec: record_lib.Record, variables: list[int], grads: list[Any], start: float
+) -> float | None:
+  """The ``1 - rho`` that step 1's ``ms`` fits from ``start``, or None.
+
+  Fits ``ms = start + c * (g**2 - start)`` (``rho * start + (1 - rho) * g**2``
+  with ``c = 1 - rho``) by the median of each element's ``c``, and keeps it
+  only if nearly every element agrees to rounding.
+
+  Args:
+    rec: a fresh record.
+    variables: the probed variables.
+    grads: step 1's gradients (after clipping), per variable, in float64.
+    start: the initial mean square, 0 or 1.
+
+  Returns:
+    The measured ``1 - rho``, or None when no single value fits.
+  """
+  estimates, fits = [], []
+  for i in variables:
+    g2 = grads[i] * grads[i]
+    ms1 = _f64(rec.slots["ms"][i][0])
+    # Elements whose g**2 is close to the start say nothing about c.
+    ok = np.abs(g2 - start) > 1e-3 * np.maximum(g2, 1.0)
+    estimates.extend(((ms1[ok] - start) / (g2[ok] - start)).tolist())
+    fits.append((i, g2, ms1))
+  if not estimates:
+    return None
+  c = float(np.median(estimates))
+  agree = total = 0
+  for i, g2, ms1 in fits:
+    dtype = rec.params[i].dtype
+    pred = start + c * (g2 - start)
+    tol = 16 * _eps(dtype) * np.abs(pred) + 2 * _ulp(ms1, dtype)
+    agree += int(np.sum(np.abs(pred - ms1) <= tol))
+    total += g2.size
+  return c if total and agree >= 0.95 * total else None
+
+
 def probe(rec: record_lib.Record) -> Findings:
   """Fits the record's steps to the algebraic hypotheses above.
 
@@ -205,6 +250,16 @@ def probe(rec: record_lib.Record) -> Findings:
       best = 0.0 if votes[0.0] >= votes[1.0] else 1.0
       if votes[best] >= 0.95 * total and votes[1 - best] < 0.5 * total:
         found.initial_ms = best
+    if total and found.initial_ms is None:
+      # Neither start fits with the config's rho: measure the decay itself,
+      # which names a rho other than the config's as the cause.
+      fitted = {
+        v: _fit_ms_decay(rec, variables, used[0], v) for v in (0.0, 1.0)
+      }
+      fitted = {v: c for v, c in fitted.items() if c is not None}
+      if len(fitted) == 1:
+        ((start, measured),) = fitted.items()
+        found.ms_decay = (start, measured, 1.0 - rho)
   else:
     found.notes.append(
       "the record starts from a trained optimizer; its "

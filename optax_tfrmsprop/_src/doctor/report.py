@@ -410,6 +410,16 @@ def _explain(
       f"square root, {c.name} puts it "
       f"{'inside' if c.epsilon_inside(config) else 'outside'}."
     )
+  if found.ms_decay is not None:
+    start, measured, configured = found.ms_decay
+    hints.append(
+      f"mean-square decay: the record's first step has "
+      f"{_first_ms(start, measured)} (initial ms {start:g}), so it used "
+      f"1 - rho = {measured:.7g} (rho = {1 - measured:.7g}); its config's "
+      f"rho gives 1 - rho = {configured:.7g}, which fits neither initial "
+      "mean square. The run decays the mean square with a rho other than "
+      "its config's."
+    )
   if (
     rec.fresh
     and found.initial_ms is not None
@@ -481,14 +491,69 @@ def _explain(
     if d is None:
       hints.append("the slots differ: " + ", ".join(best.structure))
     else:
+      agree, undecided = _probe_verdicts(rec, found)
+      probes = []
+      if agree:
+        probes.append(f"{_join(agree)} agree")
+      if undecided:
+        probes.append(
+          f"{_join(undecided)} {'is' if len(undecided) == 1 else 'are'} "
+          "undecided"
+        )
       hints.append(
         f"unknown: {c.name} departs at step {d.step} by {d.ulp} ULP (an "
         f"error of {d.step_relative:.1e} of {_scale_name(d)}), more than "
-        "rounding, with no algebraic difference the probes can see "
-        "(initial ms, epsilon placement, lr inside momentum, 1 - rho and "
-        "the learning rate per step agree)."
+        "rounding, with no algebraic difference the probes can see ("
+        + ("; ".join(probes) or "no probe ran")
+        + ")."
       )
   return hints
+
+
+def _first_ms(start: float, one_minus_rho: float) -> str:
+  """Step 1's mean square from ``start``, as a formula in ``g^2``."""
+  slope = f"{one_minus_rho:.7g} * g^2"
+  if not start:
+    return f"ms = {slope}"
+  return f"ms = {(1 - one_minus_rho) * start:.7g} + {slope}"
+
+
+def _join(names: list[str]) -> str:
+  """``a``, ``a and b``, ``a, b and c``."""
+  return " and ".join(
+    [", ".join(names[:-1]), names[-1]] if names[1:] else names
+  )
+
+
+def _probe_verdicts(
+  rec: record_lib.Record, found: probe_lib.Findings
+) -> tuple[list[str], list[str]]:
+  """The probes that decided (and agree) and those that could not decide.
+
+  Called when no probe's finding explains a departure, so every probe that
+  decided agrees with the replay; an undecided one does not.
+
+  Args:
+    rec: the record.
+    found: its probes' findings.
+
+  Returns:
+    ``(agreeing, undecided)`` probe names, in the report's order.
+  """
+  decided = {
+    # A trained optimizer's slots come from the record: nothing to probe.
+    "initial ms": found.initial_ms is not None if rec.fresh else None,
+    "epsilon placement": found.epsilon is not None,
+    # Only a momentum slot shows where the learning rate is.
+    "lr inside momentum": (
+      found.lr_in_momentum is not None if "mom" in rec.slots else None
+    ),
+    "1 - rho": found.one_minus_rho is not None if rec.fresh else None,
+    "the learning rate per step": bool(found.learning_rates),
+  }
+  agree = [name for name, ok in decided.items() if ok]
+  undecided = [name for name, ok in decided.items() if ok is False]
+  return agree, undecided
 
 
 def _rounding_hint(rec, best) -> str:
@@ -651,6 +716,12 @@ def _findings_line(found: probe_lib.Findings) -> str:
       f"1 - rho = {value!r} ("
       + ("double" if found.one_minus_rho == "double" else "variable dtype")
       + ")"
+    )
+  if found.ms_decay is not None:
+    start, measured, configured = found.ms_decay
+    parts.append(
+      f"initial ms undecided with the config's 1 - rho = {configured:.7g}; "
+      f"step 1 fits initial ms {start:g} with 1 - rho = {measured:.7g}"
     )
   if found.learning_rates and not found.lr_departures:
     parts.append("learning rate as configured")
