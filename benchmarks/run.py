@@ -22,6 +22,7 @@ SUITES = (
   "keras_wrapper_overhead",
   "under_load",
   "clip_compile",
+  "xla_layouts",
 )
 
 

@@ -65,6 +65,9 @@ def test_small_benchmark_writes_every_table(tmp_path):
   for dtype in ("float32", "float64", "bfloat16"):
     assert f"| {dtype} | conv-mini OIHW | momentum+centered | " in optax_api
   assert "## Targets, as measured" in optax_api
+  layouts = (tmp_path / "xla_layouts.md").read_text()
+  for layout in ("OIHW (O, I, 3, 3)", "HWIO (3, 3, I, O)", "1-D"):
+    assert f"| p + a | {layout} | " in layouts, layout
   for suite in (
     "dense",
     "optax_api",
