@@ -11,6 +11,7 @@ import importlib.util
 import pathlib
 import re
 import tomllib
+import warnings
 
 import pytest
 
@@ -48,7 +49,12 @@ def test_block_runs_as_written(source):
   )
   if missing:
     pytest.skip(f"needs {', '.join(missing)}")
-  exec(compile(source, "<readme block>", "exec"), {"__name__": "__readme__"})
+  # A block a user copies must not draw the package's donation warning.
+  with warnings.catch_warnings():
+    warnings.filterwarnings(
+      "error", "optax_tfrmsprop: .*not donated", RuntimeWarning
+    )
+    exec(compile(source, "<readme block>", "exec"), {"__name__": "__readme__"})
 
 
 def _readme_test_command() -> str:

@@ -29,6 +29,8 @@ is checked here, naming it, before the call, and again in C++; ``vmap``
 works on both calls and equals a loop over the batch.
 """
 
+import contextlib
+import contextvars
 import ctypes
 import functools
 import importlib.machinery
@@ -364,11 +366,32 @@ _donation_check_p.def_impl(lambda *arrays, what: arrays)
 _donation_check_p.def_abstract_eval(lambda *avals, what: avals)
 
 
+# Whether lowering warns about undonated in-place buffers. The package's own
+# jitted steps that cannot donate by design turn it off (see
+# undonated_by_design): the warning would name a fix the user cannot apply.
+_warn_undonated = contextvars.ContextVar("warn_undonated", default=True)
+
+
+@contextlib.contextmanager
+def undonated_by_design():
+  """Within it, jitted steps lowered in this thread do not warn of donation.
+
+  For the package's own jitted calls whose buffers cannot be donated: the
+  Keras-style class's (a :class:`Variable`'s array may still be held by the
+  user). XLA copies those buffers before the kernel updates them in place.
+  """
+  token = _warn_undonated.set(False)
+  try:
+    yield
+  finally:
+    _warn_undonated.reset(token)
+
+
 def _donation_check_lowering(ctx, *values, what):
   """Warns when an operand is an argument of the jitted step not donated."""
   del ctx
   undonated = sum(map(_undonated_argument, values))
-  if undonated:
+  if undonated and _warn_undonated.get():
     warnings.warn(
       f"optax_tfrmsprop: {undonated} of the {len(values)} {what} updated "
       "in place by the CPU kernel are arguments of the jitted function that "

@@ -596,7 +596,8 @@ def _replay(rec, candidate, ulps):
     return apply(params, updates), state, canonical_slots(state)
 
   if candidate.rounding != "op_by_op":
-    step = jax.jit(step)
+    # Each step's params and state are replaced by the next's.
+    step = jax.jit(step, donate_argnums=(0, 1))
   structure = []
   present = canonical_slots(state)
   for field in record_lib.SLOTS:

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from optax_tfrmsprop._src import cpu_kernel
 from optax_tfrmsprop._src import sparse
 from optax_tfrmsprop._src.interop import keras_weights
 from optax_tfrmsprop._src.keras import loss_gradients
@@ -543,11 +544,13 @@ class OptimizerV2:
     iterations = self.iterations
     # Calls callables: may raise.
     prepared = self._prepare(variables, plan.dtypes)
-    values, slots, count = update(
-      [[s._value for s in vs] for vs in plan.slots],
-      iterations._value,
-      prepared,
-    )
+    # Not donated: the user may still hold a Variable's array.
+    with cpu_kernel.undonated_by_design():
+      values, slots, count = update(
+        [[s._value for s in vs] for vs in plan.slots],
+        iterations._value,
+        prepared,
+      )
     for var, value in zip(variables, values):
       var._value = value
     for slot_vars, new in zip(plan.slots, slots):
