@@ -684,6 +684,21 @@ def test_minimize_grad_loss_and_partial_losses():
     )
 
 
+def test_steps_do_not_ask_the_user_to_donate():
+  """The class's own jitted step cannot donate (the user may hold a value).
+
+  The kernel's donation warning names a fix for the user's jit; here there
+  is none to apply, so none is given.
+  """
+  a = Variable(np.ones((64, 64), np.float32))
+  opt = RMSprop(0.1, momentum=0.9, centered=True)
+  with warnings.catch_warnings():
+    warnings.filterwarnings("error", ".*not donated", RuntimeWarning)
+    opt.apply_gradients([(np.ones((64, 64), np.float32), a)])
+    opt.minimize(lambda: jnp.sum(a.value**2), [a])
+  assert int(opt.iterations) == 2
+
+
 def test_minimize_edge_cases_change_nothing_or_raise_first():
   """As tf_keras: an empty var_list steps nothing (None, iterations 0).
 
