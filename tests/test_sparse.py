@@ -532,3 +532,77 @@ def test_kernel_update_rows_are_laid_out_as_deduplicate(centered, x64):
   assert np.all(np.signbit(ours.values[~valid]) & (ours.values[~valid] == 0))
   for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(xla_state)):
     np.testing.assert_array_equal(a, b)
+
+
+# Misuse found by a hostile tester: each was silently wrong or a bare error.
+
+
+@pytest.mark.parametrize(
+  "values, indices, dense_shape, message",
+  [
+    (np.ones((2, 1)), [1, 2], (6, 3), r"values must have shape \(2, 3\)"),
+    (np.arange(3.0), [0, 1, 2], (6, 3), r"values must have shape \(3, 3\)"),
+    (np.ones((2, 3)), np.array([1.7, 2.0]), (6, 3), "1-D integer array"),
+    (np.ones((2, 3)), [1, 2], (99, 3), r"dense_shape \(99, 3\)"),
+  ],
+)
+def test_apply_updates_refuses_rows_that_do_not_fit(
+  values, indices, dense_shape, message
+):
+  params = {"t": jnp.zeros((6, 3))}
+  update = sparse.IndexedSlices(
+    jnp.asarray(values, jnp.float32), jnp.asarray(indices), dense_shape
+  )
+  with pytest.raises(ValueError, match=r"Sparse update at \['t'\].*" + message):
+    ot.apply_updates(params, {"t": update})
+
+
+def test_an_optax_transform_after_rmsprop_that_scales_indices_is_caught():
+  """optax.scale multiplies an IndexedSlices' indices too (to floats)."""
+  import optax
+
+  params = {"t": jnp.zeros((6, 3))}
+  opt = optax.chain(ot.rmsprop(0.1, momentum=0.9), optax.scale(2.0))
+  grads = {
+    "t": sparse.IndexedSlices(jnp.ones((2, 3)), jnp.array([1, 2]), (6, 3))
+  }
+  updates, _ = opt.update(grads, opt.init(params))
+  with pytest.raises(ValueError, match="1-D integer array"):
+    ot.apply_updates(params, updates)
+
+
+def test_scalar_params_and_tables_have_no_rows():
+  state = ot.rmsprop_init({"t": jnp.float32(1.0)})
+  scalar_rows = sparse.IndexedSlices(jnp.ones((1,)), jnp.array([0]), ())
+  with pytest.raises(ValueError, match=r"\['t'\].*parameter is a scalar"):
+    ot.rmsprop_update({"t": scalar_rows}, state)
+  with pytest.raises(ValueError, match="parameter is a scalar"):
+    ot.apply_updates({"t": jnp.float32(1.0)}, {"t": scalar_rows})
+  with pytest.raises(ValueError, match="table must have rows"):
+    ot.sparse_embedding_value_and_grad(jnp.sum, jnp.float32(1.0), jnp.array(0))
+
+
+def test_float_ids_are_refused_under_jit_too():
+  table = jnp.ones((6, 3))
+  step = jax.jit(
+    lambda ids: ot.sparse_embedding_value_and_grad(jnp.sum, table, ids)
+  )
+  with pytest.raises(TypeError, match="ids must be integers"):
+    step(jnp.array([1.7, 2.2]))
+
+
+@pytest.mark.parametrize("backend", backend_params)
+def test_numpy_float64_values_are_the_slot_dtype_on_every_backend(backend):
+  """Without x64, jax holds them as float32; the kernel got float64."""
+  params = {"t": jnp.zeros((4, 3))}
+  opt = ot.rmsprop(0.1, momentum=0.9, backend=backend)
+  rows = np.ones((2, 3), np.float64)
+  as_f64 = sparse.IndexedSlices(rows, jnp.array([1, 2]), (4, 3))
+  as_f32 = sparse.IndexedSlices(
+    jnp.asarray(rows, jnp.float32), jnp.array([1, 2]), (4, 3)
+  )
+  state = opt.init(params)
+  toolbox.assert_bitwise(
+    opt.update({"t": as_f64}, state)[0]["t"].values,
+    opt.update({"t": as_f32}, state)[0]["t"].values,
+  )

@@ -164,6 +164,37 @@ def take_rows(table: jax.Array, rows: jax.Array) -> jax.Array:
   return jax.lax.bitcast_convert_type(gathered, table.dtype)
 
 
+def _check_rows(where: str, g: IndexedSlices, shape: tuple) -> None:
+  """Raises a ValueError unless ``g`` lists rows of a param of ``shape``.
+
+  ``dense_shape`` is the param's, ``indices`` a 1-D integer array and
+  ``values`` one row of the param per index.
+  """
+  if not shape:
+    raise ValueError(
+      f"{where}: an IndexedSlices lists rows, and its parameter is a scalar."
+    )
+  if g.dense_shape != shape:
+    raise ValueError(
+      f"{where} has dense_shape {g.dense_shape}, but its parameter has "
+      f"shape {shape}."
+    )
+  indices = g.indices
+  if jnp.ndim(indices) != 1 or not jnp.issubdtype(
+    jnp.result_type(indices), jnp.integer
+  ):
+    raise ValueError(
+      f"{where}: indices must be a 1-D integer array, got shape "
+      f"{jnp.shape(indices)} and dtype {jnp.result_type(indices)}."
+    )
+  want = (jnp.shape(indices)[0],) + tuple(shape[1:])
+  if jnp.shape(g.values) != want:
+    raise ValueError(
+      f"{where}: values must have shape {want} (one row per index), got "
+      f"{jnp.shape(g.values)}."
+    )
+
+
 def check_sparse_grad(path: str, g: IndexedSlices, slot: jax.Array) -> None:
   """Raises a ValueError when ``g`` cannot be a gradient of ``slot``'s param.
 
@@ -175,24 +206,11 @@ def check_sparse_grad(path: str, g: IndexedSlices, slot: jax.Array) -> None:
     slot: a slot (or the param) of the matching param.
   """
   where = f"Sparse gradient at {path}"
+  _check_rows(where, g, slot.shape)
   values, indices = g.values, g.indices
-  if g.dense_shape != slot.shape:
+  if jnp.result_type(values) != slot.dtype:
     raise ValueError(
-      f"{where} has dense_shape {g.dense_shape}, but its parameter has "
-      f"shape {slot.shape}."
-    )
-  if jnp.ndim(indices) != 1 or not jnp.issubdtype(
-    jnp.result_type(indices), jnp.integer
-  ):
-    raise ValueError(
-      f"{where}: indices must be a 1-D integer array, got shape "
-      f"{jnp.shape(indices)} and dtype {jnp.result_type(indices)}."
-    )
-  want = (jnp.shape(indices)[0],) + slot.shape[1:]
-  if jnp.shape(values) != want or jnp.result_type(values) != slot.dtype:
-    raise ValueError(
-      f"{where}: values must have shape {want} (one row per index) and "
-      f"dtype {slot.dtype}, got shape {jnp.shape(values)} and dtype "
+      f"{where}: values must have dtype {slot.dtype}, got "
       f"{jnp.result_type(values)}."
     )
   if not isinstance(indices, jax.core.Tracer):
@@ -273,15 +291,22 @@ def apply_updates(params: optax.Params, updates: optax.Updates) -> optax.Params:
            [1., 2.]], dtype=float32)
   """
 
-  def apply_leaf(p, u):
+  def apply_leaf(path, p, u):
     if p is None:
       return None
     if isinstance(u, IndexedSlices):
+      _check_rows(
+        f"Sparse update at {jax.tree_util.keystr(path) or 'the root'}",
+        u,
+        jnp.shape(p),
+      )
       rows = valid_rows(jnp.asarray(u.indices), p.shape[0])
       return p.at[rows].add(u.values.astype(p.dtype), mode="drop")
     return jnp.asarray(p + u).astype(jnp.asarray(p).dtype)
 
-  return jax.tree.map(apply_leaf, params, updates, is_leaf=lambda x: x is None)
+  return jax.tree_util.tree_map_with_path(
+    apply_leaf, params, updates, is_leaf=lambda x: x is None
+  )
 
 
 def sparse_embedding_value_and_grad(
@@ -329,12 +354,17 @@ def sparse_embedding_value_and_grad(
     >>> g.indices, g.values[0]
     (Array([3, 0, 3], dtype=int32), Array([12., 14.], dtype=float32))
   """
+  if not jnp.shape(table):
+    raise ValueError(
+      "table must have rows (shape (num_rows, ...)), got a scalar."
+    )
   num_rows = table.shape[0]
+  ids_dtype = ids.dtype if hasattr(ids, "dtype") else np.asarray(ids).dtype
+  if not jnp.issubdtype(ids_dtype, jnp.integer):  # Under jit too.
+    raise TypeError(f"ids must be integers, got dtype {ids_dtype}.")
   if not isinstance(ids, jax.core.Tracer):
     check_indices_fit(ids, "ids")
     concrete = np.asarray(ids)
-    if not np.issubdtype(concrete.dtype, np.integer):
-      raise TypeError(f"ids must be integers, got dtype {concrete.dtype}.")
     bad = (concrete < 0) | (concrete >= num_rows)
     if bad.any():
       k = _first(bad)

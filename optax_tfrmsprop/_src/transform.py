@@ -899,9 +899,14 @@ def step(
   apply = params is not None
 
   given, treedef = jax.tree.flatten(grads, is_leaf=sparse.is_indexed_slices)
-  # A Python number stands for a gradient as TF converts one: an array.
+  # Gradients as arrays of their slot's dtype, as TF converts them: a Python
+  # number, or numpy float64 values that jax would hold as float32.
   leaves: list[Any] = [
-    g if isinstance(g, sparse.IndexedSlices) else jnp.asarray(g, ms.dtype)
+    sparse.IndexedSlices(
+      jnp.asarray(g.values, ms.dtype), g.indices, g.dense_shape
+    )
+    if isinstance(g, sparse.IndexedSlices)
+    else jnp.asarray(g, ms.dtype)
     for g, ms in zip(given, jax.tree.leaves(state.ms))
   ]
   # TF clips the rows of a sparse gradient before de-duplicating them.
