@@ -301,24 +301,20 @@ def _check_config(
 
 
 def _check_global_clipnorm_dtypes(
-  config: UpdateConfig, semantics: base.Semantics, grads
+  config: UpdateConfig, state: base.RMSpropState, semantics: base.Semantics
 ) -> None:
   """Raises a TypeError where ``tf.clip_by_global_norm`` does.
 
   TF stacks the per-gradient norms into one tensor, which fails when the
   gradients have several dtypes (a TypeError in ``tf.function``, an
-  InvalidArgumentError eagerly).
+  InvalidArgumentError eagerly). The gradients have their slots' dtypes
+  (:func:`_check_matches`), so the slots say it.
   """
   if config.global_clipnorm is None:
     return
   first_of = {}
-  for path, g in jax.tree_util.tree_leaves_with_path(
-    grads, is_leaf=sparse.is_indexed_slices
-  ):
-    dtype = jnp.dtype(
-      g.values.dtype if sparse.is_indexed_slices(g) else g.dtype
-    )
-    first_of.setdefault(dtype, path)
+  for path, ms in jax.tree_util.tree_leaves_with_path(state.ms):
+    first_of.setdefault(jnp.dtype(ms.dtype), path)
   if len(first_of) > 1:
     examples = ", ".join(
       f"{_where(path)} is {dtype}" for dtype, path in first_of.items()
@@ -895,7 +891,7 @@ def step(
   _check_config(config, state, semantics)
   _check_matches(grads, state)
   _check_complex(config, state, semantics, grads)
-  _check_global_clipnorm_dtypes(config, semantics, grads)
+  _check_global_clipnorm_dtypes(config, state, semantics)
   apply = params is not None
 
   given, treedef = jax.tree.flatten(grads, is_leaf=sparse.is_indexed_slices)
