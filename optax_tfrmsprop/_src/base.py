@@ -299,3 +299,8 @@ STATE_CLASSES: dict[str, type[RMSpropState]] = {
   "keras3": Keras3RMSpropState,
 }
 """The state class of each :data:`Flavor`."""
+
+
+def tree_path(path) -> str:
+  """A leaf's path as error messages name it (``['w']``, or ``the root``)."""
+  return jax.tree_util.keystr(path) or "the root"

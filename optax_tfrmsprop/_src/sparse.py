@@ -25,6 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from optax_tfrmsprop._src import base
+
 
 @jax.tree_util.register_pytree_node_class
 class IndexedSlices:
@@ -296,7 +298,7 @@ def apply_updates(params: optax.Params, updates: optax.Updates) -> optax.Params:
       return None
     if isinstance(u, IndexedSlices):
       _check_rows(
-        f"Sparse update at {jax.tree_util.keystr(path) or 'the root'}",
+        f"Sparse update at {base.tree_path(path)}",
         u,
         jnp.shape(p),
       )

@@ -188,10 +188,6 @@ class UpdateConfig:
     return given
 
 
-def _where(path) -> str:
-  return jax.tree_util.keystr(path) or "the root"
-
-
 def check_param_dtype(where: str, dtype) -> None:
   """Raises a TypeError unless ``dtype`` is one TF's RMSprop updates.
 
@@ -236,9 +232,9 @@ def _check_slots_and_params(state: base.RMSpropState, params) -> None:
     for (path, ms), x in zip(ms_leaves, jax.tree.leaves(tree)):
       if jnp.shape(x) != ms.shape or jnp.result_type(x) != ms.dtype:
         raise ValueError(
-          f"{name} at {_where(path)} has shape {jnp.shape(x)} and dtype "
-          f"{jnp.result_type(x)}, but state.ms there has shape {ms.shape} "
-          f"and dtype {ms.dtype}."
+          f"{name} at {base.tree_path(path)} has shape {jnp.shape(x)} and "
+          f"dtype {jnp.result_type(x)}, but state.ms there has shape "
+          f"{ms.shape} and dtype {ms.dtype}."
         )
 
 
@@ -260,7 +256,7 @@ def _check_state(
       f"{jnp.shape(state.count)} and dtype {jnp.result_type(state.count)}."
     )
   for path, ms in jax.tree_util.tree_leaves_with_path(state.ms):
-    check_param_dtype(_where(path), jnp.result_type(ms))
+    check_param_dtype(base.tree_path(path), jnp.result_type(ms))
   _check_slots_and_params(state, params)
   if state.mom is None and semantics.always_momentum:
     raise ValueError(
@@ -317,7 +313,7 @@ def _check_global_clipnorm_dtypes(
     first_of.setdefault(jnp.dtype(ms.dtype), path)
   if len(first_of) > 1:
     examples = ", ".join(
-      f"{_where(path)} is {dtype}" for dtype, path in first_of.items()
+      f"{base.tree_path(path)} is {dtype}" for dtype, path in first_of.items()
     )
     raise TypeError(
       f"global_clipnorm={config.global_clipnorm!r}: the gradients have "
@@ -351,20 +347,20 @@ def _check_complex(
   if not complex_leaves:
     return
   path, dtype = complex_leaves[0]
-  cpu_kernel.check_dtype(config.backend, dtype, _where(path))
+  cpu_kernel.check_dtype(config.backend, dtype, base.tree_path(path))
   for option in _CLIP_OPTIONS:
     value = getattr(config, option)
     if value is not None:
       raise TypeError(
         f"{option}={value!r}: TF's clipping ops have no complex kernels "
-        f"(the gradient at {_where(path)} has dtype {dtype}), so "
+        f"(the gradient at {base.tree_path(path)} has dtype {dtype}), so "
         f"{semantics.optimizer} raises a TypeError; clip complex gradients "
         "before the update or leave them out of the clipped tree."
       )
   for path, ms in jax.tree_util.tree_leaves_with_path(state.ms):
     if ms.dtype == jnp.complex128 and not semantics.complex128_exact:
       raise TypeError(
-        f"The parameter at {_where(path)} has dtype complex128: "
+        f"The parameter at {base.tree_path(path)} has dtype complex128: "
         f"{semantics.optimizer} computes most of its update in complex64 "
         "(Keras 3 promotes complex128 with a Python float to complex64), "
         "which is not reproduced here. Use complex64 parameters, or "
@@ -379,7 +375,7 @@ def _check_complex(
       jnp.result_type(g.values)
     ):
       raise TypeError(
-        f"The gradient at {_where(path)} is an IndexedSlices of dtype "
+        f"The gradient at {base.tree_path(path)} is an IndexedSlices of dtype "
         f"{jnp.result_type(g.values)}: {semantics.optimizer} raises a "
         "TypeError for complex sparse gradients (tf.math.is_nan has no "
         "complex kernel); pass its dense gradient (to_dense())."
@@ -406,7 +402,7 @@ def _check_matches(grads, state: base.RMSpropState) -> None:
     ),
     ms_leaves,
   ):
-    where = _where(path)
+    where = base.tree_path(path)
     if isinstance(g, sparse.IndexedSlices):
       sparse.check_sparse_grad(where, g, ms)
     elif jnp.shape(g) != ms.shape or jnp.result_type(g) != ms.dtype:
@@ -473,7 +469,8 @@ def rmsprop_init(
     use_momentum = takes_path
   for path, p in jax.tree_util.tree_leaves_with_path(params):
     check_param_dtype(
-      _where(path), p.dtype if hasattr(p, "dtype") else jnp.result_type(p)
+      base.tree_path(path),
+      p.dtype if hasattr(p, "dtype") else jnp.result_type(p),
     )
   # Strongly typed slots, so a weakly typed param (a Python scalar) cannot make
   # the state's type change after the first update and force a retrace. The
