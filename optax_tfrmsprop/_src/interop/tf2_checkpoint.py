@@ -345,15 +345,16 @@ def state_from_tf_checkpoint(
   # checkpoint, not another optimizer.
   present = slots_of(0) if names else {}
   for i in range(1, len(names)):
-    if not slots_of(i):  # Not a variable this optimizer updated.
+    have = slots_of(i)
+    if not have:  # Not a variable this optimizer updated.
       key = checkpoint.slot_key(names[i], slot_owner, "rms")
       raise ValueError(
         f"The checkpoint has no 'rms' slot for {where(i)} (no {key!r})."
       )
-    if slots_of(i) != present:
+    if have != present:
       raise ValueError(
         f"In {checkpoint.path!r}, {where(i)} has the slots "
-        f"{list(slots_of(i).values())}, but {where(0)} has "
+        f"{list(have.values())}, but {where(0)} has "
         f"{list(present.values())}: every weight of one RMSprop has the "
         "same slots."
       )
