@@ -539,7 +539,7 @@ class OptimizerV2:
     """
     plan = self._plans.get(key)
     if plan is None:
-      _check_unique(variables, "grads_and_vars")
+      _check_unique(variables, "grads_and_vars", "sum its gradients into one")
       plan = self._plan(variables)  # Creates the weights, as TF does here.
     iterations = self.iterations
     # Calls callables: may raise.
@@ -618,7 +618,7 @@ class OptimizerV2:
       )
     with self._lock:
       var_list = _variable_list(var_list)
-      _check_unique(var_list, "var_list")
+      _check_unique(var_list, "var_list", "list it once")
       if not var_list:  # TF applies nothing and counts no step.
         return self.apply_gradients([], name=name)
       if self.gradient_aggregator is None and not self.gradient_transformers:
@@ -881,23 +881,16 @@ def _filter_empty_gradients(grads_and_vars) -> list[tuple[Any, Variable]]:
   return kept
 
 
-def _check_unique(variables: list[Variable], where: str) -> None:
+def _check_unique(variables: list[Variable], where: str, fix: str) -> None:
   """Raises a ValueError naming a Variable that ``where`` lists twice.
 
   TF would update it once per occurrence, each from the other's result; one
-  step per Variable is what is reproduced here.
+  step per Variable is what is reproduced here. ``fix`` says what to do.
   """
   seen = set()
   for v in variables:
     if v._unique_id in seen:
-      raise ValueError(
-        f"Variable {v.name} appears twice in {where}; "
-        + (
-          "sum its gradients into one."
-          if where == "grads_and_vars"
-          else "list it once."
-        )
-      )
+      raise ValueError(f"Variable {v.name} appears twice in {where}; {fix}.")
     seen.add(v._unique_id)
 
 
