@@ -70,6 +70,7 @@ def _slot_variables(optimizer, variables, pairs, fields):
       it or it is given twice.
   """
   seen = {}
+  indices = []
   for i, variable in enumerate(variables):
     key = optimizer._var_key(variable)
     if key in seen:
@@ -78,24 +79,20 @@ def _slot_variables(optimizer, variables, pairs, fields):
         f"Keras variable ({variable.path!r}); each needs its own."
       )
     seen[key] = i
-  found = {}
-  for field, suffix in common.slot_names("keras3"):
-    if field not in fields:
-      continue
-    slots = getattr(optimizer, _SLOT_LISTS[field])
-    found[field] = []
-    for i, variable in enumerate(variables):
-      try:
-        index = optimizer._get_variable_index(variable)
-      except KeyError:
-        name = f"{variable.path.replace('/', '_')}_{suffix}"
-        raise ValueError(
-          f"The optimizer has no variable {name!r} for "
-          f"{pairs.describe(i)} ({variable.path!r}); was it built with "
-          "these variables?"
-        ) from None
-      found[field].append(slots[index])
-  return found
+    try:
+      indices.append(optimizer._get_variable_index(variable))
+    except KeyError:
+      velocity = dict(common.slot_names("keras3"))["ms"]
+      name = f"{variable.path.replace('/', '_')}_{velocity}"
+      raise ValueError(
+        f"The optimizer has no variable {name!r} for "
+        f"{pairs.describe(i)} ({variable.path!r}); was it built with "
+        "these variables?"
+      ) from None
+  return {
+    field: [getattr(optimizer, _SLOT_LISTS[field])[k] for k in indices]
+    for field in fields
+  }
 
 
 def _build_order(given: Variables, variables: list[Any]) -> list[Any]:
